@@ -1,0 +1,750 @@
+/*
+ * ngx_session_cache: session cookies checked at the edge, against Redis
+ * with a Postgres fallback. This file is what nginx sees: the module,
+ * its directives and configuration, the access phase handler and the
+ * variables. How the check works lives in src/ (C++17).
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_session_cache.h"
+
+
+#define NGX_HTTP_SESSION_CACHE_MAX_POOL  1024
+
+#define NGX_HTTP_SESSION_CACHE_DEFAULT_QUERY                                 \
+    "SELECT user_id, extract(epoch FROM expires_at)::bigint"                 \
+    " FROM platform.user_sessions"                                           \
+    " WHERE token = $1 AND revoked_at IS NULL AND expires_at > now()"
+
+
+static ngx_int_t ngx_http_session_cache_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_session_cache_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static char *ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_session_cache_postgres(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_backend(ngx_conf_t *cf,
+    ngx_command_t *cmd, ngx_http_session_cache_backend_t *bcf,
+    ngx_str_t *source);
+static char *ngx_http_session_cache_read_source(ngx_conf_t *cf,
+    ngx_str_t *arg, ngx_str_t *source);
+static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_query(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_session_cache_positive(ngx_conf_t *cf, void *post,
+    void *data);
+static ngx_int_t ngx_http_session_cache_add_variables(ngx_conf_t *cf);
+static void *ngx_http_session_cache_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_session_cache_init_main_conf(ngx_conf_t *cf,
+    void *conf);
+static void *ngx_http_session_cache_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_session_cache_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
+static ngx_int_t ngx_http_session_cache_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_session_cache_init_process(ngx_cycle_t *cycle);
+static void ngx_http_session_cache_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_session_cache_fail[] = {
+    { ngx_string("closed"), NGX_HTTP_SESSION_CACHE_FAIL_CLOSED },
+    { ngx_string("open"), NGX_HTTP_SESSION_CACHE_FAIL_OPEN },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_post_t  ngx_http_session_cache_query_post =
+    { ngx_http_session_cache_query };
+
+static ngx_conf_post_t  ngx_http_session_cache_positive_post =
+    { ngx_http_session_cache_positive };
+
+
+static ngx_command_t  ngx_http_session_cache_commands[] = {
+
+    { ngx_string("auth_session"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_session_cache_auth_session,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("auth_session_fail"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_session_cache_loc_conf_t, fail),
+      &ngx_http_session_cache_fail },
+
+    { ngx_string("session_cache_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_session_cache_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("session_cache_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_session_cache_postgres,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("session_cache_query"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_session_cache_main_conf_t, query),
+      &ngx_http_session_cache_query_post },
+
+    { ngx_string("session_cache_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_session_cache_main_conf_t, ttl),
+      &ngx_http_session_cache_positive_post },
+
+    { ngx_string("session_cache_negative_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_session_cache_main_conf_t, negative_ttl),
+      NULL },
+
+    { ngx_string("session_cache_key_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_session_cache_main_conf_t, key_prefix),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_session_cache_module_ctx = {
+    ngx_http_session_cache_add_variables,  /* preconfiguration */
+    ngx_http_session_cache_init,           /* postconfiguration */
+
+    ngx_http_session_cache_create_main_conf, /* create main configuration */
+    ngx_http_session_cache_init_main_conf, /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_session_cache_create_loc_conf, /* create location configuration */
+    ngx_http_session_cache_merge_loc_conf  /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_session_cache_module = {
+    NGX_MODULE_V1,
+    &ngx_http_session_cache_module_ctx,    /* module context */
+    ngx_http_session_cache_commands,       /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_session_cache_init_process,   /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_session_cache_exit_process,   /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+enum {
+    ngx_http_session_cache_var_user_id = 0,
+    ngx_http_session_cache_var_expires_at,
+    ngx_http_session_cache_var_status
+};
+
+
+static ngx_http_variable_t  ngx_http_session_cache_vars[] = {
+
+    { ngx_string("session_user_id"), NULL,
+      ngx_http_session_cache_variable,
+      ngx_http_session_cache_var_user_id, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("session_expires_at"), NULL,
+      ngx_http_session_cache_variable,
+      ngx_http_session_cache_var_expires_at, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("session_cache_status"), NULL,
+      ngx_http_session_cache_variable,
+      ngx_http_session_cache_var_status, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_int_t
+ngx_http_session_cache_handler(ngx_http_request_t *r)
+{
+    ngx_http_session_cache_loc_conf_t   *slcf;
+    ngx_http_session_cache_main_conf_t  *smcf;
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_session_cache_module);
+
+    if (!slcf->enabled) {
+        return NGX_DECLINED;
+    }
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_session_cache_module);
+
+    return ngx_http_session_cache_check(r, smcf, slcf);
+}
+
+
+static ngx_int_t
+ngx_http_session_cache_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                        *s;
+    ngx_http_session_cache_result_t  *res;
+
+    res = ngx_http_session_cache_result(r);
+
+    if (res == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+    case ngx_http_session_cache_var_user_id:
+        s = &res->user_id;
+        break;
+    case ngx_http_session_cache_var_expires_at:
+        s = &res->expires_at;
+        break;
+    default:
+        s = &res->status;
+        break;
+    }
+
+    if (s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    char       *rv;
+    ngx_str_t   source;
+
+    if (smcf->redis.backend.configured) {
+        return "is duplicate";
+    }
+
+    smcf->redis.backend.pool = 8;
+    smcf->redis.backend.connect_timeout = 1000;
+    smcf->redis.backend.timeout = 200;
+
+    rv = ngx_http_session_cache_backend(cf, cmd, &smcf->redis.backend,
+                                        &source);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    rv = ngx_http_session_cache_parse_redis(cf, &source, &smcf->redis);
+
+    ngx_explicit_memzero(source.data, source.len);
+
+    if (rv != NGX_CONF_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: %s", &cmd->name, rv);
+        return NGX_CONF_ERROR;
+    }
+
+    smcf->redis.backend.configured = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_session_cache_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    char       *rv;
+    ngx_str_t   source;
+
+    if (smcf->pg.backend.configured) {
+        return "is duplicate";
+    }
+
+    smcf->pg.backend.pool = 4;
+    smcf->pg.backend.connect_timeout = 2000;
+    smcf->pg.backend.timeout = 1000;
+
+    rv = ngx_http_session_cache_backend(cf, cmd, &smcf->pg.backend, &source);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    rv = ngx_http_session_cache_parse_postgres(cf, &source, &smcf->pg);
+
+    ngx_explicit_memzero(source.data, source.len);
+
+    if (rv != NGX_CONF_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: %s", &cmd->name, rv);
+        return NGX_CONF_ERROR;
+    }
+
+    smcf->pg.backend.configured = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The parts both backends share: where the secret comes from (the first
+ * argument) and pool=N connect_timeout=T timeout=T. Error messages never
+ * repeat the first argument: it may hold a password.
+ */
+static char *
+ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_http_session_cache_backend_t *bcf, ngx_str_t *source)
+{
+    char        *rv;
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms;
+    ngx_uint_t   i;
+
+    value = cf->args->elts;
+
+    rv = ngx_http_session_cache_read_source(cf, &value[1], source);
+    if (rv != NGX_CONF_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: %s", &cmd->name, rv);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+
+            if (n == NGX_ERROR || n < 1
+                || n > NGX_HTTP_SESSION_CACHE_MAX_POOL)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid pool size \"%V\", "
+                                   "expected 1..%d", &cmd->name, &value[i],
+                                   NGX_HTTP_SESSION_CACHE_MAX_POOL);
+                return NGX_CONF_ERROR;
+            }
+
+            bcf->pool = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
+            s.data = value[i].data + 16;
+            s.len = value[i].len - 16;
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid connect_timeout \"%V\"",
+                                   &cmd->name, &s);
+                return NGX_CONF_ERROR;
+            }
+
+            bcf->connect_timeout = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid timeout \"%V\"",
+                                   &cmd->name, &s);
+                return NGX_CONF_ERROR;
+            }
+
+            bcf->timeout = ms;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: unknown parameter \"%V\"",
+                           &cmd->name, &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The connection string: inline, env=NAME (read by the master at start and
+ * on reload) or file=PATH (read at start and on reload; trailing white
+ * space stripped). The copy is the caller's to wipe.
+ */
+static char *
+ngx_http_session_cache_read_source(ngx_conf_t *cf, ngx_str_t *arg,
+    ngx_str_t *source)
+{
+    u_char           *p, *name, *last;
+    ssize_t           n;
+    ngx_err_t         err;
+    ngx_fd_t          fd;
+    ngx_str_t         path;
+    ngx_file_info_t   fi;
+
+    if (ngx_strncmp(arg->data, "env=", 4) == 0) {
+        name = arg->data + 4;
+
+        if (*name == '\0') {
+            return "empty name in \"env=\"";
+        }
+
+        p = (u_char *) getenv((char *) name);
+
+        if (p == NULL) {
+            p = ngx_pnalloc(cf->temp_pool, arg->len + 64);
+            if (p == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            *ngx_sprintf(p, "environment variable \"%s\" is not set",
+                         name) = '\0';
+            return (char *) p;
+        }
+
+        source->len = ngx_strlen(p);
+        source->data = ngx_pnalloc(cf->temp_pool, source->len + 1);
+        if (source->data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(source->data, p, source->len + 1);
+
+    } else if (ngx_strncmp(arg->data, "file=", 5) == 0) {
+        path.data = arg->data + 5;
+        path.len = arg->len - 5;
+
+        if (path.len == 0) {
+            return "empty path in \"file=\"";
+        }
+
+        if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+        if (fd == NGX_INVALID_FILE) {
+            err = ngx_errno;
+            p = ngx_pnalloc(cf->temp_pool, path.len + NGX_MAX_ERROR_STR);
+            if (p == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            last = ngx_sprintf(p, "cannot open \"%V\": ", &path);
+            last = ngx_strerror(err, last, NGX_MAX_ERROR_STR - 32);
+            *last = '\0';
+            return (char *) p;
+        }
+
+        if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+            || ngx_file_size(&fi) > 65536)
+        {
+            ngx_close_file(fd);
+            return "the file= secret is unreadable or larger than 64k";
+        }
+
+        source->data = ngx_pnalloc(cf->temp_pool, ngx_file_size(&fi) + 1);
+        if (source->data == NULL) {
+            ngx_close_file(fd);
+            return NGX_CONF_ERROR;
+        }
+
+        n = ngx_read_fd(fd, source->data, ngx_file_size(&fi));
+        ngx_close_file(fd);
+
+        if (n < 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_read_fd_n " \"%V\" failed", &path);
+            return "cannot read the file= secret";
+        }
+
+        while (n > 0 && (source->data[n - 1] == '\n'
+                         || source->data[n - 1] == '\r'
+                         || source->data[n - 1] == ' '
+                         || source->data[n - 1] == '\t'))
+        {
+            n--;
+        }
+
+        source->len = n;
+        source->data[n] = '\0';
+
+    } else {
+        *source = *arg;
+        return NGX_CONF_OK;
+    }
+
+    if (source->len == 0) {
+        return "the connection string is empty";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_session_cache_loc_conf_t *slcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (slcf->enabled != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        slcf->enabled = 0;
+        return NGX_CONF_OK;
+    }
+
+    slcf->token = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (slcf->token == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = slcf->token;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    slcf->enabled = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_session_cache_query(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *q = data;
+
+    if (ngx_strlchr(q->data, q->data + q->len, '$') == NULL
+        || ngx_strstr(q->data, "$1") == NULL)
+    {
+        return "must use $1 for the token";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_session_cache_positive(ngx_conf_t *cf, void *post, void *data)
+{
+    time_t  *sp = data;
+
+    if (*sp <= 0) {
+        return "must be positive";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_session_cache_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_session_cache_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_session_cache_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_session_cache_main_conf_t  *smcf;
+
+    smcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_session_cache_main_conf_t));
+    if (smcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     smcf->redis = { 0 };
+     *     smcf->pg = { 0 };
+     *     smcf->query = { 0, NULL };
+     *     smcf->key_prefix = { 0, NULL };
+     */
+
+    smcf->ttl = NGX_CONF_UNSET;
+    smcf->negative_ttl = NGX_CONF_UNSET;
+
+    return smcf;
+}
+
+
+static char *
+ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    ngx_conf_init_value(smcf->ttl, 300);
+    ngx_conf_init_value(smcf->negative_ttl, 10);
+
+    if (smcf->query.data == NULL) {
+        ngx_str_set(&smcf->query, NGX_HTTP_SESSION_CACHE_DEFAULT_QUERY);
+    }
+
+    if (smcf->key_prefix.data == NULL) {
+        ngx_str_set(&smcf->key_prefix, "session:");
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_session_cache_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_session_cache_loc_conf_t  *slcf;
+
+    slcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_session_cache_loc_conf_t));
+    if (slcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     slcf->token = NULL;
+     */
+
+    slcf->enabled = NGX_CONF_UNSET;
+    slcf->fail = NGX_CONF_UNSET_UINT;
+
+    return slcf;
+}
+
+
+static char *
+ngx_http_session_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_session_cache_loc_conf_t *prev = parent;
+    ngx_http_session_cache_loc_conf_t *conf = child;
+
+    ngx_http_session_cache_main_conf_t  *smcf;
+
+    if (conf->enabled == NGX_CONF_UNSET) {
+        conf->enabled = prev->enabled;
+        conf->token = prev->token;
+    }
+
+    ngx_conf_merge_value(conf->enabled, prev->enabled, 0);
+    ngx_conf_merge_uint_value(conf->fail, prev->fail,
+                              NGX_HTTP_SESSION_CACHE_FAIL_CLOSED);
+
+    if (conf->enabled) {
+        smcf = ngx_http_conf_get_module_main_conf(cf,
+                                              ngx_http_session_cache_module);
+
+        if (!smcf->redis.backend.configured
+            && !smcf->pg.backend.configured)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "auth_session needs a store: add "
+                               "session_cache_postgres and/or "
+                               "session_cache_redis to the http block");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_session_cache_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_session_cache_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_session_cache_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_session_cache_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_session_cache_module);
+    if (smcf == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_session_cache_init_worker(cycle, smcf);
+}
+
+
+static void
+ngx_http_session_cache_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_session_cache_exit_worker(cycle);
+}

@@ -1,0 +1,106 @@
+/*
+ * The seam between ngx_session_cache_module.c (what nginx sees) and the
+ * C++ runtime in src/. Plain C, included by both; the C++ side includes it
+ * through src/nginx.h, inside extern "C".
+ */
+#ifndef NGX_SESSION_CACHE_H_INCLUDED_
+#define NGX_SESSION_CACHE_H_INCLUDED_
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#define NGX_HTTP_SESSION_CACHE_FAIL_CLOSED  0
+#define NGX_HTTP_SESSION_CACHE_FAIL_OPEN    1
+
+
+typedef struct {
+    ngx_uint_t                  configured;
+    ngx_str_t                   display;         /* masked, for logs */
+    ngx_uint_t                  pool;            /* connections per worker */
+    ngx_msec_t                  connect_timeout;
+    ngx_msec_t                  timeout;
+} ngx_http_session_cache_backend_t;
+
+
+typedef struct {
+    ngx_http_session_cache_backend_t  backend;
+
+    ngx_addr_t                 *addr;            /* resolved at start */
+    ngx_uint_t                  tls;
+    ngx_str_t                   user;
+    ngx_str_t                   password;
+    ngx_uint_t                  db;
+    ngx_str_t                   handshake;       /* AUTH/SELECT, as RESP */
+    ngx_uint_t                  handshake_replies;
+} ngx_http_session_cache_redis_conf_t;
+
+
+typedef struct {
+    ngx_http_session_cache_backend_t  backend;
+
+    /* NULL-terminated, for PQconnectStartParams; hostaddr filled in at
+     * start so that no worker ever resolves a name */
+    const char                **keywords;
+    const char                **values;
+} ngx_http_session_cache_pg_conf_t;
+
+
+typedef struct {
+    ngx_http_session_cache_redis_conf_t  redis;
+    ngx_http_session_cache_pg_conf_t     pg;
+
+    ngx_str_t                   query;
+    time_t                      ttl;
+    time_t                      negative_ttl;
+    ngx_str_t                   key_prefix;
+} ngx_http_session_cache_main_conf_t;
+
+
+typedef struct {
+    ngx_http_complex_value_t   *token;           /* NULL: off */
+    ngx_uint_t                  fail;
+    ngx_flag_t                  enabled;
+} ngx_http_session_cache_loc_conf_t;
+
+
+/* what the variables show; filled by the check, read by the C side */
+typedef struct {
+    ngx_str_t                   status;
+    ngx_str_t                   user_id;
+    ngx_str_t                   expires_at;
+} ngx_http_session_cache_result_t;
+
+
+extern ngx_module_t  ngx_http_session_cache_module;
+
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* configuration (src/conf.cpp): parse a URL or conninfo into the conf; on
+ * failure return a message naming the problem, never the password */
+char *ngx_http_session_cache_parse_redis(ngx_conf_t *cf, ngx_str_t *url,
+    ngx_http_session_cache_redis_conf_t *rcf);
+char *ngx_http_session_cache_parse_postgres(ngx_conf_t *cf,
+    ngx_str_t *conninfo, ngx_http_session_cache_pg_conf_t *pcf);
+
+/* per worker (src/worker.cpp) */
+ngx_int_t ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
+    ngx_http_session_cache_main_conf_t *smcf);
+void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle);
+
+/* the access-phase check (src/session_check.cpp) */
+ngx_int_t ngx_http_session_cache_check(ngx_http_request_t *r,
+    ngx_http_session_cache_main_conf_t *smcf,
+    ngx_http_session_cache_loc_conf_t *slcf);
+ngx_http_session_cache_result_t *ngx_http_session_cache_result(
+    ngx_http_request_t *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NGX_SESSION_CACHE_H_INCLUDED_ */

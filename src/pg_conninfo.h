@@ -1,0 +1,52 @@
+/*
+ * Postgres connection string parsing and masking (SPEC §2, §7). Pure logic
+ * on top of libpq's PQconninfoParse, which does no I/O.
+ */
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace session_cache {
+
+struct PgConninfo {
+    /* Every option the string set explicitly (non-empty value), in libpq's
+     * canonical keyword names, e.g. {"host","db.example"},{"port","5432"}.
+     * A postgresql:// URI is normalised into the same keywords. */
+    std::vector<std::string> keywords;
+    std::vector<std::string> values;
+
+    /* Value of keyword, or nullptr when not set. */
+    const std::string *get(std::string_view keyword) const noexcept;
+    /* Set or replace keyword. Returns false only on allocation failure
+     * (nothing thrown: see STYLE, no exception crosses into nginx). */
+    bool set(std::string_view keyword, std::string_view value) noexcept;
+};
+
+/*
+ * Parse a libpq conninfo string ("host=... dbname=...") or a
+ * postgresql:// / postgres:// URI. Returns "" on success, else a
+ * description of the problem that never contains the password: libpq's
+ * message with every double-quoted fragment replaced by "***".
+ */
+std::string parse_pg_conninfo(std::string_view conninfo, PgConninfo *out);
+
+/*
+ * A display form for logs and the health document (an empty string only on
+ * allocation failure):
+ * "host=db.example port=5432 dbname=app user=nginx password=***", listing
+ * only host, hostaddr, port, dbname, user (those set), then password=***
+ * when a password is set. Never the password itself, nor other options
+ * (they may carry secrets such as sslpassword).
+ */
+std::string mask_pg_conninfo(const PgConninfo &c);
+
+/*
+ * Split a comma-separated libpq host list ("a,b,/tmp") into its parts.
+ * Empty parts are kept as "" (libpq treats them as the default host), so
+ * the result is never empty except on allocation failure.
+ */
+std::vector<std::string> split_hosts(std::string_view hosts);
+
+}  // namespace session_cache

@@ -1,0 +1,545 @@
+#include "redis_pool.h"
+
+#include <cstring>
+#include <new>
+
+namespace session_cache {
+
+struct RedisConn {
+    RedisPool             *pool;
+    ngx_peer_connection_t  peer;
+    redisReader           *reader = nullptr;
+    std::string            out;
+    std::size_t            out_pos = 0;
+    RedisJob              *job = nullptr;
+    ngx_uint_t             handshake_left = 0;
+    bool                   connected = false;
+    ngx_queue_t            link;
+};
+
+RedisPool::RedisPool(ngx_cycle_t *cycle,
+                     const ngx_http_session_cache_redis_conf_t *conf)
+    : conf_(conf)
+{
+    log_ = *cycle->log;
+    log_.handler = log_context;
+    log_.data = this;
+    log_.action = nullptr;
+
+    ngx_queue_init(&conns_);
+    ngx_queue_init(&waiting_);
+
+    *ngx_snprintf(reinterpret_cast<u_char *>(timeout_text_),
+                  sizeof(timeout_text_) - 1, "timed out after %Mms",
+                  conf->backend.timeout) = '\0';
+}
+
+RedisPool::~RedisPool()
+{
+    while (!ngx_queue_empty(&waiting_)) {
+        ngx_queue_t *q = ngx_queue_head(&waiting_);
+        RedisJob *job = ngx_queue_data(q, RedisJob, queue);
+        ngx_queue_remove(q);
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+        delete job;
+    }
+
+    while (!ngx_queue_empty(&conns_)) {
+        RedisConn *rc = ngx_queue_data(ngx_queue_head(&conns_), RedisConn,
+                                       link);
+        RedisJob *job = rc->job;
+        destroy(rc);
+        if (job) {
+            if (job->timer.timer_set) {
+                ngx_del_timer(&job->timer);
+            }
+            delete job;
+        }
+    }
+}
+
+u_char *RedisPool::log_context(ngx_log_t *log, u_char *buf, size_t len)
+{
+    auto *pool = static_cast<RedisPool *>(log->data);
+    return ngx_snprintf(buf, len, ", backend: %V",
+                        &pool->conf_->backend.display);
+}
+
+ngx_uint_t RedisPool::available() const
+{
+    ngx_uint_t n = 0;
+
+    for (ngx_queue_t *q = ngx_queue_head(&conns_);
+         q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
+    {
+        RedisConn *rc = ngx_queue_data(q, RedisConn, link);
+        if (rc->connected && rc->job == nullptr) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+RedisConn *RedisPool::free_conn()
+{
+    for (ngx_queue_t *q = ngx_queue_head(&conns_);
+         q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
+    {
+        RedisConn *rc = ngx_queue_data(q, RedisConn, link);
+        if (rc->job == nullptr) {
+            return rc;
+        }
+    }
+
+    return nullptr;
+}
+
+RedisJob *RedisPool::submit(std::string command, RedisDone done, void *data,
+                            const char **error)
+{
+    RedisConn *rc = free_conn();
+
+    if (rc == nullptr && nconns_ < conf_->backend.pool) {
+        rc = open(error);
+        if (rc == nullptr) {
+            return nullptr;
+        }
+    }
+
+    auto *job = new RedisJob();
+    job->pool = this;
+    job->command = std::move(command);
+    job->done = done;
+    job->data = data;
+    job->conn = nullptr;
+    job->waiting = false;
+    job->timer.handler = on_job_timeout;
+    job->timer.data = job;
+    job->timer.log = &log_;
+
+    ngx_add_timer(&job->timer, conf_->backend.timeout);
+
+    if (rc) {
+        assign(rc, job);
+
+    } else {
+        ngx_queue_insert_tail(&waiting_, &job->queue);
+        job->waiting = true;
+        npending_++;
+    }
+
+    return job;
+}
+
+void RedisPool::cancel(RedisJob *job)
+{
+    if (job->waiting) {
+        ngx_queue_remove(&job->queue);
+        npending_--;
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+        delete job;
+        return;
+    }
+
+    /* in flight: the reply is read and dropped when it comes; the timer
+     * stays, so that a connection that hangs is still closed */
+    job->done = nullptr;
+    job->data = nullptr;
+}
+
+RedisConn *RedisPool::open(const char **error)
+{
+    auto *rc = new RedisConn();
+    rc->pool = this;
+    rc->reader = redisReaderCreate();
+
+    if (rc->reader == nullptr) {
+        delete rc;
+        *error = "out of memory";
+        return nullptr;
+    }
+
+    ngx_peer_connection_t *pc = &rc->peer;
+    pc->sockaddr = conf_->addr->sockaddr;
+    pc->socklen = conf_->addr->socklen;
+    pc->name = &conf_->addr->name;
+    pc->get = ngx_event_get_peer;
+    pc->log = &log_;
+    pc->log_error = NGX_ERROR_ERR;
+
+    ngx_int_t rv = ngx_event_connect_peer(pc);
+
+    if (rv != NGX_OK && rv != NGX_AGAIN) {
+        /* nginx has logged the cause, e.g. "(111: Connection refused)" */
+        redisReaderFree(rc->reader);
+        delete rc;
+        *error = "connect failed";
+        return nullptr;
+    }
+
+    ngx_connection_t *c = pc->connection;
+    c->data = rc;
+    c->read->handler = on_read;
+    c->write->handler = on_write;
+
+    ngx_queue_insert_tail(&conns_, &rc->link);
+    nconns_++;
+
+    if (rv == NGX_OK) {
+        connected(rc);
+    } else {
+        ngx_add_timer(c->write, conf_->backend.connect_timeout);
+    }
+
+    return rc;
+}
+
+void RedisPool::connected(RedisConn *rc)
+{
+    ngx_connection_t *c = rc->peer.connection;
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    rc->connected = true;
+    rc->handshake_left = conf_->handshake_replies;
+    rc->out.assign(reinterpret_cast<char *>(conf_->handshake.data),
+                   conf_->handshake.len);
+
+    if (rc->job) {
+        rc->out += rc->job->command;
+    }
+
+    ngx_post_event(c->write, &ngx_posted_events);
+}
+
+void RedisPool::assign(RedisConn *rc, RedisJob *job)
+{
+    rc->job = job;
+    job->conn = rc;
+
+    if (rc->connected) {
+        rc->out += job->command;
+        /* sent from the posted write event, never from within submit() */
+        ngx_post_event(rc->peer.connection->write, &ngx_posted_events);
+    }
+}
+
+void RedisPool::on_write(ngx_event_t *ev)
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *rc = static_cast<RedisConn *>(c->data);
+    RedisPool *pool = rc->pool;
+
+    try {
+        if (ev->timedout) {
+            ev->timedout = 0;
+            char text[64];
+            *ngx_snprintf(reinterpret_cast<u_char *>(text), sizeof(text) - 1,
+                          "connect timed out after %Mms",
+                          pool->conf_->backend.connect_timeout) = '\0';
+            pool->fail(rc, text);
+            return;
+        }
+
+        if (!rc->connected) {
+            int err = 0;
+            socklen_t len = sizeof(int);
+
+            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR,
+                           reinterpret_cast<void *>(&err), &len) == -1)
+            {
+                err = ngx_socket_errno;
+            }
+
+            if (err) {
+                u_char text[NGX_MAX_ERROR_STR];
+                u_char *p = ngx_cpymem(text, "connect() failed: ", 18);
+                *ngx_strerror(err, p, sizeof(text) - 19) = '\0';
+                pool->fail(rc, reinterpret_cast<char *>(text));
+                return;
+            }
+
+            pool->connected(rc);
+        }
+
+        pool->flush(rc);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
+                      "session_cache: redis write: %s", e.what());
+        pool->fail(rc, "internal error");
+    }
+}
+
+void RedisPool::flush(RedisConn *rc)
+{
+    ngx_connection_t *c = rc->peer.connection;
+
+    while (rc->out_pos < rc->out.size()) {
+        ssize_t n = c->send(c,
+                            reinterpret_cast<u_char *>(&rc->out[rc->out_pos]),
+                            rc->out.size() - rc->out_pos);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+                fail(rc, "cannot wait for the socket");
+            }
+            return;
+        }
+
+        if (n == NGX_ERROR) {
+            fail(rc, "send failed");
+            return;
+        }
+
+        rc->out_pos += n;
+    }
+
+    rc->out.clear();
+    rc->out_pos = 0;
+}
+
+void RedisPool::on_read(ngx_event_t *ev)
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *rc = static_cast<RedisConn *>(c->data);
+    RedisPool *pool = rc->pool;
+
+    try {
+        if (!rc->connected) {
+            /* an error or a hang-up while connecting: on_write reads it */
+            on_write(c->write);
+            return;
+        }
+
+        pool->read(rc);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
+                      "session_cache: redis read: %s", e.what());
+        pool->fail(rc, "internal error");
+    }
+}
+
+void RedisPool::read(RedisConn *rc)
+{
+    ngx_connection_t *c = rc->peer.connection;
+    u_char buf[4096];
+
+    for (;;) {
+        ssize_t n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+                fail(rc, "cannot wait for the socket");
+                return;
+            }
+            break;
+        }
+
+        if (n == 0) {
+            fail(rc, "connection closed by redis");
+            return;
+        }
+
+        if (n == NGX_ERROR) {
+            fail(rc, "recv failed");
+            return;
+        }
+
+        if (redisReaderFeed(rc->reader, reinterpret_cast<char *>(buf), n)
+            != REDIS_OK)
+        {
+            fail(rc, "protocol error");
+            return;
+        }
+
+        for (;;) {
+            void *p = nullptr;
+
+            if (redisReaderGetReply(rc->reader, &p) != REDIS_OK) {
+                fail(rc, "protocol error");
+                return;
+            }
+
+            if (p == nullptr) {
+                break;
+            }
+
+            auto *reply = static_cast<redisReply *>(p);
+
+            if (rc->handshake_left) {
+                rc->handshake_left--;
+
+                if (reply->type == REDIS_REPLY_ERROR) {
+                    /* e.g. "WRONGPASS invalid username-password pair":
+                     * the peer's words, never the password */
+                    ngx_log_error(NGX_LOG_ERR, &log_, 0,
+                                  "session_cache: redis refused AUTH or "
+                                  "SELECT: %*s",
+                                  ngx_min(reply->len, (size_t) 200),
+                                  reply->str);
+                    freeReplyObject(reply);
+                    fail(rc, "AUTH or SELECT refused");
+                    return;
+                }
+
+                freeReplyObject(reply);
+                continue;
+            }
+
+            RedisJob *job = rc->job;
+
+            if (job == nullptr) {
+                freeReplyObject(reply);
+                fail(rc, "unexpected reply");
+                return;
+            }
+
+            rc->job = nullptr;
+            job->conn = nullptr;
+
+            /* the callback may submit more work to this pool; it never
+             * destroys rc (see assign) */
+            finish(job, reply, nullptr);
+            freeReplyObject(reply);
+        }
+    }
+
+    dispatch();
+}
+
+void RedisPool::finish(RedisJob *job, const redisReply *reply,
+                       const char *error)
+{
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    if (job->waiting) {
+        ngx_queue_remove(&job->queue);
+        job->waiting = false;
+        npending_--;
+    }
+
+    RedisDone done = job->done;
+    void *data = job->data;
+    delete job;
+
+    if (done) {
+        done(data, reply, error);
+    }
+}
+
+void RedisPool::fail(RedisConn *rc, const char *error)
+{
+    RedisJob *job = rc->job;
+
+    if (job) {
+        ngx_log_error(NGX_LOG_ERR, &log_, 0, "session_cache: redis: %s",
+                      error);
+    } else {
+        ngx_log_error(NGX_LOG_INFO, &log_, 0,
+                      "session_cache: idle redis connection dropped: %s",
+                      error);
+    }
+
+    rc->job = nullptr;
+    destroy(rc);
+
+    if (job) {
+        job->conn = nullptr;
+        finish(job, nullptr, error);
+    }
+
+    dispatch();
+}
+
+void RedisPool::destroy(RedisConn *rc)
+{
+    ngx_queue_remove(&rc->link);
+    nconns_--;
+
+    if (rc->peer.connection) {
+        ngx_close_connection(rc->peer.connection);
+        rc->peer.connection = nullptr;
+    }
+
+    redisReaderFree(rc->reader);
+    delete rc;
+}
+
+void RedisPool::dispatch()
+{
+    while (!ngx_queue_empty(&waiting_)) {
+        RedisConn *rc = free_conn();
+
+        if (rc == nullptr) {
+            if (nconns_ >= conf_->backend.pool) {
+                return;
+            }
+
+            const char *error = nullptr;
+            rc = open(&error);
+
+            if (rc == nullptr) {
+                RedisJob *job = ngx_queue_data(ngx_queue_head(&waiting_),
+                                               RedisJob, queue);
+                finish(job, nullptr, error);
+                continue;
+            }
+        }
+
+        RedisJob *job = ngx_queue_data(ngx_queue_head(&waiting_), RedisJob,
+                                       queue);
+        ngx_queue_remove(&job->queue);
+        job->waiting = false;
+        npending_--;
+        assign(rc, job);
+    }
+}
+
+void RedisPool::on_job_timeout(ngx_event_t *ev)
+{
+    auto *job = static_cast<RedisJob *>(ev->data);
+    RedisPool *pool = job->pool;
+
+    try {
+        if (job->waiting) {
+            pool->finish(job, nullptr, pool->timeout_text_);
+            return;
+        }
+
+        RedisConn *rc = job->conn;
+
+        if (rc && rc->connected) {
+            /* the reply would come out of order: the connection goes */
+            pool->fail(rc, pool->timeout_text_);
+            return;
+        }
+
+        if (rc) {
+            /* still connecting: the connection may serve someone else */
+            rc->job = nullptr;
+            job->conn = nullptr;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, &pool->log_, 0,
+                      "session_cache: redis: %s while connecting",
+                      pool->timeout_text_);
+        pool->finish(job, nullptr, pool->timeout_text_);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
+                      "session_cache: redis timer: %s", e.what());
+    }
+}
+
+}  // namespace session_cache

@@ -1,0 +1,48 @@
+/*
+ * Redis address parsing and masking (SPEC §2, §7). Pure logic.
+ *
+ *   redis://[user[:password]@]host[:port][/db]
+ *   rediss://...                 (TLS)
+ *   unix:/path/to.sock           (optionally unix:/path.sock?db=N&password=P
+ *                                 &user=U, query keys in any order)
+ *
+ * host may be a name, an IPv4 address or a bracketed IPv6 address
+ * ([::1]). user and password are percent-decoded. Defaults: port 6379,
+ * db 0, no user, no password.
+ */
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace session_cache {
+
+struct RedisUrl {
+    bool unix_socket = false;
+    bool tls = false;
+    std::string host;     /* without brackets for IPv6; empty for unix */
+    int port = 6379;      /* 1..65535 */
+    std::string path;     /* unix socket path; empty for TCP */
+    std::string user;     /* empty: AUTH with password only */
+    std::string password; /* empty: no AUTH */
+    int db = 0;           /* 0..2147483647 */
+};
+
+/*
+ * Parse url into *out. Returns an empty string on success, else a short
+ * English description of the problem ("invalid port \"99999\"",
+ * "unknown scheme \"http\"", "missing host", "invalid database number",
+ * ...). The description never contains the password, nor the userinfo
+ * part of the URL.
+ */
+std::string parse_redis_url(std::string_view url, RedisUrl *out);
+
+/*
+ * The URL for logs and the health document, password replaced by ***:
+ *   redis://default:***@127.0.0.1:6379/0, redis://127.0.0.1:6379/0,
+ *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0
+ * The user is shown (it is not secret); a password is always "***".
+ */
+std::string mask_redis_url(const RedisUrl &u);
+
+}  // namespace session_cache

@@ -1,0 +1,452 @@
+/*
+ * The access-phase check (SPEC §4), one request at a time:
+ *
+ *   token -> plausible? -- no --> 401 REJECTED, no I/O
+ *         -> Redis GET  -- session --> allow HIT
+ *                       -- negative --> 401 NEGATIVE
+ *                       -- miss, expired, unreadable --> Postgres (MISS)
+ *                       -- error, timeout, refused --> Postgres (BYPASS)
+ *         -> Postgres   -- row --> allow, fill the cache (not waited for)
+ *                       -- none --> 401, negative entry (not waited for)
+ *                       -- error --> 503 + Retry-After, or FAIL_OPEN
+ *
+ * The handler returns NGX_AGAIN while a backend works; the completion
+ * callback records the outcome and restarts the phase engine, which calls
+ * the handler again to collect it.
+ */
+#include "nginx.h"
+
+#include <new>
+#include <string>
+
+#include "resp.h"
+#include "session_value.h"
+#include "token.h"
+#include "worker.h"
+
+namespace session_cache {
+
+/* Retry-After on 503: a store outage is not over in less. */
+static const char kRetryAfter[] = "5";
+
+struct Ctx {
+    ngx_http_session_cache_result_t            result;  /* first: see below */
+    ngx_http_request_t                        *r;
+    const ngx_http_session_cache_main_conf_t  *smcf;
+    const ngx_http_session_cache_loc_conf_t   *slcf;
+    ngx_str_t                                  token;
+    RedisJob                                  *redis_job;
+    PgJob                                     *pg_job;
+    ngx_int_t                                  rc;
+    bool                                       done;
+    bool                                       waiting;
+    bool                                       redis_failed;
+};
+
+#define STATUS(s) ngx_str_t{ sizeof(s) - 1, (u_char *) (s) }
+
+static const ngx_str_t kHit = STATUS("HIT");
+static const ngx_str_t kMiss = STATUS("MISS");
+static const ngx_str_t kNegative = STATUS("NEGATIVE");
+static const ngx_str_t kBypass = STATUS("BYPASS");
+static const ngx_str_t kRejected = STATUS("REJECTED");
+static const ngx_str_t kFailOpen = STATUS("FAIL_OPEN");
+static const ngx_str_t kError = STATUS("ERROR");
+
+static void cleanup(void *data)
+{
+    auto *ctx = static_cast<Ctx *>(data);
+
+    /* the request went away while a backend was still working for it */
+    if (ctx->redis_job && redis_pool()) {
+        redis_pool()->cancel(ctx->redis_job);
+    }
+
+    if (ctx->pg_job && pg_pool()) {
+        pg_pool()->cancel(ctx->pg_job);
+    }
+
+    ctx->redis_job = nullptr;
+    ctx->pg_job = nullptr;
+    ctx->r = nullptr;
+}
+
+/*
+ * An internal redirect (error_page 401 = @login) clears the module ctx;
+ * the pool cleanup still holds it, so the outcome and the variables
+ * survive, as in the realip module.
+ */
+static Ctx *get_ctx(ngx_http_request_t *r)
+{
+    auto *ctx = static_cast<Ctx *>(
+        ngx_http_get_module_ctx(r, ngx_http_session_cache_module));
+
+    if (ctx != nullptr || !r->internal) {
+        return ctx;
+    }
+
+    for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == cleanup) {
+            ctx = static_cast<Ctx *>(cln->data);
+            ngx_http_set_ctx(r, ctx, ngx_http_session_cache_module);
+            return ctx;
+        }
+    }
+
+    return nullptr;
+}
+
+static std::string cache_key(const Ctx *ctx)
+{
+    std::string key;
+    key.reserve(ctx->smcf->key_prefix.len + ctx->token.len);
+    key.append(view(ctx->smcf->key_prefix));
+    key.append(view(ctx->token));
+    return key;
+}
+
+static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
+                       std::string_view user_id, bool has_expiry,
+                       std::int64_t expires_at)
+{
+    ngx_http_request_t *r = ctx->r;
+
+    ctx->result.status = status;
+
+    u_char *p = static_cast<u_char *>(ngx_pnalloc(r->pool, user_id.size()));
+    if (p == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_memcpy(p, user_id.data(), user_id.size());
+    ctx->result.user_id.data = p;
+    ctx->result.user_id.len = user_id.size();
+
+    if (has_expiry) {
+        p = static_cast<u_char *>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+        if (p == nullptr) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        ctx->result.expires_at.data = p;
+        ctx->result.expires_at.len = ngx_sprintf(p, "%L", expires_at) - p;
+    }
+
+    return NGX_OK;
+}
+
+static ngx_int_t deny(Ctx *ctx, const ngx_str_t &status)
+{
+    ctx->result.status = status;
+
+    ngx_log_error(NGX_LOG_INFO, ctx->r->connection->log, 0,
+                  "session_cache: session refused (%V)", &status);
+
+    return NGX_HTTP_UNAUTHORIZED;
+}
+
+/* No store could answer (SPEC §4.5). */
+static ngx_int_t unavailable(Ctx *ctx)
+{
+    ngx_http_request_t *r = ctx->r;
+
+    if (ctx->slcf->fail == NGX_HTTP_SESSION_CACHE_FAIL_OPEN) {
+        ctx->result.status = kFailOpen;
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "session_cache: no store answered, "
+                      "request let through (auth_session_fail open)");
+        return NGX_OK;
+    }
+
+    ctx->result.status = kError;
+
+    ngx_table_elt_t *h = static_cast<ngx_table_elt_t *>(
+        ngx_list_push(&r->headers_out.headers));
+    if (h == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    ngx_str_set(&h->value, kRetryAfter);
+    h->lowcase_key = (u_char *) "retry-after";
+
+    return NGX_HTTP_SERVICE_UNAVAILABLE;
+}
+
+/* Write to the cache without waiting for the answer. */
+static void cache_write(Ctx *ctx, std::string_view value,
+                        std::int64_t seconds)
+{
+    RedisPool *redis = redis_pool();
+
+    if (redis == nullptr || ctx->redis_failed || seconds <= 0) {
+        return;
+    }
+
+    std::string cmd;
+    resp_append(&cmd, {"SET", cache_key(ctx), value, "EX",
+                       std::to_string(seconds)});
+
+    const char *error = nullptr;
+    redis->submit(std::move(cmd), nullptr, nullptr, &error);
+}
+
+static void on_postgres(void *data, const PgRow *row, const char *error);
+
+static ngx_int_t ask_postgres(Ctx *ctx)
+{
+    PgPool *pg = pg_pool();
+
+    if (pg == nullptr) {
+        /* Redis alone: it is the source of truth */
+        return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
+    }
+
+    const char *error = nullptr;
+    ctx->pg_job = pg->submit(view(ctx->token), on_postgres, ctx, &error);
+
+    if (ctx->pg_job == nullptr) {
+        return unavailable(ctx);
+    }
+
+    return NGX_AGAIN;
+}
+
+static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
+                                const char *error)
+{
+    if (error != nullptr) {
+        ctx->redis_failed = true;
+        return ask_postgres(ctx);
+    }
+
+    if (reply->type == REDIS_REPLY_NIL) {
+        return ask_postgres(ctx);
+    }
+
+    if (reply->type != REDIS_REPLY_STRING) {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
+                          "session_cache: redis GET failed: %*s",
+                          ngx_min(reply->len, (size_t) 200), reply->str);
+        }
+        ctx->redis_failed = true;
+        return ask_postgres(ctx);
+    }
+
+    Session s;
+
+    switch (decode_session(std::string_view(reply->str, reply->len),
+                           ngx_time(), &s))
+    {
+    case Decoded::Valid:
+        return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
+
+    case Decoded::Negative:
+        return deny(ctx, kNegative);
+
+    case Decoded::Malformed:
+        ngx_log_error(NGX_LOG_WARN, ctx->r->connection->log, 0,
+                      "session_cache: unreadable cached session value, "
+                      "asking postgres");
+        return ask_postgres(ctx);
+
+    case Decoded::Expired:
+        break;
+    }
+
+    return ask_postgres(ctx);
+}
+
+static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
+                                   const char *error)
+{
+    if (error != nullptr) {
+        return unavailable(ctx);
+    }
+
+    const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
+
+    if (row == nullptr) {
+        if (ctx->smcf->negative_ttl > 0) {
+            cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl);
+        }
+        return deny(ctx, status);
+    }
+
+    if (!user_id_acceptable(row->user_id)) {
+        ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
+                      "session_cache: postgres returned a user id that is "
+                      "empty, too long or holds control characters");
+        return deny(ctx, status);
+    }
+
+    Session s;
+    s.user_id.assign(row->user_id.data(), row->user_id.size());
+    s.has_expiry = row->has_expiry;
+    s.expires_at = row->expires_at;
+
+    std::string value;
+    if (encode_session(s, &value)) {
+        cache_write(ctx, value,
+                    cache_seconds(ctx->smcf->ttl, s, ngx_time()));
+    }
+
+    return allow(ctx, status, row->user_id, row->has_expiry,
+                 row->expires_at);
+}
+
+/* The outcome is known: hand the request back to the phase engine. */
+static void resume(Ctx *ctx, ngx_int_t rc)
+{
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    ngx_http_request_t *r = ctx->r;
+    ngx_connection_t *c = r->connection;
+
+    ctx->rc = rc;
+    ctx->done = true;
+    ctx->waiting = false;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+static void on_redis(void *data, const redisReply *reply, const char *error)
+{
+    auto *ctx = static_cast<Ctx *>(data);
+    ngx_int_t rc;
+
+    ctx->redis_job = nullptr;
+
+    try {
+        rc = redis_answered(ctx, reply, error);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
+                      "session_cache: %s", e.what());
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    resume(ctx, rc);
+}
+
+static void on_postgres(void *data, const PgRow *row, const char *error)
+{
+    auto *ctx = static_cast<Ctx *>(data);
+    ngx_int_t rc;
+
+    ctx->pg_job = nullptr;
+
+    try {
+        rc = postgres_answered(ctx, row, error);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
+                      "session_cache: %s", e.what());
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    resume(ctx, rc);
+}
+
+static ngx_int_t start(ngx_http_request_t *r,
+                       const ngx_http_session_cache_main_conf_t *smcf,
+                       const ngx_http_session_cache_loc_conf_t *slcf)
+{
+    ngx_str_t token;
+
+    if (ngx_http_complex_value(r, slcf->token, &token) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    auto *ctx = static_cast<Ctx *>(ngx_pcalloc(r->pool, sizeof(Ctx)));
+    if (ctx == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->r = r;
+    ctx->smcf = smcf;
+    ctx->slcf = slcf;
+    ctx->token = token;
+
+    cln->handler = cleanup;
+    cln->data = ctx;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_session_cache_module);
+
+    ngx_int_t rc;
+
+    if (!token_plausible(token.data, token.len)) {
+        rc = deny(ctx, kRejected);
+
+    } else if (RedisPool *redis = redis_pool()) {
+        std::string cmd;
+        resp_append(&cmd, {"GET", cache_key(ctx)});
+
+        const char *error = nullptr;
+        ctx->redis_job = redis->submit(std::move(cmd), on_redis, ctx, &error);
+
+        if (ctx->redis_job != nullptr) {
+            rc = NGX_AGAIN;
+        } else {
+            ctx->redis_failed = true;
+            rc = ask_postgres(ctx);
+        }
+
+    } else {
+        rc = ask_postgres(ctx);
+    }
+
+    if (rc == NGX_AGAIN) {
+        ctx->waiting = true;
+        /* notice a client that gives up while we wait */
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+        return NGX_AGAIN;
+    }
+
+    ctx->rc = rc;
+    ctx->done = true;
+    return rc;
+}
+
+}  // namespace session_cache
+
+extern "C" ngx_int_t
+ngx_http_session_cache_check(ngx_http_request_t *r,
+    ngx_http_session_cache_main_conf_t *smcf,
+    ngx_http_session_cache_loc_conf_t *slcf)
+{
+    using namespace session_cache;
+
+    try {
+        Ctx *ctx = get_ctx(r);
+
+        if (ctx != nullptr) {
+            return ctx->done ? ctx->rc : NGX_AGAIN;
+        }
+
+        return start(r, smcf, slcf);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "session_cache: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+extern "C" ngx_http_session_cache_result_t *
+ngx_http_session_cache_result(ngx_http_request_t *r)
+{
+    session_cache::Ctx *ctx = session_cache::get_ctx(r);
+
+    return ctx ? &ctx->result : nullptr;
+}

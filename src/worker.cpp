@@ -1,0 +1,62 @@
+#include "worker.h"
+
+#include <new>
+
+namespace session_cache {
+
+static RedisPool *redis;
+static PgPool *pg;
+
+RedisPool *redis_pool()
+{
+    return redis;
+}
+
+PgPool *pg_pool()
+{
+    return pg;
+}
+
+}  // namespace session_cache
+
+extern "C" ngx_int_t
+ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
+    ngx_http_session_cache_main_conf_t *smcf)
+{
+    using namespace session_cache;
+
+    try {
+        if (smcf->redis.backend.configured) {
+            redis = new RedisPool(cycle, &smcf->redis);
+        }
+
+        if (smcf->pg.backend.configured) {
+            pg = new PgPool(cycle, &smcf->pg, &smcf->query);
+        }
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "session_cache: cannot create the pools: %s", e.what());
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+extern "C" void
+ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
+{
+    using namespace session_cache;
+
+    try {
+        delete redis;
+        delete pg;
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "session_cache: exit: %s", e.what());
+    }
+
+    redis = nullptr;
+    pg = nullptr;
+}
