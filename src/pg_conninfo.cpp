@@ -1,0 +1,267 @@
+/*
+ * Postgres connection string parsing and masking (SPEC §2, §7). libpq does
+ * the parsing, so the module accepts exactly what psql would; this file
+ * only keeps secrets out of what it gives back.
+ */
+#include "pg_conninfo.h"
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <new>
+
+namespace session_cache {
+
+namespace {
+
+struct OptionsFree {
+    void operator()(PQconninfoOption *o) const { PQconninfoFree(o); }
+};
+
+struct ErrorFree {
+    void operator()(char *s) const { PQfreemem(s); }
+};
+
+
+/*
+ * libpq quotes whatever it failed on ("missing \"=\" after \"%s\"",
+ * "invalid percent-encoded token: \"%s\"") and that may be the password,
+ * so every quoted fragment goes. An unterminated one runs to the end.
+ */
+std::string
+mask_quoted(const char *msg)
+{
+    std::string s;
+
+    for (const char *p = msg; *p; p++) {
+        if (*p != '"') {
+            s.push_back(*p);
+            continue;
+        }
+
+        s += "\"***\"";
+
+        for (p++; *p && *p != '"'; p++) {
+            /* skip the fragment */
+        }
+
+        if (*p == '\0') {
+            break;
+        }
+    }
+
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r'
+                          || s.back() == ' '))
+    {
+        s.pop_back();
+    }
+
+    if (s.empty()) {
+        s = "invalid connection string";
+    }
+
+    return s;
+}
+
+
+std::string
+parse(std::string_view conninfo, PgConninfo *out)
+{
+    /* libpq reads a C string: a NUL would silently cut the rest off */
+    if (conninfo.find('\0') != std::string_view::npos) {
+        return "connection string contains a NUL byte";
+    }
+
+    std::string s(conninfo);
+    char *err = nullptr;
+    std::unique_ptr<PQconninfoOption, OptionsFree> opts(
+        PQconninfoParse(s.c_str(), &err));
+    std::unique_ptr<char, ErrorFree> err_guard(err);
+
+    if (!opts) {
+        return err ? mask_quoted(err) : "out of memory";
+    }
+
+    PgConninfo c;
+
+    for (PQconninfoOption *o = opts.get(); o->keyword; o++) {
+        if (o->val != nullptr && o->val[0] != '\0') {
+            c.keywords.emplace_back(o->keyword);
+            c.values.emplace_back(o->val);
+        }
+    }
+
+    *out = std::move(c);
+    return {};
+}
+
+
+/* Quote a value the way libpq reads it back, when it has to be. */
+void
+append_value(std::string_view v, std::string *out)
+{
+    bool quote = v.empty();
+
+    for (char c : v) {
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'
+            || c == '\v' || c == '\'' || c == '\\')
+        {
+            quote = true;
+        }
+    }
+
+    if (!quote) {
+        out->append(v);
+        return;
+    }
+
+    out->push_back('\'');
+
+    for (char c : v) {
+        if (c == '\'' || c == '\\') {
+            out->push_back('\\');
+        }
+        out->push_back(c);
+    }
+
+    out->push_back('\'');
+}
+
+}  // namespace
+
+
+const std::string *
+PgConninfo::get(std::string_view keyword) const noexcept
+{
+    for (std::size_t i = 0; i < keywords.size() && i < values.size(); i++) {
+        if (keywords[i] == keyword) {
+            return &values[i];
+        }
+    }
+
+    return nullptr;
+}
+
+
+bool
+PgConninfo::set(std::string_view keyword, std::string_view value) noexcept
+{
+    try {
+        for (std::size_t i = 0; i < keywords.size() && i < values.size();
+             i++)
+        {
+            if (keywords[i] == keyword) {
+                values[i].assign(value);
+                return true;
+            }
+        }
+
+        keywords.emplace_back(keyword);
+
+        try {
+            values.emplace_back(value);
+
+        } catch (...) {
+            keywords.pop_back();  /* keep the two vectors in step */
+            throw;
+        }
+
+        return true;
+
+    } catch (...) {
+        return false;
+    }
+}
+
+
+std::string
+parse_pg_conninfo(std::string_view conninfo, PgConninfo *out)
+{
+    try {
+        return parse(conninfo, out);
+
+    } catch (const std::bad_alloc &) {
+        return "out of memory";  /* short enough to need no allocation */
+
+    } catch (...) {
+        return "internal error";
+    }
+}
+
+
+std::string
+mask_pg_conninfo(const PgConninfo &c)
+{
+    static const char *const shown[] = {
+        "host", "hostaddr", "port", "dbname", "user"
+    };
+
+    try {
+        std::string s;
+
+        for (const char *key : shown) {
+            const std::string *v = c.get(key);
+
+            if (v == nullptr) {
+                continue;
+            }
+
+            if (!s.empty()) {
+                s.push_back(' ');
+            }
+
+            s += key;
+            s.push_back('=');
+
+            /* libpq can expand a dbname that is itself a connection
+             * string or URI, which may carry a password. Host lists
+             * ("a,b") are shown as they are: hosts are not secret. */
+            if (std::string_view(key) == "dbname"
+                && (v->find('=') != std::string::npos
+                    || v->find("://") != std::string::npos))
+            {
+                s += "***";
+            } else {
+                append_value(*v, &s);
+            }
+        }
+
+        if (c.get("password") != nullptr) {
+            if (!s.empty()) {
+                s.push_back(' ');
+            }
+            s += "password=***";
+        }
+
+        return s;
+
+    } catch (...) {
+        return {};  /* std::bad_alloc */
+    }
+}
+
+
+std::vector<std::string>
+split_hosts(std::string_view hosts)
+{
+    try {
+        std::vector<std::string> parts;
+
+        for ( ;; ) {
+            std::size_t comma = hosts.find(',');
+
+            parts.emplace_back(hosts.substr(0, comma));
+
+            if (comma == std::string_view::npos) {
+                return parts;
+            }
+
+            hosts.remove_prefix(comma + 1);
+        }
+
+    } catch (...) {
+        return {};  /* std::bad_alloc */
+    }
+}
+
+}  // namespace session_cache

@@ -1,0 +1,561 @@
+/*
+ * Redis address parsing and masking (SPEC §2, §7).
+ *
+ * Error messages end up in "nginx -t" output and the error log, so they
+ * quote only what cannot be a secret: never the userinfo, and the port or
+ * a query key only when they look like what they claim to be.
+ */
+#include "redis_url.h"
+
+#include <cstdint>
+#include <new>
+
+namespace session_cache {
+
+namespace {
+
+constexpr char kExpected[] = "expected redis://, rediss:// or unix:";
+
+/* sizeof(sockaddr_un::sun_path) on Linux, less the terminating NUL */
+constexpr std::size_t kMaxSocketPath = 107;
+
+
+bool
+starts_with_nocase(std::string_view s, std::string_view prefix)
+{
+    if (s.size() < prefix.size()) {
+        return false;
+    }
+
+    for (std::size_t i = 0; i < prefix.size(); i++) {
+        char c = s[i];
+
+        if (c >= 'A' && c <= 'Z') {
+            c = static_cast<char>(c - 'A' + 'a');
+        }
+        if (c != prefix[i]) {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+bool
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+
+bool
+is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+
+/* Decimal digits only (no sign, no spaces) into 0..max. */
+bool
+parse_decimal(std::string_view s, std::int64_t max, std::int64_t *out)
+{
+    std::int64_t v = 0;
+
+    if (s.empty()) {
+        return false;
+    }
+
+    for (char c : s) {
+        if (!is_digit(c)) {
+            return false;
+        }
+        v = v * 10 + (c - '0');
+        if (v > max) {
+            return false;
+        }
+    }
+
+    *out = v;
+    return true;
+}
+
+
+int
+hex_value(char c)
+{
+    if (is_digit(c)) {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+
+bool
+percent_decode(std::string_view s, std::string *out)
+{
+    out->clear();
+
+    for (std::size_t i = 0; i < s.size(); i++) {
+        if (s[i] != '%') {
+            out->push_back(s[i]);
+            continue;
+        }
+
+        if (i + 2 >= s.size()) {
+            return false;
+        }
+
+        int hi = hex_value(s[i + 1]);
+        int lo = hex_value(s[i + 2]);
+
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+
+        out->push_back(static_cast<char>(hi * 16 + lo));
+        i += 2;
+    }
+
+    return true;
+}
+
+
+/* For display: keep what needs no escaping in a URL's userinfo or query,
+ * percent-encode the rest, so the masked form still parses. */
+void
+percent_encode(std::string_view s, std::string *out)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    for (char ch : s) {
+        auto c = static_cast<unsigned char>(ch);
+
+        if (is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.'
+            || ch == '_' || ch == '~')
+        {
+            out->push_back(ch);
+
+        } else {
+            out->push_back('%');
+            out->push_back(hex[c >> 4]);
+            out->push_back(hex[c & 0xf]);
+        }
+    }
+}
+
+
+std::string
+quoted(std::string_view what, std::string_view value)
+{
+    std::string s(what);
+
+    s += " \"";
+    s += value;
+    s += '"';
+
+    return s;
+}
+
+
+std::string
+port_error(std::string_view port)
+{
+    /* Quote a port only when it is a short run of digits: "redis://u:pw"
+     * (the host forgotten) would otherwise print the password as a port. */
+    if (port.size() <= 6) {
+        bool digits = true;
+
+        for (char c : port) {
+            digits = digits && is_digit(c);
+        }
+
+        if (digits) {
+            return quoted("invalid port", port) + " (expected 1..65535)";
+        }
+    }
+
+    return "invalid port (expected a decimal number 1..65535)";
+}
+
+
+const char *
+db_error()
+{
+    return "invalid database number (expected 0..2147483647)";
+}
+
+
+std::string
+parse_tcp(std::string_view rest, RedisUrl *u)
+{
+    std::string_view userinfo, hostport;
+    std::int64_t n;
+
+    /* The last '@' ends the userinfo: host, port and db never hold one,
+     * and an unescaped '@', '/' or '?' in a password stays in the
+     * userinfo instead of leaking into host or db (and error messages). */
+    std::size_t at = rest.rfind('@');
+
+    if (at != std::string_view::npos) {
+        userinfo = rest.substr(0, at);
+        hostport = rest.substr(at + 1);
+
+        std::size_t colon = userinfo.find(':');
+        std::string_view user = userinfo.substr(0, colon);
+        std::string_view pass = colon == std::string_view::npos
+                                ? std::string_view()
+                                : userinfo.substr(colon + 1);
+
+        if (!percent_decode(user, &u->user)
+            || !percent_decode(pass, &u->password))
+        {
+            return "invalid percent-encoding in credentials";
+        }
+
+    } else {
+        hostport = rest;
+    }
+
+    std::size_t i;
+
+    if (!hostport.empty() && hostport[0] == '[') {
+        std::size_t close = hostport.find(']');
+
+        if (close == std::string_view::npos) {
+            return "invalid IPv6 address: missing \"]\"";
+        }
+
+        std::string_view addr = hostport.substr(1, close - 1);
+        bool colon = false;
+
+        for (char c : addr) {
+            if (c == ':') {
+                colon = true;
+            } else if (!is_digit(c) && hex_value(c) < 0 && c != '.') {
+                return "invalid IPv6 address";
+            }
+        }
+
+        if (!colon) {
+            return "invalid IPv6 address";
+        }
+
+        u->host.assign(addr);
+        i = close + 1;
+
+    } else {
+        for (i = 0; i < hostport.size(); i++) {
+            char c = hostport[i];
+
+            if (c == ':' || c == '/' || c == '?' || c == '#') {
+                break;
+            }
+
+            if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '.'
+                && c != '_')
+            {
+                return "invalid character in host";
+            }
+        }
+
+        if (i == 0) {
+            return "missing host";
+        }
+
+        u->host.assign(hostport.substr(0, i));
+    }
+
+    if (i < hostport.size() && hostport[i] == ':') {
+        std::size_t start = ++i;
+
+        while (i < hostport.size() && hostport[i] != '/'
+               && hostport[i] != '?' && hostport[i] != '#')
+        {
+            i++;
+        }
+
+        std::string_view port = hostport.substr(start, i - start);
+
+        if (port.empty()) {
+            return "missing port after \":\"";
+        }
+
+        if (!parse_decimal(port, 65535, &n) || n == 0) {
+            return port_error(port);
+        }
+
+        u->port = static_cast<int>(n);
+    }
+
+    if (i < hostport.size() && hostport[i] == '/') {
+        std::size_t start = ++i;
+
+        while (i < hostport.size() && hostport[i] != '?'
+               && hostport[i] != '#')
+        {
+            i++;
+        }
+
+        std::string_view db = hostport.substr(start, i - start);
+
+        if (!db.empty()) {
+            if (!parse_decimal(db, 2147483647, &n)) {
+                return db_error();
+            }
+            u->db = static_cast<int>(n);
+        }
+    }
+
+    if (i < hostport.size()) {
+        if (hostport[i] == '?') {
+            return "query parameters are only supported in unix: URLs";
+        }
+        if (hostport[i] == '#') {
+            return "unexpected \"#\" in URL";
+        }
+        return "invalid character after host";
+    }
+
+    return {};
+}
+
+
+/* A query key is echoed only when it looks like a key, not like a value
+ * the user forgot to name. */
+std::string
+key_error(std::string_view what, std::string_view key)
+{
+    bool plain = !key.empty() && key.size() <= 32;
+
+    for (char c : key) {
+        plain = plain && (is_alpha(c) || is_digit(c) || c == '_' || c == '-');
+    }
+
+    return plain ? quoted(what, key) : std::string(what);
+}
+
+
+std::string
+parse_unix(std::string_view rest, RedisUrl *u)
+{
+    std::size_t q = rest.find('?');
+    std::string_view path = rest.substr(0, q);
+    std::string_view query = q == std::string_view::npos
+                             ? std::string_view() : rest.substr(q + 1);
+
+    /* unix:///path is a common spelling; unix://host/path is not a thing */
+    if (path.substr(0, 3) == "///") {
+        path.remove_prefix(2);
+    } else if (path.substr(0, 2) == "//") {
+        return "unix socket URLs take no host: use unix:/path/to.sock";
+    }
+
+    if (path.empty()) {
+        return "missing unix socket path";
+    }
+
+    if (path[0] != '/') {
+        return "unix socket path must be absolute";
+    }
+
+    if (path.find('\0') != std::string_view::npos) {
+        return "invalid character in unix socket path";
+    }
+
+    if (path.size() > kMaxSocketPath) {
+        return "unix socket path is too long";
+    }
+
+    u->unix_socket = true;
+    u->path.assign(path);
+
+    bool seen_db = false, seen_user = false, seen_password = false;
+
+    while (!query.empty()) {
+        std::size_t amp = query.find('&');
+        std::string_view param = query.substr(0, amp);
+
+        query = amp == std::string_view::npos ? std::string_view()
+                                              : query.substr(amp + 1);
+
+        if (param.empty()) {
+            continue;
+        }
+
+        std::size_t eq = param.find('=');
+
+        if (eq == std::string_view::npos) {
+            return "invalid query parameter (expected key=value)";
+        }
+
+        std::string_view key = param.substr(0, eq);
+        std::string_view val = param.substr(eq + 1);
+        bool *seen;
+
+        if (key == "db") {
+            seen = &seen_db;
+        } else if (key == "user") {
+            seen = &seen_user;
+        } else if (key == "password") {
+            seen = &seen_password;
+        } else {
+            return key_error("unknown query parameter", key)
+                   + " (expected db, user or password)";
+        }
+
+        if (*seen) {
+            return key_error("duplicate query parameter", key);
+        }
+
+        *seen = true;
+
+        if (key == "db") {
+            std::int64_t n;
+
+            if (!parse_decimal(val, 2147483647, &n)) {
+                return db_error();
+            }
+            u->db = static_cast<int>(n);
+
+        } else if (!percent_decode(val, key == "user" ? &u->user
+                                                      : &u->password))
+        {
+            return "invalid percent-encoding in credentials";
+        }
+    }
+
+    return {};
+}
+
+
+std::string
+parse(std::string_view url, RedisUrl *out)
+{
+    RedisUrl u;
+    std::string err;
+
+    if (url.empty()) {
+        return std::string("empty Redis URL (") + kExpected + ")";
+    }
+
+    if (starts_with_nocase(url, "redis://")) {
+        err = parse_tcp(url.substr(8), &u);
+
+    } else if (starts_with_nocase(url, "rediss://")) {
+        u.tls = true;
+        err = parse_tcp(url.substr(9), &u);
+
+    } else if (starts_with_nocase(url, "unix:")) {
+        err = parse_unix(url.substr(5), &u);
+
+    } else {
+        /* Name the scheme only if it is one (RFC 3986 syntax): in
+         * "user:pw@host://" the "scheme" would be the credentials. */
+        std::size_t sep = url.find("://");
+        bool scheme = sep != std::string_view::npos && sep > 0 && sep <= 16
+                      && is_alpha(url[0]);
+
+        for (std::size_t i = 0; scheme && i < sep; i++) {
+            char c = url[i];
+            scheme = is_alpha(c) || is_digit(c) || c == '+' || c == '-'
+                     || c == '.';
+        }
+
+        if (scheme) {
+            return quoted("unknown scheme", url.substr(0, sep)) + " ("
+                   + kExpected + ")";
+        }
+
+        return kExpected;
+    }
+
+    if (!err.empty()) {
+        return err;
+    }
+
+    *out = std::move(u);
+    return {};
+}
+
+}  // namespace
+
+
+std::string
+parse_redis_url(std::string_view url, RedisUrl *out)
+{
+    try {
+        return parse(url, out);
+
+    } catch (const std::bad_alloc &) {
+        return "out of memory";  /* short enough to need no allocation */
+
+    } catch (...) {
+        return "internal error";
+    }
+}
+
+
+std::string
+mask_redis_url(const RedisUrl &u)
+{
+    try {
+        std::string s;
+
+        if (u.unix_socket) {
+            s = "unix:";
+            s += u.path;
+            s += "?db=";
+            s += std::to_string(u.db);
+
+            if (!u.user.empty()) {
+                s += "&user=";
+                percent_encode(u.user, &s);
+            }
+
+            if (!u.password.empty()) {
+                s += "&password=***";
+            }
+
+            return s;
+        }
+
+        s = u.tls ? "rediss://" : "redis://";
+
+        if (!u.user.empty() || !u.password.empty()) {
+            percent_encode(u.user, &s);
+            if (!u.password.empty()) {
+                s += ":***";
+            }
+            s += '@';
+        }
+
+        bool ipv6 = u.host.find(':') != std::string::npos;
+
+        if (ipv6) {
+            s += '[';
+        }
+        s += u.host;
+        if (ipv6) {
+            s += ']';
+        }
+
+        s += ':';
+        s += std::to_string(u.port);
+        s += '/';
+        s += std::to_string(u.db);
+
+        return s;
+
+    } catch (...) {
+        return {};  /* std::bad_alloc: nothing sensible to show */
+    }
+}
+
+}  // namespace session_cache

@@ -1,0 +1,644 @@
+/*
+ * The cached session value codec (SPEC §3). The reader is hand-written and
+ * strict on purpose: the value comes from a Redis that other programs can
+ * write to, so anything but a well-formed session object is Malformed and
+ * the caller falls back to Postgres.
+ */
+#include "session_value.h"
+
+#include <charconv>
+#include <limits>
+#include <new>
+
+namespace session_cache {
+
+namespace {
+
+constexpr char kNegativeMarker[] = "{\"invalid\":true}";
+
+/* The session object itself is depth 1; anything nested deeper than this
+ * is refused, which also bounds the reader's recursion. */
+constexpr int kMaxDepth = 16;
+
+constexpr std::size_t kMaxUserIdLength = 256;
+
+
+class Reader {
+public:
+    explicit Reader(std::string_view s)
+        : p_(reinterpret_cast<const unsigned char *>(s.data())),
+          end_(p_ + s.size())
+    {}
+
+    bool at_end() const { return p_ == end_; }
+
+    int peek() const { return p_ < end_ ? *p_ : -1; }
+
+    void skip_ws()
+    {
+        while (p_ < end_
+               && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r'))
+        {
+            p_++;
+        }
+    }
+
+    bool eat(unsigned char c)
+    {
+        if (p_ < end_ && *p_ == c) {
+            p_++;
+            return true;
+        }
+        return false;
+    }
+
+    /* A JSON string, unescaped into *out (appended) unless out is null. */
+    bool string(std::string *out);
+
+    /* Any JSON value found inside a container at depth `depth`. */
+    bool value(int depth);
+
+    /* A JSON number that is an integer and fits in int64. */
+    bool integer(std::int64_t *out);
+
+private:
+    bool literal(const char *word);
+    bool number(bool *integral);
+    bool hex4(unsigned *cp);
+    bool utf8(std::string *out);
+    bool container(int depth, unsigned char close);
+
+    const unsigned char *p_;
+    const unsigned char *end_;
+};
+
+
+void
+put_utf8(unsigned cp, std::string *out)
+{
+    if (out == nullptr) {
+        return;
+    }
+
+    if (cp < 0x80) {
+        out->push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+        out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
+        out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    } else if (cp < 0x10000) {
+        out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
+        out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
+        out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    } else {
+        out->push_back(static_cast<char>(0xf0 | (cp >> 18)));
+        out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3f)));
+        out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
+        out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    }
+}
+
+
+bool
+Reader::literal(const char *word)
+{
+    for (; *word; word++) {
+        if (!eat(static_cast<unsigned char>(*word))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+bool
+Reader::hex4(unsigned *cp)
+{
+    unsigned v = 0;
+
+    for (int i = 0; i < 4; i++) {
+        if (p_ == end_) {
+            return false;
+        }
+
+        unsigned char c = *p_++;
+        v <<= 4;
+
+        if (c >= '0' && c <= '9') {
+            v |= c - '0';
+        } else if (c >= 'a' && c <= 'f') {
+            v |= c - 'a' + 10;
+        } else if (c >= 'A' && c <= 'F') {
+            v |= c - 'A' + 10;
+        } else {
+            return false;
+        }
+    }
+
+    *cp = v;
+    return true;
+}
+
+
+/*
+ * One raw multi-byte UTF-8 sequence starting at p_ (a byte >= 0x80).
+ * Overlong forms, surrogates and code points past U+10FFFF are refused.
+ */
+bool
+Reader::utf8(std::string *out)
+{
+    const unsigned char *start = p_;
+    unsigned char c = *p_;
+    unsigned char lo = 0x80, hi = 0xbf;
+    int n;
+
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 1;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 2;
+        if (c == 0xe0) {
+            lo = 0xa0;
+        } else if (c == 0xed) {
+            hi = 0x9f;
+        }
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 3;
+        if (c == 0xf0) {
+            lo = 0x90;
+        } else if (c == 0xf4) {
+            hi = 0x8f;
+        }
+    } else {
+        return false;
+    }
+
+    if (end_ - p_ <= n) {
+        return false;
+    }
+
+    p_++;
+
+    for (int i = 0; i < n; i++, p_++) {
+        unsigned char b = *p_;
+
+        if (i == 0 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf)) {
+            return false;
+        }
+    }
+
+    if (out) {
+        out->append(reinterpret_cast<const char *>(start), n + 1);
+    }
+
+    return true;
+}
+
+
+bool
+Reader::string(std::string *out)
+{
+    if (!eat('"')) {
+        return false;
+    }
+
+    for ( ;; ) {
+        if (p_ == end_) {
+            return false;
+        }
+
+        unsigned char c = *p_;
+
+        if (c == '"') {
+            p_++;
+            return true;
+        }
+
+        if (c < 0x20) {
+            /* JSON requires control characters to be escaped */
+            return false;
+        }
+
+        if (c >= 0x80) {
+            if (!utf8(out)) {
+                return false;
+            }
+            continue;
+        }
+
+        p_++;
+
+        if (c != '\\') {
+            if (out) {
+                out->push_back(static_cast<char>(c));
+            }
+            continue;
+        }
+
+        if (p_ == end_) {
+            return false;
+        }
+
+        unsigned cp;
+
+        switch (*p_++) {
+        case '"':  cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/':  cp = '/'; break;
+        case 'b':  cp = '\b'; break;
+        case 'f':  cp = '\f'; break;
+        case 'n':  cp = '\n'; break;
+        case 'r':  cp = '\r'; break;
+        case 't':  cp = '\t'; break;
+
+        case 'u':
+            if (!hex4(&cp)) {
+                return false;
+            }
+
+            if (cp >= 0xdc00 && cp <= 0xdfff) {
+                return false;  /* lone low surrogate */
+            }
+
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                unsigned low;
+
+                if (!eat('\\') || !eat('u') || !hex4(&low)
+                    || low < 0xdc00 || low > 0xdfff)
+                {
+                    return false;  /* high surrogate without its pair */
+                }
+
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+            }
+
+            /* A NUL inside a string only ever means mischief here: it
+             * would cut the id short in C code downstream. */
+            if (cp == 0) {
+                return false;
+            }
+            break;
+
+        default:
+            return false;
+        }
+
+        put_utf8(cp, out);
+    }
+}
+
+
+/* The JSON number grammar; *integral tells whether it had neither a
+ * fraction nor an exponent. Digits are not converted: any length is fine. */
+bool
+Reader::number(bool *integral)
+{
+    *integral = true;
+
+    eat('-');
+
+    if (eat('0')) {
+        /* no leading zeros: "01" is not JSON */
+    } else if (p_ < end_ && *p_ >= '1' && *p_ <= '9') {
+        while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
+            p_++;
+        }
+    } else {
+        return false;
+    }
+
+    if (eat('.')) {
+        *integral = false;
+
+        if (p_ == end_ || *p_ < '0' || *p_ > '9') {
+            return false;
+        }
+        while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
+            p_++;
+        }
+    }
+
+    if (eat('e') || eat('E')) {
+        *integral = false;
+
+        if (!eat('+')) {
+            eat('-');
+        }
+        if (p_ == end_ || *p_ < '0' || *p_ > '9') {
+            return false;
+        }
+        while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
+            p_++;
+        }
+    }
+
+    return true;
+}
+
+
+bool
+Reader::integer(std::int64_t *out)
+{
+    const unsigned char *start = p_;
+    bool integral;
+
+    if (!number(&integral) || !integral) {
+        return false;
+    }
+
+    bool negative = (*start == '-');
+    const unsigned char *d = start + (negative ? 1 : 0);
+
+    /* Accumulate negatively so that INT64_MIN fits. */
+    std::int64_t v = 0;
+    const std::int64_t min = std::numeric_limits<std::int64_t>::min();
+
+    for (; d < p_; d++) {
+        int digit = *d - '0';
+
+        if (v < (min + digit) / 10) {
+            return false;
+        }
+        v = v * 10 - digit;
+    }
+
+    if (!negative) {
+        if (v == min) {
+            return false;
+        }
+        v = -v;
+    }
+
+    *out = v;
+    return true;
+}
+
+
+/* The rest of an array or object after its opening bracket. */
+bool
+Reader::container(int depth, unsigned char close)
+{
+    skip_ws();
+
+    if (eat(close)) {
+        return true;
+    }
+
+    for ( ;; ) {
+        if (close == '}') {
+            if (!string(nullptr)) {
+                return false;
+            }
+            skip_ws();
+            if (!eat(':')) {
+                return false;
+            }
+            skip_ws();
+        }
+
+        if (!value(depth)) {
+            return false;
+        }
+
+        skip_ws();
+
+        if (eat(close)) {
+            return true;
+        }
+
+        if (!eat(',')) {
+            return false;
+        }
+
+        skip_ws();
+    }
+}
+
+
+bool
+Reader::value(int depth)
+{
+    bool integral;
+
+    switch (peek()) {
+    case '{':
+    case '[':
+        if (depth + 1 > kMaxDepth) {
+            return false;
+        }
+        return container(depth + 1, *p_++ == '{' ? '}' : ']');
+
+    case '"':
+        return string(nullptr);
+
+    case 't':
+        return literal("true");
+
+    case 'f':
+        return literal("false");
+
+    case 'n':
+        return literal("null");
+
+    default:
+        return number(&integral);
+    }
+}
+
+
+Decoded
+decode(std::string_view value, std::int64_t now, Session *out)
+{
+    if (value == std::string_view(kNegativeMarker)) {
+        return Decoded::Negative;
+    }
+
+    Reader r(value);
+    Session s;
+    bool have_user_id = false;
+    std::string key;
+
+    r.skip_ws();
+
+    if (!r.eat('{')) {
+        return Decoded::Malformed;
+    }
+
+    r.skip_ws();
+
+    if (!r.eat('}')) {
+        for ( ;; ) {
+            key.clear();
+
+            if (!r.string(&key)) {
+                return Decoded::Malformed;
+            }
+
+            r.skip_ws();
+            if (!r.eat(':')) {
+                return Decoded::Malformed;
+            }
+            r.skip_ws();
+
+            if (key == "user_id") {
+                if (have_user_id || !r.string(&s.user_id)) {
+                    return Decoded::Malformed;
+                }
+                have_user_id = true;
+
+            } else if (key == "expires_at") {
+                if (s.has_expiry || !r.integer(&s.expires_at)) {
+                    return Decoded::Malformed;
+                }
+                s.has_expiry = true;
+
+            } else if (!r.value(1)) {
+                return Decoded::Malformed;
+            }
+
+            r.skip_ws();
+
+            if (r.eat('}')) {
+                break;
+            }
+
+            if (!r.eat(',')) {
+                return Decoded::Malformed;
+            }
+
+            r.skip_ws();
+        }
+    }
+
+    r.skip_ws();
+
+    if (!r.at_end()) {
+        return Decoded::Malformed;  /* trailing garbage */
+    }
+
+    if (!have_user_id || !user_id_acceptable(s.user_id)) {
+        return Decoded::Malformed;
+    }
+
+    Decoded result = (s.has_expiry && s.expires_at <= now) ? Decoded::Expired
+                                                           : Decoded::Valid;
+
+    if (out) {
+        *out = std::move(s);
+    }
+
+    return result;
+}
+
+}  // namespace
+
+
+std::string_view
+negative_marker() noexcept
+{
+    return kNegativeMarker;
+}
+
+
+Decoded
+decode_session(std::string_view value, std::int64_t now,
+               Session *out) noexcept
+{
+    try {
+        return decode(value, now, out);
+
+    } catch (...) {
+        /* only std::bad_alloc can get here; the caller treats Malformed
+         * as a cache miss and asks Postgres, which is the safe outcome */
+        return Decoded::Malformed;
+    }
+}
+
+
+bool
+encode_session(const Session &s, std::string *out) noexcept
+{
+    static const char hex[] = "0123456789abcdef";
+
+    try {
+        std::string v;
+
+        v.reserve(sizeof("{\"user_id\":\"\",\"expires_at\":}") + 20
+                  + s.user_id.size());
+
+        v += "{\"user_id\":\"";
+
+        for (char ch : s.user_id) {
+            auto c = static_cast<unsigned char>(ch);
+
+            if (c == '"' || c == '\\') {
+                v.push_back('\\');
+                v.push_back(ch);
+
+            } else if (c < 0x20 || c == 0x7f) {
+                v += "\\u00";
+                v.push_back(hex[c >> 4]);
+                v.push_back(hex[c & 0xf]);
+
+            } else {
+                v.push_back(ch);
+            }
+        }
+
+        v.push_back('"');
+
+        if (s.has_expiry) {
+            char buf[24];
+            auto res = std::to_chars(buf, buf + sizeof(buf), s.expires_at);
+
+            v += ",\"expires_at\":";
+            v.append(buf, res.ptr);
+        }
+
+        v.push_back('}');
+
+        *out = std::move(v);
+        return true;
+
+    } catch (...) {
+        return false;
+    }
+}
+
+
+bool
+user_id_acceptable(std::string_view id) noexcept
+{
+    if (id.empty() || id.size() > kMaxUserIdLength) {
+        return false;
+    }
+
+    for (char ch : id) {
+        auto c = static_cast<unsigned char>(ch);
+
+        if (c < 0x20 || c == 0x7f) {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+std::int64_t
+cache_seconds(std::int64_t ttl, const Session &s, std::int64_t now) noexcept
+{
+    if (!s.has_expiry) {
+        return ttl;
+    }
+
+    std::int64_t left;
+
+    if (__builtin_sub_overflow(s.expires_at, now, &left)) {
+        /* only extreme values get here: the sign of the true difference
+         * is that of expires_at */
+        return s.expires_at > 0 ? ttl : 0;
+    }
+
+    return left < ttl ? left : ttl;
+}
+
+}  // namespace session_cache

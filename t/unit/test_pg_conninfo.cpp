@@ -1,0 +1,332 @@
+/*
+ * Postgres conninfo parsing and masking (SPEC §2, §7): key=value and URI
+ * forms through libpq, and no password in any error or masked form.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+extern "C" {
+#include <cmocka.h>
+}
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "pg_conninfo.h"
+
+using session_cache::mask_pg_conninfo;
+using session_cache::parse_pg_conninfo;
+using session_cache::PgConninfo;
+using session_cache::split_hosts;
+
+namespace {
+
+const char kSecret[] = "Hunter2Secret";
+
+PgConninfo
+ok(const std::string &conninfo, int line)
+{
+    PgConninfo c;
+    std::string err = parse_pg_conninfo(conninfo, &c);
+
+    if (!err.empty()) {
+        fail_msg("line %d: [%s] refused: %s", line, conninfo.c_str(),
+                 err.c_str());
+    }
+
+    assert_int_equal(c.keywords.size(), c.values.size());
+
+    for (const std::string &v : c.values) {
+        assert_false(v.empty());
+    }
+
+    std::string m = mask_pg_conninfo(c);
+    const std::string *pw = c.get("password");
+
+    if (pw && m.find(*pw) != std::string::npos) {
+        fail_msg("line %d: password in mask [%s]", line, m.c_str());
+    }
+    if (m.find(kSecret) != std::string::npos) {
+        fail_msg("line %d: secret in mask [%s]", line, m.c_str());
+    }
+
+    return c;
+}
+
+#define OK(s) ok((s), __LINE__)
+
+
+std::string
+refused(const std::string &conninfo, const char *secret, int line)
+{
+    PgConninfo c;
+    c.set("host", "untouched");
+    std::string err = parse_pg_conninfo(conninfo, &c);
+
+    if (err.empty()) {
+        fail_msg("line %d: [%s] accepted", line, conninfo.c_str());
+    }
+    if (secret && err.find(secret) != std::string::npos) {
+        fail_msg("line %d: [%s]: error \"%s\" leaks \"%s\"", line,
+                 conninfo.c_str(), err.c_str(), secret);
+    }
+    if (err.find('\n') != std::string::npos) {
+        fail_msg("line %d: error \"%s\" has a newline", line, err.c_str());
+    }
+
+    /* a failed parse leaves the output alone */
+    assert_int_equal(c.keywords.size(), 1);
+    assert_string_equal(c.get("host")->c_str(), "untouched");
+
+    return err;
+}
+
+#define REFUSED(s, secret) refused((s), (secret), __LINE__)
+
+
+std::string
+get(const PgConninfo &c, const char *key)
+{
+    const std::string *v = c.get(key);
+    return v ? *v : std::string("(unset)");
+}
+
+
+void
+test_keyword_value(void **)
+{
+    PgConninfo c = OK("host=db.example port=5432 dbname=app user=nginx "
+                      "password=Hunter2Secret");
+    assert_string_equal(get(c, "host").c_str(), "db.example");
+    assert_string_equal(get(c, "port").c_str(), "5432");
+    assert_string_equal(get(c, "dbname").c_str(), "app");
+    assert_string_equal(get(c, "user").c_str(), "nginx");
+    assert_string_equal(get(c, "password").c_str(), kSecret);
+    assert_int_equal(c.keywords.size(), 5);
+    assert_null(c.get("sslmode"));    /* defaults are not filled in */
+    assert_null(c.get("connect_timeout"));
+
+    /* quoting, escapes and spaces around '=' */
+    c = OK("  host = h  password='it\\'s a \\\\ secret' dbname = 'my db' ");
+    assert_string_equal(get(c, "host").c_str(), "h");
+    assert_string_equal(get(c, "password").c_str(), "it's a \\ secret");
+    assert_string_equal(get(c, "dbname").c_str(), "my db");
+
+    /* empty values count as unset */
+    c = OK("host=h password='' user=''");
+    assert_null(c.get("password"));
+    assert_null(c.get("user"));
+    assert_int_equal(c.keywords.size(), 1);
+
+    c = OK("host=a,b,/tmp port=5432,5433,5434 target_session_attrs=any");
+    assert_string_equal(get(c, "host").c_str(), "a,b,/tmp");
+    assert_string_equal(get(c, "target_session_attrs").c_str(), "any");
+
+    /* libpq's own meaning of "": every default */
+    c = OK("");
+    assert_int_equal(c.keywords.size(), 0);
+    c = OK("   ");
+    assert_int_equal(c.keywords.size(), 0);
+}
+
+
+void
+test_uri(void **)
+{
+    PgConninfo c = OK("postgresql://nginx:Hunter2Secret@db.example:5433/app"
+                      "?sslmode=require&connect_timeout=5");
+    assert_string_equal(get(c, "host").c_str(), "db.example");
+    assert_string_equal(get(c, "port").c_str(), "5433");
+    assert_string_equal(get(c, "dbname").c_str(), "app");
+    assert_string_equal(get(c, "user").c_str(), "nginx");
+    assert_string_equal(get(c, "password").c_str(), kSecret);
+    assert_string_equal(get(c, "sslmode").c_str(), "require");
+    assert_string_equal(get(c, "connect_timeout").c_str(), "5");
+
+    c = OK("postgres://h/db");
+    assert_string_equal(get(c, "host").c_str(), "h");
+    assert_string_equal(get(c, "dbname").c_str(), "db");
+    assert_null(c.get("user"));
+
+    c = OK("postgresql://u:p%40ss%2Fw%3Ard@h");
+    assert_string_equal(get(c, "password").c_str(), "p@ss/w:rd");
+
+    c = OK("postgresql://u@[::1]:5432,db2:5433/app");
+    assert_string_equal(get(c, "host").c_str(), "::1,db2");
+    assert_string_equal(get(c, "port").c_str(), "5432,5433");
+
+    c = OK("postgresql:///app?host=/var/run/postgresql");
+    assert_string_equal(get(c, "host").c_str(), "/var/run/postgresql");
+    assert_string_equal(get(c, "dbname").c_str(), "app");
+
+    c = OK("postgresql://");
+    assert_int_equal(c.keywords.size(), 0);
+}
+
+
+void
+test_errors(void **)
+{
+    std::string err;
+
+    err = REFUSED("host=h Hunter2Secret", kSecret);
+    assert_non_null(strstr(err.c_str(), "missing \"***\" after \"***\""));
+
+    err = REFUSED("host=h password", nullptr);
+    assert_non_null(strstr(err.c_str(), "\"***\""));
+
+    err = REFUSED("host=h password='Hunter2Secret", kSecret);
+    assert_non_null(strstr(err.c_str(), "unterminated quoted string"));
+
+    err = REFUSED("host=h bogus=1 password=Hunter2Secret", kSecret);
+    assert_non_null(strstr(err.c_str(), "invalid connection option"));
+
+    err = REFUSED("host=h Hunter2Secret=x", kSecret);
+    err = REFUSED("password=Hunter2Secret host", kSecret);
+
+    err = REFUSED("postgresql://u:Hunter2Secret%zz@h/db", kSecret);
+    err = REFUSED("postgresql://u:Hunter2Secret@h/db?bogus=1", kSecret);
+    err = REFUSED("postgresql://u:Hunter2Secret@h/db?Hunter2Secret=1",
+                  kSecret);
+    err = REFUSED("postgresql://u:Hunter2Secret@[::1/db", kSecret);
+    err = REFUSED("postgresql://u:Hunter2Secret@h/db?sslmode", kSecret);
+    err = REFUSED("postgresql://u:Hunter2Secret@h/d%00b", kSecret);
+
+    err = REFUSED(std::string("host=h\0password=Hunter2Secret", 29),
+                  kSecret);
+    assert_non_null(strstr(err.c_str(), "NUL"));
+
+    /* mentions of "***" but no trailing newline */
+    err = REFUSED("host=h port", nullptr);
+    assert_true(err.back() != '\n');
+    assert_true(err.back() != ' ');
+}
+
+
+void
+test_mask(void **)
+{
+    struct {
+        const char *in;
+        const char *masked;
+    } cases[] = {
+        {"host=db.example port=5432 dbname=app user=nginx "
+         "password=Hunter2Secret",
+         "host=db.example port=5432 dbname=app user=nginx password=***"},
+
+        /* fixed order, whatever the input order */
+        {"password=Hunter2Secret user=nginx dbname=app port=5432 "
+         "hostaddr=10.0.0.1 host=db.example",
+         "host=db.example hostaddr=10.0.0.1 port=5432 dbname=app "
+         "user=nginx password=***"},
+
+        {"host=h", "host=h"},
+        {"dbname=app", "dbname=app"},
+        {"password=Hunter2Secret", "password=***"},
+        {"", ""},
+
+        /* other options never show: they may hold secrets */
+        {"host=h sslmode=verify-full sslpassword=Hunter2Secret "
+         "sslkey=/k application_name=x options='-c a=b'",
+         "host=h"},
+
+        /* host lists stay as they are */
+        {"host=a,b,/tmp port=5432,5433,5434",
+         "host=a,b,/tmp port=5432,5433,5434"},
+        {"postgresql://u:Hunter2Secret@[::1]:5432,db2:5433/app",
+         "host=::1,db2 port=5432,5433 dbname=app user=u password=***"},
+
+        /* values that need quoting are quoted the libpq way */
+        {"dbname='my db' user='o\\'brien'",
+         "dbname='my db' user='o\\'brien'"},
+
+        /* a dbname that is itself a connection string may carry one */
+        {"dbname='host=x password=Hunter2Secret'", "dbname=***"},
+        {"dbname=postgresql://u:Hunter2Secret@h/db", "dbname=***"},
+
+        {"postgresql://nginx:Hunter2Secret@db.example:5433/app"
+         "?sslmode=require",
+         "host=db.example port=5433 dbname=app user=nginx password=***"},
+        {"postgresql://h", "host=h"},
+    };
+
+    for (const auto &t : cases) {
+        PgConninfo c = ok(t.in, __LINE__);
+        std::string m = mask_pg_conninfo(c);
+
+        if (m != t.masked) {
+            fail_msg("[%s] masked as [%s], expected [%s]", t.in, m.c_str(),
+                     t.masked);
+        }
+
+        /* the mask is itself a conninfo that libpq reads back */
+        PgConninfo back;
+        assert_true(parse_pg_conninfo(m, &back).empty());
+    }
+}
+
+
+void
+test_get_set(void **)
+{
+    PgConninfo c;
+
+    assert_null(c.get("host"));
+    assert_true(c.set("host", "a"));
+    assert_string_equal(c.get("host")->c_str(), "a");
+    assert_true(c.set("connect_timeout", "2"));
+    assert_true(c.set("host", "b"));
+    assert_string_equal(c.get("host")->c_str(), "b");
+    assert_int_equal(c.keywords.size(), 2);
+    assert_int_equal(c.values.size(), 2);
+    assert_null(c.get("hos"));
+    assert_null(c.get("hostx"));
+}
+
+
+void
+test_split_hosts(void **)
+{
+    std::vector<std::string> h;
+
+    h = split_hosts("db");
+    assert_int_equal(h.size(), 1);
+    assert_string_equal(h[0].c_str(), "db");
+
+    h = split_hosts("a,b,/tmp");
+    assert_int_equal(h.size(), 3);
+    assert_string_equal(h[0].c_str(), "a");
+    assert_string_equal(h[1].c_str(), "b");
+    assert_string_equal(h[2].c_str(), "/tmp");
+
+    h = split_hosts("");
+    assert_int_equal(h.size(), 1);
+    assert_string_equal(h[0].c_str(), "");
+
+    h = split_hosts(",a,,");
+    assert_int_equal(h.size(), 4);
+    assert_string_equal(h[0].c_str(), "");
+    assert_string_equal(h[1].c_str(), "a");
+    assert_string_equal(h[2].c_str(), "");
+    assert_string_equal(h[3].c_str(), "");
+}
+
+}  // namespace
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keyword_value),
+        cmocka_unit_test(test_uri),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_mask),
+        cmocka_unit_test(test_get_set),
+        cmocka_unit_test(test_split_hosts),
+    };
+
+    return cmocka_run_group_tests_name("pg_conninfo", tests, nullptr,
+                                       nullptr) ? 1 : 0;
+}
