@@ -29,7 +29,7 @@ static char *ngx_http_session_cache_postgres(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_backend(ngx_conf_t *cf,
     ngx_command_t *cmd, ngx_http_session_cache_backend_t *bcf,
-    ngx_str_t *source);
+    ngx_http_session_cache_redis_conf_t *rcf, ngx_str_t *source);
 static char *ngx_http_session_cache_read_source(ngx_conf_t *cf,
     ngx_str_t *arg, ngx_str_t *source);
 static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
@@ -256,9 +256,10 @@ ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     smcf->redis.backend.pool = 8;
     smcf->redis.backend.connect_timeout = 1000;
     smcf->redis.backend.timeout = 200;
+    smcf->redis.tls_verify = NGX_CONF_UNSET;
 
     rv = ngx_http_session_cache_backend(cf, cmd, &smcf->redis.backend,
-                                        &source);
+                                        &smcf->redis, &source);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -295,7 +296,8 @@ ngx_http_session_cache_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     smcf->pg.backend.connect_timeout = 2000;
     smcf->pg.backend.timeout = 1000;
 
-    rv = ngx_http_session_cache_backend(cf, cmd, &smcf->pg.backend, &source);
+    rv = ngx_http_session_cache_backend(cf, cmd, &smcf->pg.backend, NULL,
+                                        &source);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -317,12 +319,14 @@ ngx_http_session_cache_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /*
  * The parts both backends share: where the secret comes from (the first
- * argument) and pool=N connect_timeout=T timeout=T. Error messages never
- * repeat the first argument: it may hold a password.
+ * argument) and pool=N connect_timeout=T timeout=T; for Redis (rcf set)
+ * also tls_ca=PATH and tls_verify=on|off. Error messages never repeat the
+ * first argument: it may hold a password.
  */
 static char *
 ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
-    ngx_http_session_cache_backend_t *bcf, ngx_str_t *source)
+    ngx_http_session_cache_backend_t *bcf,
+    ngx_http_session_cache_redis_conf_t *rcf, ngx_str_t *source)
 {
     char        *rv;
     ngx_int_t    n;
@@ -386,6 +390,24 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
             }
 
             bcf->timeout = ms;
+            continue;
+        }
+
+        if (rcf && ngx_strncmp(value[i].data, "tls_ca=", 7) == 0
+            && value[i].len > 7)
+        {
+            rcf->tls_ca.data = value[i].data + 7;
+            rcf->tls_ca.len = value[i].len - 7;
+            continue;
+        }
+
+        if (rcf && ngx_strcmp(value[i].data, "tls_verify=on") == 0) {
+            rcf->tls_verify = 1;
+            continue;
+        }
+
+        if (rcf && ngx_strcmp(value[i].data, "tls_verify=off") == 0) {
+            rcf->tls_verify = 0;
             continue;
         }
 

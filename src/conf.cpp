@@ -69,6 +69,76 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
     return std::string();
 }
 
+/*
+ * rediss://: an nginx SSL context, as proxy_ssl builds one. The server's
+ * certificate is checked (chain and name) unless tls_verify=off; against
+ * tls_ca= when given, else against the system's trusted CAs.
+ */
+static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
+                         ngx_http_session_cache_redis_conf_t *rcf)
+{
+#if (NGX_SSL)
+    if (url.unix_socket) {
+        return conf_error(cf, "TLS over a unix socket is not supported");
+    }
+
+    if (rcf->tls_verify == NGX_CONF_UNSET) {
+        rcf->tls_verify = 1;
+    }
+
+    if (!copy_str(cf, url.host, &rcf->tls_name)) {
+        return const_cast<char *>("out of memory");
+    }
+
+    auto *ssl = static_cast<ngx_ssl_t *>(ngx_pcalloc(cf->pool,
+                                                     sizeof(ngx_ssl_t)));
+    if (ssl == nullptr) {
+        return const_cast<char *>("out of memory");
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2 | NGX_SSL_TLSv1_3, nullptr)
+        != NGX_OK)
+    {
+        return const_cast<char *>("cannot create a TLS context");
+    }
+
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == nullptr) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return const_cast<char *>("out of memory");
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    if (rcf->tls_verify) {
+        if (rcf->tls_ca.len) {
+            if (ngx_ssl_trusted_certificate(cf, ssl, &rcf->tls_ca, 4)
+                != NGX_OK)
+            {
+                return conf_error(cf, "cannot load tls_ca=\""
+                                      + std::string(view(rcf->tls_ca))
+                                      + "\"");
+            }
+
+        } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+            return conf_error(cf, "cannot load the system's trusted CAs; "
+                                  "give tls_ca=");
+        }
+    }
+
+    rcf->ssl = ssl;
+    rcf->tls = 1;
+
+    return NGX_CONF_OK;
+#else
+    return conf_error(cf, "rediss:// needs nginx built with "
+                          "--with-http_ssl_module");
+#endif
+}
+
 static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
                          ngx_http_session_cache_redis_conf_t *rcf)
 {
@@ -80,8 +150,13 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
     }
 
     if (url.tls) {
-        return conf_error(cf, "rediss:// (TLS) is not supported by this "
-                              "version; use redis:// or unix:");
+        char *rv = tls_context(cf, url, rcf);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+
+    } else if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
+        return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
     }
 
     ngx_url_t u;
@@ -186,11 +261,19 @@ static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
             addrs.append(reinterpret_cast<char *>(text), n);
         }
 
-        ci.set("hostaddr", addrs);
+        if (!ci.set("hostaddr", addrs)) {
+            return const_cast<char *>("out of memory");
+        }
     }
 
-    if (ci.get("application_name") == nullptr) {
-        ci.set("application_name", "ngx_session_cache");
+    /* a name in pg_stat_activity; and no GSSAPI attempt unless asked,
+     * which would reconnect on a new socket when it fails */
+    if ((ci.get("application_name") == nullptr
+         && !ci.set("application_name", "ngx_session_cache"))
+        || (ci.get("gssencmode") == nullptr
+            && !ci.set("gssencmode", "disable")))
+    {
+        return const_cast<char *>("out of memory");
     }
 
     std::size_t n = ci.keywords.size();

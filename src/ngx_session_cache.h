@@ -28,10 +28,16 @@ typedef struct {
     ngx_http_session_cache_backend_t  backend;
 
     ngx_addr_t                 *addr;            /* resolved at start */
-    ngx_uint_t                  tls;
-    ngx_str_t                   user;
-    ngx_str_t                   password;
     ngx_uint_t                  db;
+
+    /* rediss:// */
+    ngx_uint_t                  tls;
+    ngx_flag_t                  tls_verify;      /* NGX_CONF_UNSET: on */
+    ngx_str_t                   tls_ca;          /* empty: system CAs */
+    ngx_str_t                   tls_name;        /* SNI, certificate name */
+#if (NGX_SSL)
+    ngx_ssl_t                  *ssl;
+#endif
     ngx_str_t                   handshake;       /* AUTH/SELECT, as RESP */
     ngx_uint_t                  handshake_replies;
 } ngx_http_session_cache_redis_conf_t;

@@ -14,6 +14,7 @@ struct RedisConn {
     RedisJob              *job = nullptr;
     ngx_uint_t             handshake_left = 0;
     bool                   connected = false;
+    bool                   handshaking = false;
     ngx_queue_t            link;
 };
 
@@ -32,6 +33,10 @@ RedisPool::RedisPool(ngx_cycle_t *cycle,
     *ngx_snprintf(reinterpret_cast<u_char *>(timeout_text_),
                   sizeof(timeout_text_) - 1, "timed out after %Mms",
                   conf->backend.timeout) = '\0';
+    *ngx_snprintf(reinterpret_cast<u_char *>(connect_timeout_text_),
+                  sizeof(connect_timeout_text_) - 1,
+                  "connect timed out after %Mms",
+                  conf->backend.connect_timeout) = '\0';
 }
 
 RedisPool::~RedisPool()
@@ -190,16 +195,125 @@ RedisConn *RedisPool::open(const char **error)
     ngx_queue_insert_tail(&conns_, &rc->link);
     nconns_++;
 
+    /* even when already connected (a unix socket), carry on from the
+     * event loop: nothing here may fail a connection under submit() */
+    ngx_add_timer(c->write, conf_->backend.connect_timeout);
+
     if (rv == NGX_OK) {
-        connected(rc);
-    } else {
-        ngx_add_timer(c->write, conf_->backend.connect_timeout);
+        ngx_post_event(c->write, &ngx_posted_events);
     }
 
     return rc;
 }
 
+/*
+ * TCP is up. For rediss://, the TLS handshake comes first; the connect
+ * timer keeps running through it.
+ */
 void RedisPool::connected(RedisConn *rc)
+{
+#if (NGX_SSL)
+    if (conf_->ssl) {
+        start_tls(rc);
+        return;
+    }
+#endif
+
+    ready(rc);
+}
+
+#if (NGX_SSL)
+
+void RedisPool::start_tls(RedisConn *rc)
+{
+    ngx_connection_t *c = rc->peer.connection;
+
+    rc->handshaking = true;
+
+    /* nginx's SSL layer allocates from the connection's pool */
+    c->pool = ngx_create_pool(512, &log_);
+    if (c->pool == nullptr) {
+        fail(rc, "out of memory");
+        return;
+    }
+
+    if (ngx_ssl_create_connection(conf_->ssl, c,
+                                  NGX_SSL_BUFFER | NGX_SSL_CLIENT)
+        != NGX_OK)
+    {
+        fail(rc, "cannot start TLS");
+        return;
+    }
+
+    /* never wait for the peer on close: destroy() must not block */
+    c->ssl->no_wait_shutdown = 1;
+    c->ssl->no_send_shutdown = 1;
+
+    const ngx_str_t &name = conf_->tls_name;
+    if (name.len && ngx_inet_addr(name.data, name.len) == INADDR_NONE
+        && name.data[0] != '[' && ngx_strlchr(name.data, name.data + name.len,
+                                              ':') == nullptr)
+    {
+        SSL_set_tlsext_host_name(c->ssl->connection,
+                                 reinterpret_cast<char *>(name.data));
+    }
+
+    ngx_int_t rv = ngx_ssl_handshake(c);
+
+    if (rv == NGX_AGAIN) {
+        c->ssl->handler = on_handshake;
+        return;
+    }
+
+    on_handshake(c);
+}
+
+void RedisPool::on_handshake(ngx_connection_t *c)
+{
+    auto *rc = static_cast<RedisConn *>(c->data);
+    RedisPool *pool = rc->pool;
+
+    c->read->handler = on_read;
+    c->write->handler = on_write;
+    rc->handshaking = false;
+
+    if (c->write->timedout || c->read->timedout) {
+        c->write->timedout = 0;
+        c->read->timedout = 0;
+        pool->fail(rc, pool->connect_timeout_text_);
+        return;
+    }
+
+    if (!c->ssl || !c->ssl->handshaked) {
+        pool->fail(rc, "TLS handshake failed");
+        return;
+    }
+
+    if (pool->conf_->tls_verify) {
+        long rv = SSL_get_verify_result(c->ssl->connection);
+
+        if (rv != X509_V_OK) {
+            std::string text = "TLS certificate verify failed: ";
+            text += X509_verify_cert_error_string(rv);
+            pool->fail(rc, text.c_str());
+            return;
+        }
+
+        ngx_str_t name = pool->conf_->tls_name;
+
+        if (ngx_ssl_check_host(c, &name) != NGX_OK) {
+            pool->fail(rc, "TLS certificate does not match the host name");
+            return;
+        }
+    }
+
+    pool->ready(rc);
+}
+
+#endif
+
+/* Connected (and through TLS): AUTH, SELECT, then the job's command. */
+void RedisPool::ready(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
 
@@ -216,7 +330,7 @@ void RedisPool::connected(RedisConn *rc)
         rc->out += rc->job->command;
     }
 
-    ngx_post_event(c->write, &ngx_posted_events);
+    flush(rc);
 }
 
 void RedisPool::assign(RedisConn *rc, RedisJob *job)
@@ -240,11 +354,11 @@ void RedisPool::on_write(ngx_event_t *ev)
     try {
         if (ev->timedout) {
             ev->timedout = 0;
-            char text[64];
-            *ngx_snprintf(reinterpret_cast<u_char *>(text), sizeof(text) - 1,
-                          "connect timed out after %Mms",
-                          pool->conf_->backend.connect_timeout) = '\0';
-            pool->fail(rc, text);
+            pool->fail(rc, pool->connect_timeout_text_);
+            return;
+        }
+
+        if (rc->handshaking) {
             return;
         }
 
@@ -267,6 +381,7 @@ void RedisPool::on_write(ngx_event_t *ev)
             }
 
             pool->connected(rc);
+            return;
         }
 
         pool->flush(rc);
@@ -313,6 +428,10 @@ void RedisPool::on_read(ngx_event_t *ev)
     RedisPool *pool = rc->pool;
 
     try {
+        if (rc->handshaking) {
+            return;
+        }
+
         if (!rc->connected) {
             /* an error or a hang-up while connecting: on_write reads it */
             on_write(c->write);
@@ -468,8 +587,19 @@ void RedisPool::destroy(RedisConn *rc)
     nconns_--;
 
     if (rc->peer.connection) {
+#if (NGX_SSL)
+        if (rc->peer.connection->ssl) {
+            /* no_wait/no_send_shutdown: frees the SSL object at once */
+            ngx_ssl_shutdown(rc->peer.connection);
+        }
+#endif
+        ngx_pool_t *pool = rc->peer.connection->pool;
         ngx_close_connection(rc->peer.connection);
         rc->peer.connection = nullptr;
+
+        if (pool) {
+            ngx_destroy_pool(pool);
+        }
     }
 
     redisReaderFree(rc->reader);

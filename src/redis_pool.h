@@ -71,6 +71,11 @@ private:
     RedisConn *open(const char **error);
     void assign(RedisConn *rc, RedisJob *job);
     void connected(RedisConn *rc);
+    void ready(RedisConn *rc);
+#if (NGX_SSL)
+    void start_tls(RedisConn *rc);
+    static void on_handshake(ngx_connection_t *c);
+#endif
     void flush(RedisConn *rc);
     void read(RedisConn *rc);
     void fail(RedisConn *rc, const char *error);
@@ -88,6 +93,7 @@ private:
     ngx_uint_t   nconns_ = 0;
     ngx_uint_t   npending_ = 0;
     char         timeout_text_[64];
+    char         connect_timeout_text_[64];
 };
 
 }  // namespace session_cache
