@@ -75,5 +75,8 @@ if [ ! -f "$tree/.stamp" ] || [ "$(cat "$tree/.stamp")" != "$stamp" ]; then
 fi
 
 make -s -C "$tree" -f objs/Makefile modules -j"$(nproc)"
-cp "$tree/objs/ngx_http_session_cache_module.so" "$build/"
+# Replace, never overwrite in place: a running nginx has the old file
+# mapped, and rewriting it under the process crashes its workers.
+cp "$tree/objs/ngx_http_session_cache_module.so" "$build/.module.so.new"
+mv -f "$build/.module.so.new" "$build/ngx_http_session_cache_module.so"
 echo "build.sh: built $build/ngx_http_session_cache_module.so"
