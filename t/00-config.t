@@ -1,0 +1,161 @@
+# nginx -t: good configurations pass; bad ones fail with a message that
+# names the directive, and never print a password.
+
+use v5.36;
+use Test::More;
+use File::Temp qw(tempdir);
+use SessionCache::Test;
+
+my $REDIS_PW = 'Sup3rSecret';
+my $PG_PW    = 'pg-S3cret-pw';
+my $REDIS    = "redis://u:$REDIS_PW\@127.0.0.1:1/0";
+my $PG       = qq{"host=127.0.0.1 port=1 dbname=sessions user=nginx password=$PG_PW"};
+
+my $dir = tempdir('sc-config-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_KEEP});
+chmod 0755, $dir;
+
+sub write_secret ($name, $content) {
+    my $path = "$dir/$name";
+    open my $fh, '>', $path or die "$path: $!";
+    print {$fh} $content;
+    close $fh;
+    chmod 0600, $path;
+    return $path;
+}
+
+my $redis_file = write_secret('redis.url', "$REDIS\n");
+my $pg_file    = write_secret('pg.dsn',
+    "host=127.0.0.1 port=1 dbname=sessions user=nginx password=$PG_PW\n");
+my $bad_file   = write_secret('bad.url', "http://u:$REDIS_PW\@x\n");
+
+# A site with the given backend directives (raw text) and a protected
+# location.
+sub site (%o) {
+    return protected_site(
+        redis    => $o{redis},
+        postgres => $o{postgres},
+        http     => $o{http},
+    );
+}
+
+sub config_ok ($name, %o) {
+    my ($rc, $out) = check_config(http => site(%o), env => $o{env});
+    is($rc, 0, "nginx -t accepts $name") or diag $out;
+    unlike($out, qr/\Q$REDIS_PW\E|\Q$PG_PW\E/,
+           "nginx -t output for $name holds no password");
+}
+
+sub config_fails ($name, $directive, %o) {
+    my ($rc, $out) = check_config(http => site(%o), env => $o{env},
+                                  main => $o{main});
+    isnt($rc, 0, "nginx -t rejects $name");
+    like($out, qr/\Q$directive\E/, "the message for $name names $directive")
+        or diag $out if defined $directive;
+    like($out, $o{problem}, "the message for $name names the problem")
+        or diag $out if $o{problem};
+    unlike($out, qr/\Q$REDIS_PW\E|\Q$PG_PW\E/,
+           "the message for $name holds no password") or diag $out;
+}
+
+my $pg_ok = "$PG pool=2 connect_timeout=300ms timeout=200ms";
+my $redis_ok = "$REDIS pool=2 connect_timeout=300ms timeout=200ms";
+
+# --- accepted --------------------------------------------------------
+
+config_ok('a literal URL and conninfo', redis => $redis_ok, postgres => $pg_ok);
+config_ok('a postgresql:// URI',
+    redis    => $redis_ok,
+    postgres => "postgresql://nginx:$PG_PW\@127.0.0.1:1/sessions pool=1");
+config_ok('env= sources',
+    redis => 'env=SC_TEST_REDIS_URL pool=2', postgres => 'env=SC_TEST_PG_DSN',
+    env => { SC_TEST_REDIS_URL => $REDIS,
+             SC_TEST_PG_DSN => "host=127.0.0.1 password=$PG_PW" });
+config_ok('file= sources (trailing newline)',
+    redis => "file=$redis_file timeout=1s", postgres => "file=$pg_file");
+config_ok('Postgres alone', postgres => $pg_ok);
+config_ok('all the http-level settings',
+    redis => $redis_ok, postgres => $pg_ok, http => <<~'NGX');
+        session_cache_ttl 5m;
+        session_cache_negative_ttl 0;
+        session_cache_key_prefix "sc:";
+        session_cache_query "SELECT user_id, extract(epoch FROM expires_at)::bigint FROM platform.user_sessions WHERE token = $1";
+        auth_session_fail open;
+        NGX
+
+# --- rejected: bad parameters ---------------------------------------
+
+config_fails('a bad time unit (timeout=abc)', 'session_cache_redis',
+    redis => "$REDIS timeout=abc", postgres => $pg_ok);
+config_fails('a bad time unit on Postgres (connect_timeout=abc)',
+    'session_cache_postgres',
+    redis => $redis_ok, postgres => "$PG connect_timeout=abc");
+config_fails('an unknown parameter (foo=1)', 'session_cache_redis',
+    redis => "$REDIS foo=1", postgres => $pg_ok);
+config_fails('an unknown parameter on Postgres (foo=1)',
+    'session_cache_postgres',
+    redis => $redis_ok, postgres => "$PG foo=1");
+config_fails('pool=0', 'session_cache_redis',
+    redis => "$REDIS pool=0", postgres => $pg_ok);
+config_fails('pool=0 on Postgres', 'session_cache_postgres',
+    redis => $redis_ok, postgres => "$PG pool=0");
+
+# --- rejected: bad addresses ------------------------------------------
+
+config_fails('an http:// URL', 'session_cache_redis',
+    redis => "http://u:$REDIS_PW\@x", postgres => $pg_ok);
+config_fails('a port out of range', 'session_cache_redis',
+    redis => "redis://u:$REDIS_PW\@host:99999", postgres => $pg_ok,
+    problem => qr/port/i);
+config_fails('a conninfo libpq cannot parse', 'session_cache_postgres',
+    redis => $redis_ok,
+    postgres => qq{"host=127.0.0.1 password=$PG_PW bogus_option=1"});
+config_fails('a bad URL read from a file', 'session_cache_redis',
+    redis => "file=$bad_file", postgres => $pg_ok);
+config_fails('a bad URL read from the environment', 'session_cache_redis',
+    redis => 'env=SC_TEST_REDIS_URL', postgres => $pg_ok,
+    env => { SC_TEST_REDIS_URL => "redis://u:$REDIS_PW\@host:99999/0" });
+
+# --- rejected: missing sources ----------------------------------------
+
+config_fails('an unset env= variable', 'session_cache_redis',
+    redis => 'env=SC_TEST_UNSET_VAR', postgres => $pg_ok,
+    env => { SC_TEST_UNSET_VAR => undef }, problem => qr/SC_TEST_UNSET_VAR/);
+config_fails('an unset env= variable for Postgres', 'session_cache_postgres',
+    redis => $redis_ok, postgres => 'env=SC_TEST_UNSET_VAR',
+    env => { SC_TEST_UNSET_VAR => undef }, problem => qr/SC_TEST_UNSET_VAR/);
+config_fails('a missing file=', 'session_cache_redis',
+    redis => "file=$dir/no-such-file", postgres => $pg_ok,
+    problem => qr/no-such-file/);
+config_fails('a missing file= for Postgres', 'session_cache_postgres',
+    redis => $redis_ok, postgres => "file=$dir/no-such-file",
+    problem => qr/no-such-file/);
+
+# --- rejected: structure ----------------------------------------------
+
+config_fails('a duplicate session_cache_redis', 'session_cache_redis',
+    redis => $redis_ok, postgres => $pg_ok,
+    http => "session_cache_redis $REDIS;", problem => qr/duplicate/);
+config_fails('a duplicate session_cache_postgres', 'session_cache_postgres',
+    redis => $redis_ok, postgres => $pg_ok,
+    http => "session_cache_postgres $PG;", problem => qr/duplicate/);
+config_fails('auth_session without any backend', 'session_cache_postgres');
+config_fails('a bad session_cache_ttl', 'session_cache_ttl',
+    redis => $redis_ok, postgres => $pg_ok, http => 'session_cache_ttl abc;');
+# nginx's own enum parser names the value, not the directive.
+config_fails('a bad auth_session_fail', undef,
+    redis => $redis_ok, postgres => $pg_ok, http => 'auth_session_fail maybe;',
+    problem => qr/"maybe"/);
+config_fails('session_cache_redis inside a server', 'session_cache_redis',
+    postgres => $pg_ok,
+    http => "server { listen 127.0.0.1:1; session_cache_redis $REDIS; }");
+
+# --- and a good one really starts ----------------------------------------
+
+my $nginx = start_nginx(http => site(redis => $redis_ok, postgres => $pg_ok));
+is(get('/public.html')->{status}, 200,
+   'nginx starts with the module loaded, backends unreachable');
+unlike($nginx->error_log, qr/\Q$REDIS_PW\E|\Q$PG_PW\E/,
+       'the error log holds no password');
+no_alerts($nginx);
+
+done_testing;

@@ -1,0 +1,1104 @@
+package SessionCache::Test;
+
+# The integration-test harness for ngx_session_cache: real nginx, Redis and
+# Postgres on free 127.0.0.1 ports, one set per test file, and a small HTTP
+# client. Tests read like sentences:
+#
+#   my $redis = start_redis();
+#   my $pg    = start_postgres();
+#   my $nginx = start_nginx(http => $config);
+#   $pg->add_session('tok1', 'u1', 3600);
+#   my $r = get('/', cookie => 'session=tok1');
+#   is($r->{status}, 200, 'a valid session is let through');
+#   no_alerts($nginx);
+#
+# Every process the harness starts is recorded and stopped by its pid at
+# exit (END), nginx first so backends see their clients go away. Nothing is
+# ever killed by name. Temporary directories go away at exit unless
+# TEST_KEEP=1.
+#
+# Environment: SESSION_CACHE_MODULE (the .so; default build/...), NGINX_BIN
+# (default /usr/sbin/nginx), NGINX_PRELOAD (LD_PRELOAD for nginx only, for
+# a sanitizer build of the module), PG_BINDIR, TEST_KEEP=1.
+
+use strict;
+use warnings;
+use v5.36;
+
+use Cwd qw(abs_path);
+use Exporter qw(import);
+use File::Basename qw(dirname);
+use File::Copy ();
+use File::Spec;
+use File::Temp qw(tempdir);
+use IO::Select;
+use IO::Socket::INET;
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(time sleep);
+use Test::More ();
+
+our @EXPORT = qw(
+    start_redis start_postgres start_nginx new_nginx check_config
+    get get_many send_many collect
+    no_alerts wait_until free_port repo_dir module_path
+    protected_site session_headers
+);
+
+my $OWNER_PID = $$;       # only this process stops what it started
+my @STARTED;              # every Redis, Postgres and nginx object, in order
+our $NGINX;               # the last nginx started: get() talks to it
+
+# A test that is interrupted must still stop its servers: turn the signals
+# into a normal exit so END runs. SIGPIPE must not kill a test that writes
+# to a socket nginx already closed.
+for my $sig (qw(INT TERM HUP)) {
+    $SIG{$sig} = sub { exit 128 + 2 } if !$SIG{$sig} || $SIG{$sig} eq 'DEFAULT';
+}
+$SIG{PIPE} = 'IGNORE';
+
+END {
+    local $?;    # do not let waitpid() clobber the test's exit status
+    if ($$ == $OWNER_PID) {
+        for my $kind ('SessionCache::Test::Nginx', 'SessionCache::Test::Redis',
+                      'SessionCache::Test::Postgres') {
+            for my $obj (reverse grep { ref $_ eq $kind } @STARTED) {
+                eval { $obj->_cleanup; 1 } or warn "cleanup: $@";
+            }
+        }
+        @STARTED = ();
+    }
+}
+
+# ---------------------------------------------------------------- helpers
+
+sub repo_dir {
+    return abs_path(File::Spec->catdir(dirname(__FILE__), '..', '..', '..'));
+}
+
+sub module_path {
+    return $ENV{SESSION_CACHE_MODULE}
+        // File::Spec->catfile(repo_dir(), 'build',
+                               'ngx_http_session_cache_module.so');
+}
+
+sub _tempdir ($what) {
+    my $dir = tempdir("sc-$what-XXXXXX", TMPDIR => 1,
+                      CLEANUP => !$ENV{TEST_KEEP});
+    # nginx workers (user nobody) and postgres must be able to walk in.
+    chmod 0755, $dir or die "chmod $dir: $!";
+    Test::More::diag("$what files in $dir") if $ENV{TEST_KEEP};
+    return $dir;
+}
+
+sub _write_file ($path, $content) {
+    open my $fh, '>', $path or die "write $path: $!";
+    print {$fh} $content;
+    close $fh or die "close $path: $!";
+    chmod 0644, $path;
+}
+
+sub _slurp ($path) {
+    open my $fh, '<', $path or return '';
+    local $/;
+    my $text = <$fh>;
+    return $text // '';
+}
+
+sub _need_binary ($path, $what) {
+    die "$what not found at $path: install it (CI installs it via .ci/run)\n"
+        unless -x $path;
+    return $path;
+}
+
+sub _which ($name) {
+    for my $dir (split /:/, $ENV{PATH} // '', -1) {
+        my $p = File::Spec->catfile($dir eq '' ? '.' : $dir, $name);
+        return $p if -x $p && !-d $p;
+    }
+    for my $dir (qw(/usr/sbin /usr/bin /sbin /bin)) {
+        return "$dir/$name" if -x "$dir/$name";
+    }
+    return undef;
+}
+
+sub _need_in_path ($name) {
+    my $p = _which($name);
+    die "$name not found in PATH: install it (CI installs it via .ci/run)\n"
+        unless $p;
+    return $p;
+}
+
+my %PORT_USED;
+
+# A port nothing listens on right now: bind port 0, read it, close. The
+# harness never hands out the same port twice in one process.
+sub free_port {
+    for (1 .. 50) {
+        my $s = IO::Socket::INET->new(
+            LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
+            Listen => 1, ReuseAddr => 1,
+        ) or die "cannot bind a free port: $!";
+        my $port = $s->sockport;
+        close $s;
+        next if $PORT_USED{$port}++;
+        return $port;
+    }
+    die "no free port found";
+}
+
+sub _port_accepts ($port) {
+    my $s = IO::Socket::INET->new(
+        PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
+        Timeout => 0.5,
+    );
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+# Poll $cond every 20 ms until it returns true or $timeout seconds pass.
+# Returns the condition's last value.
+sub wait_until ($cond, $timeout = 5, $step = 0.02) {
+    my $deadline = time + $timeout;
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        return $v if time >= $deadline;
+        sleep $step;
+    }
+}
+
+sub _postgres_ids {
+    my @pw = getpwnam('postgres');
+    die "running as root, but there is no 'postgres' user to run "
+        . "PostgreSQL as\n" unless @pw;
+    return @pw[2, 3];
+}
+
+# fork + exec, no shell. %o: cmd => [...], stdout => file, stderr => file
+# (appended), env => {NAME => value|undef}, as_postgres => 1 (drop root to
+# the postgres user). The child gets its own process group, so a Ctrl-C on
+# the terminal reaches only the test, which then stops everything in order.
+sub _spawn (%o) {
+    my @cmd = @{ $o{cmd} };
+    my ($uid, $gid) = ($o{as_postgres} && $> == 0) ? _postgres_ids() : ();
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        eval {
+            POSIX::setpgid(0, 0);
+            open STDIN, '<', '/dev/null' or die "stdin: $!";
+            if ($o{stdout}) {
+                open STDOUT, '>>', $o{stdout} or die "$o{stdout}: $!";
+            }
+            if ($o{stderr}) {
+                open STDERR, '>>', $o{stderr} or die "$o{stderr}: $!";
+            }
+            for my $k (keys %{ $o{env} // {} }) {
+                if (defined $o{env}{$k}) { $ENV{$k} = $o{env}{$k} }
+                else                    { delete $ENV{$k} }
+            }
+            if (defined $uid) {
+                POSIX::setgid($gid) or die "setgid: $!";
+                $) = "$gid $gid";
+                POSIX::setuid($uid) or die "setuid: $!";
+                $ENV{HOME} = (getpwuid($uid))[7];
+                $ENV{USER} = $ENV{LOGNAME} = 'postgres';
+            }
+            exec { $cmd[0] } @cmd or die "exec $cmd[0]: $!";
+        };
+        print STDERR "spawn failed: $@";
+        POSIX::_exit(127);
+    }
+    return $pid;
+}
+
+# Run a command to completion, no shell; stdout and stderr merged.
+# Returns (exit code, output). %o as for _spawn, plus timeout (seconds).
+sub _run (%o) {
+    my @cmd = @{ $o{cmd} };
+    my ($uid, $gid) = ($o{as_postgres} && $> == 0) ? _postgres_ids() : ();
+    pipe(my $r, my $w) or die "pipe: $!";
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        eval {
+            close $r;
+            open STDIN, '<', '/dev/null' or die "stdin: $!";
+            open STDOUT, '>&', $w or die "stdout: $!";
+            open STDERR, '>&', $w or die "stderr: $!";
+            for my $k (keys %{ $o{env} // {} }) {
+                if (defined $o{env}{$k}) { $ENV{$k} = $o{env}{$k} }
+                else                    { delete $ENV{$k} }
+            }
+            if (defined $uid) {
+                POSIX::setgid($gid) or die "setgid: $!";
+                $) = "$gid $gid";
+                POSIX::setuid($uid) or die "setuid: $!";
+                $ENV{HOME} = (getpwuid($uid))[7];
+            }
+            exec { $cmd[0] } @cmd or die "exec $cmd[0]: $!";
+        };
+        print STDERR "run failed: $@";
+        POSIX::_exit(127);
+    }
+    close $w;
+    my $out = '';
+    my $deadline = time + ($o{timeout} // 60);
+    my $sel = IO::Select->new($r);
+    while (1) {
+        my $left = $deadline - time;
+        if ($left <= 0) {
+            kill 'KILL', $pid;
+            waitpid $pid, 0;
+            die "timed out after " . ($o{timeout} // 60) . "s: @cmd\n";
+        }
+        next unless $sel->can_read($left);
+        my $n = sysread $r, my $buf, 65536;
+        last unless $n;
+        $out .= $buf;
+    }
+    close $r;
+    waitpid $pid, 0;
+    my $rc = $? & 127 ? 128 + ($? & 127) : $? >> 8;
+    return ($rc, $out);
+}
+
+# Wait up to $timeout seconds for child $pid to exit; true if it did.
+sub _reap ($pid, $timeout) {
+    my $deadline = time + $timeout;
+    while (1) {
+        my $r = waitpid $pid, WNOHANG;
+        return 1 if $r == $pid || $r == -1;
+        return 0 if time >= $deadline;
+        sleep 0.01;
+    }
+}
+
+sub _alive ($pid) {
+    return 0 unless $pid;
+    my $r = waitpid $pid, WNOHANG;
+    return 0 if $r == $pid || $r == -1;
+    return 1;
+}
+
+# ------------------------------------------------------------ constructors
+
+sub start_redis (%opt)    { SessionCache::Test::Redis->_new(%opt) }
+sub start_postgres (%opt) { SessionCache::Test::Postgres->_new(%opt) }
+
+sub new_nginx (%opt) { SessionCache::Test::Nginx->_new(%opt) }
+
+sub start_nginx (%opt) {
+    my $n = SessionCache::Test::Nginx->_new(%opt);
+    $n->start(%opt);
+    return $n;
+}
+
+# check_config(http => ..., main => ..., env => {...}): nginx -t in a
+# throwaway prefix; returns (exit code, output).
+sub check_config (%opt) {
+    return SessionCache::Test::Nginx->_new(%opt)->check_config(%opt);
+}
+
+# ------------------------------------------------------- nginx configs
+
+# The add_header lines that expose the module's variables.
+sub session_headers {
+    return join '',
+        "add_header X-Session-Status \$session_cache_status always;\n",
+        "add_header X-Session-User \$session_user_id always;\n",
+        "add_header X-Session-Expires \$session_expires_at always;\n";
+}
+
+# The http{} text most tests use: the backends, a protected location /
+# serving %%HTML%% with the variables as headers, and an unprotected
+# /public.html.
+#   redis    => 'redis://127.0.0.1:P/0 pool=2 timeout=200ms' (omitted if undef)
+#   postgres => '"host=..." pool=2'                           (omitted if undef)
+#   http     => more http-level directives
+#   protect  => more lines inside location /
+#   server   => more server-level lines (extra locations)
+sub protected_site (%o) {
+    my $h = session_headers();
+    my $t = '';
+    $t .= "session_cache_redis $o{redis};\n" if defined $o{redis};
+    $t .= "session_cache_postgres $o{postgres};\n" if defined $o{postgres};
+    $t .= ($o{http} // '') . "\n";
+    $t .= <<~"NGX";
+        server {
+            listen 127.0.0.1:%%PORT%%;
+            location / {
+                root %%HTML%%;
+                auth_session \$cookie_session;
+                $h
+                @{[ $o{protect} // '' ]}
+            }
+            location = /public.html {
+                root %%HTML%%;
+            }
+            @{[ $o{server} // '' ]}
+        }
+        NGX
+    return $t;
+}
+
+# ---------------------------------------------------------------- HTTP
+
+# get($path, cookie => 'session=abc', headers => {...}, port => P,
+#     method => 'GET', timeout => 10)
+# -> {status, headers => {lowercased => value}, body, ms}
+sub get ($path, %opt) {
+    my ($res) = collect(_send($path, %opt));
+    return $res;
+}
+
+# get_many(N, sub { my $i = shift; return ($path, %opts) }): N requests at
+# once (all connected and written before any is read); list of responses.
+sub get_many ($n, $gen) {
+    return collect(send_many($n, $gen));
+}
+
+# send_many(N, $gen): the first half of get_many. The requests are written
+# and left waiting; collect(@pending) reads them.
+sub send_many ($n, $gen) {
+    return map { _send($gen->($_)) } 0 .. $n - 1;
+}
+
+sub _send ($path, %opt) {
+    my $port = $opt{port} // ($NGINX ? $NGINX->port : undef)
+        // die "get(): no nginx started and no port given";
+    my $method = $opt{method} // 'GET';
+    my $req = "$method $path HTTP/1.1\r\n"
+            . "Host: 127.0.0.1:$port\r\n"
+            . "Connection: close\r\n";
+    $req .= "Cookie: $opt{cookie}\r\n" if defined $opt{cookie};
+    my $h = $opt{headers} // {};
+    $req .= "$_: $h->{$_}\r\n" for sort keys %$h;
+    $req .= "\r\n";
+
+    my $t0 = time;
+    my $sock = IO::Socket::INET->new(
+        PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
+        Timeout => $opt{timeout} // 10,
+    ) or return { t0 => $t0, error => "connect to $port: $!" };
+    $sock->autoflush(1);
+    my $off = 0;
+    while ($off < length $req) {
+        my $n = syswrite $sock, $req, length($req) - $off, $off;
+        return { t0 => $t0, error => "write: $!" } unless defined $n;
+        $off += $n;
+    }
+    $sock->blocking(0);
+    return { sock => $sock, t0 => $t0, buf => '',
+             timeout => $opt{timeout} // 10 };
+}
+
+# Read every pending request to EOF (each with its own timeout, 10 s by
+# default). A request that failed or timed out comes back with status 0
+# and an `error`.
+sub collect (@pending) {
+    my %active = map { ("$_->{sock}" => $_) } grep { $_->{sock} } @pending;
+    my $sel = IO::Select->new(map { $_->{sock} } values %active);
+    my $done = sub ($p, $error = undef) {
+        $p->{t1} = time;
+        $p->{error} = $error if $error;
+        $sel->remove($p->{sock});
+        delete $active{"$p->{sock}"};
+        close $p->{sock};
+    };
+    while (%active) {
+        my $now = time;
+        my $next;
+        for my $p (values %active) {
+            my $deadline = $p->{t0} + $p->{timeout};
+            if ($deadline <= $now) {
+                $done->($p, "timed out after $p->{timeout}s");
+                next;
+            }
+            $next = $deadline if !defined $next || $deadline < $next;
+        }
+        last unless %active;
+        for my $s ($sel->can_read($next - $now)) {
+            my $p = $active{"$s"} or next;
+            my $n = sysread $s, my $buf, 65536;
+            if (!defined $n) {
+                next if $!{EAGAIN} || $!{EINTR};
+                $done->($p, "read: $!");
+            } elsif ($n == 0) {
+                $done->($p);
+            } else {
+                $p->{buf} .= $buf;
+            }
+        }
+    }
+    return map { _response($_) } @pending;
+}
+
+sub _response ($p) {
+    my $ms = (($p->{t1} // time) - $p->{t0}) * 1000;
+    my %res = (status => 0, headers => {}, body => '', ms => $ms,
+               t0 => $p->{t0}, t1 => $p->{t1} // time,
+               raw => $p->{buf} // '');
+    my $buf = $p->{buf} // '';
+    my ($head, $body) = split /\r\n\r\n/, $buf, 2;
+    if (defined $head && $head =~ m{^HTTP/\d\.\d (\d{3})[^\r\n]*}) {
+        $res{status} = $1;
+        ($res{status_line}) = $head =~ /^([^\r\n]*)/;
+        for my $line (split /\r\n/, $head) {
+            next unless $line =~ /^([^:\s]+):\s*(.*?)\s*$/;
+            my $name = lc $1;
+            $res{headers}{$name} = exists $res{headers}{$name}
+                ? "$res{headers}{$name}, $2" : $2;
+        }
+        $body //= '';
+        $body = _dechunk($body)
+            if ($res{headers}{'transfer-encoding'} // '') =~ /chunked/i;
+        $res{body} = $body;
+    } elsif (!$p->{error}) {
+        $p->{error} = 'no HTTP response';
+    }
+    $res{error} = $p->{error} if $p->{error};
+    return \%res;
+}
+
+sub _dechunk ($b) {
+    my $out = '';
+    while ($b =~ s/^([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+        my $len = hex $1;
+        last if $len == 0;
+        $out .= substr($b, 0, $len, '');
+        $b =~ s/^\r\n//;
+    }
+    return $out;
+}
+
+# ----------------------------------------------------------- assertions
+
+# Stops $nginx gracefully (so shutdown-time alerts such as "open socket
+# left in connection" are caught), then checks its error log for alerts,
+# emergencies, critical errors and sanitizer reports.
+sub no_alerts ($nginx, $name = 'no alerts, crits or sanitizer reports in the error log') {
+    my @problems;
+    if ($nginx->running) {
+        push @problems, 'nginx did not exit within 10s of SIGQUIT'
+            unless $nginx->stop;
+    }
+    my $log = $nginx->error_log;
+    for my $line (split /\n/, $log) {
+        push @problems, $line
+            if $line =~ /\[(?:alert|emerg|crit)\]/
+            || $line =~ /AddressSanitizer|LeakSanitizer|runtime error:/;
+    }
+    # Sanitizer reports may also land on nginx's stderr.
+    my $stderr = _slurp($nginx->dir . '/nginx.stderr');
+    push @problems, grep { /AddressSanitizer|LeakSanitizer|runtime error:/ }
+        split /\n/, $stderr;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my $ok = Test::More::ok(!@problems, $name);
+    Test::More::diag(join "\n", @problems[0 .. ($#problems < 19 ? $#problems : 19)])
+        if @problems;
+    return $ok;
+}
+
+# ====================================================================
+package SessionCache::Test::Redis;
+
+use v5.36;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+use IO::Socket::INET;
+
+sub _new ($class, %opt) {
+    my $self = bless {
+        server   => SessionCache::Test::_need_in_path('redis-server'),
+        cli_bin  => SessionCache::Test::_need_in_path('redis-cli'),
+        port     => SessionCache::Test::free_port(),
+        dir      => SessionCache::Test::_tempdir('redis'),
+        password => $opt{requirepass},
+        tls      => $opt{tls},    # {cert, key, ca}: TLS only, no plain port
+        owner    => $$,
+    }, $class;
+    push @STARTED, $self;
+    $self->start;
+    return $self;
+}
+
+sub port     ($self) { $self->{port} }
+sub pid      ($self) { $self->{pid} }
+sub password ($self) { $self->{password} }
+sub dir      ($self) { $self->{dir} }
+
+# redis://[:password@]127.0.0.1:PORT/0, for session_cache_redis
+sub url ($self, %opt) {
+    my $pw = exists $opt{password} ? $opt{password} : $self->{password};
+    my $auth = defined $pw ? ":$pw\@" : '';
+    my $scheme = $self->{tls} ? 'rediss' : 'redis';
+    my $host = $opt{host} // '127.0.0.1';
+    return "$scheme://${auth}$host:$self->{port}/" . ($opt{db} // 0);
+}
+
+sub start ($self) {
+    die "redis on port $self->{port} already running\n" if $self->running;
+    my @cmd = ($self->{server},
+        '--port', $self->{port}, '--bind', '127.0.0.1',
+        '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
+        '--daemonize', 'no', '--logfile', '');
+    push @cmd, '--requirepass', $self->{password}
+        if defined $self->{password};
+    if (my $t = $self->{tls}) {
+        $cmd[2] = 0;    # --port 0: no plain TCP
+        push @cmd, '--tls-port', $self->{port},
+            '--tls-cert-file', $t->{cert}, '--tls-key-file', $t->{key},
+            '--tls-ca-cert-file', $t->{ca}, '--tls-auth-clients', 'no';
+    }
+    my $log = "$self->{dir}/redis.log";
+    $self->{pid} = SessionCache::Test::_spawn(
+        cmd => \@cmd, stdout => $log, stderr => $log);
+    my $up = SessionCache::Test::wait_until(sub {
+        die "redis-server exited at start:\n"
+            . SessionCache::Test::_slurp($log) . "\n"
+            unless SessionCache::Test::_alive($self->{pid});
+        $self->_ping;
+    }, 10);
+    die "redis on port $self->{port} did not answer PING within 10s\n"
+        unless $up;
+    return $self;
+}
+
+# Raw RESP PING: +PONG, or -NOAUTH when a password is required; both mean
+# the server is up.
+sub _ping ($self) {
+    return $self->cli('PING') =~ /PONG|NOAUTH/ ? 1 : 0 if $self->{tls};
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $self->{port}, Proto => 'tcp', Timeout => 0.5)
+        or return 0;
+    print {$s} "PING\r\n";
+    my $line = '';
+    my $sel = IO::Select->new($s);
+    return 0 unless $sel->can_read(0.5);
+    sysread $s, $line, 256;
+    close $s;
+    return $line =~ /^(\+PONG|-NOAUTH)/ ? 1 : 0;
+}
+
+sub running ($self) { SessionCache::Test::_alive($self->{pid}) }
+
+# redis-cli -p PORT [-a PASS --no-auth-warning] @args; trimmed output.
+sub cli ($self, @args) {
+    my @cmd = ($self->{cli_bin}, '-h', '127.0.0.1', '-p', $self->{port});
+    push @cmd, '-a', $self->{password}, '--no-auth-warning'
+        if defined $self->{password};
+    push @cmd, '--tls', '--cacert', $self->{tls}{ca} if $self->{tls};
+    my ($rc, $out) = SessionCache::Test::_run(cmd => [@cmd, @args],
+                                              timeout => 10);
+    $out =~ s/^\s+|\s+$//g;
+    return $out;
+}
+
+# {command => calls} from INFO commandstats, leaving out the commands the
+# harness itself sends (info, ping, client, config): if nginx talked to
+# Redis, this changes.
+sub commandstats ($self) {
+    my %calls;
+    for (split /\n/, $self->cli('INFO', 'commandstats')) {
+        next unless /^cmdstat_([^:]+):calls=(\d+)/;
+        next if $1 =~ /^(info|ping|client|config)/;
+        $calls{$1} = $2;
+    }
+    return \%calls;
+}
+
+# Connections to the server other than the one this call uses.
+sub client_count ($self) {
+    my @lines = grep { /\S/ } split /\n/, $self->cli('CLIENT', 'LIST');
+    return @lines - 1;
+}
+
+# GET key ('' when absent).
+sub get_key ($self, $key) { $self->cli('GET', $key) }
+sub ttl ($self, $key)     { $self->cli('TTL', $key) }
+sub key_exists ($self, $key){ $self->cli('EXISTS', $key) }
+
+# Poll until $key exists (up to $timeout s); its value, or undef.
+sub wait_for_key ($self, $key, $timeout = 1) {
+    return SessionCache::Test::wait_until(
+        sub { $self->key_exists($key) ? 1 : 0 }, $timeout)
+        ? $self->get_key($key) : undef;
+}
+
+sub stop ($self) {
+    return 1 unless $self->running;
+    CORE::kill 'CONT', $self->{pid};    # a paused server cannot shut down
+    CORE::kill 'TERM', $self->{pid};
+    return 1 if SessionCache::Test::_reap($self->{pid}, 10);
+    CORE::kill 'KILL', $self->{pid};
+    SessionCache::Test::_reap($self->{pid}, 5);
+    return 0;
+}
+
+sub kill ($self) {
+    return unless $self->running;
+    CORE::kill 'KILL', $self->{pid};
+    SessionCache::Test::_reap($self->{pid}, 5);
+}
+
+sub pause  ($self) { CORE::kill 'STOP', $self->{pid} }
+sub resume ($self) { CORE::kill 'CONT', $self->{pid} }
+
+sub _cleanup ($self) {
+    return unless $self->{owner} == $$;
+    $self->stop;
+}
+
+sub DESTROY ($self) {
+    local ($@, $!, $?);
+    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+}
+
+# ====================================================================
+package SessionCache::Test::Postgres;
+
+use v5.36;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+our $PASSWORD = 'pg-S3cret-pw';
+
+sub _bindir {
+    return $ENV{PG_BINDIR} if $ENV{PG_BINDIR};
+    my @dirs = sort { ($b =~ /(\d+)/)[0] <=> ($a =~ /(\d+)/)[0] }
+               grep { -x "$_/postgres" } glob '/usr/lib/postgresql/*/bin';
+    return $dirs[0] if @dirs;
+    my $pgc = SessionCache::Test::_which('pg_config');
+    if ($pgc) {
+        my ($rc, $out) = SessionCache::Test::_run(cmd => [$pgc, '--bindir']);
+        chomp $out;
+        return $out if $rc == 0 && -x "$out/postgres";
+    }
+    die "PostgreSQL server binaries (initdb, postgres, pg_ctl) not found "
+        . "under /usr/lib/postgresql/*/bin: install postgresql (CI installs "
+        . "it via .ci/run) or set PG_BINDIR\n";
+}
+
+sub _new ($class, %opt) {
+    my $bin = _bindir();
+    my $self = bless {
+        bin   => $bin,
+        psql  => SessionCache::Test::_need_in_path('psql'),
+        port  => SessionCache::Test::free_port(),
+        dir   => SessionCache::Test::_tempdir('pg'),
+        owner => $$,
+    }, $class;
+    SessionCache::Test::_need_binary("$bin/$_", "PostgreSQL $_")
+        for qw(initdb postgres pg_ctl pg_isready);
+    $self->{data} = "$self->{dir}/data";
+    $self->{sock} = "$self->{dir}/sock";
+    $self->{logfile} = "$self->{dir}/postgres.log";
+    mkdir $self->{data}, 0700 or die "mkdir: $!";
+    mkdir $self->{sock}, 0755 or die "mkdir: $!";
+    if ($> == 0) {
+        my ($uid, $gid) = SessionCache::Test::_postgres_ids();
+        chown $uid, $gid, $self->{data}, $self->{sock}
+            or die "chown to postgres: $!";
+    }
+    push @STARTED, $self;
+
+    my ($rc, $out) = SessionCache::Test::_run(as_postgres => 1, timeout => 60,
+        cmd => ["$bin/initdb", '-D', $self->{data}, '-U', 'postgres',
+                '--auth-local=trust', '--auth-host=scram-sha-256',
+                '--no-locale', '-E', 'UTF8', '--no-sync']);
+    die "initdb failed ($rc):\n$out\n" if $rc;
+
+    $self->start;
+    $self->psql("CREATE DATABASE sessions", 'postgres');
+    $self->psql("CREATE ROLE nginx LOGIN PASSWORD '$PASSWORD'", 'postgres');
+    $self->psql(<<~'SQL');
+        CREATE SCHEMA platform;
+        CREATE TABLE platform.user_sessions (
+          token      text PRIMARY KEY,
+          user_id    text NOT NULL,
+          expires_at timestamptz NOT NULL,
+          revoked_at timestamptz
+        );
+        GRANT USAGE ON SCHEMA platform TO nginx;
+        GRANT SELECT ON platform.user_sessions TO nginx;
+        SQL
+    return $self;
+}
+
+sub port     ($self) { $self->{port} }
+sub pid      ($self) { $self->{pid} }
+sub dir      ($self) { $self->{dir} }
+sub password ($self) { $PASSWORD }
+
+sub dsn ($self) {
+    return "host=127.0.0.1 port=$self->{port} dbname=sessions "
+         . "user=nginx password=$PASSWORD";
+}
+
+sub running ($self) { SessionCache::Test::_alive($self->{pid}) }
+
+sub start ($self) {
+    die "postgres on port $self->{port} already running\n" if $self->running;
+    $self->{pid} = SessionCache::Test::_spawn(
+        as_postgres => 1,
+        stdout => $self->{logfile}, stderr => $self->{logfile},
+        cmd => ["$self->{bin}/postgres", '-D', $self->{data},
+                '-p', $self->{port}, '-k', $self->{sock},
+                '-c', 'listen_addresses=127.0.0.1',
+                '-c', 'fsync=off',
+                '-c', 'log_statement=all',
+                '-c', 'logging_collector=off',
+                '-c', 'shared_buffers=16MB',
+                # user@db on every line, so query_count() can tell the
+                # module's queries from the harness's own.
+                '-c', 'log_line_prefix=%m [%p] %u@%d ']);
+    my $isready = "$self->{bin}/pg_isready";
+    my $up = SessionCache::Test::wait_until(sub {
+        die "postgres exited at start:\n" . $self->log . "\n"
+            unless SessionCache::Test::_alive($self->{pid});
+        my ($rc) = SessionCache::Test::_run(cmd => [$isready, '-q',
+            '-h', '127.0.0.1', '-p', $self->{port}, '-t', '1']);
+        $rc == 0;
+    }, 20, 0.1);
+    die "postgres on port $self->{port} not ready within 20s:\n"
+        . $self->log . "\n" unless $up;
+    return $self;
+}
+
+# The postmaster and its children (the backends serving connections).
+sub _family ($self) {
+    my $master = $self->{pid} or return ();
+    my @pids = ($master);
+    opendir my $dh, '/proc' or die "/proc: $!";
+    for my $pid (grep { /^\d+$/ } readdir $dh) {
+        my $stat = SessionCache::Test::_slurp("/proc/$pid/stat") or next;
+        push @pids, $pid if $stat =~ /\)\s+\S+\s+(\d+)/ && $1 == $master;
+    }
+    return @pids;
+}
+
+# Hang the whole server (SIGSTOP to the postmaster and every backend, by
+# pid): connections stay open, nothing answers.
+sub pause ($self) {
+    $self->{paused} = [ $self->_family ];
+    kill 'STOP', @{ $self->{paused} };
+}
+
+sub resume ($self) {
+    kill 'CONT', @{ delete $self->{paused} // [] };
+}
+
+# pg_ctl stop -m fast, as the postgres user.
+sub stop ($self) {
+    return 1 unless $self->running;
+    $self->resume;
+    my ($rc, $out) = SessionCache::Test::_run(as_postgres => 1, timeout => 30,
+        cmd => ["$self->{bin}/pg_ctl", 'stop', '-D', $self->{data},
+                '-m', 'fast', '-w', '-t', '20']);
+    return 1 if SessionCache::Test::_reap($self->{pid}, 10);
+    warn "pg_ctl stop ($rc): $out";
+    kill 'QUIT', $self->{pid};    # immediate shutdown
+    SessionCache::Test::_reap($self->{pid}, 5) and return 0;
+    kill 'KILL', $self->{pid};
+    SessionCache::Test::_reap($self->{pid}, 5);
+    return 0;
+}
+
+# psql as the superuser over the unix socket; trimmed output (unaligned,
+# tuples only, fields separated by '|'); dies on error.
+sub psql ($self, $sql, $db = 'sessions') {
+    my ($rc, $out) = SessionCache::Test::_run(timeout => 30,
+        cmd => [$self->{psql}, '-X', '-q', '-A', '-t',
+                '-v', 'ON_ERROR_STOP=1',
+                '-h', $self->{sock}, '-p', $self->{port},
+                '-U', 'postgres', '-d', $db, '-c', $sql]);
+    die "psql failed ($rc): $out\nSQL: $sql\n" if $rc;
+    $out =~ s/^\s+|\s+$//g;
+    return $out;
+}
+
+sub quote ($self, $s) {
+    $s =~ s/'/''/g;
+    return "'$s'";
+}
+
+# add_session(token, user_id, expires_in_seconds, revoked => 0/1): insert
+# or replace a row; returns expires_at as unix seconds.
+sub add_session ($self, $token, $user, $expires_in, %opt) {
+    my ($t, $u) = ($self->quote($token), $self->quote($user));
+    my $secs = int $expires_in;
+    my $revoked = $opt{revoked} ? 'now()' : 'NULL';
+    return $self->psql(<<~"SQL");
+        INSERT INTO platform.user_sessions AS s
+               (token, user_id, expires_at, revoked_at)
+        VALUES ($t, $u, now() + interval '$secs seconds', $revoked)
+        ON CONFLICT (token) DO UPDATE
+           SET user_id = EXCLUDED.user_id, expires_at = EXCLUDED.expires_at,
+               revoked_at = EXCLUDED.revoked_at
+        RETURNING extract(epoch FROM expires_at)::bigint
+        SQL
+}
+
+sub revoke_session ($self, $token) {
+    $self->psql("UPDATE platform.user_sessions SET revoked_at = now() "
+              . "WHERE token = " . $self->quote($token));
+}
+
+sub log ($self) { SessionCache::Test::_slurp($self->{logfile}) }
+
+# The server log split into entries (a statement may span lines).
+sub _log_entries ($self) {
+    my @entries;
+    for my $line (split /\n/, $self->log) {
+        if ($line =~ /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[\d+\] /
+            || !@entries) {
+            push @entries, $line;
+        } else {
+            $entries[-1] .= "\n$line";
+        }
+    }
+    return @entries;
+}
+
+# How many times the nginx role executed a statement matching $pattern
+# (default: the session table). Counts `execute <name>: ...` (extended
+# protocol, prepared or unnamed) and `statement: ...` (simple protocol).
+sub query_count ($self, $pattern = qr/user_sessions/) {
+    return scalar grep {
+        /^\S+ \S+ \S+ \[\d+\] nginx@\S* LOG:\s+(?:execute [^:]*|statement): (.*)/s
+            && $1 =~ $pattern
+    } $self->_log_entries;
+}
+
+sub _cleanup ($self) {
+    return unless $self->{owner} == $$;
+    return unless $self->running;
+    $self->resume;
+    # Fast shutdown straight from the pid: SIGINT. (SIGTERM would wait for
+    # clients to leave.)
+    kill 'INT', $self->{pid};
+    return if SessionCache::Test::_reap($self->{pid}, 15);
+    kill 'QUIT', $self->{pid};
+    return if SessionCache::Test::_reap($self->{pid}, 5);
+    kill 'KILL', $self->{pid};
+    SessionCache::Test::_reap($self->{pid}, 5);
+}
+
+sub DESTROY ($self) {
+    local ($@, $!, $?);
+    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+}
+
+# ====================================================================
+package SessionCache::Test::Nginx;
+
+use v5.36;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+sub _new ($class, %opt) {
+    my $bin = $ENV{NGINX_BIN} // '/usr/sbin/nginx';
+    SessionCache::Test::_need_binary($bin, 'nginx');
+    my $self = bless {
+        bin     => $bin,
+        port    => SessionCache::Test::free_port(),
+        dir     => SessionCache::Test::_tempdir('nginx'),
+        workers => $opt{workers} // 2,
+        owner   => $$,
+        checks  => 0,
+    }, $class;
+    my $module = exists $opt{module} ? $opt{module}
+                                     : SessionCache::Test::module_path();
+    if ($module) {
+        die "module not built: $module does not exist "
+          . "(build it, or set SESSION_CACHE_MODULE)\n" unless -f $module;
+        # nginx maps the .so: load a private copy, so a rebuild that
+        # rewrites build/*.so in place cannot crash a running test.
+        my $copy = "$self->{dir}/" . File::Basename::basename($module);
+        File::Copy::copy($module, $copy) or die "copy $module: $!";
+        chmod 0755, $copy;
+        $self->{module} = $copy;
+        $self->{module_src} = Cwd::abs_path($module);
+    }
+    my $html = "$self->{dir}/html";
+    mkdir $html, 0755 or die "mkdir $html: $!";
+    SessionCache::Test::_write_file("$html/index.html", "ok\n");
+    SessionCache::Test::_write_file("$html/public.html", "public\n");
+    push @STARTED, $self;
+    return $self;
+}
+
+sub port       ($self) { $self->{port} }
+sub dir        ($self) { $self->{dir} }
+sub html_dir   ($self) { "$self->{dir}/html" }
+sub master_pid ($self) { $self->{pid} }
+sub workers    ($self) { $self->{workers} }
+
+# Add a file under the html root (directories created as needed).
+sub write_html ($self, $rel, $content) {
+    my $path = $self->html_dir;
+    my @parts = split m{/}, $rel;
+    my $file = pop @parts;
+    for (@parts) {
+        $path .= "/$_";
+        -d $path or mkdir $path, 0755 or die "mkdir $path: $!";
+    }
+    SessionCache::Test::_write_file("$path/$file", $content);
+}
+
+sub _config ($self, %opt) {
+    my $d = $self->{dir};
+    my $subst = sub ($t) {
+        $t //= '';
+        $t =~ s/%%PORT%%/$self->{port}/g;
+        $t =~ s/%%HTML%%/$d\/html/g;
+        $t =~ s/%%TMP%%/$d/g;
+        return $t;
+    };
+    my $conf = '';
+    $conf .= "load_module $self->{module};\n" if $self->{module};
+    # daemon off: the harness forks the master itself, so it knows its pid
+    # and reaps it.
+    $conf .= "daemon off;\n"
+          .  "worker_processes " . ($opt{workers} // $self->{workers}) . ";\n"
+          .  "error_log $d/error.log info;\n"
+          .  "pid $d/nginx.pid;\n"
+          .  $subst->($opt{main}) . "\n"
+          .  "events { worker_connections 1024; }\n"
+          .  "http {\n"
+          .  "    access_log $d/access.log;\n"
+          .  "    client_body_temp_path $d/body;\n"
+          .  "    proxy_temp_path $d/proxy;\n"
+          .  "    fastcgi_temp_path $d/fastcgi;\n"
+          .  "    uwsgi_temp_path $d/uwsgi;\n"
+          .  "    scgi_temp_path $d/scgi;\n"
+          .  $subst->($opt{http}) . "\n"
+          .  "}\n";
+    return $conf;
+}
+
+# The environment nginx runs with: the caller's additions, plus
+# LD_PRELOAD=$NGINX_PRELOAD when set (e.g. libasan for a module built with
+# -fsanitize=address, loaded into an uninstrumented nginx).
+sub _env ($self, $env) {
+    my %env = %{ $env // {} };
+    $env{LD_PRELOAD} = $ENV{NGINX_PRELOAD} if $ENV{NGINX_PRELOAD};
+    return \%env;
+}
+
+sub start ($self, %opt) {
+    die "nginx already running\n" if $self->running;
+    $self->{workers} = $opt{workers} if $opt{workers};
+    $self->{env} = $opt{env} if $opt{env};
+    $self->{http} = $opt{http} if exists $opt{http};
+    $self->{main} = $opt{main} if exists $opt{main};
+    my $conf = "$self->{dir}/nginx.conf";
+    SessionCache::Test::_write_file($conf,
+        $self->_config(http => $self->{http}, main => $self->{main}));
+    $self->{pid} = SessionCache::Test::_spawn(
+        cmd => [$self->{bin}, '-p', "$self->{dir}/", '-c', $conf,
+                '-e', "$self->{dir}/error.log"],
+        env => $self->_env($self->{env}),
+        stdout => "$self->{dir}/nginx.stderr",
+        stderr => "$self->{dir}/nginx.stderr");
+    my $up = SessionCache::Test::wait_until(sub {
+        unless (SessionCache::Test::_alive($self->{pid})) {
+            die "nginx exited at start:\n" . $self->error_log
+                . SessionCache::Test::_slurp("$self->{dir}/nginx.stderr")
+                . "\nconfig:\n" . SessionCache::Test::_slurp($conf) . "\n";
+        }
+        SessionCache::Test::_port_accepts($self->{port})
+            && $self->worker_pids >= $self->{workers};
+    }, 10);
+    die "nginx did not accept on port $self->{port} within 10s:\n"
+        . $self->error_log unless $up;
+    $SessionCache::Test::NGINX = $self;
+    return $self;
+}
+
+sub running ($self) { SessionCache::Test::_alive($self->{pid}) }
+
+# Children of the master, from /proc/*/stat.
+sub worker_pids ($self) {
+    my $master = $self->{pid} or return ();
+    my @pids;
+    opendir my $dh, '/proc' or die "/proc: $!";
+    for my $pid (grep { /^\d+$/ } readdir $dh) {
+        my $stat = SessionCache::Test::_slurp("/proc/$pid/stat") or next;
+        # pid (comm) state ppid ...; comm may hold spaces and parentheses
+        next unless $stat =~ /\)\s+\S+\s+(\d+)/;
+        push @pids, $pid if $1 == $master;
+    }
+    @pids = sort { $a <=> $b } @pids;
+    return @pids;    # in scalar context: how many
+}
+
+# Entries in /proc/PID/fd; undef if the process is gone.
+sub fd_count ($self, $pid) {
+    opendir my $dh, "/proc/$pid/fd" or return undef;
+    return scalar grep { !/^\.\.?$/ } readdir $dh;
+}
+
+# SIGHUP; returns once every old worker is gone and the new ones are up.
+sub reload ($self) {
+    my %old = map { $_ => 1 } $self->worker_pids;
+    kill 'HUP', $self->{pid};
+    my $ok = SessionCache::Test::wait_until(sub {
+        my @now = $self->worker_pids;
+        !grep({ $old{$_} } @now) && @now >= $self->{workers};
+    }, 10);
+    die "nginx reload: workers did not change within 10s\n" unless $ok;
+    return $self;
+}
+
+# Graceful stop (SIGQUIT). Returns false if nginx had to be forced.
+sub stop ($self) {
+    return 1 unless $self->running;
+    kill 'QUIT', $self->{pid};
+    return 1 if SessionCache::Test::_reap($self->{pid}, 10);
+    my @workers = $self->worker_pids;
+    kill 'TERM', $self->{pid};
+    SessionCache::Test::_reap($self->{pid}, 5) or do {
+        kill 'KILL', $self->{pid}, @workers;
+        SessionCache::Test::_reap($self->{pid}, 5);
+    };
+    return 0;
+}
+
+sub error_log ($self) { SessionCache::Test::_slurp("$self->{dir}/error.log") }
+
+# nginx -t on a config built like start()'s; returns (exit code, output).
+sub check_config ($self, %opt) {
+    my $file = "$self->{dir}/check-" . ++$self->{checks} . ".conf";
+    SessionCache::Test::_write_file($file,
+        $self->_config(http => $opt{http}, main => $opt{main}));
+    return SessionCache::Test::_run(timeout => 30,
+        cmd => [$self->{bin}, '-t', '-p', "$self->{dir}/", '-c', $file,
+                '-e', "$self->{dir}/check.log"],
+        env => $self->_env($opt{env}));
+}
+
+sub get ($self, $path, %opt) {
+    return SessionCache::Test::get($path, port => $self->{port}, %opt);
+}
+
+sub get_many ($self, $n, $gen) {
+    return SessionCache::Test::get_many($n, sub ($i) {
+        my ($path, %o) = $gen->($i);
+        return ($path, port => $self->{port}, %o);
+    });
+}
+
+sub _cleanup ($self) {
+    return unless $self->{owner} == $$;
+    $self->stop;
+    $SessionCache::Test::NGINX = undef
+        if ($SessionCache::Test::NGINX // 0) == $self;
+}
+
+sub DESTROY ($self) {
+    local ($@, $!, $?);
+    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+}
+
+1;
