@@ -59,118 +59,30 @@ static void notice(void *arg, const char *message)
 PgPool::PgPool(ngx_cycle_t *cycle,
                const ngx_http_session_cache_pg_conf_t *conf,
                const ngx_str_t *query)
-    : conf_(conf), query_(view(*query))
+    : Pool(cycle, &conf->backend, "postgres"), conf_(conf),
+      query_(view(*query))
 {
-    log_ = *cycle->log;
-    log_.handler = log_context;
-    log_.data = this;
-    log_.action = nullptr;
-
-    ngx_queue_init(&conns_);
-    ngx_queue_init(&waiting_);
-
-    *ngx_snprintf(reinterpret_cast<u_char *>(timeout_text_),
-                  sizeof(timeout_text_) - 1, "timed out after %Mms",
-                  conf->backend.timeout) = '\0';
 }
 
 PgPool::~PgPool()
 {
-    while (!ngx_queue_empty(&waiting_)) {
-        ngx_queue_t *q = ngx_queue_head(&waiting_);
-        PgJob *job = ngx_queue_data(q, PgJob, queue);
-        ngx_queue_remove(q);
-        if (job->timer.timer_set) {
-            ngx_del_timer(&job->timer);
-        }
-        delete job;
-    }
-
-    while (!ngx_queue_empty(&conns_)) {
-        PgConn *pc = ngx_queue_data(ngx_queue_head(&conns_), PgConn, link);
-        PgJob *job = pc->job;
-        destroy(pc);
-        if (job) {
-            if (job->timer.timer_set) {
-                ngx_del_timer(&job->timer);
-            }
-            delete job;
-        }
-    }
-}
-
-u_char *PgPool::log_context(ngx_log_t *log, u_char *buf, size_t len)
-{
-    auto *pool = static_cast<PgPool *>(log->data);
-    return ngx_snprintf(buf, len, ", backend: %V",
-                        &pool->conf_->backend.display);
-}
-
-PgConn *PgPool::free_conn()
-{
-    for (ngx_queue_t *q = ngx_queue_head(&conns_);
-         q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
-    {
-        PgConn *pc = ngx_queue_data(q, PgConn, link);
-        if (pc->job == nullptr) {
-            return pc;
-        }
-    }
-
-    return nullptr;
+    clear();
 }
 
 PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
                       const char **error)
 {
-    PgConn *pc = free_conn();
-
-    if (pc == nullptr && nconns_ < conf_->backend.pool) {
-        pc = open(error);
-        if (pc == nullptr) {
-            return nullptr;
-        }
-    }
-
     auto *job = new PgJob();
-    job->pool = this;
     job->token.assign(token.data(), token.size());
     job->done = done;
     job->data = data;
-    job->conn = nullptr;
-    job->waiting = false;
-    job->timer.handler = on_job_timeout;
-    job->timer.data = job;
-    job->timer.log = &log_;
 
-    ngx_add_timer(&job->timer, conf_->backend.timeout);
-
-    if (pc) {
-        assign(pc, job);
-
-    } else {
-        ngx_queue_insert_tail(&waiting_, &job->queue);
-        job->waiting = true;
-        npending_++;
-    }
-
-    return job;
+    return start(job, error) ? job : nullptr;
 }
 
-void PgPool::cancel(PgJob *job)
+bool PgPool::on_wire(const PgConn *pc) const
 {
-    if (job->waiting) {
-        ngx_queue_remove(&job->queue);
-        npending_--;
-        if (job->timer.timer_set) {
-            ngx_del_timer(&job->timer);
-        }
-        delete job;
-        return;
-    }
-
-    job->done = nullptr;
-    job->data = nullptr;
+    return pc->state == PgConn::Querying;
 }
 
 PgConn *PgPool::open(const char **error)
@@ -207,8 +119,7 @@ PgConn *PgPool::open(const char **error)
         return nullptr;
     }
 
-    ngx_queue_insert_tail(&conns_, &pc->link);
-    nconns_++;
+    add(pc);
 
     ngx_add_timer(&pc->connect_timer, conf_->backend.connect_timeout);
 
@@ -593,56 +504,9 @@ void PgPool::assign(PgConn *pc, PgJob *job)
     }
 }
 
-void PgPool::finish(PgJob *job, const PgRow *row, const char *error)
-{
-    if (job->timer.timer_set) {
-        ngx_del_timer(&job->timer);
-    }
-
-    if (job->waiting) {
-        ngx_queue_remove(&job->queue);
-        job->waiting = false;
-        npending_--;
-    }
-
-    PgDone done = job->done;
-    void *data = job->data;
-    delete job;
-
-    if (done) {
-        done(data, row, error);
-    }
-}
-
-void PgPool::fail(PgConn *pc, const char *error)
-{
-    PgJob *job = pc->job;
-    std::string text(error);
-
-    if (job) {
-        ngx_log_error(NGX_LOG_ERR, &log_, 0, "session_cache: postgres: %s",
-                      text.c_str());
-    } else {
-        ngx_log_error(NGX_LOG_INFO, &log_, 0,
-                      "session_cache: idle postgres connection dropped: %s",
-                      text.c_str());
-    }
-
-    pc->job = nullptr;
-    destroy(pc);
-
-    if (job) {
-        job->conn = nullptr;
-        finish(job, nullptr, text.c_str());
-    }
-
-    dispatch();
-}
-
 void PgPool::destroy(PgConn *pc)
 {
-    ngx_queue_remove(&pc->link);
-    nconns_--;
+    remove(pc);
 
     if (pc->connect_timer.timer_set) {
         ngx_del_timer(&pc->connect_timer);
@@ -658,82 +522,12 @@ void PgPool::destroy(PgConn *pc)
     delete pc;
 }
 
-void PgPool::dispatch()
-{
-    while (!ngx_queue_empty(&waiting_)) {
-        PgConn *pc = free_conn();
-
-        if (pc == nullptr) {
-            if (nconns_ >= conf_->backend.pool) {
-                return;
-            }
-
-            const char *error = nullptr;
-            pc = open(&error);
-
-            if (pc == nullptr) {
-                PgJob *job = ngx_queue_data(ngx_queue_head(&waiting_), PgJob,
-                                            queue);
-                finish(job, nullptr, error);
-                continue;
-            }
-        }
-
-        PgJob *job = ngx_queue_data(ngx_queue_head(&waiting_), PgJob, queue);
-        ngx_queue_remove(&job->queue);
-        job->waiting = false;
-        npending_--;
-        assign(pc, job);
-    }
-}
-
 void PgPool::on_connect_timeout(ngx_event_t *ev)
 {
     auto *pc = static_cast<PgConn *>(ev->data);
     PgPool *pool = pc->pool;
-    char text[64];
 
-    *ngx_snprintf(reinterpret_cast<u_char *>(text), sizeof(text) - 1,
-                  "connect timed out after %Mms",
-                  pool->conf_->backend.connect_timeout) = '\0';
-
-    pool->fail(pc, text);
-}
-
-void PgPool::on_job_timeout(ngx_event_t *ev)
-{
-    auto *job = static_cast<PgJob *>(ev->data);
-    PgPool *pool = job->pool;
-
-    try {
-        if (job->waiting) {
-            pool->finish(job, nullptr, pool->timeout_text_);
-            return;
-        }
-
-        PgConn *pc = job->conn;
-
-        if (pc && pc->state == PgConn::Querying) {
-            /* PQcancel would block: the connection goes instead */
-            pool->fail(pc, pool->timeout_text_);
-            return;
-        }
-
-        if (pc) {
-            /* still connecting: it may serve the next one */
-            pc->job = nullptr;
-            job->conn = nullptr;
-        }
-
-        ngx_log_error(NGX_LOG_ERR, &pool->log_, 0,
-                      "session_cache: postgres: %s while connecting",
-                      pool->timeout_text_);
-        pool->finish(job, nullptr, pool->timeout_text_);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                      "session_cache: postgres timer: %s", e.what());
-    }
+    pool->fail(pc, pool->connect_timeout_text_);
 }
 
 }  // namespace session_cache

@@ -9,7 +9,7 @@
  */
 #pragma once
 
-#include "nginx.h"
+#include "pool.h"
 
 #include <cstdint>
 #include <string>
@@ -19,7 +19,6 @@
 
 namespace session_cache {
 
-class PgPool;
 struct PgConn;
 
 struct PgRow {
@@ -28,48 +27,31 @@ struct PgRow {
     std::int64_t     expires_at;
 };
 
-/*
- * Completion: a row (valid during the call only), or nullptr and no error
- * when the query found nothing, or nullptr and an error naming the cause.
- */
-using PgDone = void (*)(void *data, const PgRow *row, const char *error);
-
-struct PgJob {
-    PgPool      *pool;
+/* done(data, row, nullptr) with row == nullptr: the query found nothing */
+struct PgJob : PoolJob<PgConn, PgRow> {
     std::string  token;
-    PgDone       done;
-    void        *data;
-    ngx_event_t  timer;
-    ngx_queue_t  queue;
-    PgConn      *conn;
-    bool         waiting;
 };
 
-class PgPool {
+using PgDone = PgJob::Done;
+
+class PgPool : public Pool<PgPool, PgConn, PgJob> {
 public:
     PgPool(ngx_cycle_t *cycle, const ngx_http_session_cache_pg_conf_t *conf,
            const ngx_str_t *query);
     ~PgPool();
 
-    PgPool(const PgPool &) = delete;
-    PgPool &operator=(const PgPool &) = delete;
-
-    /* as RedisPool::submit: done() is called later, exactly once, unless
-     * cancelled; nullptr and *error when the query cannot even start */
+    /* as RedisPool::submit: run the session query for token */
     PgJob *submit(std::string_view token, PgDone done, void *data,
                   const char **error);
-    void cancel(PgJob *job);
-
-    ngx_uint_t size() const { return nconns_; }
-    ngx_uint_t max() const { return conf_->backend.pool; }
-    ngx_uint_t pending() const { return npending_; }
-
-    static void on_event(ngx_event_t *ev);
-    static void on_connect_timeout(ngx_event_t *ev);
-    static void on_job_timeout(ngx_event_t *ev);
 
 private:
+    friend class Pool<PgPool, PgConn, PgJob>;
+
     PgConn *open(const char **error);
+    void assign(PgConn *pc, PgJob *job);
+    bool on_wire(const PgConn *pc) const;
+    void destroy(PgConn *pc);
+
     bool wrap(PgConn *pc);
     void release(PgConn *pc);
     void drive(PgConn *pc);
@@ -78,23 +60,12 @@ private:
     void idle(PgConn *pc);
     void completed(PgConn *pc);
     bool want_write(PgConn *pc, bool on);
-    void assign(PgConn *pc, PgJob *job);
-    void fail(PgConn *pc, const char *error);
-    void destroy(PgConn *pc);
-    void finish(PgJob *job, const PgRow *row, const char *error);
-    void dispatch();
-    PgConn *free_conn();
 
-    static u_char *log_context(ngx_log_t *log, u_char *buf, size_t len);
+    static void on_event(ngx_event_t *ev);
+    static void on_connect_timeout(ngx_event_t *ev);
 
     const ngx_http_session_cache_pg_conf_t *conf_;
     std::string  query_;
-    ngx_log_t    log_;
-    ngx_queue_t  conns_;
-    ngx_queue_t  waiting_;
-    ngx_uint_t   nconns_ = 0;
-    ngx_uint_t   npending_ = 0;
-    char         timeout_text_[64];
 };
 
 }  // namespace session_cache

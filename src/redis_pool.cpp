@@ -20,56 +20,13 @@ struct RedisConn {
 
 RedisPool::RedisPool(ngx_cycle_t *cycle,
                      const ngx_http_session_cache_redis_conf_t *conf)
-    : conf_(conf)
+    : Pool(cycle, &conf->backend, "redis"), conf_(conf)
 {
-    log_ = *cycle->log;
-    log_.handler = log_context;
-    log_.data = this;
-    log_.action = nullptr;
-
-    ngx_queue_init(&conns_);
-    ngx_queue_init(&waiting_);
-
-    *ngx_snprintf(reinterpret_cast<u_char *>(timeout_text_),
-                  sizeof(timeout_text_) - 1, "timed out after %Mms",
-                  conf->backend.timeout) = '\0';
-    *ngx_snprintf(reinterpret_cast<u_char *>(connect_timeout_text_),
-                  sizeof(connect_timeout_text_) - 1,
-                  "connect timed out after %Mms",
-                  conf->backend.connect_timeout) = '\0';
 }
 
 RedisPool::~RedisPool()
 {
-    while (!ngx_queue_empty(&waiting_)) {
-        ngx_queue_t *q = ngx_queue_head(&waiting_);
-        RedisJob *job = ngx_queue_data(q, RedisJob, queue);
-        ngx_queue_remove(q);
-        if (job->timer.timer_set) {
-            ngx_del_timer(&job->timer);
-        }
-        delete job;
-    }
-
-    while (!ngx_queue_empty(&conns_)) {
-        RedisConn *rc = ngx_queue_data(ngx_queue_head(&conns_), RedisConn,
-                                       link);
-        RedisJob *job = rc->job;
-        destroy(rc);
-        if (job) {
-            if (job->timer.timer_set) {
-                ngx_del_timer(&job->timer);
-            }
-            delete job;
-        }
-    }
-}
-
-u_char *RedisPool::log_context(ngx_log_t *log, u_char *buf, size_t len)
-{
-    auto *pool = static_cast<RedisPool *>(log->data);
-    return ngx_snprintf(buf, len, ", backend: %V",
-                        &pool->conf_->backend.display);
+    clear();
 }
 
 ngx_uint_t RedisPool::available() const
@@ -88,73 +45,20 @@ ngx_uint_t RedisPool::available() const
     return n;
 }
 
-RedisConn *RedisPool::free_conn()
-{
-    for (ngx_queue_t *q = ngx_queue_head(&conns_);
-         q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
-    {
-        RedisConn *rc = ngx_queue_data(q, RedisConn, link);
-        if (rc->job == nullptr) {
-            return rc;
-        }
-    }
-
-    return nullptr;
-}
-
 RedisJob *RedisPool::submit(std::string command, RedisDone done, void *data,
                             const char **error)
 {
-    RedisConn *rc = free_conn();
-
-    if (rc == nullptr && nconns_ < conf_->backend.pool) {
-        rc = open(error);
-        if (rc == nullptr) {
-            return nullptr;
-        }
-    }
-
     auto *job = new RedisJob();
-    job->pool = this;
     job->command = std::move(command);
     job->done = done;
     job->data = data;
-    job->conn = nullptr;
-    job->waiting = false;
-    job->timer.handler = on_job_timeout;
-    job->timer.data = job;
-    job->timer.log = &log_;
 
-    ngx_add_timer(&job->timer, conf_->backend.timeout);
-
-    if (rc) {
-        assign(rc, job);
-
-    } else {
-        ngx_queue_insert_tail(&waiting_, &job->queue);
-        job->waiting = true;
-        npending_++;
-    }
-
-    return job;
+    return start(job, error) ? job : nullptr;
 }
 
-void RedisPool::cancel(RedisJob *job)
+bool RedisPool::on_wire(const RedisConn *rc) const
 {
-    if (job->waiting) {
-        ngx_queue_remove(&job->queue);
-        npending_--;
-        if (job->timer.timer_set) {
-            ngx_del_timer(&job->timer);
-        }
-        delete job;
-        return;
-    }
-
-    /* in flight: the reply is read and dropped when it comes; the timer
-     * stays, so that a connection that hangs is still closed */
-    job->done = nullptr;
-    job->data = nullptr;
+    return rc->connected;
 }
 
 RedisConn *RedisPool::open(const char **error)
@@ -192,8 +96,7 @@ RedisConn *RedisPool::open(const char **error)
     c->read->handler = on_read;
     c->write->handler = on_write;
 
-    ngx_queue_insert_tail(&conns_, &rc->link);
-    nconns_++;
+    add(rc);
 
     /* even when already connected (a unix socket), carry on from the
      * event loop: nothing here may fail a connection under submit() */
@@ -535,56 +438,9 @@ void RedisPool::read(RedisConn *rc)
     dispatch();
 }
 
-void RedisPool::finish(RedisJob *job, const redisReply *reply,
-                       const char *error)
-{
-    if (job->timer.timer_set) {
-        ngx_del_timer(&job->timer);
-    }
-
-    if (job->waiting) {
-        ngx_queue_remove(&job->queue);
-        job->waiting = false;
-        npending_--;
-    }
-
-    RedisDone done = job->done;
-    void *data = job->data;
-    delete job;
-
-    if (done) {
-        done(data, reply, error);
-    }
-}
-
-void RedisPool::fail(RedisConn *rc, const char *error)
-{
-    RedisJob *job = rc->job;
-
-    if (job) {
-        ngx_log_error(NGX_LOG_ERR, &log_, 0, "session_cache: redis: %s",
-                      error);
-    } else {
-        ngx_log_error(NGX_LOG_INFO, &log_, 0,
-                      "session_cache: idle redis connection dropped: %s",
-                      error);
-    }
-
-    rc->job = nullptr;
-    destroy(rc);
-
-    if (job) {
-        job->conn = nullptr;
-        finish(job, nullptr, error);
-    }
-
-    dispatch();
-}
-
 void RedisPool::destroy(RedisConn *rc)
 {
-    ngx_queue_remove(&rc->link);
-    nconns_--;
+    remove(rc);
 
     if (rc->peer.connection) {
 #if (NGX_SSL)
@@ -604,72 +460,6 @@ void RedisPool::destroy(RedisConn *rc)
 
     redisReaderFree(rc->reader);
     delete rc;
-}
-
-void RedisPool::dispatch()
-{
-    while (!ngx_queue_empty(&waiting_)) {
-        RedisConn *rc = free_conn();
-
-        if (rc == nullptr) {
-            if (nconns_ >= conf_->backend.pool) {
-                return;
-            }
-
-            const char *error = nullptr;
-            rc = open(&error);
-
-            if (rc == nullptr) {
-                RedisJob *job = ngx_queue_data(ngx_queue_head(&waiting_),
-                                               RedisJob, queue);
-                finish(job, nullptr, error);
-                continue;
-            }
-        }
-
-        RedisJob *job = ngx_queue_data(ngx_queue_head(&waiting_), RedisJob,
-                                       queue);
-        ngx_queue_remove(&job->queue);
-        job->waiting = false;
-        npending_--;
-        assign(rc, job);
-    }
-}
-
-void RedisPool::on_job_timeout(ngx_event_t *ev)
-{
-    auto *job = static_cast<RedisJob *>(ev->data);
-    RedisPool *pool = job->pool;
-
-    try {
-        if (job->waiting) {
-            pool->finish(job, nullptr, pool->timeout_text_);
-            return;
-        }
-
-        RedisConn *rc = job->conn;
-
-        if (rc && rc->connected) {
-            /* the reply would come out of order: the connection goes */
-            pool->fail(rc, pool->timeout_text_);
-            return;
-        }
-
-        if (rc) {
-            /* still connecting: the connection may serve someone else */
-            rc->job = nullptr;
-            job->conn = nullptr;
-        }
-
-        ngx_log_error(NGX_LOG_ERR, &pool->log_, 0,
-                      "session_cache: redis: %s while connecting",
-                      pool->timeout_text_);
-        pool->finish(job, nullptr, pool->timeout_text_);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                      "session_cache: redis timer: %s", e.what());
-    }
 }
 
 }  // namespace session_cache

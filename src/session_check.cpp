@@ -316,15 +316,14 @@ static void resume(Ctx *ctx, ngx_int_t rc)
     ngx_http_run_posted_requests(c);
 }
 
-static void on_redis(void *data, const redisReply *reply, const char *error)
+/* A backend answered: take the next step, and resume if it was the last. */
+template <class Step>
+static void answered(Ctx *ctx, Step step)
 {
-    auto *ctx = static_cast<Ctx *>(data);
     ngx_int_t rc;
 
-    ctx->redis_job = nullptr;
-
     try {
-        rc = redis_answered(ctx, reply, error);
+        rc = step();
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
                       "session_cache: %s", e.what());
@@ -334,22 +333,20 @@ static void on_redis(void *data, const redisReply *reply, const char *error)
     resume(ctx, rc);
 }
 
+static void on_redis(void *data, const redisReply *reply, const char *error)
+{
+    auto *ctx = static_cast<Ctx *>(data);
+
+    ctx->redis_job = nullptr;
+    answered(ctx, [&] { return redis_answered(ctx, reply, error); });
+}
+
 static void on_postgres(void *data, const PgRow *row, const char *error)
 {
     auto *ctx = static_cast<Ctx *>(data);
-    ngx_int_t rc;
 
     ctx->pg_job = nullptr;
-
-    try {
-        rc = postgres_answered(ctx, row, error);
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
-                      "session_cache: %s", e.what());
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    resume(ctx, rc);
+    answered(ctx, [&] { return postgres_answered(ctx, row, error); });
 }
 
 static ngx_int_t start(ngx_http_request_t *r,

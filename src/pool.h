@@ -1,0 +1,330 @@
+/*
+ * What the Redis and the Postgres pools share: jobs with a deadline, a
+ * queue of jobs waiting for a connection, connections that carry one job at
+ * a time, and what happens when a connection fails or a job times out.
+ *
+ * Derived (CRTP) supplies the protocol:
+ *   Conn *open(const char **error)   start a connection, or nullptr
+ *   void assign(Conn *, Job *)       give it a job; it must not send from
+ *                                    within the call (post an event)
+ *   bool on_wire(const Conn *)       a reply is awaited: a late one would
+ *                                    come out of order, so a timeout costs
+ *                                    the connection
+ *   void destroy(Conn *)             close and free it
+ * Conn has members `Job *job` and `ngx_queue_t link`; Job derives from
+ * PoolJob<Conn, Result>.
+ */
+#pragma once
+
+#include "nginx.h"
+
+#include <exception>
+
+namespace session_cache {
+
+template <class Conn, class Result>
+struct PoolJob {
+    /* the result (valid during the call only), or nullptr and an error
+     * naming the cause; for Postgres, nullptr and no error is "no row" */
+    using result_type = Result;
+    using Done = void (*)(void *data, const Result *result,
+                          const char *error);
+
+    void        *pool;     /* the Derived pool */
+    Done         done;     /* nullptr: nobody waits for the answer */
+    void        *data;
+    ngx_event_t  timer;    /* the deadline */
+    ngx_queue_t  queue;    /* in the wait queue */
+    Conn        *conn;     /* the connection carrying it, if any */
+    bool         waiting;
+};
+
+template <class Derived, class Conn, class Job>
+class Pool {
+public:
+    Pool(const Pool &) = delete;
+    Pool &operator=(const Pool &) = delete;
+
+    ngx_uint_t size() const { return nconns_; }
+    ngx_uint_t max() const { return backend_->pool; }
+    ngx_uint_t pending() const { return npending_; }
+
+    /* The caller went away: done() will not be called. */
+    void cancel(Job *job)
+    {
+        if (job->waiting) {
+            ngx_queue_remove(&job->queue);
+            npending_--;
+            if (job->timer.timer_set) {
+                ngx_del_timer(&job->timer);
+            }
+            delete job;
+            return;
+        }
+
+        /* in flight: the answer is dropped when it comes; the timer stays,
+         * so that a connection that hangs is still closed */
+        job->done = nullptr;
+        job->data = nullptr;
+    }
+
+protected:
+    Pool(ngx_cycle_t *cycle, const ngx_http_session_cache_backend_t *backend,
+         const char *name)
+        : backend_(backend), name_(name)
+    {
+        log_ = *cycle->log;
+        log_.handler = log_context;
+        log_.data = this;
+        log_.action = nullptr;
+
+        ngx_queue_init(&conns_);
+        ngx_queue_init(&waiting_);
+
+        *ngx_snprintf(reinterpret_cast<u_char *>(timeout_text_),
+                      sizeof(timeout_text_) - 1, "timed out after %Mms",
+                      backend->timeout) = '\0';
+        *ngx_snprintf(reinterpret_cast<u_char *>(connect_timeout_text_),
+                      sizeof(connect_timeout_text_) - 1,
+                      "connect timed out after %Mms",
+                      backend->connect_timeout) = '\0';
+    }
+
+    ~Pool() = default;
+
+    Derived *derived() { return static_cast<Derived *>(this); }
+
+    /*
+     * Run job on a free connection, a new one, or after a wait in the
+     * queue. done() is called later, exactly once, never from within this
+     * call. When no connection can even be opened: false, *error, and the
+     * job is deleted without done() being called.
+     */
+    bool start(Job *job, const char **error)
+    {
+        Conn *conn = free_conn();
+
+        if (conn == nullptr && nconns_ < backend_->pool) {
+            conn = derived()->open(error);
+            if (conn == nullptr) {
+                delete job;
+                return false;
+            }
+        }
+
+        job->pool = this;
+        job->conn = nullptr;
+        job->waiting = false;
+        job->timer.handler = on_job_timeout;
+        job->timer.data = job;
+        job->timer.log = &log_;
+
+        ngx_add_timer(&job->timer, backend_->timeout);
+
+        if (conn) {
+            derived()->assign(conn, job);
+
+        } else {
+            ngx_queue_insert_tail(&waiting_, &job->queue);
+            job->waiting = true;
+            npending_++;
+        }
+
+        return true;
+    }
+
+    /* The job is over: tell whoever waits, if anyone still does. The job
+     * is gone before done() runs, which may submit new work. */
+    void finish(Job *job, const typename Job::result_type *result,
+                const char *error)
+    {
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        if (job->waiting) {
+            ngx_queue_remove(&job->queue);
+            job->waiting = false;
+            npending_--;
+        }
+
+        typename Job::Done done = job->done;
+        void *data = job->data;
+        delete job;
+
+        if (done) {
+            done(data, result, error);
+        }
+    }
+
+    /* The connection is broken: its job fails with error, it goes. */
+    void fail(Conn *conn, const char *error)
+    {
+        Job *job = conn->job;
+
+        if (job) {
+            ngx_log_error(NGX_LOG_ERR, &log_, 0, "session_cache: %s: %s",
+                          name_, error);
+        } else {
+            ngx_log_error(NGX_LOG_INFO, &log_, 0,
+                          "session_cache: idle %s connection dropped: %s",
+                          name_, error);
+        }
+
+        conn->job = nullptr;
+        derived()->destroy(conn);
+
+        if (job) {
+            job->conn = nullptr;
+            finish(job, nullptr, error);
+        }
+
+        dispatch();
+    }
+
+    /* Hand waiting jobs to free connections, opening new ones if allowed. */
+    void dispatch()
+    {
+        while (!ngx_queue_empty(&waiting_)) {
+            Conn *conn = free_conn();
+
+            if (conn == nullptr) {
+                if (nconns_ >= backend_->pool) {
+                    return;
+                }
+
+                const char *error = nullptr;
+                conn = derived()->open(&error);
+
+                if (conn == nullptr) {
+                    finish(head(), nullptr, error);
+                    continue;
+                }
+            }
+
+            Job *job = head();
+            ngx_queue_remove(&job->queue);
+            job->waiting = false;
+            npending_--;
+            derived()->assign(conn, job);
+        }
+    }
+
+    void add(Conn *conn)
+    {
+        ngx_queue_insert_tail(&conns_, &conn->link);
+        nconns_++;
+    }
+
+    void remove(Conn *conn)
+    {
+        ngx_queue_remove(&conn->link);
+        nconns_--;
+    }
+
+    /* For the Derived destructor: drop every job and connection. */
+    void clear()
+    {
+        while (!ngx_queue_empty(&waiting_)) {
+            Job *job = head();
+            ngx_queue_remove(&job->queue);
+            drop(job);
+        }
+
+        while (!ngx_queue_empty(&conns_)) {
+            Conn *conn = ngx_queue_data(ngx_queue_head(&conns_), Conn, link);
+            Job *job = conn->job;
+            derived()->destroy(conn);
+            if (job) {
+                drop(job);
+            }
+        }
+    }
+
+    const ngx_http_session_cache_backend_t *backend_;
+    const char   *name_;
+    ngx_log_t     log_;
+    ngx_queue_t   conns_;
+    ngx_queue_t   waiting_;
+    ngx_uint_t    nconns_ = 0;
+    ngx_uint_t    npending_ = 0;
+    char          timeout_text_[64];
+    char          connect_timeout_text_[64];
+
+private:
+    /* standard layout, unlike Job, so that offsetof applies */
+    using JobBase = PoolJob<Conn, typename Job::result_type>;
+
+    Job *head()
+    {
+        return static_cast<Job *>(
+            ngx_queue_data(ngx_queue_head(&waiting_), JobBase, queue));
+    }
+
+    Conn *free_conn()
+    {
+        for (ngx_queue_t *q = ngx_queue_head(&conns_);
+             q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
+        {
+            Conn *conn = ngx_queue_data(q, Conn, link);
+            if (conn->job == nullptr) {
+                return conn;
+            }
+        }
+
+        return nullptr;
+    }
+
+    static void drop(Job *job)
+    {
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+        delete job;
+    }
+
+    static void on_job_timeout(ngx_event_t *ev)
+    {
+        auto *job = static_cast<Job *>(ev->data);
+        auto *pool = static_cast<Derived *>(static_cast<Pool *>(job->pool));
+
+        try {
+            if (job->waiting) {
+                pool->finish(job, nullptr, pool->timeout_text_);
+                return;
+            }
+
+            Conn *conn = job->conn;
+
+            if (conn && pool->on_wire(conn)) {
+                pool->fail(conn, pool->timeout_text_);
+                return;
+            }
+
+            if (conn) {
+                /* still connecting: it may serve the next job */
+                conn->job = nullptr;
+                job->conn = nullptr;
+            }
+
+            ngx_log_error(NGX_LOG_ERR, &pool->log_, 0,
+                          "session_cache: %s: %s while connecting",
+                          pool->name_, pool->timeout_text_);
+            pool->finish(job, nullptr, pool->timeout_text_);
+
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
+                          "session_cache: %s timer: %s", pool->name_,
+                          e.what());
+        }
+    }
+
+    static u_char *log_context(ngx_log_t *log, u_char *buf, size_t len)
+    {
+        auto *pool = static_cast<Pool *>(log->data);
+        return ngx_snprintf(buf, len, ", backend: %V",
+                            &pool->backend_->display);
+    }
+};
+
+}  // namespace session_cache
