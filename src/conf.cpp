@@ -7,6 +7,7 @@
 
 #include <new>
 #include <string>
+#include <vector>
 
 #include "pg_conninfo.h"
 #include "redis_url.h"
@@ -179,7 +180,8 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         }
     }
 
-    rcf->addr = &u.addrs[0];
+    rcf->addrs = u.addrs;
+    rcf->naddrs = u.naddrs;
 
     std::string hs;
     rcf->handshake_replies = 0;
@@ -214,6 +216,91 @@ static bool is_socket_dir(const std::string &host)
     return host.empty() || host[0] == '/' || host[0] == '@';
 }
 
+static std::string join(const std::vector<std::string> &parts)
+{
+    std::string s;
+
+    for (std::size_t i = 0; i < parts.size(); i++) {
+        if (i) {
+            s += ',';
+        }
+        s += parts[i];
+    }
+
+    return s;
+}
+
+/*
+ * Give libpq an address for every host, so that it never resolves a name
+ * in a worker. A name with several addresses becomes several entries of
+ * the host list, tried in turn, as libpq itself would try them.
+ */
+static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
+                              PgConninfo *ci)
+{
+    std::vector<std::string> hosts = split_hosts(host_list);
+    std::vector<std::string> ports;
+    const std::string *port_list = ci->get("port");
+
+    if (port_list != nullptr) {
+        ports = split_hosts(*port_list);
+    }
+
+    if (ports.size() > 1 && ports.size() != hosts.size()) {
+        return conf_error(cf, "the port list does not match the host list");
+    }
+
+    std::vector<std::string> out_hosts, out_addrs, out_ports;
+
+    for (std::size_t i = 0; i < hosts.size(); i++) {
+        const std::string &h = hosts[i];
+        std::string port_text = ports.empty() ? std::string()
+                                : ports[ports.size() == 1 ? 0 : i];
+        int port = 5432;
+
+        if (!port_text.empty()) {
+            port = std::atoi(port_text.c_str());
+            if (port <= 0 || port > 65535
+                || port_text.find_first_not_of("0123456789")
+                   != std::string::npos)
+            {
+                return conf_error(cf, "invalid port \"" + port_text + "\"");
+            }
+        }
+
+        if (is_socket_dir(h)) {
+            out_hosts.push_back(h);
+            out_addrs.emplace_back();
+            out_ports.push_back(port_text);
+            continue;
+        }
+
+        ngx_url_t u;
+        std::string err = resolve(cf, h, port, &u);
+        if (!err.empty()) {
+            return conf_error(cf, err);
+        }
+
+        for (ngx_uint_t a = 0; a < u.naddrs; a++) {
+            u_char text[NGX_SOCKADDR_STRLEN];
+            size_t n = ngx_sock_ntop(u.addrs[a].sockaddr, u.addrs[a].socklen,
+                                     text, NGX_SOCKADDR_STRLEN, 0);
+            out_hosts.push_back(h);
+            out_addrs.emplace_back(reinterpret_cast<char *>(text), n);
+            out_ports.push_back(port_text);
+        }
+    }
+
+    if (!ci->set("host", join(out_hosts))
+        || !ci->set("hostaddr", join(out_addrs))
+        || (ports.size() > 1 && !ci->set("port", join(out_ports))))
+    {
+        return const_cast<char *>("out of memory");
+    }
+
+    return NGX_CONF_OK;
+}
+
 static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
                             ngx_http_session_cache_pg_conf_t *pcf)
 {
@@ -227,42 +314,9 @@ static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
     const std::string *host = ci.get("host");
 
     if (host != nullptr && ci.get("hostaddr") == nullptr) {
-        std::string addrs;
-        int port = 5432;
-        const std::string *p = ci.get("port");
-
-        if (p != nullptr && p->find(',') == std::string::npos) {
-            port = std::atoi(p->c_str());
-            if (port <= 0 || port > 65535) {
-                return conf_error(cf, "invalid port \"" + *p + "\"");
-            }
-        }
-
-        bool first = true;
-        for (const std::string &h : split_hosts(*host)) {
-            if (!first) {
-                addrs += ',';
-            }
-            first = false;
-
-            if (is_socket_dir(h)) {
-                continue;
-            }
-
-            ngx_url_t u;
-            err = resolve(cf, h, port, &u);
-            if (!err.empty()) {
-                return conf_error(cf, err);
-            }
-
-            u_char text[NGX_SOCKADDR_STRLEN];
-            size_t n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen,
-                                     text, NGX_SOCKADDR_STRLEN, 0);
-            addrs.append(reinterpret_cast<char *>(text), n);
-        }
-
-        if (!ci.set("hostaddr", addrs)) {
-            return const_cast<char *>("out of memory");
+        char *rv = resolve_pg_hosts(cf, *host, &ci);
+        if (rv != NGX_CONF_OK) {
+            return rv;
         }
     }
 

@@ -27,7 +27,8 @@ typedef struct {
 typedef struct {
     ngx_http_session_cache_backend_t  backend;
 
-    ngx_addr_t                 *addr;            /* resolved at start */
+    ngx_addr_t                 *addrs;           /* resolved at start */
+    ngx_uint_t                  naddrs;
     ngx_uint_t                  db;
 
     /* rediss:// */

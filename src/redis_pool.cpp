@@ -56,6 +56,13 @@ RedisJob *RedisPool::submit(std::string command, RedisDone done, void *data,
     return start(job, error) ? job : nullptr;
 }
 
+/* The address in use did not answer: the next connection tries the next
+ * address the host name resolved to, as nginx's upstreams would. */
+void RedisPool::unreachable()
+{
+    next_addr_ = (next_addr_ + 1) % conf_->naddrs;
+}
+
 bool RedisPool::on_wire(const RedisConn *rc) const
 {
     return rc->connected;
@@ -73,10 +80,11 @@ RedisConn *RedisPool::open(const char **error)
         return nullptr;
     }
 
+    ngx_addr_t *addr = &conf_->addrs[next_addr_];
     ngx_peer_connection_t *pc = &rc->peer;
-    pc->sockaddr = conf_->addr->sockaddr;
-    pc->socklen = conf_->addr->socklen;
-    pc->name = &conf_->addr->name;
+    pc->sockaddr = addr->sockaddr;
+    pc->socklen = addr->socklen;
+    pc->name = &addr->name;
     pc->get = ngx_event_get_peer;
     pc->log = &log_;
     pc->log_error = NGX_ERROR_ERR;
@@ -85,6 +93,7 @@ RedisConn *RedisPool::open(const char **error)
 
     if (rv != NGX_OK && rv != NGX_AGAIN) {
         /* nginx has logged the cause, e.g. "(111: Connection refused)" */
+        unreachable();
         redisReaderFree(rc->reader);
         delete rc;
         *error = "connect failed";
@@ -257,6 +266,7 @@ void RedisPool::on_write(ngx_event_t *ev)
     try {
         if (ev->timedout) {
             ev->timedout = 0;
+            pool->unreachable();
             pool->fail(rc, pool->connect_timeout_text_);
             return;
         }
@@ -276,6 +286,7 @@ void RedisPool::on_write(ngx_event_t *ev)
             }
 
             if (err) {
+                pool->unreachable();
                 u_char text[NGX_MAX_ERROR_STR];
                 u_char *p = ngx_cpymem(text, "connect() failed: ", 18);
                 *ngx_strerror(err, p, sizeof(text) - 19) = '\0';

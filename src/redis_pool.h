@@ -47,6 +47,7 @@ private:
     bool on_wire(const RedisConn *rc) const;
     void destroy(RedisConn *rc);
 
+    void unreachable();
     void connected(RedisConn *rc);
     void ready(RedisConn *rc);
     void flush(RedisConn *rc);
@@ -60,6 +61,7 @@ private:
     static void on_write(ngx_event_t *ev);
 
     const ngx_http_session_cache_redis_conf_t *conf_;
+    ngx_uint_t   next_addr_ = 0;
 };
 
 }  // namespace session_cache

@@ -73,6 +73,21 @@ sub no_secrets ($nginx, $name, @secrets) {
     no_alerts($nginx, 'file=: no alerts');
 }
 
+# --- host names, resolved when the configuration is loaded -----------------
+#
+# Redis by name; Postgres by a host list whose first entry refuses (nothing
+# listens on 127.0.0.2), so libpq must fall over to the next one.
+
+{
+    my $dsn = $pg->dsn =~ s/host=127\.0\.0\.1/host=127.0.0.2,localhost/r;
+    my $nginx = start_nginx(http => protected_site(
+        redis    => $redis->url(host => 'localhost') . " $REDIS_OPTS",
+        postgres => qq{"$dsn" $PG_OPTS}));
+    miss_then_hit($nginx, $redis, 'host names and a host list');
+    no_secrets($nginx, 'host names', $pg->password);
+    no_alerts($nginx, 'host names: no alerts');
+}
+
 # --- Redis AUTH ------------------------------------------------------------
 
 {
