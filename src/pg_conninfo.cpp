@@ -28,6 +28,32 @@ struct ErrorFree {
  * "invalid percent-encoded token: \"%s\"") and that may be the password,
  * so every quoted fragment goes. An unterminated one runs to the end.
  */
+/*
+ * The one fragment worth showing: the name in 'invalid connection option
+ * "foo"', a keyword the user mistyped, never a value.
+ */
+static bool
+option_name(const std::string &before, const char *start, const char *end)
+{
+    static const char prefix[] = "invalid connection option ";
+    std::size_t n = sizeof(prefix) - 1;
+
+    if (before.size() < n
+        || before.compare(before.size() - n, n, prefix) != 0
+        || end - start < 1 || end - start > 32)
+    {
+        return false;
+    }
+
+    for (const char *p = start; p < end; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || *p == '_')) {
+            return false;
+        }
+    }
+
+    return true;
+}
+
 std::string
 mask_quoted(const char *msg)
 {
@@ -39,10 +65,18 @@ mask_quoted(const char *msg)
             continue;
         }
 
-        s += "\"***\"";
+        const char *start = p + 1;
 
         for (p++; *p && *p != '"'; p++) {
             /* skip the fragment */
+        }
+
+        if (*p && option_name(s, start, p)) {
+            s.push_back('"');
+            s.append(start, p - start);
+            s.push_back('"');
+        } else {
+            s += "\"***\"";
         }
 
         if (*p == '\0') {

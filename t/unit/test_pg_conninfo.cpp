@@ -182,6 +182,8 @@ test_errors(void **)
 
     err = REFUSED("host=h bogus=1 password=Hunter2Secret", kSecret);
     assert_non_null(strstr(err.c_str(), "invalid connection option"));
+    /* a mistyped keyword is named: it is never a value */
+    assert_non_null(strstr(err.c_str(), "option \"bogus\""));
 
     err = REFUSED("host=h Hunter2Secret=x", kSecret);
     err = REFUSED("password=Hunter2Secret host", kSecret);
