@@ -193,23 +193,28 @@ sub _spawn (%o) {
             if ($o{stderr}) {
                 open STDERR, '>>', $o{stderr} or die "$o{stderr}: $!";
             }
-            for my $k (keys %{ $o{env} // {} }) {
-                if (defined $o{env}{$k}) { $ENV{$k} = $o{env}{$k} }
-                else                    { delete $ENV{$k} }
-            }
-            if (defined $uid) {
-                POSIX::setgid($gid) or die "setgid: $!";
-                $) = "$gid $gid";
-                POSIX::setuid($uid) or die "setuid: $!";
-                $ENV{HOME} = (getpwuid($uid))[7];
-                $ENV{USER} = $ENV{LOGNAME} = 'postgres';
-            }
+            _become(\%o, $uid, $gid);
             exec { $cmd[0] } @cmd or die "exec $cmd[0]: $!";
         };
         print STDERR "spawn failed: $@";
         POSIX::_exit(127);
     }
     return $pid;
+}
+
+# In a child about to exec: its environment, and the postgres user when
+# $uid is set (running as root).
+sub _become ($o, $uid, $gid) {
+    for my $k (keys %{ $o->{env} // {} }) {
+        if (defined $o->{env}{$k}) { $ENV{$k} = $o->{env}{$k} }
+        else                      { delete $ENV{$k} }
+    }
+    return unless defined $uid;
+    POSIX::setgid($gid) or die "setgid: $!";
+    $) = "$gid $gid";
+    POSIX::setuid($uid) or die "setuid: $!";
+    $ENV{HOME} = (getpwuid($uid))[7];
+    $ENV{USER} = $ENV{LOGNAME} = 'postgres';
 }
 
 # Run a command to completion, no shell; stdout and stderr merged.
@@ -225,16 +230,7 @@ sub _run (%o) {
             open STDIN, '<', '/dev/null' or die "stdin: $!";
             open STDOUT, '>&', $w or die "stdout: $!";
             open STDERR, '>&', $w or die "stderr: $!";
-            for my $k (keys %{ $o{env} // {} }) {
-                if (defined $o{env}{$k}) { $ENV{$k} = $o{env}{$k} }
-                else                    { delete $ENV{$k} }
-            }
-            if (defined $uid) {
-                POSIX::setgid($gid) or die "setgid: $!";
-                $) = "$gid $gid";
-                POSIX::setuid($uid) or die "setuid: $!";
-                $ENV{HOME} = (getpwuid($uid))[7];
-            }
+            _become(\%o, $uid, $gid);
             exec { $cmd[0] } @cmd or die "exec $cmd[0]: $!";
         };
         print STDERR "run failed: $@";
