@@ -29,22 +29,6 @@ RedisPool::~RedisPool()
     clear();
 }
 
-ngx_uint_t RedisPool::available() const
-{
-    ngx_uint_t n = 0;
-
-    for (ngx_queue_t *q = ngx_queue_head(&conns_);
-         q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
-    {
-        RedisConn *rc = ngx_queue_data(q, RedisConn, link);
-        if (rc->connected && rc->job == nullptr) {
-            n++;
-        }
-    }
-
-    return n;
-}
-
 RedisJob *RedisPool::submit(std::string command, RedisDone done, void *data,
                             const char **error)
 {

@@ -37,8 +37,6 @@ public:
     RedisJob *submit(std::string command, RedisDone done, void *data,
                      const char **error);
 
-    ngx_uint_t available() const;
-
 private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
 

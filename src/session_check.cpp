@@ -35,11 +35,11 @@ struct Ctx {
     const ngx_http_session_cache_main_conf_t  *smcf;
     const ngx_http_session_cache_loc_conf_t   *slcf;
     ngx_str_t                                  token;
+    ngx_str_t                                  key;     /* prefix + token */
     RedisJob                                  *redis_job;
     PgJob                                     *pg_job;
     ngx_int_t                                  rc;
     bool                                       done;
-    bool                                       waiting;
     bool                                       redis_failed;
 };
 
@@ -94,15 +94,6 @@ static Ctx *get_ctx(ngx_http_request_t *r)
     }
 
     return nullptr;
-}
-
-static std::string cache_key(const Ctx *ctx)
-{
-    std::string key;
-    key.reserve(ctx->smcf->key_prefix.len + ctx->token.len);
-    key.append(view(ctx->smcf->key_prefix));
-    key.append(view(ctx->token));
-    return key;
 }
 
 static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
@@ -183,7 +174,7 @@ static void cache_write(Ctx *ctx, std::string_view value,
     }
 
     std::string cmd;
-    resp_append(&cmd, {"SET", cache_key(ctx), value, "EX",
+    resp_append(&cmd, {"SET", view(ctx->key), value, "EX",
                        std::to_string(seconds)});
 
     const char *error = nullptr;
@@ -307,7 +298,6 @@ static void resume(Ctx *ctx, ngx_int_t rc)
 
     ctx->rc = rc;
     ctx->done = true;
-    ctx->waiting = false;
 
     r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler = ngx_http_core_run_phases;
@@ -374,6 +364,16 @@ static ngx_int_t start(ngx_http_request_t *r,
     ctx->slcf = slcf;
     ctx->token = token;
 
+    /* the Redis key, built once, from the request pool */
+    const ngx_str_t &prefix = smcf->key_prefix;
+    ctx->key.len = prefix.len + token.len;
+    ctx->key.data = static_cast<u_char *>(ngx_pnalloc(r->pool, ctx->key.len));
+    if (ctx->key.data == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_memcpy(ngx_cpymem(ctx->key.data, prefix.data, prefix.len),
+               token.data, token.len);
+
     cln->handler = cleanup;
     cln->data = ctx;
 
@@ -386,7 +386,7 @@ static ngx_int_t start(ngx_http_request_t *r,
 
     } else if (RedisPool *redis = redis_pool()) {
         std::string cmd;
-        resp_append(&cmd, {"GET", cache_key(ctx)});
+        resp_append(&cmd, {"GET", view(ctx->key)});
 
         const char *error = nullptr;
         ctx->redis_job = redis->submit(std::move(cmd), on_redis, ctx, &error);
@@ -403,7 +403,6 @@ static ngx_int_t start(ngx_http_request_t *r,
     }
 
     if (rc == NGX_AGAIN) {
-        ctx->waiting = true;
         /* notice a client that gives up while we wait */
         r->read_event_handler = ngx_http_test_reading;
         r->write_event_handler = ngx_http_request_empty_handler;
