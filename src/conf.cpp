@@ -38,6 +38,25 @@ static bool copy_str(ngx_conf_t *cf, const std::string &s, ngx_str_t *out)
     return true;
 }
 
+/* nginx's parser for "host:port" and "unix:/path"; names resolve here */
+static bool parse_url(ngx_conf_t *cf, const std::string &text,
+                      in_port_t default_port, ngx_url_t *u)
+{
+    ngx_memzero(u, sizeof(ngx_url_t));
+
+    /* in the configuration's pool: for a unix socket nginx keeps pointing
+     * at this text as the address's name */
+    u->url.len = text.size();
+    u->url.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, text.size()));
+    if (u->url.data == nullptr) {
+        return false;
+    }
+    ngx_memcpy(u->url.data, text.data(), text.size());
+    u->default_port = default_port;
+
+    return ngx_parse_url(cf->pool, u) == NGX_OK && u->naddrs > 0;
+}
+
 /*
  * Resolve host (a name or an address) with nginx's own parser, as the
  * upstream module does for its servers at start.
@@ -54,12 +73,7 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
     }
     url += ":" + std::to_string(port);
 
-    ngx_memzero(u, sizeof(ngx_url_t));
-    u->url.data = reinterpret_cast<u_char *>(const_cast<char *>(url.c_str()));
-    u->url.len = url.size();
-    u->default_port = static_cast<in_port_t>(port);
-
-    if (ngx_parse_url(cf->pool, u) != NGX_OK || u->naddrs == 0) {
+    if (!parse_url(cf, url, static_cast<in_port_t>(port), u)) {
         if (u->err && std::string(u->err) == "host not found") {
             return "could not translate host name \"" + host + "\"";
         }
@@ -163,12 +177,7 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
     ngx_url_t u;
 
     if (url.unix_socket) {
-        std::string s = "unix:" + url.path;
-        ngx_memzero(&u, sizeof(ngx_url_t));
-        u.url.data = reinterpret_cast<u_char *>(const_cast<char *>(s.c_str()));
-        u.url.len = s.size();
-
-        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        if (!parse_url(cf, "unix:" + url.path, 0, &u)) {
             return conf_error(cf, "invalid unix socket path \"" + url.path
                                   + "\"");
         }

@@ -88,6 +88,27 @@ sub no_secrets ($nginx, $name, @secrets) {
     no_alerts($nginx, 'host names: no alerts');
 }
 
+# --- Redis on a unix socket -------------------------------------------------
+
+{
+    my $local = start_redis(unixsocket => 1);
+    my $nginx = start_nginx(http => protected_site(
+        redis    => 'unix:' . $local->socket . " $REDIS_OPTS",
+        postgres => $PG_ARGS));
+    miss_then_hit($nginx, $local, 'unix:');
+
+    # SIGKILL leaves the socket file: connect() is refused (an error, where
+    # a missing file would be nginx's "crit")
+    $local->kill;
+    my $tok = 'tok-src-unix-down';
+    $pg->add_session($tok, 'user-unix', 3600);
+    my $r = $nginx->get('/', cookie => "session=$tok");
+    is(status_of($r), 'BYPASS', 'unix: socket gone, BYPASS');
+    like($nginx->error_log, qr/\Q${\ $local->socket }\E/,
+         'the error log names the socket');
+    no_alerts($nginx, 'unix: no alerts');
+}
+
 # --- Redis AUTH ------------------------------------------------------------
 
 {

@@ -511,6 +511,7 @@ sub _new ($class, %opt) {
         dir      => SessionCache::Test::_tempdir('redis'),
         password => $opt{requirepass},
         tls      => $opt{tls},    # {cert, key, ca}: TLS only, no plain port
+        unix     => $opt{unixsocket}, # also listen on dir/redis.sock
         owner    => $$,
     }, $class;
     push @STARTED, $self;
@@ -522,6 +523,7 @@ sub port     ($self) { $self->{port} }
 sub pid      ($self) { $self->{pid} }
 sub password ($self) { $self->{password} }
 sub dir      ($self) { $self->{dir} }
+sub socket   ($self) { "$self->{dir}/redis.sock" }
 
 # redis://[:password@]127.0.0.1:PORT/0, for session_cache_redis
 sub url ($self, %opt) {
@@ -540,6 +542,8 @@ sub start ($self) {
         '--daemonize', 'no', '--logfile', '');
     push @cmd, '--requirepass', $self->{password}
         if defined $self->{password};
+    push @cmd, '--unixsocket', $self->socket, '--unixsocketperm', '777'
+        if $self->{unix};
     if (my $t = $self->{tls}) {
         $cmd[2] = 0;    # --port 0: no plain TCP
         push @cmd, '--tls-port', $self->{port},
