@@ -13,6 +13,7 @@
 
 
 #define NGX_HTTP_SESSION_CACHE_MAX_POOL  1024
+#define NGX_HTTP_SESSION_CACHE_MAX_BUCKETS  100   /* kBreakerMaxBuckets */
 
 #define NGX_HTTP_SESSION_CACHE_DEFAULT_QUERY                                 \
     "SELECT user_id, extract(epoch FROM expires_at)::bigint"                 \
@@ -33,6 +34,8 @@ static char *ngx_http_session_cache_backend(ngx_conf_t *cf,
 static char *ngx_http_session_cache_read_source(ngx_conf_t *cf,
     ngx_str_t *arg, ngx_str_t *source);
 static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_breaker(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_query(ngx_conf_t *cf, void *post,
     void *data);
@@ -113,6 +116,13 @@ static ngx_command_t  ngx_http_session_cache_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_session_cache_main_conf_t, negative_ttl),
+      NULL },
+
+    { ngx_string("session_cache_breaker"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_session_cache_breaker,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("session_cache_key_prefix"),
@@ -578,6 +588,125 @@ ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/*
+ * session_cache_breaker off
+ * session_cache_breaker [errors=P%] [window=T] [buckets=N] [cooldown=T]
+ *                       [min_requests=N]
+ */
+static char *
+ngx_http_session_cache_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms;
+    ngx_uint_t   i;
+
+    ngx_http_session_cache_breaker_conf_t  *bc = &smcf->breaker;
+
+    if (bc->enabled != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        bc->enabled = 0;
+        return NGX_CONF_OK;
+    }
+
+    bc->enabled = 1;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "errors=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            if (s.len && s.data[s.len - 1] == '%') {
+                s.len--;
+            }
+
+            n = ngx_atoi(s.data, s.len);
+            if (n == NGX_ERROR || n > 100) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid errors \"%V\" "
+                                   "(expected 0%%..100%%)",
+                                   &cmd->name, &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            bc->errors = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "window=", 7) == 0
+            || ngx_strncmp(value[i].data, "cooldown=", 9) == 0)
+        {
+            s.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
+            s.len = value[i].data + value[i].len - s.data;
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid time \"%V\"",
+                                   &cmd->name, &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            if (value[i].data[0] == 'w') {
+                bc->window = ms;
+            } else {
+                bc->cooldown = ms;
+            }
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "buckets=", 8) == 0) {
+            n = ngx_atoi(value[i].data + 8, value[i].len - 8);
+
+            if (n == NGX_ERROR || n < 1
+                || n > NGX_HTTP_SESSION_CACHE_MAX_BUCKETS)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid buckets \"%V\" "
+                                   "(expected 1..%d)", &cmd->name,
+                                   &value[i],
+                                   NGX_HTTP_SESSION_CACHE_MAX_BUCKETS);
+                return NGX_CONF_ERROR;
+            }
+
+            bc->buckets = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "min_requests=", 13) == 0) {
+            n = ngx_atoi(value[i].data + 13, value[i].len - 13);
+
+            if (n == NGX_ERROR || n < 1) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid min_requests \"%V\" "
+                                   "(expected 1 or more)",
+                                   &cmd->name, &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            bc->min_requests = n;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: unknown parameter \"%V\"",
+                           &cmd->name, &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_session_cache_query(ngx_conf_t *cf, void *post, void *data)
 {
@@ -647,6 +776,13 @@ ngx_http_session_cache_create_main_conf(ngx_conf_t *cf)
     smcf->ttl = NGX_CONF_UNSET;
     smcf->negative_ttl = NGX_CONF_UNSET;
 
+    smcf->breaker.enabled = NGX_CONF_UNSET;
+    smcf->breaker.errors = NGX_CONF_UNSET_UINT;
+    smcf->breaker.window = NGX_CONF_UNSET_MSEC;
+    smcf->breaker.buckets = NGX_CONF_UNSET_UINT;
+    smcf->breaker.cooldown = NGX_CONF_UNSET_MSEC;
+    smcf->breaker.min_requests = NGX_CONF_UNSET_UINT;
+
     return smcf;
 }
 
@@ -655,6 +791,8 @@ static char *
 ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    ngx_http_session_cache_breaker_conf_t  *bc;
 
     ngx_conf_init_value(smcf->ttl, 300);
     ngx_conf_init_value(smcf->negative_ttl, 10);
@@ -667,7 +805,24 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_str_set(&smcf->key_prefix, "session:");
     }
 
-    return NGX_CONF_OK;
+    bc = &smcf->breaker;
+
+    ngx_conf_init_value(bc->enabled, 1);
+    ngx_conf_init_uint_value(bc->errors, 50);
+    ngx_conf_init_msec_value(bc->window, 10000);
+    ngx_conf_init_uint_value(bc->buckets, 10);
+    ngx_conf_init_msec_value(bc->cooldown, 30000);
+    ngx_conf_init_uint_value(bc->min_requests, 5);
+
+    if (bc->enabled && bc->window < bc->buckets) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "session_cache_breaker: window of %Mms cannot "
+                           "hold %ui buckets (at least 1ms each)",
+                           bc->window, bc->buckets);
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_session_cache_breaker_zone(cf, smcf);
 }
 
 

@@ -1,11 +1,200 @@
+/*
+ * One shared memory zone, "session_cache_breaker", holds both breakers. It
+ * is added at configuration time with a fixed size, so that nginx hands the
+ * same memory to the next cycle on reload (init_zone gets the old data) and
+ * the breakers keep their state. Critical sections are a few arithmetic
+ * steps under the slab pool's mutex; logging happens after unlocking.
+ */
 #include "breaker_zone.h"
+
+#include "breaker.h"
 
 namespace session_cache {
 
-/* Until the breaker lands (issue 3), every backend reports closed. */
-BreakerState breaker_state(Backend)
+struct BreakerZone {
+    BreakerData backends[2];
+};
+
+static const char *const kNames[] = {"redis", "postgres"};
+
+/* this worker's view: the cycle's configuration and the shared data */
+static const ngx_http_session_cache_breaker_conf_t *conf;
+static BreakerConfig config;
+static ngx_slab_pool_t *shpool;
+static BreakerZone *zone;
+
+static BreakerConfig to_config(const ngx_http_session_cache_breaker_conf_t *bc)
 {
+    BreakerConfig c;
+    c.errors = static_cast<std::uint32_t>(bc->errors);
+    c.window = bc->window;
+    c.buckets = static_cast<std::uint32_t>(bc->buckets);
+    c.cooldown = bc->cooldown;
+    c.min_requests = static_cast<std::uint32_t>(bc->min_requests);
+    return c;
+}
+
+static std::uint64_t now()
+{
+    /* monotonic, the same clock in every worker (ngx_time_update) */
+    return ngx_current_msec;
+}
+
+static BreakerData *data(Backend backend)
+{
+    return &zone->backends[static_cast<int>(backend)];
+}
+
+static void log_transition(Backend backend, Transition t, BreakerStats s,
+                           ngx_log_t *log)
+{
+    const char *name = kNames[static_cast<int>(backend)];
+
+    switch (t) {
+    case Transition::None:
+        return;
+
+    case Transition::Opened:
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "session_cache: %s circuit breaker opened: %uD of %uD "
+                      "calls failed in the last %Mms; calls skip %s for "
+                      "%Mms", name, s.failures, s.calls, conf->window,
+                      name, conf->cooldown);
+        return;
+
+    case Transition::HalfOpened:
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "session_cache: %s circuit breaker half-open: "
+                      "one trial call goes through", name);
+        return;
+
+    case Transition::Closed:
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "session_cache: %s circuit breaker closed: "
+                      "the trial call succeeded", name);
+        return;
+
+    case Transition::Reopened:
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "session_cache: %s circuit breaker opened again: "
+                      "the trial call failed; calls skip %s for %Mms",
+                      name, name, conf->cooldown);
+        return;
+    }
+}
+
+void breaker_start(const ngx_http_session_cache_breaker_conf_t *bc)
+{
+    if (bc->zone == nullptr || !bc->enabled || bc->shared == nullptr) {
+        conf = nullptr;
+        zone = nullptr;
+        return;
+    }
+
+    conf = bc;
+    config = to_config(bc);
+    shpool = reinterpret_cast<ngx_slab_pool_t *>(bc->zone->shm.addr);
+    zone = static_cast<BreakerZone *>(bc->shared);
+}
+
+void breaker_stop()
+{
+    conf = nullptr;
+    zone = nullptr;
+}
+
+bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
+{
+    *trial = false;
+
+    if (zone == nullptr) {
+        return true;
+    }
+
+    BreakerData *b = data(backend);
+
+    /* the common case, without the lock: a stale read only delays the
+     * moment this worker notices an opening by one call */
+    if (__atomic_load_n(&b->phase, __ATOMIC_RELAXED) == BreakerPhase::Closed) {
+        return true;
+    }
+
+    Transition t;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    Admit a = breaker_admit(b, config, now(), &t);
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    log_transition(backend, t, BreakerStats{0, 0}, log);
+
+    *trial = (a == Admit::Trial);
+    return a != Admit::Reject;
+}
+
+void breaker_report(Backend backend, bool success, bool trial,
+                    ngx_log_t *log)
+{
+    if (zone == nullptr) {
+        return;
+    }
+
+    BreakerData *b = data(backend);
+    BreakerStats s{0, 0};
+
+    ngx_shmtx_lock(&shpool->mutex);
+    Transition t = breaker_record(b, config, now(), success, trial);
+    if (t == Transition::Opened) {
+        s = breaker_stats(b, config, now());
+    }
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    log_transition(backend, t, s, log);
+}
+
+void breaker_give_back(Backend backend)
+{
+    if (zone == nullptr) {
+        return;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    breaker_release_trial(data(backend));
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+BreakerState breaker_state(Backend backend)
+{
+    if (zone == nullptr) {
+        return BreakerState::Closed;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    BreakerPhase p = data(backend)->phase;
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    switch (p) {
+    case BreakerPhase::Open:
+        return BreakerState::Open;
+    case BreakerPhase::HalfOpen:
+        return BreakerState::HalfOpen;
+    case BreakerPhase::Closed:
+        break;
+    }
     return BreakerState::Closed;
+}
+
+ngx_msec_t breaker_wait(Backend backend)
+{
+    if (zone == nullptr) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    std::uint64_t ms = session_cache::breaker_wait(data(backend), config,
+                                                   now());
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return static_cast<ngx_msec_t>(ms);
 }
 
 const char *breaker_state_name(BreakerState state)
@@ -21,4 +210,92 @@ const char *breaker_state_name(BreakerState state)
     return "closed";
 }
 
+/*
+ * In the master, for each cycle. data is the previous cycle's conf when
+ * the zone is carried over a reload: keep its breakers, adopt the new
+ * window layout.
+ */
+static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
+{
+    auto *bc = static_cast<ngx_http_session_cache_breaker_conf_t *>(
+        shm_zone->data);
+    auto *pool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
+    BreakerConfig c = to_config(bc);
+
+    if (old != nullptr) {
+        auto *oc = static_cast<ngx_http_session_cache_breaker_conf_t *>(old);
+        bc->shared = oc->shared;
+
+        auto *z = static_cast<BreakerZone *>(bc->shared);
+        ngx_shmtx_lock(&pool->mutex);
+        for (BreakerData &b : z->backends) {
+            breaker_adopt(&b, c);
+        }
+        ngx_shmtx_unlock(&pool->mutex);
+        return NGX_OK;
+    }
+
+    if (shm_zone->shm.exists) {
+        bc->shared = pool->data;
+        return NGX_OK;
+    }
+
+    auto *z = static_cast<BreakerZone *>(
+        ngx_slab_calloc(pool, sizeof(BreakerZone)));
+    if (z == nullptr) {
+        return NGX_ERROR;
+    }
+
+    for (BreakerData &b : z->backends) {
+        breaker_init(&b, c);
+    }
+
+    pool->data = z;
+    bc->shared = z;
+
+    static const char ctx[] = " in session_cache_breaker zone";
+    pool->log_ctx = static_cast<u_char *>(ngx_slab_alloc(pool, sizeof(ctx)));
+    if (pool->log_ctx == nullptr) {
+        return NGX_ERROR;
+    }
+    ngx_memcpy(pool->log_ctx, ctx, sizeof(ctx));
+
+    return NGX_OK;
+}
+
 }  // namespace session_cache
+
+extern "C" char *
+ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
+    ngx_http_session_cache_main_conf_t *smcf)
+{
+    static ngx_str_t name = ngx_string("session_cache_breaker");
+
+    ngx_http_session_cache_breaker_conf_t *bc = &smcf->breaker;
+
+    if (!bc->enabled
+        || (!smcf->redis.backend.configured && !smcf->pg.backend.configured))
+    {
+        return NGX_CONF_OK;
+    }
+
+    /* fixed, so that a reload finds the zone it can reuse */
+    size_t size = 8 * ngx_pagesize;
+
+    bc->zone = ngx_shared_memory_add(cf, &name, size,
+                                     &ngx_http_session_cache_module);
+    if (bc->zone == nullptr) {
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+
+    if (bc->zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "session_cache_breaker: zone is duplicate");
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+
+    bc->zone->init = session_cache::init_zone;
+    bc->zone->data = bc;
+
+    return NGX_CONF_OK;
+}

@@ -1,8 +1,11 @@
 /*
  * The breakers (SPEC §5) as every worker sees them: one per backend, kept
- * in a shared memory zone that survives a reload.
+ * in a shared memory zone that survives a reload. The arithmetic is in
+ * breaker.h; this file adds the zone, its lock, and the log lines.
  */
 #pragma once
+
+#include "nginx.h"
 
 namespace session_cache {
 
@@ -10,8 +13,29 @@ enum class Backend { Redis = 0, Postgres = 1 };
 
 enum class BreakerState { Closed = 0, Open = 1, HalfOpen = 2 };
 
+/* In each worker, before any pool: take the breakers of this cycle. */
+void breaker_start(const ngx_http_session_cache_breaker_conf_t *conf);
+void breaker_stop();
+
+/*
+ * May a call go to the backend now? false: the breaker is open, skip it.
+ * *trial tells whether this call is the one half-open trial; its outcome
+ * must then be reported (or the trial given back).
+ */
+bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log);
+
+/* The outcome of an allowed call. Timeouts are failures. */
+void breaker_report(Backend backend, bool success, bool trial,
+                    ngx_log_t *log);
+
+/* A trial call was dropped before it reached the backend. */
+void breaker_give_back(Backend backend);
+
 /* The state of a backend's breaker now, read under the zone's lock. */
 BreakerState breaker_state(Backend backend);
+
+/* Milliseconds until the next trial of an open breaker, else 0. */
+ngx_msec_t breaker_wait(Backend backend);
 
 /* "closed", "open", "half_open": the names the health document uses. */
 const char *breaker_state_name(BreakerState state);

@@ -54,9 +54,23 @@ typedef struct {
 } ngx_http_session_cache_pg_conf_t;
 
 
+/* session_cache_breaker (SPEC §5): one breaker per backend */
+typedef struct {
+    ngx_flag_t                  enabled;         /* NGX_CONF_UNSET: on */
+    ngx_uint_t                  errors;          /* percent */
+    ngx_msec_t                  window;
+    ngx_uint_t                  buckets;
+    ngx_msec_t                  cooldown;
+    ngx_uint_t                  min_requests;
+    ngx_shm_zone_t             *zone;            /* NULL: no backend */
+    void                       *shared;          /* in the zone */
+} ngx_http_session_cache_breaker_conf_t;
+
+
 typedef struct {
     ngx_http_session_cache_redis_conf_t  redis;
     ngx_http_session_cache_pg_conf_t     pg;
+    ngx_http_session_cache_breaker_conf_t breaker;
 
     ngx_str_t                   query;
     time_t                      ttl;
@@ -93,6 +107,10 @@ char *ngx_http_session_cache_parse_redis(ngx_conf_t *cf, ngx_str_t *url,
     ngx_http_session_cache_redis_conf_t *rcf);
 char *ngx_http_session_cache_parse_postgres(ngx_conf_t *cf,
     ngx_str_t *conninfo, ngx_http_session_cache_pg_conf_t *pcf);
+
+/* the breakers' shared memory zone (src/breaker_zone.cpp) */
+char *ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
+    ngx_http_session_cache_main_conf_t *smcf);
 
 /* per worker (src/worker.cpp) */
 ngx_int_t ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,

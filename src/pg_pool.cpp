@@ -59,7 +59,8 @@ static void notice(void *arg, const char *message)
 PgPool::PgPool(ngx_cycle_t *cycle,
                const ngx_http_session_cache_pg_conf_t *conf,
                const ngx_str_t *query)
-    : Pool(cycle, &conf->backend, "postgres"), conf_(conf),
+    : Pool(cycle, &conf->backend, "postgres", Backend::Postgres),
+      conf_(conf),
       query_(view(*query))
 {
 }

@@ -20,6 +20,8 @@
 
 #include <exception>
 
+#include "breaker_zone.h"
+
 namespace session_cache {
 
 template <class Conn, class Result>
@@ -37,6 +39,7 @@ struct PoolJob {
     ngx_queue_t  queue;    /* in the wait queue */
     Conn        *conn;     /* the connection carrying it, if any */
     bool         waiting;
+    bool         trial;    /* the breaker's half-open trial call */
 };
 
 template <class Derived, class Conn, class Job>
@@ -58,6 +61,9 @@ public:
             if (job->timer.timer_set) {
                 ngx_del_timer(&job->timer);
             }
+            if (job->trial) {
+                breaker_give_back(which_);
+            }
             delete job;
             return;
         }
@@ -70,8 +76,8 @@ public:
 
 protected:
     Pool(ngx_cycle_t *cycle, const ngx_http_session_cache_backend_t *backend,
-         const char *name)
-        : backend_(backend), name_(name)
+         const char *name, Backend which)
+        : backend_(backend), name_(name), which_(which)
     {
         log_ = *cycle->log;
         log_.handler = log_context;
@@ -97,20 +103,32 @@ protected:
     /*
      * Run job on a free connection, a new one, or after a wait in the
      * queue. done() is called later, exactly once, never from within this
-     * call. When no connection can even be opened: false, *error, and the
-     * job is deleted without done() being called.
+     * call. When the breaker is open, or no connection can even be
+     * opened: false, *error, and the job is deleted without done() being
+     * called.
      */
     bool start(Job *job, const char **error)
     {
+        bool trial;
+
+        if (!breaker_allow(which_, &trial, &log_)) {
+            *error = "circuit breaker open";
+            delete job;
+            return false;
+        }
+
         Conn *conn = free_conn();
 
         if (conn == nullptr && nconns_ < backend_->pool) {
             conn = derived()->open(error);
             if (conn == nullptr) {
+                breaker_report(which_, false, trial, &log_);
                 delete job;
                 return false;
             }
         }
+
+        job->trial = trial;
 
         job->pool = this;
         job->conn = nullptr;
@@ -147,6 +165,10 @@ protected:
             job->waiting = false;
             npending_--;
         }
+
+        /* the breaker counts every call, also those nobody waits for;
+         * for Postgres, "no row" is a success */
+        breaker_report(which_, error == nullptr, job->trial, &log_);
 
         typename Job::Done done = job->done;
         void *data = job->data;
@@ -230,6 +252,7 @@ protected:
             ngx_queue_remove(&job->queue);
             drop(job);
         }
+        npending_ = 0;
 
         while (!ngx_queue_empty(&conns_)) {
             Conn *conn = ngx_queue_data(ngx_queue_head(&conns_), Conn, link);
@@ -243,6 +266,7 @@ protected:
 
     const ngx_http_session_cache_backend_t *backend_;
     const char   *name_;
+    Backend       which_;
     ngx_log_t     log_;
     ngx_queue_t   conns_;
     ngx_queue_t   waiting_;
@@ -275,10 +299,13 @@ private:
         return nullptr;
     }
 
-    static void drop(Job *job)
+    void drop(Job *job)
     {
         if (job->timer.timer_set) {
             ngx_del_timer(&job->timer);
+        }
+        if (job->trial) {
+            breaker_give_back(which_);
         }
         delete job;
     }

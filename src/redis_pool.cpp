@@ -20,7 +20,7 @@ struct RedisConn {
 
 RedisPool::RedisPool(ngx_cycle_t *cycle,
                      const ngx_http_session_cache_redis_conf_t *conf)
-    : Pool(cycle, &conf->backend, "redis"), conf_(conf)
+    : Pool(cycle, &conf->backend, "redis", Backend::Redis), conf_(conf)
 {
 }
 

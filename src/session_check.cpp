@@ -26,8 +26,9 @@
 
 namespace session_cache {
 
-/* Retry-After on 503: a store outage is not over in less. */
-static const char kRetryAfter[] = "5";
+/* Retry-After on 503: a store outage is not over in less; with the
+ * Postgres breaker open, the time until its next trial. */
+static const time_t kRetryAfter = 5;
 
 struct Ctx {
     ngx_http_session_cache_result_t            result;  /* first: see below */
@@ -155,9 +156,21 @@ static ngx_int_t unavailable(Ctx *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    time_t after = kRetryAfter;
+    ngx_msec_t wait = breaker_wait(Backend::Postgres);
+    if (wait > 0) {
+        after = (wait + 999) / 1000;
+    }
+
+    u_char *p = static_cast<u_char *>(ngx_pnalloc(r->pool, NGX_TIME_T_LEN));
+    if (p == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     h->hash = 1;
     ngx_str_set(&h->key, "Retry-After");
-    ngx_str_set(&h->value, kRetryAfter);
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "%T", after) - p;
     h->lowcase_key = (u_char *) "retry-after";
 
     return NGX_HTTP_SERVICE_UNAVAILABLE;

@@ -25,6 +25,8 @@ ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
 {
     using namespace session_cache;
 
+    breaker_start(&smcf->breaker);
+
     try {
         if (smcf->redis.backend.configured) {
             redis = new RedisPool(cycle, &smcf->redis);
@@ -59,4 +61,6 @@ ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     redis = nullptr;
     pg = nullptr;
+
+    breaker_stop();
 }
