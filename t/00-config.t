@@ -149,6 +149,36 @@ config_fails('session_cache_redis inside a server', 'session_cache_redis',
     postgres => $pg_ok,
     http => "server { listen 127.0.0.1:1; session_cache_redis $REDIS; }");
 
+# --- session_cache_breaker ----------------------------------------------
+
+for my $b ('errors=50% window=10s buckets=10 cooldown=30s min_requests=5',
+           'errors=25 cooldown=500ms', 'errors=0% window=1s buckets=100',
+           'off') {
+    config_ok("session_cache_breaker $b",
+        redis => $redis_ok, postgres => $pg_ok,
+        http => "session_cache_breaker $b;");
+}
+for my $case (
+    ['errors=101%',    qr/invalid errors "errors=101%" \(expected 0%\.\.100%\)/],
+    ['errors=half',    qr/invalid errors "errors=half"/],
+    ['window=0',       qr/invalid time "window=0"/],
+    ['cooldown=soon',  qr/invalid time "cooldown=soon"/],
+    ['buckets=0',      qr/invalid buckets "buckets=0" \(expected 1\.\.100\)/],
+    ['buckets=101',    qr/invalid buckets "buckets=101"/],
+    ['min_requests=0', qr/invalid min_requests "min_requests=0"/],
+    ['windows=10s',    qr/unknown parameter "windows=10s"/],
+    ['window=50ms buckets=100', qr/window of 50ms cannot hold 100 buckets/],
+) {
+    my ($args, $problem) = @$case;
+    config_fails("session_cache_breaker $args", 'session_cache_breaker',
+        redis => $redis_ok, postgres => $pg_ok,
+        http => "session_cache_breaker $args;", problem => $problem);
+}
+config_fails('a duplicate session_cache_breaker', 'session_cache_breaker',
+    redis => $redis_ok, postgres => $pg_ok,
+    http => "session_cache_breaker off;\nsession_cache_breaker errors=10%;",
+    problem => qr/duplicate/);
+
 # --- and a good one really starts ----------------------------------------
 
 my $nginx = start_nginx(http => site(redis => $redis_ok, postgres => $pg_ok));

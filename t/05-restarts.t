@@ -2,11 +2,14 @@
 # replaced, none leak. Redis is restarted 100 times on the same port with a
 # protected request after each; afterwards Redis sees at most workers*pool
 # connections from nginx, and no worker holds more than a few more file
-# descriptors than before. The same, 10 times, for Postgres.
+# descriptors than before. The same, 10 times, for Postgres. A background
+# load of valid and invalid tokens runs through the Redis restarts, and
+# none of its requests may fail.
 
 use v5.36;
 use Test::More;
 use SessionCache::Test;
+use SessionCache::Load;
 
 my $WORKERS = 2;
 my $POOL    = 2;
@@ -15,7 +18,10 @@ my $redis = start_redis();
 my $pg    = start_postgres();
 my $nginx = start_nginx(workers => $WORKERS, http => protected_site(
     redis    => $redis->url . " pool=$POOL connect_timeout=300ms timeout=200ms",
-    postgres => '"' . $pg->dsn . qq{" pool=$POOL connect_timeout=1s timeout=1s}));
+    postgres => '"' . $pg->dsn . qq{" pool=$POOL connect_timeout=1s timeout=1s},
+    # a short cooldown, so that the restarts exercise reconnection rather
+    # than a breaker that stays open
+    http => 'session_cache_breaker window=1s buckets=4 cooldown=200ms;'));
 
 sub status_of ($r) { $r->{headers}{'x-session-status'} // '' }
 
@@ -40,8 +46,15 @@ sub fds_within ($what, $slack = 4) {
 
 # --- Redis: 100 restarts ---------------------------------------------------------
 
+$pg->add_session("tok-restart-load-$_", "user-load-$_", 3600) for 1 .. 8;
+my $load = start_load(
+    tokens => { valid => [ map { "tok-restart-load-$_" } 1 .. 8 ],
+                invalid => [ map { "tok-restart-unknown-$_" } 1 .. 4 ] },
+    rate => 50);
+
 my %seen;
 my @failed;
+my $max_clients = 0;
 for my $i (1 .. 100) {
     $redis->stop;
     $redis->start;
@@ -52,7 +65,18 @@ for my $i (1 .. 100) {
     # Three failures in a row: nginx is broken, not slow; stop here rather
     # than spend 10 s per remaining restart.
     last if @failed >= 3 && $failed[-3] =~ /^#@{[ $i - 2 ]}:/;
+    if ($i % 10 == 0) {
+        my $c = $redis->client_count;
+        $max_clients = $c if $c > $max_clients;
+    }
 }
+my @load = $load->stop;
+my @unexpected = unexpected(\@load);
+ok(@load > 100 && !@unexpected,
+   'the load through 100 Redis restarts: ' . summarize(\@load))
+    or diag summarize(\@unexpected);
+cmp_ok($max_clients, '<=', $WORKERS * $POOL,
+       "during the restarts, Redis saw at most $max_clients connections");
 ok(!@failed, '100 Redis restarts: every request after a restart answered 200')
     or diag join "\n", @failed[0 .. ($#failed < 9 ? $#failed : 9)];
 note 'statuses: ' . join ', ', map { "$_=$seen{$_}" } sort keys %seen;

@@ -1,7 +1,7 @@
 package SessionCache::Load;
 
-# Bounded background load for fault tests: a child process sends batches
-# of concurrent requests (valid tokens, invalid tokens, an unprotected
+# Bounded background load for fault tests: a child process sends requests
+# at a steady rate (valid tokens, invalid tokens, an unprotected
 # page, in turn) until stopped, and records every answer. The parent breaks
 # backends meanwhile, then reads the record:
 #
@@ -11,11 +11,14 @@ package SessionCache::Load;
 #   my @r = $load->stop;        # {t0, t1, ms, kind, status, sstatus}
 #   my @bad = unexpected(\@r);  # valid != 200, invalid != 401, public != 200
 #
+# fresh => 'prefix' adds a kind "fresh": a new unknown token for every
+# request, so each one reaches Postgres (never cached, never negative).
 # Token kinds are free; unexpected() knows valid (200) and invalid (401),
 # others need their statuses named.
 #
-# The load is bounded: `concurrency` requests at a time (4), a pause
-# between batches (20 ms), and at most `max_seconds` (60) in all.
+# The load is bounded: `rate` requests a second (200), sent whether or not
+# earlier ones were answered (an open loop, as real clients), at most
+# `max_inflight` (64) unanswered, and at most `max_seconds` (60) in all.
 
 use v5.36;
 use Exporter qw(import);
@@ -23,15 +26,18 @@ use File::Temp qw(tempfile);
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
-use SessionCache::Test qw(send_many collect);
+use IO::Select;
+
+use SessionCache::Test ();
 
 our @EXPORT = qw(start_load unexpected summarize first_time);
 
 sub start_load (%o) {
     my %tokens = %{ $o{tokens} // {} };
+    $tokens{fresh} = [ ($o{fresh}) x 4 ] if defined $o{fresh};
     my @kinds = sort keys %tokens;
     die "start_load: no tokens\n" unless grep { @{ $tokens{$_} } } @kinds;
-    # interleave kinds so every batch holds some of each
+    # interleave kinds so every stretch of the load holds some of each
     my %left = map { $_ => [ @{ $tokens{$_} } ] } @kinds;
     my @mixed;
     while (grep { @{ $left{$_} } } @kinds) {
@@ -45,8 +51,8 @@ sub start_load (%o) {
                                UNLINK => 1);
     close $fh;
 
-    my $conc  = $o{concurrency} // 4;
-    my $pause = $o{pause} // 0.02;
+    my $rate  = $o{rate} // 200;          # requests per second
+    my $limit = $o{max_inflight} // 64;
     my $max   = $o{max_seconds} // 60;
     my $port  = $o{port};
     my $path  = $o{path} // '/';
@@ -57,25 +63,67 @@ sub start_load (%o) {
         $SIG{TERM} = sub { $stop = 1 };
         open my $out, '>', $file or POSIX::_exit(2);
         $out->autoflush(1);
+        my $record = sub ($p) {
+            my $r = SessionCache::Test::_response($p);
+            printf $out "%.6f %.6f %s %d %s\n", $r->{t0}, $r->{t1},
+                $p->{kind}, $r->{status},
+                $r->{headers}{'x-session-status'} // '-';
+        };
+        my %active;
+        my $sel = IO::Select->new;
+        my $close = sub ($p, $error = undef) {
+            $p->{t1} = time;
+            $p->{error} = $error if $error;
+            $sel->remove($p->{sock});
+            delete $active{"$p->{sock}"};
+            close $p->{sock};
+            $record->($p);
+        };
         my $n = 0;
         my $until = time + $max;
-        while (!$stop && time < $until) {
-            my @batch = map { $mixed[($n + $_) % @mixed] } 0 .. $conc - 1;
-            $n += $conc;
-            my @res = collect(send_many($conc, sub ($k) {
-                my ($kind, $tok) = @{ $batch[$k] };
+        my $next = time;
+        # Open loop: requests go out at a steady rate whether or not the
+        # earlier ones were answered, as real clients do.
+        while ((!$stop && time < $until) || %active) {
+            my $now = time;
+            while (!$stop && $now >= $next && keys %active < $limit) {
+                my ($kind, $tok) = @{ $mixed[$n % @mixed] };
+                $tok .= "-$$-$n" if $kind eq 'fresh';
+                $n++;
                 my %opt = (timeout => 10);
                 $opt{port} = $port if $port;
-                return ($o{public}, %opt) if $kind eq 'public';
-                return ($path, %opt, cookie => "session=$tok");
-            }));
-            for my $k (0 .. $#res) {
-                my $r = $res[$k];
-                printf $out "%.6f %.6f %s %d %s\n", $r->{t0}, $r->{t1},
-                    $batch[$k][0], $r->{status},
-                    $r->{headers}{'x-session-status'} // '-';
+                my $p = $kind eq 'public'
+                    ? SessionCache::Test::_send($o{public}, %opt)
+                    : SessionCache::Test::_send($path, %opt,
+                                                cookie => "session=$tok");
+                $p->{kind} = $kind;
+                if ($p->{sock}) {
+                    $active{"$p->{sock}"} = $p;
+                    $sel->add($p->{sock});
+                } else {
+                    $p->{t1} = time;
+                    $record->($p);
+                }
+                $next += 1 / $rate;
             }
-            sleep $pause;
+            $next = $now if $now - $next > 1;    # at the in-flight limit
+            for my $p (values %active) {
+                $close->($p, 'timed out') if $p->{t0} + 10 <= $now;
+            }
+            my $wait = $next - time;
+            $wait = 0.05 if $wait > 0.05 || $stop;
+            for my $sock ($sel->can_read($wait > 0 ? $wait : 0)) {
+                my $p = $active{"$sock"} or next;
+                my $got = sysread $sock, my $buf, 65536;
+                if (!defined $got) {
+                    next if $!{EAGAIN} || $!{EINTR};
+                    $close->($p, "read: $!");
+                } elsif ($got == 0) {
+                    $close->($p);
+                } else {
+                    $p->{buf} .= $buf;
+                }
+            }
         }
         close $out;
         POSIX::_exit(0);
@@ -107,7 +155,8 @@ sub stop ($self) {
 # invalid one not refused, the unprotected page not served. %allow adds
 # statuses that are acceptable in a scenario (e.g. valid => [503]).
 sub unexpected ($recs, %allow) {
-    my %ok = (valid => [200], invalid => [401], public => [200]);
+    my %ok = (valid => [200], invalid => [401], fresh => [401],
+              public => [200]);
     push @{ $ok{$_} }, @{ $allow{$_} } for keys %allow;
     return grep {
         my $r = $_;

@@ -58,6 +58,7 @@ sub _serve ($listen, $to, $delay) {
                 $sel->add($c, $u);
                 next;
             }
+            next unless defined fileno $s;    # closed in this round
             my $other = $peer{ fileno $s };
             my $n = sysread $s, my $buf, 65536;
             if (!$n) {

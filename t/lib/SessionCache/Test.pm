@@ -1040,7 +1040,13 @@ sub fd_count ($self, $pid) {
 }
 
 # SIGHUP; returns once every old worker is gone and the new ones are up.
-sub reload ($self) {
+# reload(http => $text) first rewrites the configuration with a new http{}.
+sub reload ($self, %opt) {
+    if (defined $opt{http}) {
+        $self->{http} = $opt{http};
+        SessionCache::Test::_write_file("$self->{dir}/nginx.conf",
+            $self->_config(http => $self->{http}, main => $self->{main}));
+    }
     my %old = map { $_ => 1 } $self->worker_pids;
     kill 'HUP', $self->{pid};
     my $ok = SessionCache::Test::wait_until(sub {

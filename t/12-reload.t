@@ -1,0 +1,91 @@
+# nginx -s reload under load (issue 3): no request fails while workers are
+# replaced, and the breakers' state survives in shared memory, also when
+# the reload changes the breaker's window.
+
+use v5.36;
+use Test::More;
+use Time::HiRes qw(time sleep);
+use SessionCache::Test;
+use SessionCache::Load;
+
+my $redis = start_redis();
+my $pg    = start_postgres();
+
+my @valid   = map { "tok-reload-$_" } 1 .. 12;
+my @invalid = map { "tok-reload-unknown-$_" } 1 .. 6;
+$pg->add_session($_, "user-$_", 3600) for @valid;
+
+sub site ($breaker) {
+    return protected_site(
+        redis    => $redis->url . ' pool=2 connect_timeout=300ms timeout=200ms',
+        postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=1s',
+        http     => "session_cache_breaker $breaker;");
+}
+
+sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
+
+# --- reloads under load, both stores up ----------------------------------------
+
+{
+    my $nginx = start_nginx(workers => 2, http => site('cooldown=1s'));
+    my $load = start_load(tokens => { valid => \@valid, invalid => \@invalid },
+                          public => '/public.html');
+    sleep 0.5;
+    my @generations = ([ $nginx->worker_pids ]);
+    for (1 .. 3) {
+        $nginx->reload;
+        push @generations, [ $nginx->worker_pids ];
+        sleep 0.5;
+    }
+    my @r = $load->stop;
+    note summarize(\@r);
+    my %seen;
+    $seen{$_}++ for map { @$_ } @generations;
+    is(scalar keys %seen, 8, '3 reloads: 4 generations of 2 workers each');
+    my @bad = unexpected(\@r);
+    ok(@r > 200 && !@bad, scalar(@r) . ' requests across 3 reloads: none failed')
+        or diag summarize(\@bad);
+    diag sprintf('scenario reload: %d requests, %d failures', scalar @r, scalar @bad)
+        if $ENV{SESSION_CACHE_FIGURES};
+    no_alerts($nginx, 'reloads under load: no alerts');
+}
+
+# --- the breaker's state survives a reload ---------------------------------------
+
+{
+    # a long cooldown: the breaker stays open for the whole test
+    my $nginx = start_nginx(workers => 2,
+                            http => site('window=2s buckets=4 cooldown=60s'));
+    my $load = start_load(tokens => { valid => \@valid, invalid => \@invalid },
+                          public => '/public.html');
+    sleep 0.5;
+    $redis->stop;
+    ok(wait_until(sub { count($nginx, qr/redis circuit breaker opened:/) }, 5),
+       'Redis stopped: the breaker opens');
+    sleep 0.3;
+    my $errors = count($nginx, qr/session_cache: redis: /);
+
+    my $t_reload = time;
+    $nginx->reload;
+    sleep 1;
+    # a new window layout: the state is kept, the counts start afresh
+    $nginx->reload(http => site('window=3s buckets=6 cooldown=60s'));
+    sleep 1;
+    my @r = $load->stop;
+    note summarize(\@r);
+
+    is(count($nginx, qr/redis circuit breaker opened:/), 1,
+       'after two reloads, the breaker was never opened again');
+    is(count($nginx, qr/session_cache: redis: /), $errors,
+       'the new workers never tried Redis: the breaker was open for them');
+    my @after = grep { $_->{t0} >= $t_reload && $_->{kind} ne 'public' } @r;
+    is(scalar(grep { $_->{sstatus} ne 'BYPASS' } @after), 0,
+       'every protected request after the reloads is BYPASS ('
+       . scalar(@after) . ')');
+    my @bad = unexpected(\@r);
+    ok(!@bad, 'no request failed') or diag summarize(\@bad);
+    $redis->start;
+    no_alerts($nginx, 'breaker across reloads: no alerts');
+}
+
+done_testing;
