@@ -81,6 +81,16 @@ PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
     return start(job, error) ? job : nullptr;
 }
 
+PgJob *PgPool::submit_probe(PgDone done, void *data, const char **error)
+{
+    auto *job = new PgJob();
+    job->probe = true;
+    job->done = done;
+    job->data = data;
+
+    return start(job, error) ? job : nullptr;
+}
+
 bool PgPool::on_wire(const PgConn *pc) const
 {
     return pc->state == PgConn::Querying;
@@ -360,8 +370,11 @@ void PgPool::idle(PgConn *pc)
         PgJob *job = pc->job;
         const char *values[1] = { job->token.c_str() };
 
-        if (!PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
-                                 nullptr, 0))
+        if (!(job->probe
+              ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr, nullptr,
+                                  nullptr, nullptr, 0)
+              : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
+                                    nullptr, 0)))
         {
             fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
             return;
@@ -452,6 +465,11 @@ void PgPool::completed(PgConn *pc)
 
     job->conn = nullptr;
 
+    if (job->probe) {
+        probed(pc, job, res);
+        return;
+    }
+
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
         ngx_log_error(NGX_LOG_ERR, &log_, 0,
                       "session_cache: postgres: session query failed: %s",
@@ -488,6 +506,35 @@ void PgPool::completed(PgConn *pc)
         }
         row.has_expiry = true;
     }
+
+    finish(job, &row, nullptr);
+    PQclear(res);
+    dispatch();
+}
+
+/* The health probe's answer: SELECT 1 and the server's version. */
+void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
+{
+    if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK
+        || PQntuples(res) != 1 || PQnfields(res) != 1)
+    {
+        std::string error = "SELECT 1 failed: "
+                            + first_line(res ? PQresultErrorMessage(res)
+                                             : PQerrorMessage(pc->pg));
+        PQclear(res);
+        finish(job, nullptr, error.c_str());
+        dispatch();
+        return;
+    }
+
+    const char *version = PQparameterStatus(pc->pg, "server_version");
+
+    PgRow row;
+    row.user_id = std::string_view(PQgetvalue(res, 0, 0),
+                                   PQgetlength(res, 0, 0));
+    row.has_expiry = false;
+    row.expires_at = 0;
+    row.server_version = version ? version : "";
 
     finish(job, &row, nullptr);
     PQclear(res);

@@ -22,14 +22,16 @@ namespace session_cache {
 struct PgConn;
 
 struct PgRow {
-    std::string_view user_id;
+    std::string_view user_id;         /* a probe: SELECT 1's answer */
     bool             has_expiry;
     std::int64_t     expires_at;
+    std::string_view server_version;  /* a probe: the server's version */
 };
 
 /* done(data, row, nullptr) with row == nullptr: the query found nothing */
 struct PgJob : PoolJob<PgConn, PgRow> {
     std::string  token;
+    bool         probe = false;       /* SELECT 1, not the session query */
 };
 
 using PgDone = PgJob::Done;
@@ -43,6 +45,10 @@ public:
     /* as RedisPool::submit: run the session query for token */
     PgJob *submit(std::string_view token, PgDone done, void *data,
                   const char **error);
+
+    /* the health probe: SELECT 1 on a pooled connection; done() gets a
+     * row with the answer and the server's version, or an error */
+    PgJob *submit_probe(PgDone done, void *data, const char **error);
 
 private:
     friend class Pool<PgPool, PgConn, PgJob>;
@@ -59,6 +65,7 @@ private:
     void busy(PgConn *pc);
     void idle(PgConn *pc);
     void completed(PgConn *pc);
+    void probed(PgConn *pc, PgJob *job, PGresult *res);
     bool want_write(PgConn *pc, bool on);
 
     static void on_event(ngx_event_t *ev);
