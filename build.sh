@@ -16,7 +16,7 @@ build=${BUILD_DIR:-$root/build}
 
 packages=(build-essential nginx nginx-dev libhiredis-dev libpq-dev
           libcmocka-dev libssl-dev libpcre2-dev zlib1g-dev
-          redis-server postgresql perl procps openssl)
+          redis-server postgresql perl procps openssl prometheus)
 
 install_missing() {
     local missing=() p

@@ -37,6 +37,8 @@ static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_breaker(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_health(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_query(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_session_cache_positive(ngx_conf_t *cf, void *post,
@@ -130,6 +132,13 @@ static ngx_command_t  ngx_http_session_cache_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_session_cache_main_conf_t, key_prefix),
+      NULL },
+
+    { ngx_string("session_cache_health"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
+      ngx_http_session_cache_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
       ngx_null_command
@@ -707,6 +716,78 @@ ngx_http_session_cache_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/*
+ * session_cache_health [threshold=time] [timeout=time]: the location
+ * answers the health document. threshold: a probe slower than this makes
+ * the status degraded (default 100ms); timeout: the longest a backend's
+ * probe may take in all (default 1s).
+ */
+static char *
+ngx_http_session_cache_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_session_cache_loc_conf_t *slcf = conf;
+
+    ngx_str_t                 *value, s;
+    ngx_msec_t                 ms;
+    ngx_uint_t                 i;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (slcf->health_timeout) {
+        return "is duplicate";
+    }
+
+    slcf->health_threshold = 100;
+    slcf->health_timeout = 1000;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "threshold=", 10) == 0) {
+            s.data = value[i].data + 10;
+            s.len = value[i].len - 10;
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid threshold \"%V\"",
+                                   &cmd->name, &s);
+                return NGX_CONF_ERROR;
+            }
+
+            slcf->health_threshold = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid timeout \"%V\"",
+                                   &cmd->name, &s);
+                return NGX_CONF_ERROR;
+            }
+
+            slcf->health_timeout = ms;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: unknown parameter \"%V\"",
+                           &cmd->name, &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_session_cache_health_handler;
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_session_cache_query(ngx_conf_t *cf, void *post, void *data)
 {
@@ -771,6 +852,7 @@ ngx_http_session_cache_create_main_conf(ngx_conf_t *cf)
      *     smcf->pg = { 0 };
      *     smcf->query = { 0, NULL };
      *     smcf->key_prefix = { 0, NULL };
+     *     smcf->metrics_zone = NULL;
      */
 
     smcf->ttl = NGX_CONF_UNSET;
@@ -803,6 +885,11 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (smcf->key_prefix.data == NULL) {
         ngx_str_set(&smcf->key_prefix, "session:");
+    }
+
+    smcf->metrics_zone = ngx_http_session_cache_metrics_zone(cf);
+    if (smcf->metrics_zone == NULL) {
+        return NGX_CONF_ERROR;
     }
 
     bc = &smcf->breaker;
@@ -840,6 +927,8 @@ ngx_http_session_cache_create_loc_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     slcf->token = NULL;
+     *     slcf->health_threshold = 0;
+     *     slcf->health_timeout = 0;
      */
 
     slcf->enabled = NGX_CONF_UNSET;

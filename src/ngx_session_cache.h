@@ -76,6 +76,8 @@ typedef struct {
     time_t                      ttl;
     time_t                      negative_ttl;
     ngx_str_t                   key_prefix;
+
+    ngx_shm_zone_t             *metrics_zone;    /* src/metrics.cpp */
 } ngx_http_session_cache_main_conf_t;
 
 
@@ -83,6 +85,10 @@ typedef struct {
     ngx_http_complex_value_t   *token;           /* NULL: off */
     ngx_uint_t                  fail;
     ngx_flag_t                  enabled;
+
+    /* session_cache_health */
+    ngx_msec_t                  health_threshold;
+    ngx_msec_t                  health_timeout;
 } ngx_http_session_cache_loc_conf_t;
 
 
@@ -123,6 +129,12 @@ ngx_int_t ngx_http_session_cache_check(ngx_http_request_t *r,
     ngx_http_session_cache_loc_conf_t *slcf);
 ngx_http_session_cache_result_t *ngx_http_session_cache_result(
     ngx_http_request_t *r);
+
+/* metrics (src/metrics.cpp): the shared zone, added at configuration */
+ngx_shm_zone_t *ngx_http_session_cache_metrics_zone(ngx_conf_t *cf);
+
+/* the session_cache_health content handler (src/health.cpp) */
+ngx_int_t ngx_http_session_cache_health_handler(ngx_http_request_t *r);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,7 @@
 #pragma once
 
 #include "nginx.h"
+#include "metrics.h"
 
 #include <exception>
 
@@ -51,6 +52,16 @@ public:
     ngx_uint_t size() const { return nconns_; }
     ngx_uint_t max() const { return backend_->pool; }
     ngx_uint_t pending() const { return npending_; }
+
+    /* Where to keep this pool's figures for the health document (shared
+     * memory, this worker's slot); nullptr: nowhere. */
+    void set_gauges(PoolGauges *gauges)
+    {
+        gauges_ = gauges;
+        if (gauges_) {
+            gauges_->max = backend_->pool;
+        }
+    }
 
     /* The caller went away: done() will not be called. */
     void cancel(Job *job)
@@ -148,6 +159,7 @@ protected:
             npending_++;
         }
 
+        publish();
         return true;
     }
 
@@ -173,6 +185,7 @@ protected:
         typename Job::Done done = job->done;
         void *data = job->data;
         delete job;
+        publish();
 
         if (done) {
             done(data, result, error);
@@ -212,6 +225,7 @@ protected:
 
             if (conn == nullptr) {
                 if (nconns_ >= backend_->pool) {
+                    publish();
                     return;
                 }
 
@@ -230,18 +244,22 @@ protected:
             npending_--;
             derived()->assign(conn, job);
         }
+
+        publish();
     }
 
     void add(Conn *conn)
     {
         ngx_queue_insert_tail(&conns_, &conn->link);
         nconns_++;
+        publish();
     }
 
     void remove(Conn *conn)
     {
         ngx_queue_remove(&conn->link);
         nconns_--;
+        publish();
     }
 
     /* For the Derived destructor: drop every job and connection. */
@@ -274,8 +292,32 @@ protected:
     ngx_uint_t    npending_ = 0;
     char          timeout_text_[64];
     char          connect_timeout_text_[64];
+    PoolGauges   *gauges_ = nullptr;
 
 private:
+    /* The figures now, for every worker to read: plain stores, one writer
+     * (this worker). Available: open connections without a job. */
+    void publish()
+    {
+        if (gauges_ == nullptr) {
+            return;
+        }
+
+        ngx_uint_t idle = 0;
+        for (ngx_queue_t *q = ngx_queue_head(&conns_);
+             q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
+        {
+            if ((ngx_queue_data(q, Conn, link))->job == nullptr) {
+                idle++;
+            }
+        }
+
+        gauges_->size = nconns_;
+        gauges_->available = idle;
+        gauges_->pending = npending_;
+        gauges_->max = backend_->pool;
+    }
+
     /* standard layout, unlike Job, so that offsetof applies */
     using JobBase = PoolJob<Conn, typename Job::result_type>;
 

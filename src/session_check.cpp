@@ -19,6 +19,7 @@
 #include <new>
 #include <string>
 
+#include "metrics.h"
 #include "resp.h"
 #include "session_value.h"
 #include "token.h"
@@ -104,6 +105,7 @@ static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
     ngx_http_request_t *r = ctx->r;
 
     ctx->result.status = status;
+    count_outcome(status);
 
     u_char *p = static_cast<u_char *>(ngx_pnalloc(r->pool, user_id.size()));
     if (p == nullptr) {
@@ -128,6 +130,7 @@ static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
 static ngx_int_t deny(Ctx *ctx, const ngx_str_t &status)
 {
     ctx->result.status = status;
+    count_outcome(status);
 
     ngx_log_error(NGX_LOG_INFO, ctx->r->connection->log, 0,
                   "session_cache: session refused (%V)", &status);
@@ -139,6 +142,8 @@ static ngx_int_t deny(Ctx *ctx, const ngx_str_t &status)
 static ngx_int_t unavailable(Ctx *ctx)
 {
     ngx_http_request_t *r = ctx->r;
+
+    count(Counter::Errors);
 
     if (ctx->slcf->fail == NGX_HTTP_SESSION_CACHE_FAIL_OPEN) {
         ctx->result.status = kFailOpen;
@@ -249,12 +254,14 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
         return deny(ctx, kNegative);
 
     case Decoded::Malformed:
+        count(Counter::Invalidations);
         ngx_log_error(NGX_LOG_WARN, ctx->r->connection->log, 0,
                       "session_cache: unreadable cached session value, "
                       "asking postgres");
         return ask_postgres(ctx);
 
     case Decoded::Expired:
+        count(Counter::Invalidations);
         break;
     }
 

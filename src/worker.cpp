@@ -1,5 +1,7 @@
 #include "worker.h"
 
+#include "metrics.h"
+
 #include <new>
 
 namespace session_cache {
@@ -26,14 +28,17 @@ ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
     using namespace session_cache;
 
     breaker_start(&smcf->breaker);
+    metrics_attach(cycle, smcf->metrics_zone);
 
     try {
         if (smcf->redis.backend.configured) {
             redis = new RedisPool(cycle, &smcf->redis);
+            redis->set_gauges(pool_gauges(Backend::Redis));
         }
 
         if (smcf->pg.backend.configured) {
             pg = new PgPool(cycle, &smcf->pg, &smcf->query);
+            pg->set_gauges(pool_gauges(Backend::Postgres));
         }
 
     } catch (const std::exception &e) {
@@ -63,4 +68,5 @@ ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
     pg = nullptr;
 
     breaker_stop();
+    metrics_detach();
 }

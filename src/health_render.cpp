@@ -1,0 +1,620 @@
+#include "health_render.h"
+
+#include <cstdio>
+#include <ctime>
+
+namespace session_cache::health {
+
+std::uint64_t total(const Counters &c)
+{
+    return c.hits + c.misses + c.negatives + c.bypasses + c.rejected
+           + c.errors;
+}
+
+double hit_rate(const Counters &c)
+{
+    std::uint64_t answered = c.hits + c.negatives;
+    std::uint64_t lookups = answered + c.misses + c.bypasses;
+
+    if (lookups == 0) {
+        return 0;
+    }
+
+    return 100.0 * static_cast<double>(answered)
+           / static_cast<double>(lookups);
+}
+
+const char *status_name(Status s)
+{
+    switch (s) {
+    case Status::Healthy:
+        return "healthy";
+    case Status::Degraded:
+        return "degraded";
+    case Status::Unhealthy:
+        break;
+    }
+    return "unhealthy";
+}
+
+int http_status(Status s)
+{
+    return s == Status::Unhealthy ? 503 : 200;
+}
+
+/* A number as JSON and Prometheus both read it: no exponent, no trailing
+ * zeros, at most `decimals` places. */
+static std::string number(double v, int decimals = 3)
+{
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);
+    std::string s(buf);
+
+    if (s.find('.') != std::string::npos) {
+        while (s.back() == '0') {
+            s.pop_back();
+        }
+        if (s.back() == '.') {
+            s.pop_back();
+        }
+    }
+
+    if (s == "-0") {
+        s = "0";
+    }
+
+    return s;
+}
+
+static std::string number(std::uint64_t v)
+{
+    return std::to_string(v);
+}
+
+static std::string number(std::int64_t v)
+{
+    return std::to_string(v);
+}
+
+static void slow(Report *r, const char *backend, const char *probe,
+                 const std::optional<double> &ms)
+{
+    if (ms && *ms > r->threshold_ms) {
+        r->errors.push_back(std::string(backend) + ": " + probe + " took "
+                            + number(*ms, 1) + " ms, above the "
+                            + number(r->threshold_ms, 1) + " ms threshold");
+    }
+}
+
+/* Adds the backend's problems to errors; true if it can check sessions. */
+static bool assess(Report *r, const Backend &b, const char *name)
+{
+    if (!b.configured) {
+        return false;
+    }
+
+    bool usable = b.connected;
+
+    if (!b.connected) {
+        r->errors.push_back(std::string(name) + ": not answering: "
+                            + (b.error.empty() ? "no answer" : b.error));
+    } else if (!b.error.empty()) {
+        r->errors.push_back(std::string(name) + ": " + b.error);
+    }
+
+    if (b.breaker != "closed") {
+        r->errors.push_back(std::string(name) + ": breaker " + b.breaker);
+        if (b.breaker == "open") {
+            usable = false;
+        }
+    }
+
+    return usable;
+}
+
+void evaluate(Report *r)
+{
+    r->errors.clear();
+
+    bool redis = assess(r, r->redis, "redis");
+    bool pg = assess(r, r->postgres, "postgres");
+
+    slow(r, "redis", "PING", r->redis.ping_ms);
+    slow(r, "redis", "SET", r->redis.set_ms);
+    slow(r, "redis", "GET", r->redis.get_ms);
+    slow(r, "postgres", "SELECT 1", r->postgres.query_ms);
+
+    if (!r->redis.configured && !r->postgres.configured) {
+        r->errors.push_back("no backend configured");
+    }
+
+    if (!redis && !pg) {
+        r->status = Status::Unhealthy;
+    } else if (!r->errors.empty()) {
+        r->status = Status::Degraded;
+    } else {
+        r->status = Status::Healthy;
+    }
+}
+
+/* ------------------------------------------------------------ JSON */
+
+static void json_string(std::string *out, std::string_view s)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    out->push_back('"');
+
+    for (unsigned char c : s) {
+        switch (c) {
+        case '"':
+            out->append("\\\"");
+            break;
+        case '\\':
+            out->append("\\\\");
+            break;
+        case '\n':
+            out->append("\\n");
+            break;
+        case '\r':
+            out->append("\\r");
+            break;
+        case '\t':
+            out->append("\\t");
+            break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                out->append("\\u00");
+                out->push_back(hex[c >> 4]);
+                out->push_back(hex[c & 0xf]);
+            } else {
+                out->push_back(static_cast<char>(c));
+            }
+        }
+    }
+
+    out->push_back('"');
+}
+
+/* A small writer for one flat level of an object at a time. */
+class Object {
+public:
+    explicit Object(std::string *out) : out_(out) { out_->push_back('{'); }
+
+    void close() { out_->push_back('}'); }
+
+    std::string *key(std::string_view k)
+    {
+        if (!first_) {
+            out_->append(", ");
+        }
+        first_ = false;
+        json_string(out_, k);
+        out_->append(": ");
+        return out_;
+    }
+
+    void raw(std::string_view k, std::string_view v) { key(k)->append(v); }
+    void str(std::string_view k, std::string_view v) { json_string(key(k), v); }
+    void boolean(std::string_view k, bool v) { raw(k, v ? "true" : "false"); }
+    void num(std::string_view k, std::uint64_t v) { raw(k, number(v)); }
+
+    template <class T>
+    void opt_num(std::string_view k, const std::optional<T> &v)
+    {
+        raw(k, v ? number(*v) : std::string("null"));
+    }
+
+    void opt_str(std::string_view k, const std::optional<std::string> &v)
+    {
+        if (v) {
+            str(k, *v);
+        } else {
+            raw(k, "null");
+        }
+    }
+
+private:
+    std::string *out_;
+    bool first_ = true;
+};
+
+static std::string iso8601(std::int64_t ms)
+{
+    std::time_t sec = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    gmtime_r(&sec, &tm);
+
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                  tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+    return buf;
+}
+
+static void pool_json(Object *o, std::string_view k, const PoolFigures &p)
+{
+    Object pool(o->key(k));
+    pool.num("size", p.size);
+    pool.num("available", p.available);
+    pool.num("pending", p.pending);
+    pool.num("max", p.max);
+    pool.close();
+}
+
+std::string render_json(const Report &r)
+{
+    std::string out;
+    out.reserve(1024);
+
+    Object doc(&out);
+    doc.str("status", status_name(r.status));
+    doc.str("timestamp", iso8601(r.now_ms));
+
+    {
+        const Redis &b = r.redis;
+        Object o(doc.key("redis"));
+        o.boolean("configured", b.configured);
+        o.boolean("connected", b.connected);
+        o.opt_str("version", b.version);
+        o.opt_num("uptime", b.uptime);
+        o.opt_str("usedMemory", b.used_memory);
+        o.opt_num("totalKeys", b.total_keys);
+        o.str("breaker", b.breaker);
+        pool_json(&o, "pool", b.pool);
+        o.close();
+    }
+
+    {
+        const Postgres &b = r.postgres;
+        Object o(doc.key("postgres"));
+        o.boolean("configured", b.configured);
+        o.boolean("connected", b.connected);
+        o.opt_str("version", b.version);
+        o.str("breaker", b.breaker);
+        pool_json(&o, "pool", b.pool);
+        o.close();
+    }
+
+    {
+        Object sc(doc.key("sessionCache"));
+        sc.boolean("enabled", r.redis.configured);
+        sc.boolean("healthy", r.redis.configured && r.redis.connected
+                                  && r.redis.error.empty()
+                                  && r.redis.breaker == "closed");
+
+        const Counters &c = r.counters;
+        Object m(sc.key("metrics"));
+        m.num("hits", c.hits);
+        m.num("misses", c.misses);
+        m.num("negatives", c.negatives);
+        m.num("bypasses", c.bypasses);
+        m.num("rejected", c.rejected);
+        m.num("errors", c.errors);
+        m.num("invalidations", c.invalidations);
+        m.num("total", total(c));
+        m.raw("hitRate", number(hit_rate(c), 2));
+        m.boolean("enabled", true);
+        m.raw("ttl", number(r.ttl));
+        m.close();
+
+        /* SPEC §6's one pool object: the cache's (Redis) pool; both
+         * backends' are under redis.pool and postgres.pool */
+        pool_json(&sc, "pool", r.redis.pool);
+        sc.close();
+    }
+
+    {
+        Object p(doc.key("performance"));
+        p.opt_num("ping", r.redis.ping_ms);
+        p.opt_num("set", r.redis.set_ms);
+        p.opt_num("get", r.redis.get_ms);
+        p.opt_num("postgres", r.postgres.query_ms);
+        p.raw("threshold", number(r.threshold_ms));
+        p.close();
+    }
+
+    std::string *e = doc.key("errors");
+    e->push_back('[');
+    for (std::size_t i = 0; i < r.errors.size(); i++) {
+        if (i) {
+            e->append(", ");
+        }
+        json_string(e, r.errors[i]);
+    }
+    e->push_back(']');
+
+    doc.close();
+    out.push_back('\n');
+
+    return out;
+}
+
+/* ------------------------------------------------------ Prometheus */
+
+static const char kPrefix[] = "nginx_session_cache_";
+
+static std::string label_value(std::string_view v)
+{
+    std::string s;
+    for (char c : v) {
+        switch (c) {
+        case '\\':
+            s.append("\\\\");
+            break;
+        case '"':
+            s.append("\\\"");
+            break;
+        case '\n':
+            s.append("\\n");
+            break;
+        default:
+            s.push_back(c);
+        }
+    }
+    return s;
+}
+
+class Exposition {
+public:
+    explicit Exposition(std::string *out) : out_(out) {}
+
+    /* HELP and TYPE, once per metric family */
+    void family(const char *name, const char *type, const char *help)
+    {
+        name_ = std::string(kPrefix) + name;
+        out_->append("# HELP " + name_ + " " + help + "\n");
+        out_->append("# TYPE " + name_ + " " + type + "\n");
+    }
+
+    void sample(const std::string &value, const std::string &labels = "")
+    {
+        out_->append(name_);
+        if (!labels.empty()) {
+            out_->append("{" + labels + "}");
+        }
+        out_->append(" " + value + "\n");
+    }
+
+private:
+    std::string *out_;
+    std::string name_;
+};
+
+static std::string backend_label(const char *b)
+{
+    return std::string("backend=\"") + b + "\"";
+}
+
+std::string render_prometheus(const Report &r)
+{
+    std::string out;
+    out.reserve(4096);
+    Exposition x(&out);
+
+    const Counters &c = r.counters;
+    struct {
+        const char *name;
+        const char *help;
+        std::uint64_t value;
+    } counters[] = {
+        {"hits_total", "Sessions found valid in Redis.", c.hits},
+        {"misses_total", "Sessions not in Redis, checked in Postgres.",
+         c.misses},
+        {"negatives_total", "Tokens refused by a negative entry in Redis.",
+         c.negatives},
+        {"bypasses_total",
+         "Sessions checked in Postgres because Redis failed.", c.bypasses},
+        {"rejected_total", "Tokens refused before any lookup (implausible).",
+         c.rejected},
+        {"errors_total",
+         "Requests no store could answer (503 or auth_session_fail open).",
+         c.errors},
+        {"invalidations_total",
+         "Cached entries found expired or unreadable and re-checked in "
+         "Postgres.",
+         c.invalidations},
+        {"requests_total", "Requests checked, every outcome.", total(c)},
+    };
+
+    for (const auto &k : counters) {
+        x.family(k.name, "counter", k.help);
+        x.sample(number(k.value));
+    }
+
+    x.family("hit_ratio", "gauge",
+             "Share of cache lookups answered by Redis (hits and negatives "
+             "over hits, negatives, misses and bypasses), 0 to 1.");
+    x.sample(number(hit_rate(c) / 100.0, 4));
+
+    x.family("status", "gauge",
+             "Health status: 1 for the current one of healthy, degraded, "
+             "unhealthy.");
+    for (Status s : {Status::Healthy, Status::Degraded, Status::Unhealthy}) {
+        x.sample(r.status == s ? "1" : "0",
+                 std::string("status=\"") + status_name(s) + "\"");
+    }
+
+    struct Named {
+        const char *name;
+        const Backend *b;
+    } backends[] = {{"redis", &r.redis}, {"postgres", &r.postgres}};
+
+    x.family("backend_configured", "gauge",
+             "1 if the backend is configured.");
+    for (const auto &n : backends) {
+        x.sample(n.b->configured ? "1" : "0", backend_label(n.name));
+    }
+
+    x.family("backend_up", "gauge",
+             "1 if the backend answered the health probe.");
+    for (const auto &n : backends) {
+        x.sample(n.b->connected ? "1" : "0", backend_label(n.name));
+    }
+
+    x.family("backend_info", "gauge",
+             "The backend's server version, as a label; always 1.");
+    for (const auto &n : backends) {
+        if (n.b->version) {
+            x.sample("1", backend_label(n.name) + ",version=\""
+                              + label_value(*n.b->version) + "\"");
+        }
+    }
+
+    x.family("breaker_state", "gauge",
+             "Circuit breaker state per backend: 1 for the current one of "
+             "closed, open, half_open.");
+    for (const auto &n : backends) {
+        for (const char *s : {"closed", "open", "half_open"}) {
+            x.sample(n.b->breaker == s ? "1" : "0",
+                     backend_label(n.name) + ",state=\"" + s + "\"");
+        }
+    }
+
+    struct {
+        const char *name;
+        const char *help;
+        std::uint64_t PoolFigures::*field;
+    } gauges[] = {
+        {"pool_size", "Connections open, over all workers.",
+         &PoolFigures::size},
+        {"pool_available", "Connections open and idle, over all workers.",
+         &PoolFigures::available},
+        {"pool_pending",
+         "Requests waiting for a connection, over all workers.",
+         &PoolFigures::pending},
+        {"pool_max", "Connections allowed, over all workers.",
+         &PoolFigures::max},
+    };
+
+    for (const auto &g : gauges) {
+        x.family(g.name, "gauge", g.help);
+        for (const auto &n : backends) {
+            if (n.b->configured) {
+                x.sample(number(n.b->pool.*g.field), backend_label(n.name));
+            }
+        }
+    }
+
+    x.family("probe_duration_seconds", "gauge",
+             "Round trip of the health probes: Redis PING, SET, GET and "
+             "Postgres SELECT 1.");
+    struct {
+        const char *probe;
+        const std::optional<double> *ms;
+    } probes[] = {{"ping", &r.redis.ping_ms},
+                  {"set", &r.redis.set_ms},
+                  {"get", &r.redis.get_ms},
+                  {"postgres", &r.postgres.query_ms}};
+    for (const auto &p : probes) {
+        if (*p.ms) {
+            x.sample(number(**p.ms / 1000.0, 6),
+                     std::string("probe=\"") + p.probe + "\"");
+        }
+    }
+
+    x.family("redis_keys", "gauge", "Keys in the Redis database (DBSIZE).");
+    if (r.redis.total_keys) {
+        x.sample(number(*r.redis.total_keys));
+    }
+
+    x.family("redis_uptime_seconds", "gauge", "Redis server uptime.");
+    if (r.redis.uptime) {
+        x.sample(number(*r.redis.uptime));
+    }
+
+    x.family("redis_memory_used_bytes", "gauge",
+             "Memory used by Redis (INFO used_memory).");
+    if (r.redis.used_memory_bytes) {
+        x.sample(number(*r.redis.used_memory_bytes));
+    }
+
+    x.family("session_ttl_seconds", "gauge",
+             "session_cache_ttl: how long a valid session stays cached.");
+    x.sample(number(r.ttl));
+
+    return out;
+}
+
+/* ------------------------------------------------------ Redis INFO */
+
+static bool parse_u64(std::string_view s, std::uint64_t *out)
+{
+    if (s.empty() || s.size() > 19) {
+        return false;
+    }
+
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') {
+            return false;
+        }
+        v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+
+    *out = v;
+    return true;
+}
+
+/* Safe for the document: printable ASCII only, bounded. */
+static bool printable(std::string_view s)
+{
+    if (s.empty() || s.size() > 64) {
+        return false;
+    }
+    for (unsigned char c : s) {
+        if (c < 0x20 || c > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+RedisInfo parse_redis_info(std::string_view text)
+{
+    RedisInfo info;
+
+    while (!text.empty()) {
+        std::size_t nl = text.find('\n');
+        std::string_view line = text.substr(0, nl);
+        text = nl == std::string_view::npos ? std::string_view()
+                                            : text.substr(nl + 1);
+
+        if (!line.empty() && line.back() == '\r') {
+            line.remove_suffix(1);
+        }
+
+        std::size_t colon = line.find(':');
+        if (colon == std::string_view::npos || line[0] == '#') {
+            continue;
+        }
+
+        std::string_view k = line.substr(0, colon);
+        std::string_view v = line.substr(colon + 1);
+        std::uint64_t n;
+
+        if (k == "redis_version" && printable(v)) {
+            info.version = std::string(v);
+        } else if (k == "uptime_in_seconds" && parse_u64(v, &n)
+                   && n <= INT64_MAX) {
+            info.uptime = static_cast<std::int64_t>(n);
+        } else if (k == "used_memory_human" && printable(v)) {
+            info.used_memory_human = std::string(v);
+        } else if (k == "used_memory" && parse_u64(v, &n)) {
+            info.used_memory = n;
+        }
+    }
+
+    return info;
+}
+
+std::string short_version(std::string_view v)
+{
+    std::size_t sp = v.find(' ');
+    if (sp != std::string_view::npos) {
+        v = v.substr(0, sp);
+    }
+    return printable(v) ? std::string(v) : std::string();
+}
+
+}  // namespace session_cache::health

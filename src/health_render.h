@@ -1,0 +1,110 @@
+/*
+ * The health document (SPEC §6) as data, the rules that turn it into a
+ * status, and its two renderings: JSON and Prometheus text. Pure logic: no
+ * nginx types, so the unit tests link this file alone. src/health.cpp
+ * fills a Report from the probes and the shared counters.
+ */
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace session_cache::health {
+
+/* Request outcomes since start, summed over all workers. */
+struct Counters {
+    std::uint64_t hits = 0;
+    std::uint64_t misses = 0;
+    std::uint64_t negatives = 0;
+    std::uint64_t bypasses = 0;
+    std::uint64_t rejected = 0;
+    std::uint64_t errors = 0;        /* ERROR and FAIL_OPEN */
+    std::uint64_t invalidations = 0; /* not an outcome: see README */
+};
+
+/* Every request checked: each one has exactly one outcome. */
+std::uint64_t total(const Counters &c);
+
+/* Percentage of cache lookups the cache answered:
+ * (hits + negatives) / (hits + negatives + misses + bypasses); 0 if none. */
+double hit_rate(const Counters &c);
+
+/* One backend's pools, summed over all workers. */
+struct PoolFigures {
+    std::uint64_t size = 0;      /* connections open */
+    std::uint64_t available = 0; /* open and idle */
+    std::uint64_t pending = 0;   /* requests waiting for a connection */
+    std::uint64_t max = 0;       /* pool= times the workers */
+};
+
+enum class Status { Healthy, Degraded, Unhealthy };
+
+const char *status_name(Status s);
+
+struct Backend {
+    bool configured = false;
+    bool connected = false;      /* it answered the first probe */
+    std::string error;           /* why a probe failed; empty if none */
+    std::string breaker = "closed";
+    PoolFigures pool;
+    std::optional<std::string> version;
+};
+
+struct Redis : Backend {
+    std::optional<std::int64_t> uptime;          /* seconds */
+    std::optional<std::string> used_memory;      /* "1.75M" */
+    std::optional<std::uint64_t> used_memory_bytes;
+    std::optional<std::int64_t> total_keys;      /* DBSIZE */
+    std::optional<double> ping_ms, set_ms, get_ms;
+};
+
+struct Postgres : Backend {
+    std::optional<double> query_ms;              /* SELECT 1 */
+};
+
+struct Report {
+    std::int64_t now_ms = 0;     /* Unix time, milliseconds */
+    Redis redis;
+    Postgres postgres;
+    Counters counters;
+    std::int64_t ttl = 0;        /* session_cache_ttl, seconds */
+    double threshold_ms = 100;   /* a probe slower than this: degraded */
+
+    /* set by evaluate() */
+    Status status = Status::Unhealthy;
+    std::vector<std::string> errors;
+};
+
+/*
+ * SPEC §6: healthy when every configured backend answers, no breaker is
+ * off closed and no probe is slower than the threshold; unhealthy when no
+ * backend can check a session (none answers, or the breakers of those that
+ * do are open); degraded otherwise. The reasons go to errors.
+ */
+void evaluate(Report *r);
+
+/* 200 for healthy and degraded, 503 for unhealthy. */
+int http_status(Status s);
+
+std::string render_json(const Report &r);
+
+/* Prometheus text exposition format 0.0.4. */
+std::string render_prometheus(const Report &r);
+
+/* The fields of an INFO reply the document shows. */
+struct RedisInfo {
+    std::optional<std::string> version;
+    std::optional<std::int64_t> uptime;
+    std::optional<std::string> used_memory_human;
+    std::optional<std::uint64_t> used_memory;
+};
+
+RedisInfo parse_redis_info(std::string_view text);
+
+/* "15.18 (Debian 15.18-0+deb12u1)" -> "15.18" */
+std::string short_version(std::string_view server_version);
+
+}  // namespace session_cache::health

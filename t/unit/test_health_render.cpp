@@ -1,0 +1,353 @@
+/*
+ * The health document (SPEC §6): status rules, JSON and Prometheus
+ * rendering, Redis INFO parsing.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+extern "C" {
+#include <cmocka.h>
+}
+
+#include <string>
+
+#include "health_render.h"
+
+using namespace session_cache::health;
+
+namespace {
+
+bool
+contains(const std::string &s, const std::string &part)
+{
+    return s.find(part) != std::string::npos;
+}
+
+
+/* Both backends configured, answering, fast. */
+Report
+good()
+{
+    Report r;
+    r.now_ms = 1795687200123;    /* 2026-11-26T10:00:00.123Z */
+    r.ttl = 300;
+    r.redis.configured = true;
+    r.redis.connected = true;
+    r.redis.version = "7.0.15";
+    r.redis.uptime = 197265;
+    r.redis.used_memory = "1.75M";
+    r.redis.used_memory_bytes = 1835008;
+    r.redis.total_keys = 3;
+    r.redis.ping_ms = 0.4;
+    r.redis.set_ms = 0.5;
+    r.redis.get_ms = 0.25;
+    r.redis.pool = {2, 2, 0, 4};
+    r.postgres.configured = true;
+    r.postgres.connected = true;
+    r.postgres.version = "15.18";
+    r.postgres.query_ms = 0.9;
+    r.postgres.pool = {1, 1, 0, 4};
+    return r;
+}
+
+
+void
+test_counters(void **)
+{
+    Counters c;
+    assert_int_equal(total(c), 0);
+    assert_true(hit_rate(c) == 0);
+
+    c.hits = 6;
+    c.negatives = 2;
+    c.misses = 1;
+    c.bypasses = 1;
+    c.rejected = 5;
+    c.errors = 3;
+    c.invalidations = 7;    /* not an outcome: not in the total */
+    assert_int_equal(total(c), 18);
+    assert_true(hit_rate(c) > 79.99 && hit_rate(c) < 80.01);
+}
+
+
+void
+test_healthy(void **)
+{
+    Report r = good();
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
+    assert_true(r.errors.empty());
+    assert_int_equal(http_status(r.status), 200);
+}
+
+
+void
+test_redis_down_is_degraded(void **)
+{
+    Report r = good();
+    r.redis.connected = false;
+    r.redis.error = "timed out after 200ms";
+    r.redis.ping_ms.reset();
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_int_equal(r.errors.size(), 1);
+    assert_string_equal(r.errors[0].c_str(),
+                        "redis: not answering: timed out after 200ms");
+    assert_int_equal(http_status(r.status), 200);
+}
+
+
+void
+test_postgres_down_is_degraded(void **)
+{
+    Report r = good();
+    r.postgres.connected = false;
+    r.postgres.error = "connection refused";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_true(contains(r.errors.at(0), "postgres"));
+}
+
+
+void
+test_both_down_is_unhealthy(void **)
+{
+    Report r = good();
+    r.redis.connected = false;
+    r.postgres.connected = false;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Unhealthy));
+    assert_int_equal(r.errors.size(), 2);
+    assert_int_equal(http_status(r.status), 503);
+}
+
+
+void
+test_only_postgres_configured(void **)
+{
+    Report r = good();
+    r.redis = Redis();
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
+
+    r.postgres.connected = false;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Unhealthy));
+}
+
+
+void
+test_nothing_configured(void **)
+{
+    Report r;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Unhealthy));
+    assert_string_equal(r.errors.at(0).c_str(), "no backend configured");
+}
+
+
+void
+test_breakers(void **)
+{
+    Report r = good();
+    r.redis.breaker = "half_open";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_string_equal(r.errors.at(0).c_str(), "redis: breaker half_open");
+
+    /* both answer, but both breakers are open: nothing checks a session */
+    r.redis.breaker = "open";
+    r.postgres.breaker = "open";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Unhealthy));
+}
+
+
+void
+test_latency_threshold(void **)
+{
+    Report r = good();
+    r.threshold_ms = 100;
+    r.redis.set_ms = 150.26;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_string_equal(r.errors.at(0).c_str(),
+                        "redis: SET took 150.3 ms, above the 100 ms threshold");
+
+    r.redis.set_ms = 100;    /* at the threshold is not above it */
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
+}
+
+
+void
+test_a_later_probe_failing(void **)
+{
+    Report r = good();
+    r.redis.error = "SET: OOM command not allowed";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_string_equal(r.errors.at(0).c_str(),
+                        "redis: SET: OOM command not allowed");
+}
+
+
+void
+test_json(void **)
+{
+    Report r = good();
+    r.counters.hits = 3;
+    r.counters.misses = 1;
+    evaluate(&r);
+    std::string j = render_json(r);
+
+    assert_true(contains(j, "\"status\": \"healthy\""));
+    assert_true(contains(j, "\"timestamp\": \"2026-11-26T10:00:00.123Z\""));
+    assert_true(contains(j, "\"version\": \"7.0.15\""));
+    assert_true(contains(j, "\"uptime\": 197265"));
+    assert_true(contains(j, "\"usedMemory\": \"1.75M\""));
+    assert_true(contains(j, "\"totalKeys\": 3"));
+    assert_true(contains(j, "\"hits\": 3"));
+    assert_true(contains(j, "\"total\": 4"));
+    assert_true(contains(j, "\"hitRate\": 75"));
+    assert_true(contains(j, "\"ttl\": 300"));
+    assert_true(contains(j, "\"ping\": 0.4"));
+    assert_true(contains(j, "\"get\": 0.25"));
+    assert_true(contains(j, "\"postgres\": 0.9"));
+    assert_true(contains(j, "\"errors\": []"));
+    assert_true(contains(j, "\"pool\": {\"size\": 2, \"available\": 2, "
+                            "\"pending\": 0, \"max\": 4}"));
+}
+
+
+void
+test_json_unknowns_and_escaping(void **)
+{
+    Report r = good();
+    r.redis.connected = false;
+    r.redis.version.reset();
+    r.redis.uptime.reset();
+    r.redis.ping_ms.reset();
+    r.redis.error = "say \"no\"\n\x01";
+    evaluate(&r);
+    std::string j = render_json(r);
+
+    assert_true(contains(j, "\"version\": null"));
+    assert_true(contains(j, "\"uptime\": null"));
+    assert_true(contains(j, "\"ping\": null"));
+    assert_true(contains(j, "say \\\"no\\\"\\n\\u0001"));
+    assert_true(contains(j, "\"status\": \"degraded\""));
+}
+
+
+void
+test_prometheus(void **)
+{
+    Report r = good();
+    r.counters.hits = 3;
+    r.counters.bypasses = 1;
+    r.redis.breaker = "half_open";
+    r.postgres.version = "15 \"x\"";
+    evaluate(&r);
+    std::string p = render_prometheus(r);
+
+    assert_true(contains(p, "# HELP nginx_session_cache_hits_total "));
+    assert_true(contains(p, "# TYPE nginx_session_cache_hits_total counter\n"
+                            "nginx_session_cache_hits_total 3\n"));
+    assert_true(contains(p, "nginx_session_cache_requests_total 4\n"));
+    assert_true(contains(p, "nginx_session_cache_hit_ratio 0.75\n"));
+    assert_true(contains(p, "nginx_session_cache_status{status=\"degraded\"} 1\n"));
+    assert_true(contains(p, "nginx_session_cache_status{status=\"healthy\"} 0\n"));
+    assert_true(contains(p, "nginx_session_cache_breaker_state{backend=\"redis\","
+                            "state=\"half_open\"} 1\n"));
+    assert_true(contains(p, "nginx_session_cache_pool_size{backend=\"redis\"} 2\n"));
+    assert_true(contains(p, "nginx_session_cache_probe_duration_seconds"
+                            "{probe=\"ping\"} 0.0004\n"));
+    assert_true(contains(p, "version=\"15 \\\"x\\\"\""));
+
+    /* every family announced once, with HELP before TYPE */
+    std::size_t helps = 0, types = 0, pos = 0;
+    while ((pos = p.find("# HELP ", pos)) != std::string::npos) {
+        helps++;
+        pos++;
+    }
+    pos = 0;
+    while ((pos = p.find("# TYPE ", pos)) != std::string::npos) {
+        types++;
+        pos++;
+    }
+    assert_int_equal(helps, types);
+    assert_true(helps >= 20);
+}
+
+
+void
+test_redis_info(void **)
+{
+    RedisInfo i = parse_redis_info(
+        "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"
+        "uptime_in_seconds:197265\r\n\r\n# Memory\r\nused_memory:1835008\r\n"
+        "used_memory_human:1.75M\r\nused_memory_rss:99\r\n");
+    assert_string_equal(i.version->c_str(), "7.0.15");
+    assert_int_equal(*i.uptime, 197265);
+    assert_string_equal(i.used_memory_human->c_str(), "1.75M");
+    assert_int_equal(*i.used_memory, 1835008);
+
+    i = parse_redis_info("uptime_in_seconds:x\nredis_version:\x01\n");
+    assert_false(i.uptime.has_value());
+    assert_false(i.version.has_value());
+    assert_false(i.used_memory.has_value());
+
+    i = parse_redis_info("");
+    assert_false(i.version.has_value());
+}
+
+
+void
+test_short_version(void **)
+{
+    assert_string_equal(short_version("15.18 (Debian 15.18-0+deb12u1)").c_str(),
+                        "15.18");
+    assert_string_equal(short_version("16.1").c_str(), "16.1");
+    assert_string_equal(short_version("").c_str(), "");
+}
+
+}  // namespace
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counters),
+        cmocka_unit_test(test_healthy),
+        cmocka_unit_test(test_redis_down_is_degraded),
+        cmocka_unit_test(test_postgres_down_is_degraded),
+        cmocka_unit_test(test_both_down_is_unhealthy),
+        cmocka_unit_test(test_only_postgres_configured),
+        cmocka_unit_test(test_nothing_configured),
+        cmocka_unit_test(test_breakers),
+        cmocka_unit_test(test_latency_threshold),
+        cmocka_unit_test(test_a_later_probe_failing),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_json_unknowns_and_escaping),
+        cmocka_unit_test(test_prometheus),
+        cmocka_unit_test(test_redis_info),
+        cmocka_unit_test(test_short_version),
+    };
+
+    return cmocka_run_group_tests_name("health_render", tests, NULL, NULL);
+}
