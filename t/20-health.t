@@ -303,8 +303,35 @@ $redis->start;
 ok(wait_until(sub { (doc())[1]{status} eq 'healthy' }, 5, 0.2),
    'both back: healthy');
 
+# --- reload and crash: the counters go on, the pools are not counted twice
+
+my $total = (doc())[1]{sessionCache}{metrics}{total};
+$nginx->reload;
+$d = (doc())[1];
+is($d->{sessionCache}{metrics}{total}, $total, 'after a reload: the same total');
+is($d->{redis}{pool}{max}, 4, 'after a reload: the old workers\' pools are gone');
+
 unlike($nginx->error_log, qr/\Q$REDIS_PW\E|\Q${\ $pg->password }\E/,
        'the error log holds no password');
 no_alerts($nginx);
+
+# A worker killed: its slot is ignored, then reused by its replacement.
+my $crash = start_nginx(http => <<~"NGX");
+    session_cache_redis $REDIS_URL pool=3;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /health { session_cache_health; }
+    }
+    NGX
+get_many(6, sub ($i) { ('/health') });
+my ($victim) = $crash->worker_pids;
+kill 'KILL', $victim;
+ok(wait_until(sub {
+    my @w = $crash->worker_pids;
+    @w == 2 && !grep { $_ == $victim } @w;
+}, 5), 'a worker killed: the master starts another');
+$d = (doc())[1];
+is($d->{redis}{pool}{max}, 6, 'a worker killed: pool max counts the 2 live workers');
+ok($d->{redis}{pool}{size} <= 6, 'a worker killed: its connections are not counted');
 
 done_testing;
