@@ -284,8 +284,8 @@ void redis_send(HealthCtx *ctx)
 
     const char *error = "no connection";
     ctx->redis_sent = now_ms();
-    ctx->redis_job = redis_pool()->submit(std::move(cmd), on_redis, ctx,
-                                          &error);
+    ctx->redis_job = redis_pool()->submit_probe(std::move(cmd), on_redis,
+                                                ctx, &error);
 
     if (ctx->redis_job == nullptr) {
         ctx->report.redis.error = ctx->step == Step::Ping

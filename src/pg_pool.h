@@ -30,8 +30,7 @@ struct PgRow {
 
 /* done(data, row, nullptr) with row == nullptr: the query found nothing */
 struct PgJob : PoolJob<PgConn, PgRow> {
-    std::string  token;
-    bool         probe = false;       /* SELECT 1, not the session query */
+    std::string  token;     /* unused by a probe (PoolJob::probe) */
 };
 
 using PgDone = PgJob::Done;
@@ -46,8 +45,9 @@ public:
     PgJob *submit(std::string_view token, PgDone done, void *data,
                   const char **error);
 
-    /* the health probe: SELECT 1 on a pooled connection; done() gets a
-     * row with the answer and the server's version, or an error */
+    /* the health probe: SELECT 1 on a pooled connection, around the
+     * breaker; done() gets a row with the answer and the server's
+     * version, or an error */
     PgJob *submit_probe(PgDone done, void *data, const char **error);
 
 private:

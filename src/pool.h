@@ -41,6 +41,8 @@ struct PoolJob {
     Conn        *conn;     /* the connection carrying it, if any */
     bool         waiting;
     bool         trial;    /* the breaker's half-open trial call */
+    bool         probe;    /* a health probe: the breaker neither refuses
+                            * nor counts it */
 };
 
 template <class Derived, class Conn, class Job>
@@ -120,9 +122,9 @@ protected:
      */
     bool start(Job *job, const char **error)
     {
-        bool trial;
+        bool trial = false;
 
-        if (!breaker_allow(which_, &trial, &log_)) {
+        if (!job->probe && !breaker_allow(which_, &trial, &log_)) {
             *error = "circuit breaker open";
             delete job;
             return false;
@@ -133,7 +135,9 @@ protected:
         if (conn == nullptr && nconns_ < backend_->pool) {
             conn = derived()->open(error);
             if (conn == nullptr) {
-                breaker_report(which_, false, trial, &log_);
+                if (!job->probe) {
+                    breaker_report(which_, false, trial, &log_);
+                }
                 delete job;
                 return false;
             }
@@ -180,7 +184,9 @@ protected:
 
         /* the breaker counts every call, also those nobody waits for;
          * for Postgres, "no row" is a success */
-        breaker_report(which_, error == nullptr, job->trial, &log_);
+        if (!job->probe) {
+            breaker_report(which_, error == nullptr, job->trial, &log_);
+        }
 
         typename Job::Done done = job->done;
         void *data = job->data;

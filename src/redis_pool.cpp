@@ -40,6 +40,18 @@ RedisJob *RedisPool::submit(std::string command, RedisDone done, void *data,
     return start(job, error) ? job : nullptr;
 }
 
+RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
+                                  void *data, const char **error)
+{
+    auto *job = new RedisJob();
+    job->command = std::move(command);
+    job->done = done;
+    job->data = data;
+    job->probe = true;
+
+    return start(job, error) ? job : nullptr;
+}
+
 /* The address in use did not answer: the next connection tries the next
  * address the host name resolved to, as nginx's upstreams would. */
 void RedisPool::unreachable()

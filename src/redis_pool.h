@@ -37,6 +37,10 @@ public:
     RedisJob *submit(std::string command, RedisDone done, void *data,
                      const char **error);
 
+    /* as submit, for the health probe: around the breaker */
+    RedisJob *submit_probe(std::string command, RedisDone done, void *data,
+                           const char **error);
+
 private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
 

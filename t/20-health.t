@@ -334,4 +334,31 @@ $d = (doc())[1];
 is($d->{redis}{pool}{max}, 6, 'a worker killed: pool max counts the 2 live workers');
 ok($d->{redis}{pool}{size} <= 6, 'a worker killed: its connections are not counted');
 
+# --- the breakers: shown, and never fed by the probes ---------------------
+
+my $brk = start_nginx(http => protected_site(
+    redis    => "$REDIS_URL pool=2 connect_timeout=300ms timeout=200ms",
+    postgres => qq{"$PG_DSN" pool=2},
+    http     => 'session_cache_breaker errors=0% min_requests=1 cooldown=30s;',
+    server   => "location = /health { session_cache_health threshold=1s; }\n"));
+
+$redis->stop;
+for (1 .. 4) {
+    ($r, $d) = doc();
+    is($d->{redis}{breaker}, 'closed', "Redis down, health probe $_: the breaker stays closed");
+}
+is(get('/', cookie => 'session=tok-h-1')->{status}, 200,
+   'Redis down: a session request (BYPASS) opens the breaker');
+$redis->start;
+($r, $d) = doc();
+is($d->{redis}{breaker}, 'open', 'breaker open: redis.breaker is "open"');
+ok($d->{redis}{connected}, 'breaker open: the probe still reaches Redis');
+is($d->{status}, 'degraded', 'breaker open: degraded');
+ok((grep { $_ eq 'redis: breaker open' } @{ $d->{errors} }), 'breaker open: named in errors')
+    or diag explain $d->{errors};
+$r = get('/health?format=prometheus');
+like($r->{body}, qr/^nginx_session_cache_breaker_state\{backend="redis",state="open"\} 1$/m,
+     'breaker open: Prometheus says so');
+no_alerts($brk, 'the breaker nginx: no alerts');
+
 done_testing;
