@@ -75,6 +75,20 @@ sub no_secrets ($body, $what) {
     }
 }
 
+# --- the directive --------------------------------------------------------
+
+for my $case (['threshold=abc', 'invalid threshold "abc"'],
+              ['timeout=0', 'invalid timeout "0"'],
+              ['interval=5s', 'unknown parameter "interval=5s"']) {
+    my ($bad, $why) = @$case;
+    my ($rc, $out) = check_config(http => <<~"NGX");
+        server { listen 127.0.0.1:1; location = /h { session_cache_health $bad; } }
+        NGX
+    isnt($rc, 0, "session_cache_health $bad: nginx -t fails");
+    like($out, qr/session_cache_health: \Q$why\E/,
+         "session_cache_health $bad: the message names the directive and the problem");
+}
+
 # --- the document's shape (SPEC §6) -------------------------------------
 
 $pg->add_session('tok-h-1', 'user-1', 3600);
