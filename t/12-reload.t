@@ -7,6 +7,7 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use SessionCache::Test;
 use SessionCache::Load;
+use JSON::PP ();
 
 my $redis = start_redis();
 my $pg    = start_postgres();
@@ -19,7 +20,14 @@ sub site ($breaker) {
     return protected_site(
         redis    => $redis->url . ' pool=2 connect_timeout=300ms timeout=200ms',
         postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=1s',
-        http     => "session_cache_breaker $breaker;");
+        http     => "session_cache_breaker $breaker;",
+        server   => 'location = /health { session_cache_health; }');
+}
+
+sub breaker_shown ($backend) {
+    my $r = get('/health');
+    my $d = eval { JSON::PP::decode_json($r->{body}) } // {};
+    return $d->{$backend}{breaker} // "(no document: $r->{status})";
 }
 
 sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
@@ -78,6 +86,9 @@ sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
        'after two reloads, the breaker was never opened again');
     is(count($nginx, qr/session_cache: redis: /), $errors,
        'the new workers never tried Redis: the breaker was open for them');
+    # (the health probe goes around the breaker, so it comes last)
+    is(breaker_shown('redis'), 'open',
+       'the health document of the new workers shows it open');
     my @after = grep { $_->{t0} >= $t_reload && $_->{kind} ne 'public' } @r;
     is(scalar(grep { $_->{sstatus} ne 'BYPASS' } @after), 0,
        'every protected request after the reloads is BYPASS ('
