@@ -154,7 +154,12 @@ sub figures ($name, $r, $bad, $secs) {
     cmp_ok(max(map { $_->{ms} } @public), '<', 200,
            sprintf('the unprotected page never waits (max %.1f ms)',
                    max(map { $_->{ms} } @public)));
-    figures('postgres-hung', \@r, \@bad, 0);
+    my $back = first_time(\@r, $t_resume,
+                          sub ($x) { $x->{kind} eq 'fresh' && $x->{status} == 401 });
+    my $secs = defined $back ? $back - $t_resume : -1;
+    ok(defined $back, sprintf('Postgres resumed: unknown tokens answered 401 '
+                              . 'again after %.2f s', $secs));
+    figures('postgres-hung', \@r, \@bad, $secs);
     no_alerts($nginx, 'Postgres hung: no alerts');
 }
 
