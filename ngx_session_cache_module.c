@@ -15,6 +15,15 @@
 #define NGX_HTTP_SESSION_CACHE_MAX_POOL  1024
 #define NGX_HTTP_SESSION_CACHE_MAX_BUCKETS  100   /* kBreakerMaxBuckets */
 
+
+/* the names of time parameters, for ngx_http_session_cache_time_param() */
+static ngx_str_t  ngx_http_session_cache_connect_timeout =
+    ngx_string("connect_timeout");
+static ngx_str_t  ngx_http_session_cache_timeout = ngx_string("timeout");
+static ngx_str_t  ngx_http_session_cache_window = ngx_string("window");
+static ngx_str_t  ngx_http_session_cache_cooldown = ngx_string("cooldown");
+static ngx_str_t  ngx_http_session_cache_threshold = ngx_string("threshold");
+
 #define NGX_HTTP_SESSION_CACHE_DEFAULT_QUERY                                 \
     "SELECT user_id, extract(epoch FROM expires_at)::bigint"                 \
     " FROM platform.user_sessions"                                           \
@@ -37,6 +46,9 @@ static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_breaker(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_session_cache_time_param(ngx_conf_t *cf,
+    ngx_command_t *cmd, ngx_str_t *value, ngx_str_t *name, ngx_uint_t zero,
+    ngx_msec_t *ms);
 static char *ngx_http_session_cache_health(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_query(ngx_conf_t *cf, void *post,
@@ -348,9 +360,8 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_http_session_cache_redis_conf_t *rcf, ngx_str_t *source)
 {
     char        *rv;
-    ngx_int_t    n;
-    ngx_str_t   *value, s;
-    ngx_msec_t   ms;
+    ngx_int_t    n, rc;
+    ngx_str_t   *value;
     ngx_uint_t   i;
 
     value = cf->args->elts;
@@ -380,35 +391,22 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
-            s.data = value[i].data + 16;
-            s.len = value[i].len - 16;
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "%V: invalid connect_timeout \"%V\"",
-                                   &cmd->name, &s);
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_connect_timeout, 0,
+                 &bcf->connect_timeout);
+        if (rc != NGX_DECLINED) {
+            if (rc == NGX_ERROR) {
                 return NGX_CONF_ERROR;
             }
-
-            bcf->connect_timeout = ms;
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "%V: invalid timeout \"%V\"",
-                                   &cmd->name, &s);
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_timeout, 0, &bcf->timeout);
+        if (rc != NGX_DECLINED) {
+            if (rc == NGX_ERROR) {
                 return NGX_CONF_ERROR;
             }
-
-            bcf->timeout = ms;
             continue;
         }
 
@@ -608,9 +606,8 @@ ngx_http_session_cache_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_session_cache_main_conf_t *smcf = conf;
 
-    ngx_int_t    n;
+    ngx_int_t    n, rc;
     ngx_str_t   *value, s;
-    ngx_msec_t   ms;
     ngx_uint_t   i;
 
     ngx_http_session_cache_breaker_conf_t  *bc = &smcf->breaker;
@@ -651,24 +648,20 @@ ngx_http_session_cache_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "window=", 7) == 0
-            || ngx_strncmp(value[i].data, "cooldown=", 9) == 0)
-        {
-            s.data = (u_char *) ngx_strchr(value[i].data, '=') + 1;
-            s.len = value[i].data + value[i].len - s.data;
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "%V: invalid time \"%V\"",
-                                   &cmd->name, &value[i]);
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_window, 0, &bc->window);
+        if (rc != NGX_DECLINED) {
+            if (rc == NGX_ERROR) {
                 return NGX_CONF_ERROR;
             }
+            continue;
+        }
 
-            if (value[i].data[0] == 'w') {
-                bc->window = ms;
-            } else {
-                bc->cooldown = ms;
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_cooldown, 0, &bc->cooldown);
+        if (rc != NGX_DECLINED) {
+            if (rc == NGX_ERROR) {
+                return NGX_CONF_ERROR;
             }
             continue;
         }
@@ -727,8 +720,8 @@ ngx_http_session_cache_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_session_cache_loc_conf_t *slcf = conf;
 
-    ngx_str_t                 *value, s;
-    ngx_msec_t                 ms;
+    ngx_int_t                  rc;
+    ngx_str_t                 *value;
     ngx_uint_t                 i;
     ngx_http_core_loc_conf_t  *clcf;
 
@@ -743,35 +736,22 @@ ngx_http_session_cache_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "threshold=", 10) == 0) {
-            s.data = value[i].data + 10;
-            s.len = value[i].len - 10;
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "%V: invalid threshold \"%V\"",
-                                   &cmd->name, &s);
+        /* threshold=0 is allowed: any latency then counts as slow */
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_threshold, 1, &slcf->health_threshold);
+        if (rc != NGX_DECLINED) {
+            if (rc == NGX_ERROR) {
                 return NGX_CONF_ERROR;
             }
-
-            slcf->health_threshold = ms;
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "%V: invalid timeout \"%V\"",
-                                   &cmd->name, &s);
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_timeout, 0, &slcf->health_timeout);
+        if (rc != NGX_DECLINED) {
+            if (rc == NGX_ERROR) {
                 return NGX_CONF_ERROR;
             }
-
-            slcf->health_timeout = ms;
             continue;
         }
 
@@ -785,6 +765,39 @@ ngx_http_session_cache_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_session_cache_health_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A "name=time" parameter: NGX_DECLINED if value is not one, NGX_OK with
+ * *ms set, or NGX_ERROR (logged) for a bad time, or 0 unless zero is set.
+ */
+static ngx_int_t
+ngx_http_session_cache_time_param(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *value, ngx_str_t *name, ngx_uint_t zero, ngx_msec_t *ms)
+{
+    ngx_str_t   s;
+    ngx_msec_t  t;
+
+    if (value->len <= name->len
+        || ngx_strncmp(value->data, name->data, name->len) != 0
+        || value->data[name->len] != '=')
+    {
+        return NGX_DECLINED;
+    }
+
+    s.data = value->data + name->len + 1;
+    s.len = value->len - name->len - 1;
+    t = ngx_parse_time(&s, 0);
+
+    if (s.len == 0 || t == (ngx_msec_t) NGX_ERROR || (t == 0 && !zero)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: invalid %V \"%V\"",
+                           &cmd->name, name, &s);
+        return NGX_ERROR;
+    }
+
+    *ms = t;
+    return NGX_OK;
 }
 
 
