@@ -7,6 +7,7 @@
 
 #include <libpq-fe.h>
 
+#include <cstring>
 #include <memory>
 #include <new>
 
@@ -55,9 +56,26 @@ option_name(const std::string &before, const char *start, const char *end)
 }
 
 std::string
-mask_quoted(const char *msg)
+mask_quoted(const char *msg, bool input_has_quote)
 {
     std::string s;
+
+    if (input_has_quote) {
+        /* A quoted fragment may hold quotes itself, so pairing them up
+         * would show part of the input: hide everything from the first
+         * quote to the last one instead. */
+        const char *first = std::strchr(msg, '"');
+        const char *last = std::strrchr(msg, '"');
+
+        if (first != nullptr) {
+            s.assign(msg, first - msg);
+            s += "\"***\"";
+            if (last != first) {
+                s += last + 1;
+            }
+            msg = "";
+        }
+    }
 
     for (const char *p = msg; *p; p++) {
         if (*p != '"') {
@@ -113,7 +131,8 @@ parse(std::string_view conninfo, PgConninfo *out)
     std::unique_ptr<char, ErrorFree> err_guard(err);
 
     if (!opts) {
-        return err ? mask_quoted(err) : "out of memory";
+        return err ? mask_quoted(err, s.find('"') != std::string::npos)
+                   : "out of memory";
     }
 
     PgConninfo c;

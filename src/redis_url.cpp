@@ -350,9 +350,13 @@ parse_unix(std::string_view rest, RedisUrl *u)
     std::string_view query = q == std::string_view::npos
                              ? std::string_view() : rest.substr(q + 1);
 
-    /* unix:///path is a common spelling; unix://host/path is not a thing */
+    /* unix:///path is a common spelling; unix://host/path is not a thing.
+     * Extra leading slashes go too, so the masked form ("unix:" + path)
+     * names the same socket when read back. */
     if (path.substr(0, 3) == "///") {
-        path.remove_prefix(2);
+        while (path.size() > 1 && path[1] == '/') {
+            path.remove_prefix(1);
+        }
     } else if (path.substr(0, 2) == "//") {
         return "unix socket URLs take no host: use unix:/path/to.sock";
     }

@@ -200,6 +200,14 @@ test_errors(void **)
                   kSecret);
     assert_non_null(strstr(err.c_str(), "NUL"));
 
+    /* found by t/fuzz (corpus/pg_conninfo/crash-quote-in-fragment): a
+     * quote inside the input made libpq's quoted fragment hold a quote,
+     * and pairing the quotes up showed the rest of the fragment */
+    err = REFUSED("host=h password\"Hunter2Secret", kSecret);
+    assert_non_null(strstr(err.c_str(), "missing \"***\""));
+    err = REFUSED("hpostgresql\"\xc9:/'Hunter2Secret\\'s'", kSecret);
+    err = REFUSED("host=h a\"b\"Hunter2Secret\"", kSecret);
+
     /* mentions of "***" but no trailing newline */
     err = REFUSED("host=h port", nullptr);
     assert_true(err.back() != '\n');
