@@ -1,10 +1,24 @@
 # ngx_session_cache: make build | test | unit | demo | clean
+#                    | test-asan | fuzz | test-valgrind
 # Every target installs the Debian packages it needs (through build.sh).
 
 PROVE ?= prove
 MODULE = build/ngx_http_session_cache_module.so
 
-.PHONY: all build deps test unit integration demo clean
+# The sanitizer build: the module with ASan + UBSan, loaded into Debian's
+# uninstrumented nginx with the runtimes preloaded. Leak detection is off:
+# nginx's own allocations are still live at exit (valgrind covers leaks).
+SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer
+ASAN_DIR = $(CURDIR)/build/asan
+ASAN_ENV = SESSION_CACHE_MODULE=$(ASAN_DIR)/ngx_http_session_cache_module.so \
+    NGINX_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0 \
+    UBSAN_OPTIONS=print_stacktrace=1
+
+FUZZ_TIME ?= 30
+
+.PHONY: all build deps test unit integration demo clean \
+        build-asan test-asan fuzz test-valgrind
 
 all: build
 
@@ -22,7 +36,22 @@ integration: build
 
 test: build
 	$(MAKE) -C t/unit
+	$(MAKE) -C t/fuzz replay
 	$(PROVE) -I t/lib t/
+
+build-asan: deps
+	BUILD_DIR=$(ASAN_DIR) SESSION_CACHE_CFLAGS="$(SAN_FLAGS)" \
+	    SESSION_CACHE_LDFLAGS="-fsanitize=address,undefined" ./build.sh
+
+test-asan: build-asan
+	$(MAKE) -C t/unit BUILD=build/asan CXXFLAGS_EXTRA="$(SAN_FLAGS)"
+	$(ASAN_ENV) $(PROVE) -I t/lib t/
+
+fuzz: deps
+	$(MAKE) -C t/fuzz fuzz FUZZ_TIME=$(FUZZ_TIME)
+
+test-valgrind: build
+	perl t/valgrind/run.pl
 
 demo: build
 	perl demo/demo.pl
@@ -30,3 +59,4 @@ demo: build
 clean:
 	rm -rf build
 	$(MAKE) -C t/unit clean
+	$(MAKE) -C t/fuzz clean
