@@ -1,8 +1,8 @@
 #!/usr/bin/env perl
 # make test-valgrind: nginx (master_process off, daemon off) with the
 # module, under valgrind memcheck, driven through hits, misses, negative
-# entries, rejected tokens, Redis down (BYPASS) and both backends down
-# (503), then stopped gracefully (SIGQUIT). Passes when valgrind reports
+# entries, rejected tokens, the health document, Redis down (BYPASS) and
+# both backends down (503), then stopped gracefully (SIGQUIT). Passes when valgrind reports
 # no error: no invalid read or write, no use of uninitialised memory, and
 # no definite leak (the suppressions in nginx.supp aside; each says why).
 #
@@ -37,7 +37,8 @@ my $vglog = $nginx->dir . '/valgrind.log';
         http => protected_site(
             redis    => $redis->url . ' pool=2 connect_timeout=2s timeout=2s',
             postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=3s timeout=3s',
-            http     => 'session_cache_negative_ttl 10s;'));
+            http     => 'session_cache_negative_ttl 10s;',
+            server   => 'location = /health { session_cache_health timeout=5s; }'));
     close $fh;
 }
 
@@ -87,6 +88,11 @@ is(status_of(req('x=1')), 'REJECTED', 'no token: REJECTED');
 $redis->cli('SET', 'session:vg-bad', '{"user_id":');
 is(req('session=vg-bad')->{status}, 401, 'malformed cached value: 401 via Postgres');
 
+# The health document probes both backends through the same pools.
+is(get('/health', timeout => 30)->{status}, 200, 'health document: 200');
+is(get('/health?format=prometheus', timeout => 30)->{status}, 200,
+   'health document, Prometheus: 200');
+
 # Redis down: BYPASS through Postgres (connections dropped and refused).
 $redis->stop;
 $r = req('session=vg-tok-1');
@@ -99,6 +105,7 @@ $pg->stop;
 $r = req('session=vg-tok-2');
 is($r->{status}, 503, 'both down: 503');
 is(req('session=vg-tok-3')->{status}, 503, 'both down again: 503');
+is(get('/health', timeout => 30)->{status}, 503, 'both down: health 503');
 
 # Both back: served again from the same process.
 $pg->start;
