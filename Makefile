@@ -34,10 +34,13 @@ unit: deps
 integration: build
 	$(PROVE) -I t/lib t/
 
+# Everything: the unit tests, the fuzz corpus replay and the integration
+# tests, then the same again with the sanitizer build. .ci/run is this.
 test: build
 	$(MAKE) -C t/unit
 	$(MAKE) -C t/fuzz replay
 	$(PROVE) -I t/lib t/
+	$(MAKE) test-asan
 
 build-asan: deps
 	BUILD_DIR=$(ASAN_DIR) SESSION_CACHE_CFLAGS="$(SAN_FLAGS)" \
