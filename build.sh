@@ -16,7 +16,7 @@ build=${BUILD_DIR:-$root/build}
 
 packages=(build-essential nginx nginx-dev libhiredis-dev libpq-dev
           libcmocka-dev libssl-dev libpcre2-dev zlib1g-dev
-          redis-server postgresql perl procps openssl prometheus
+          redis-server postgresql perl procps openssl prometheus jq
           clang libclang-rt-14-dev valgrind)  # make fuzz, make test-valgrind
 
 install_missing() {

@@ -42,6 +42,7 @@ $nginx->start(http => <<~"NGX");
     session_cache_postgres "${\ $pg->dsn }" pool=2 connect_timeout=2s timeout=1s;
     session_cache_ttl      300s;
     session_cache_negative_ttl 10s;
+    session_cache_breaker  errors=50% window=10s cooldown=5s;
 
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -50,6 +51,12 @@ $nginx->start(http => <<~"NGX");
             root %%HTML%%;
             auth_session \$cookie_session;
             $H
+        }
+
+        location = /health {
+            session_cache_health;
+            allow 127.0.0.1;
+            deny all;
         }
 
         location = / {
@@ -76,6 +83,10 @@ say "  curl -i --cookie 'session=demo-valid-token' $url     # 200, X-Session-Use
 say "  curl -i --cookie 'session=demo-revoked-token' $url   # 401";
 say "  curl -i --cookie 'session=no-such-token' $url        # 401, then NEGATIVE";
 say "  curl -i $url                                         # 401 REJECTED (no cookie)";
+say "  curl -s http://127.0.0.1:$port/health | jq .               # health, metrics, breakers";
+say "  curl -s 'http://127.0.0.1:$port/health?format=prometheus'  # the same for Prometheus";
+say "  kill -STOP ${\ $redis->pid }; curl -i --cookie 'session=demo-valid-token' $url; kill -CONT ${\ $redis->pid }";
+say "                                         # Redis hung: 200 BYPASS through Postgres, after the 200ms Redis timeout";
 say '';
 
 # --- self-check ----------------------------------------------------------
@@ -106,6 +117,14 @@ for my $c (@checks) {
         $ok ? '' : "   (expected $want" . (defined $want_status ? " $want_status" : '') . ')';
     # Let the cache fill land before the next request for the same token.
     $redis->wait_for_key("session:$token", 1) if defined $token && $r->{status} != 0;
+}
+{
+    my $r = get('/health');
+    my $ok = $r->{status} == 200 && $r->{body} =~ /"status":\s*"healthy"/;
+    $failures++ unless $ok;
+    printf "  %-4s %-22s %-28s %s\n", $ok ? 'ok' : 'FAIL', 'health document',
+        $r->{status_line} // "no response ($r->{error})",
+        $r->{body} =~ /"hitRate":\s*([\d.]+)/ ? "hitRate: $1%" : '';
 }
 my @alerts = grep { /\[(alert|emerg|crit)\]/ } split /\n/, $nginx->error_log;
 say @alerts ? "  FAIL error log: @alerts" : '  ok   error log: no alerts';
