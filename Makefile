@@ -1,4 +1,4 @@
-# ngx_session_cache: make build | test | unit | demo | clean
+# ngx_session_cache: make build | test | unit | demo | bench | clean
 #                    | test-asan | fuzz | test-valgrind
 # Every target installs the Debian packages it needs (through build.sh).
 
@@ -17,7 +17,7 @@ ASAN_ENV = SESSION_CACHE_MODULE=$(ASAN_DIR)/ngx_http_session_cache_module.so \
 
 FUZZ_TIME ?= 30
 
-.PHONY: all build deps test unit integration demo clean \
+.PHONY: all build deps test unit integration demo bench clean \
         build-asan test-asan fuzz test-valgrind
 
 all: build
@@ -58,6 +58,11 @@ test-valgrind: build
 
 demo: build
 	perl demo/demo.pl
+
+# Performance, side by side with the ceiling and auth_request (bench/).
+bench: build
+	./bench/setup.sh
+	perl bench/bench.pl
 
 clean:
 	rm -rf build

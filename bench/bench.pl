@@ -1,0 +1,322 @@
+#!/usr/bin/env perl
+# ngx_session_cache benchmark: Redis, Postgres and nginx (one worker) on
+# 127.0.0.1, 10,000 sessions, and wrk against, side by side in one run:
+#   (a) ceiling  a small static file, no check
+#   (b) hot      the module, every session cached in Redis
+#   (c) cold     the module, Redis flushed: first touch goes to Postgres
+#       unknown  the module, a fresh unknown token on every request
+#   (d) alt      auth_request to a Node.js validate service doing the same
+#                Redis-then-Postgres lookup (bench/validate/server.js)
+# It prints a table, the ratios and whether each target of issue 6 is met.
+# It reports; it does not fail on a missed target.
+#
+#   make bench                       # installs wrk, node and the service's
+#                                    # npm packages (bench/setup.sh)
+#   BENCH_DURATION=5 BENCH_CONNECTIONS=32 BENCH_ROUNDS=2 perl bench/bench.pl
+#
+# Environment: BENCH_SESSIONS (10000), BENCH_DURATION (seconds per wrk run,
+# 5), BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_ROUNDS (2: a, b and
+# d alternate this many times; the best run of each counts),
+# BENCH_ONLY (comma list of a,b,d,cold,unknown), plus the harness's
+# (SESSION_CACHE_MODULE, NGINX_BIN, TEST_KEEP).
+
+use v5.36;
+use FindBin ();
+use lib "$FindBin::Bin/../t/lib";
+use SessionCache::Test;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+$| = 1;
+my $N        = $ENV{BENCH_SESSIONS}    // 10_000;
+my $DURATION = $ENV{BENCH_DURATION}    // 5;
+my $CONNS    = $ENV{BENCH_CONNECTIONS} // 32;
+my $THREADS  = $ENV{BENCH_THREADS}     // 2;
+my $ROUNDS   = $ENV{BENCH_ROUNDS}      // 2;
+my %ONLY = map { $_ => 1 } split /,/, ($ENV{BENCH_ONLY} // 'a,b,d,cold,unknown');
+my $REDIS_POOL = 10;
+my $PG_POOL    = 4;
+my $dir = $FindBin::Bin;
+
+my $wrk = SessionCache::Test::_which('wrk') or die "wrk not found: run bench/setup.sh\n";
+my $node = SessionCache::Test::_which('node') or die "node not found: run bench/setup.sh\n";
+-d "$dir/validate/node_modules" or die "bench/validate/node_modules missing: run bench/setup.sh\n";
+
+# ------------------------------------------------------------ the servers
+
+say "ngx_session_cache bench: $N sessions, wrk -t$THREADS -c$CONNS -d${DURATION}s, "
+  . "nginx 1 worker, redis pool=$REDIS_POOL, postgres pool=$PG_POOL";
+my $redis = start_redis();
+my $pg = start_postgres();
+
+my $expires = int(time) + 86400;
+$pg->psql(<<~"SQL");
+    INSERT INTO platform.user_sessions (token, user_id, expires_at)
+    SELECT 'bench' || lpad(i::text, 27, '0'), 'user' || i, to_timestamp($expires)
+      FROM generate_series(1, $N) AS i;
+    ANALYZE platform.user_sessions;
+    SQL
+
+sub seed_redis () {
+    my $file = "$redis->{dir}/seed.resp";
+    open my $fh, '>', $file or die "$file: $!";
+    for my $i (1 .. $N) {
+        my $key = sprintf 'session:bench%027d', $i;
+        my $val = sprintf '{"user_id":"user%d","expires_at":%d}', $i, $expires;
+        my @a = ('SET', $key, $val, 'EX', 3600);
+        print {$fh} '*' . @a . "\r\n", map { '$' . length($_) . "\r\n$_\r\n" } @a;
+    }
+    close $fh;
+    my $out = `redis-cli -h 127.0.0.1 -p $redis->{port} --pipe < $file 2>&1`;
+    die "seeding redis failed: $out" unless $out =~ /errors: 0, replies: $N/;
+}
+seed_redis();
+
+# The validate service: started and stopped here, by its pid.
+my $node_port = free_port();
+my $node_log = "$redis->{dir}/validate.log";
+my $pg_url = "postgresql://nginx:${\ $pg->password }\@127.0.0.1:${\ $pg->port }/sessions";
+my $node_pid = SessionCache::Test::_spawn(
+    cmd => [$node, "$dir/validate/server.js"],
+    env => { PORT => $node_port, REDIS_URL => $redis->url, PG_URL => $pg_url,
+             PG_POOL => $PG_POOL },
+    stdout => $node_log, stderr => $node_log);
+END {
+    if ($node_pid) {
+        kill 'TERM', $node_pid;
+        waitpid $node_pid, 0;
+    }
+}
+wait_until(sub { SessionCache::Test::_port_accepts($node_port) }, 10)
+    or die "validate service did not start:\n" . SessionCache::Test::_slurp($node_log);
+
+my $nginx = new_nginx(workers => 1);
+$nginx->write_html("$_/index.html", "ok\n") for qw(static app alt);
+$nginx->start(workers => 1, http => <<~"NGX");
+    session_cache_redis    ${\ $redis->url } pool=$REDIS_POOL connect_timeout=1s timeout=200ms;
+    session_cache_postgres "${\ $pg->dsn }" pool=$PG_POOL connect_timeout=2s timeout=1s;
+    session_cache_ttl      300s;
+    session_cache_negative_ttl 10s;
+
+    upstream validate {
+        server 127.0.0.1:$node_port;
+        keepalive 32;
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT%% backlog=4096;
+        access_log off;
+        root %%HTML%%;
+
+        location /static/ { }                          # (a) no check
+
+        location /app/ {                               # (b), (c)
+            auth_session \$cookie_session;
+        }
+
+        location /alt/ {                               # (d)
+            auth_request /_validate;
+        }
+
+        location = /_validate {
+            internal;
+            proxy_pass http://validate;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+    }
+    NGX
+
+# Every location answers as it should before anything is measured.
+my $tok = sprintf 'bench%027d', 1;
+for my $p (qw(/static/ /app/ /alt/)) {
+    my $r = get("${p}index.html", cookie => "session=$tok");
+    die "GET ${p}index.html: $r->{status} $r->{error}\n" . $nginx->error_log
+        unless $r->{status} == 200;
+}
+die "the module does not refuse an unknown token\n"
+    unless get('/app/index.html', cookie => 'session=nope')->{status} == 401;
+
+# ---------------------------------------------------------------- helpers
+
+sub wrk_run ($path, $mode, %o) {
+    my @cmd = ($wrk, '-t', $THREADS, '-c', $o{conns} // $CONNS,
+               '-d', ($o{duration} // $DURATION) . 's', '--timeout', '5s',
+               '-s', "$dir/tokens.lua",
+               'http://127.0.0.1:' . $nginx->port . $path);
+    local $ENV{BENCH_MODE} = $mode;
+    local $ENV{BENCH_PATH} = $path;
+    local $ENV{BENCH_TOKENS} = $N;
+    my ($rc, $out) = SessionCache::Test::_run(cmd => \@cmd, timeout => 120);
+    my ($line) = $out =~ /^(BENCH .*)$/m or die "wrk failed ($rc):\n$out";
+    my %r = $line =~ /(\w+)=(\d+)/g;
+    $r{rps} = $r{requests} / ($r{duration_us} / 1e6);
+    $r{errors} = $r{connect} + $r{read} + $r{write} + $r{timeout};
+    return \%r;
+}
+
+sub redis_calls () {
+    my $s = $redis->commandstats;
+    my $total = 0;
+    $total += $_ for values %$s;
+    return ($total, $s);
+}
+
+sub pg_log_size () { -s "$pg->{dir}/postgres.log" // 0 }
+
+# Statements the nginx role ran since byte $from of the Postgres log:
+# {queries, prepared (by name), unprepared, backends (distinct pids)}.
+sub pg_queries_since ($from) {
+    open my $fh, '<', "$pg->{dir}/postgres.log" or die "postgres log: $!";
+    seek $fh, $from, 0;
+    my %r = (queries => 0, prepared => 0, unprepared => 0, prepares => 0);
+    my %pids;
+    while (my $l = <$fh>) {
+        next unless $l =~ /\[(\d+)\] nginx\@\S* LOG:\s+(execute ([^:]*)|statement): (.*)/;
+        my ($pid, $kind, $name, $sql) = ($1, $2, $3, $4);
+        if ($sql =~ /^\s*PREPARE/i) { $r{prepares}++; next }
+        next unless $sql =~ /user_sessions/;
+        $r{queries}++;
+        $pids{$pid} = 1;
+        if (defined $name && $name ne '<unnamed>') { $r{prepared}++ }
+        else                                       { $r{unprepared}++ }
+    }
+    $r{backends} = keys %pids;
+    return \%r;
+}
+
+# ------------------------------------------------------------ scenarios
+
+my %best;     # scenario => best wrk result (by requests/s)
+my %redis_per_req;
+
+sub measure ($name, $path) {
+    my ($before) = redis_calls();
+    my $r = wrk_run($path, 'rotate');
+    my ($after) = redis_calls();
+    $r->{redis_per_req} = ($after - $before) / ($r->{requests} || 1);
+    printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d\n",
+        $name, $r->{rps}, $r->{p50_us} / 1000, $r->{p99_us} / 1000,
+        $r->{status}, $r->{errors};
+    $best{$name} = $r if !$best{$name} || $r->{rps} > $best{$name}{rps};
+}
+
+say 'warm-up (1s each)...';
+wrk_run("/$_/index.html", 'rotate', duration => 1) for qw(static app alt);
+
+for my $round (1 .. $ROUNDS) {
+    say "round $round:";
+    measure('a', '/static/index.html') if $ONLY{a};
+    measure('b', '/app/index.html')    if $ONLY{b};
+    measure('d', '/alt/index.html')    if $ONLY{d};
+}
+
+my ($cold, $cold_pg, $unknown, $unknown_pg, $cold_redis, $unknown_redis);
+if ($ONLY{cold}) {
+    say 'cold cache: FLUSHALL, then each wrk thread walks the tokens once...';
+    $redis->cli('FLUSHALL');
+    my $from = pg_log_size();
+    my ($before) = redis_calls();
+    $cold = wrk_run('/app/index.html', 'once', duration => 15);
+    my ($after, $stats) = redis_calls();
+    sleep 1;    # let Postgres write its log
+    $cold_pg = pg_queries_since($from);
+    $cold_redis = ($after - $before) / ($cold->{requests} || 1);
+    printf "  cold     %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  %d requests, "
+         . "%d postgres queries for %d tokens\n",
+        $cold->{rps}, $cold->{p50_us} / 1000, $cold->{p99_us} / 1000,
+        $cold->{requests}, $cold_pg->{queries}, $N;
+    seed_redis();    # back to all-cached, as the earlier runs had it
+}
+if ($ONLY{unknown}) {
+    say 'unknown tokens: a fresh random token on every request...';
+    my $from = pg_log_size();
+    my ($before) = redis_calls();
+    $unknown = wrk_run('/app/index.html', 'random');
+    my ($after) = redis_calls();
+    sleep 1;
+    $unknown_pg = pg_queries_since($from);
+    $unknown_redis = ($after - $before) / ($unknown->{requests} || 1);
+    printf "  unknown  %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  %d postgres "
+         . "queries for %d requests on %d connections\n",
+        $unknown->{rps}, $unknown->{p50_us} / 1000, $unknown->{p99_us} / 1000,
+        $unknown_pg->{queries}, $unknown->{requests}, $unknown_pg->{backends};
+}
+
+my @alerts = grep { /\[(alert|emerg|crit)\]/ } split /\n/, $nginx->error_log;
+my $stop_ok = $nginx->stop;
+
+# ----------------------------------------------------------------- report
+
+say '';
+say "Results (nginx 1 worker, wrk -t$THREADS -c$CONNS, ${DURATION}s runs, "
+  . "best of $ROUNDS for a, b, d):";
+say '';
+say '| scenario | req/s | p50 ms | p99 ms | Redis cmds/req | Postgres queries |';
+say '|---|---:|---:|---:|---:|---:|';
+my %label = (
+    a => '(a) static file, no check (ceiling)',
+    b => '(b) module, all sessions cached',
+    d => '(d) auth_request to Node.js validate service',
+);
+for my $k (qw(a b d)) {
+    my $r = $best{$k} or next;
+    printf "| %s | %.0f | %.3f | %.3f | %.2f | - |\n", $label{$k}, $r->{rps},
+        $r->{p50_us} / 1000, $r->{p99_us} / 1000, $r->{redis_per_req};
+}
+if ($cold) {
+    printf "| (c) module, cold cache (%d requests, %d tokens) | %.0f | %.3f | %.3f | %.2f | %.3f per token |\n",
+        $cold->{requests}, $N, $cold->{rps}, $cold->{p50_us} / 1000,
+        $cold->{p99_us} / 1000, $cold_redis, $cold_pg->{queries} / $N;
+}
+if ($unknown) {
+    printf "| (c) module, unknown tokens | %.0f | %.3f | %.3f | %.2f | %.3f per request |\n",
+        $unknown->{rps}, $unknown->{p50_us} / 1000, $unknown->{p99_us} / 1000,
+        $unknown_redis, $unknown_pg->{queries} / ($unknown->{requests} || 1);
+}
+say '';
+
+my @targets;
+sub target ($ok, $text) {
+    push @targets, $ok;
+    printf "  [%s] %s\n", $ok ? 'met' : 'MISSED', $text;
+}
+say 'Targets:';
+my ($A, $B, $D) = @best{qw(a b d)};
+if ($A && $B) {
+    my $ratio = $B->{rps} / $A->{rps};
+    target($ratio >= 0.55, sprintf '(b)/(a) = %.2f (>= 0.55)', $ratio);
+    target($B->{p99_us} <= 1000,
+           sprintf '(b) p99 = %.3f ms at %d connections (<= 1 ms)',
+           $B->{p99_us} / 1000, $CONNS);
+    target($B->{status} == 0 && $B->{errors} == 0,
+           "(b) every request answered 200 ($B->{status} non-2xx, $B->{errors} socket errors)");
+}
+if ($B && $D) {
+    my $ratio = $B->{rps} / $D->{rps};
+    target($ratio >= 5, sprintf '(b)/(d) = %.2f (>= 5)', $ratio);
+}
+if ($B) {
+    target(abs($B->{redis_per_req} - 1) < 0.01,
+           sprintf '(b) Redis commands per cached request = %.3f (exactly 1)',
+           $B->{redis_per_req});
+}
+if ($cold) {
+    my $per = $cold_pg->{queries} / $N;
+    target($per <= 1, sprintf 'cold cache: %.3f Postgres queries per distinct token '
+                            . '(%d for %d tokens, %d requests; <= 1 per worker)',
+           $per, $cold_pg->{queries}, $N, $cold->{requests});
+}
+if ($unknown) {
+    my $u = $unknown_pg;
+    target($u->{unprepared} == 0 && $u->{prepares} == 0 && $u->{backends} <= $PG_POOL,
+           sprintf 'unknown tokens: %d queries, %d through the prepared statement, '
+                 . '%d unprepared, on %d Postgres connections (pool=%d)',
+           $u->{queries}, $u->{prepared}, $u->{unprepared}, $u->{backends}, $PG_POOL);
+}
+target(!@alerts && $stop_ok, 'no alerts in the nginx error log, clean stop'
+       . (@alerts ? ": @alerts[0 .. ($#alerts < 4 ? $#alerts : 4)]" : ''));
+printf "%d of %d targets met.\n", scalar(grep { $_ } @targets), scalar @targets;
+exit 0;
