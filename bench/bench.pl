@@ -194,7 +194,24 @@ my %redis_per_req;
 
 sub measure ($name, $path) {
     my ($before) = redis_calls();
+    # BENCH_PERF=b: perf record the nginx worker while (b) runs
+    my $perf;
+    if (($ENV{BENCH_PERF} // '') eq $name) {
+        my ($worker) = $nginx->worker_pids;
+        $perf = "$dir/../build/perf-$name.data";
+        SessionCache::Test::_spawn(
+            cmd => ['perf', 'record', '-F', '2000', '-g', '-o', $perf,
+                    '-p', $worker, '--', 'sleep', $DURATION - 1],
+            stdout => "$perf.log", stderr => "$perf.log");
+    }
     my $r = wrk_run($path, 'rotate');
+    if ($perf) {
+        sleep 1;
+        system("perf report -i $perf --no-children --percent-limit 0.7 "
+             . "--stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^\$' "
+             . "> $dir/../build/perf-$name.txt");
+        say "  perf profile of the worker: build/perf-$name.txt";
+    }
     my ($after) = redis_calls();
     $r->{redis_per_req} = ($after - $before) / ($r->{requests} || 1);
     printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d\n",

@@ -17,7 +17,8 @@ struct PgConn {
     ngx_connection_t *c = nullptr;
     ino_t             ino = 0;     /* identity of the socket c wraps */
     State             state = Connecting;
-    PgJob            *job = nullptr;
+    ngx_queue_t       jobs;        /* one at most: depth() is 1 */
+    ngx_uint_t        njobs = 0;
     PGresult         *result = nullptr;
     bool              flushing = false;
     ngx_event_t       connect_timer;
@@ -365,9 +366,8 @@ void PgPool::busy(PgConn *pc)
 
 void PgPool::idle(PgConn *pc)
 {
-    if (pc->job) {
+    if (PgJob *job = front(pc)) {
         /* posted by assign(): send the query */
-        PgJob *job = pc->job;
         const char *values[1] = { job->token.c_str() };
 
         if (!(job->probe
@@ -445,7 +445,7 @@ void PgPool::completed(PgConn *pc)
         PQclear(res);
         pc->state = PgConn::Idle;
 
-        if (pc->job) {
+        if (pc->njobs) {
             idle(pc);
         } else {
             dispatch();
@@ -453,8 +453,7 @@ void PgPool::completed(PgConn *pc)
         return;
     }
 
-    PgJob *job = pc->job;
-    pc->job = nullptr;
+    PgJob *job = front(pc);
     pc->state = PgConn::Idle;
 
     if (job == nullptr) {
@@ -463,7 +462,7 @@ void PgPool::completed(PgConn *pc)
         return;
     }
 
-    job->conn = nullptr;
+    /* finish() takes it off the connection */
 
     if (job->probe) {
         probed(pc, job, res);
@@ -541,11 +540,8 @@ void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
     dispatch();
 }
 
-void PgPool::assign(PgConn *pc, PgJob *job)
+void PgPool::assign(PgConn *pc, PgJob *)
 {
-    pc->job = job;
-    job->conn = pc;
-
     if (pc->state == PgConn::Idle) {
         /* sent from the posted event, never from within submit() */
         ngx_post_event(pc->c->write, &ngx_posted_events);

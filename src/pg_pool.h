@@ -2,7 +2,7 @@
  * Per-worker pool of non-blocking libpq connections, driven by nginx's
  * event loop (PQconnectStartParams, PQsendQueryPrepared, PQconsumeInput).
  * The session query is prepared once per connection. One query in flight
- * per connection; requests beyond the pool wait in a queue until a
+ * per connection (depth 1); requests beyond the pool wait in a queue until a
  * connection frees or their timeout passes. libpq owns the sockets: the
  * nginx connection around one is released with ngx_free_connection, never
  * closed.
@@ -56,6 +56,8 @@ private:
     PgConn *open(const char **error);
     void assign(PgConn *pc, PgJob *job);
     bool on_wire(const PgConn *pc) const;
+    ngx_uint_t depth() const { return 1; }
+    bool batching(const PgConn *) const { return false; }
     void destroy(PgConn *pc);
 
     bool wrap(PgConn *pc);

@@ -1,18 +1,25 @@
 /*
  * What the Redis and the Postgres pools share: jobs with a deadline, a
- * queue of jobs waiting for a connection, connections that carry one job at
- * a time, and what happens when a connection fails or a job times out.
+ * queue of jobs waiting for a connection, connections that carry up to
+ * depth() jobs at a time (a FIFO: replies come back in the order the
+ * requests went out), and what happens when a connection fails or a job
+ * times out.
  *
  * Derived (CRTP) supplies the protocol:
  *   Conn *open(const char **error)   start a connection, or nullptr
- *   void assign(Conn *, Job *)       give it a job; it must not send from
- *                                    within the call (post an event)
+ *   void assign(Conn *, Job *)       the job was appended to the
+ *                                    connection's FIFO; it must not send
+ *                                    from within the call (post an event)
  *   bool on_wire(const Conn *)       a reply is awaited: a late one would
  *                                    come out of order, so a timeout costs
- *                                    the connection
+ *                                    the connection and every job on it
+ *   ngx_uint_t depth() const         jobs one connection may carry at once
+ *                                    (1: no pipelining)
+ *   bool batching(const Conn *)      a write to it is already pending, so
+ *                                    one more job costs no extra write
  *   void destroy(Conn *)             close and free it
- * Conn has members `Job *job` and `ngx_queue_t link`; Job derives from
- * PoolJob<Conn, Result>.
+ * Conn has members `ngx_queue_t jobs`, `ngx_uint_t njobs` and
+ * `ngx_queue_t link`; Job derives from PoolJob<Conn, Result>.
  */
 #pragma once
 
@@ -37,7 +44,7 @@ struct PoolJob {
     Done         done;     /* nullptr: nobody waits for the answer */
     void        *data;
     ngx_event_t  timer;    /* the deadline */
-    ngx_queue_t  queue;    /* in the wait queue */
+    ngx_queue_t  queue;    /* in the wait queue, or its connection's FIFO */
     Conn        *conn;     /* the connection carrying it, if any */
     bool         waiting;
     bool         trial;    /* the breaker's half-open trial call */
@@ -130,7 +137,7 @@ protected:
             return false;
         }
 
-        Conn *conn = free_conn();
+        Conn *conn = pick();
 
         if (conn == nullptr && nconns_ < backend_->pool) {
             conn = derived()->open(error);
@@ -141,6 +148,10 @@ protected:
                 delete job;
                 return false;
             }
+        }
+
+        if (conn == nullptr) {
+            conn = least_loaded();
         }
 
         job->trial = trial;
@@ -155,7 +166,7 @@ protected:
         ngx_add_timer(&job->timer, backend_->timeout);
 
         if (conn) {
-            derived()->assign(conn, job);
+            attach(conn, job);
 
         } else {
             ngx_queue_insert_tail(&waiting_, &job->queue);
@@ -174,6 +185,10 @@ protected:
     {
         if (job->timer.timer_set) {
             ngx_del_timer(&job->timer);
+        }
+
+        if (job->conn) {
+            detach(job);
         }
 
         if (job->waiting) {
@@ -198,12 +213,12 @@ protected:
         }
     }
 
-    /* The connection is broken: its job fails with error, it goes. */
+    /* The connection is broken: every job on it fails with error, it
+     * goes. (A reply still to come could not be told apart from the next
+     * one: no job may stay on it.) */
     void fail(Conn *conn, const char *error)
     {
-        Job *job = conn->job;
-
-        if (job) {
+        if (conn->njobs) {
             ngx_log_error(NGX_LOG_ERR, &log_, 0, "session_cache: %s: %s",
                           name_, error);
         } else {
@@ -212,12 +227,21 @@ protected:
                           name_, error);
         }
 
-        conn->job = nullptr;
+        ngx_queue_t jobs;
+        ngx_queue_init(&jobs);
+
+        while (Job *job = front(conn)) {
+            detach(job);
+            ngx_queue_insert_tail(&jobs, &job->queue);
+        }
+
         derived()->destroy(conn);
 
-        if (job) {
-            job->conn = nullptr;
-            finish(job, nullptr, error);
+        while (!ngx_queue_empty(&jobs)) {
+            ngx_queue_t *q = ngx_queue_head(&jobs);
+            ngx_queue_remove(q);
+            finish(static_cast<Job *>(ngx_queue_data(q, JobBase, queue)),
+                   nullptr, error);
         }
 
         dispatch();
@@ -227,14 +251,9 @@ protected:
     void dispatch()
     {
         while (!ngx_queue_empty(&waiting_)) {
-            Conn *conn = free_conn();
+            Conn *conn = pick();
 
-            if (conn == nullptr) {
-                if (nconns_ >= backend_->pool) {
-                    publish();
-                    return;
-                }
-
+            if (conn == nullptr && nconns_ < backend_->pool) {
                 const char *error = nullptr;
                 conn = derived()->open(&error);
 
@@ -244,18 +263,59 @@ protected:
                 }
             }
 
+            if (conn == nullptr) {
+                conn = least_loaded();
+                if (conn == nullptr) {
+                    publish();
+                    return;
+                }
+            }
+
             Job *job = head();
             ngx_queue_remove(&job->queue);
             job->waiting = false;
             npending_--;
-            derived()->assign(conn, job);
+            attach(conn, job);
         }
 
         publish();
     }
 
+    /* The oldest job on conn: the one the next reply answers. */
+    static Job *front(Conn *conn)
+    {
+        if (ngx_queue_empty(&conn->jobs)) {
+            return nullptr;
+        }
+
+        return static_cast<Job *>(
+            ngx_queue_data(ngx_queue_head(&conn->jobs), JobBase, queue));
+    }
+
+    /* For every job on conn, oldest first (f must not detach jobs). */
+    template <class F>
+    static void each_job(Conn *conn, F f)
+    {
+        for (ngx_queue_t *q = ngx_queue_head(&conn->jobs);
+             q != ngx_queue_sentinel(&conn->jobs); q = ngx_queue_next(q))
+        {
+            f(static_cast<Job *>(ngx_queue_data(q, JobBase, queue)));
+        }
+    }
+
+    /* The job no longer rides conn (it is answered, or it gave up while
+     * the connection was still being set up). */
+    void detach(Job *job)
+    {
+        ngx_queue_remove(&job->queue);
+        job->conn->njobs--;
+        job->conn = nullptr;
+    }
+
     void add(Conn *conn)
     {
+        ngx_queue_init(&conn->jobs);
+        conn->njobs = 0;
         ngx_queue_insert_tail(&conns_, &conn->link);
         nconns_++;
         publish();
@@ -280,11 +340,11 @@ protected:
 
         while (!ngx_queue_empty(&conns_)) {
             Conn *conn = ngx_queue_data(ngx_queue_head(&conns_), Conn, link);
-            Job *job = conn->job;
-            derived()->destroy(conn);
-            if (job) {
+            while (Job *job = front(conn)) {
+                detach(job);
                 drop(job);
             }
+            derived()->destroy(conn);
         }
     }
 
@@ -300,6 +360,9 @@ protected:
     char          connect_timeout_text_[64];
     PoolGauges   *gauges_ = nullptr;
 
+    /* standard layout, unlike Job, so that offsetof applies */
+    using JobBase = PoolJob<Conn, typename Job::result_type>;
+
 private:
     /* The figures now, for every worker to read: plain stores, one writer
      * (this worker). Available: open connections without a job. */
@@ -313,7 +376,7 @@ private:
         for (ngx_queue_t *q = ngx_queue_head(&conns_);
              q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
         {
-            if ((ngx_queue_data(q, Conn, link))->job == nullptr) {
+            if ((ngx_queue_data(q, Conn, link))->njobs == 0) {
                 idle++;
             }
         }
@@ -324,8 +387,6 @@ private:
         gauges_->max = backend_->pool;
     }
 
-    /* standard layout, unlike Job, so that offsetof applies */
-    using JobBase = PoolJob<Conn, typename Job::result_type>;
 
     Job *head()
     {
@@ -333,18 +394,61 @@ private:
             ngx_queue_data(ngx_queue_head(&waiting_), JobBase, queue));
     }
 
-    Conn *free_conn()
+    void attach(Conn *conn, Job *job)
     {
+        ngx_queue_insert_tail(&conn->jobs, &job->queue);
+        conn->njobs++;
+        job->conn = conn;
+        derived()->assign(conn, job);
+    }
+
+    /*
+     * Where a job goes without opening a connection: one whose write is
+     * already pending (the job joins that write: several requests ready in
+     * one event loop turn cost one send and one read), else an idle one.
+     */
+    Conn *pick()
+    {
+        Conn *idle = nullptr;
+        ngx_uint_t depth = derived()->depth();
+
         for (ngx_queue_t *q = ngx_queue_head(&conns_);
              q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
         {
             Conn *conn = ngx_queue_data(q, Conn, link);
-            if (conn->job == nullptr) {
+
+            if (conn->njobs == 0) {
+                if (idle == nullptr) {
+                    idle = conn;
+                }
+
+            } else if (conn->njobs < depth && derived()->batching(conn)) {
                 return conn;
             }
         }
 
-        return nullptr;
+        return idle;
+    }
+
+    /* Every connection is busy and no more may be opened: pipeline on the
+     * least loaded one, if it has room. */
+    Conn *least_loaded()
+    {
+        Conn *best = nullptr;
+
+        for (ngx_queue_t *q = ngx_queue_head(&conns_);
+             q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
+        {
+            Conn *conn = ngx_queue_data(q, Conn, link);
+
+            if (conn->njobs < derived()->depth()
+                && (best == nullptr || conn->njobs < best->njobs))
+            {
+                best = conn;
+            }
+        }
+
+        return best;
     }
 
     void drop(Job *job)
@@ -378,8 +482,7 @@ private:
 
             if (conn) {
                 /* still connecting: it may serve the next job */
-                conn->job = nullptr;
-                job->conn = nullptr;
+                pool->detach(job);
             }
 
             ngx_log_error(NGX_LOG_ERR, &pool->log_, 0,

@@ -11,7 +11,8 @@ struct RedisConn {
     redisReader           *reader = nullptr;
     std::string            out;
     std::size_t            out_pos = 0;
-    RedisJob              *job = nullptr;
+    ngx_queue_t            jobs;        /* sent or to be sent, in order */
+    ngx_uint_t             njobs = 0;
     ngx_uint_t             handshake_left = 0;
     bool                   connected = false;
     bool                   handshaking = false;
@@ -62,6 +63,12 @@ void RedisPool::unreachable()
 bool RedisPool::on_wire(const RedisConn *rc) const
 {
     return rc->connected;
+}
+
+/* Commands that are written but not yet sent go out in one send. */
+bool RedisPool::batching(const RedisConn *rc) const
+{
+    return rc->connected && rc->out_pos < rc->out.size();
 }
 
 RedisConn *RedisPool::open(const char **error)
@@ -234,18 +241,14 @@ void RedisPool::ready(RedisConn *rc)
     rc->out.assign(reinterpret_cast<char *>(conf_->handshake.data),
                    conf_->handshake.len);
 
-    if (rc->job) {
-        rc->out += rc->job->command;
-    }
+    /* jobs that came while connecting, in order */
+    each_job(rc, [rc](RedisJob *job) { rc->out += job->command; });
 
     flush(rc);
 }
 
 void RedisPool::assign(RedisConn *rc, RedisJob *job)
 {
-    rc->job = job;
-    job->conn = rc;
-
     if (rc->connected) {
         rc->out += job->command;
         /* sent from the posted write event, never from within submit() */
@@ -424,16 +427,14 @@ void RedisPool::read(RedisConn *rc)
                 continue;
             }
 
-            RedisJob *job = rc->job;
+            /* replies come in the order the commands went out */
+            RedisJob *job = front(rc);
 
             if (job == nullptr) {
                 freeReplyObject(reply);
                 fail(rc, "unexpected reply");
                 return;
             }
-
-            rc->job = nullptr;
-            job->conn = nullptr;
 
             /* the callback may submit more work to this pool; it never
              * destroys rc (see assign) */

@@ -2,8 +2,10 @@
  * Per-worker pool of non-blocking Redis connections, driven by nginx's
  * event loop. nginx owns the sockets (ngx_event_connect_peer, and its SSL
  * layer for rediss://); hiredis is used only to parse replies
- * (redisReader). One command in flight per connection; requests beyond the
- * pool wait in a queue until a connection frees or their timeout passes.
+ * (redisReader). Commands are pipelined: up to kPipelineDepth in flight
+ * per connection, and those that are ready in one event loop turn go out
+ * in one send; requests beyond that wait in a queue until a connection
+ * has room or their timeout passes.
  */
 #pragma once
 
@@ -47,6 +49,8 @@ private:
     RedisConn *open(const char **error);
     void assign(RedisConn *rc, RedisJob *job);
     bool on_wire(const RedisConn *rc) const;
+    bool batching(const RedisConn *rc) const;
+    ngx_uint_t depth() const { return kPipelineDepth; }
     void destroy(RedisConn *rc);
 
     void unreachable();
@@ -61,6 +65,10 @@ private:
 
     static void on_read(ngx_event_t *ev);
     static void on_write(ngx_event_t *ev);
+
+    /* Redis answers in order; a deeper pipeline only delays the requests
+     * at its tail behind a slow one */
+    static constexpr ngx_uint_t kPipelineDepth = 32;
 
     const ngx_http_session_cache_redis_conf_t *conf_;
     ngx_uint_t   next_addr_ = 0;
