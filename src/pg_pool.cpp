@@ -66,30 +66,138 @@ PgPool::PgPool(ngx_cycle_t *cycle,
 {
 }
 
+/* The callers waiting for one query (SPEC: at most one Postgres query
+ * per token per worker at a time). */
+struct PgFlight {
+    PgPool      *pool;
+    PgQuery     *query;     /* nullptr once answered */
+    std::string  token;     /* the key in flights_, when shared */
+    bool         shared;    /* in flights_ (a probe is not) */
+    ngx_queue_t  waiters;   /* PgJob */
+};
+
 PgPool::~PgPool()
 {
     clear();
+
+    /* the queries went without an answer: so do their callers */
+    for (auto &entry : flights_) {
+        PgFlight *f = entry.second;
+        while (!ngx_queue_empty(&f->waiters)) {
+            ngx_queue_t *q = ngx_queue_head(&f->waiters);
+            ngx_queue_remove(q);
+            delete ngx_queue_data(q, PgJob, link);
+        }
+        delete f;
+    }
 }
 
 PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
                       const char **error)
 {
-    auto *job = new PgJob();
-    job->token.assign(token.data(), token.size());
-    job->done = done;
-    job->data = data;
+    auto it = flights_.find(token);
 
-    return start(job, error) ? job : nullptr;
+    if (it != flights_.end()) {
+        /* the same token is already being looked up: share the answer */
+        auto *job = new PgJob{done, data, it->second, {}};
+        ngx_queue_insert_tail(&job->flight->waiters, &job->link);
+        return job;
+    }
+
+    auto *q = new PgQuery();
+    q->token.assign(token.data(), token.size());
+
+    return fly(q, true, done, data, error);
 }
 
+/* A health probe is never shared. */
 PgJob *PgPool::submit_probe(PgDone done, void *data, const char **error)
 {
-    auto *job = new PgJob();
-    job->probe = true;
-    job->done = done;
-    job->data = data;
+    auto *q = new PgQuery();
+    q->probe = true;
 
-    return start(job, error) ? job : nullptr;
+    return fly(q, false, done, data, error);
+}
+
+/* Start query q with one caller waiting for it; shared: in flights_, under
+ * its token, for later callers to join. */
+PgJob *PgPool::fly(PgQuery *q, bool shared, PgDone done, void *data,
+                   const char **error)
+{
+    auto *job = new PgJob{done, data, nullptr, {}};
+    auto *f = new PgFlight{this, nullptr, q->token, shared, {}};
+    ngx_queue_init(&f->waiters);
+
+    q->done = flight_done;
+    q->data = f;
+
+    if (shared) {
+        flights_.emplace(f->token, f);
+    }
+
+    if (!start(q, error)) {
+        if (shared) {
+            flights_.erase(f->token);
+        }
+        delete f;
+        delete job;
+        return nullptr;
+    }
+
+    f->query = q;
+    job->flight = f;
+    ngx_queue_insert_tail(&f->waiters, &job->link);
+    return job;
+}
+
+void PgPool::cancel(PgJob *job)
+{
+    PgFlight *f = job->flight;
+
+    ngx_queue_remove(&job->link);
+    delete job;
+
+    if (!ngx_queue_empty(&f->waiters) || f->query == nullptr
+        || !f->query->waiting)
+    {
+        /* others still wait; or the answer is being handed out; or the
+         * query is on the wire: flight_done() drops its answer */
+        return;
+    }
+
+    /* nobody waits for a query that has not gone out yet */
+    if (f->shared) {
+        flights_.erase(f->token);
+    }
+    Pool::cancel(f->query);
+    delete f;
+}
+
+/* A query is answered: every caller waiting for it gets the answer. */
+void PgPool::flight_done(void *data, const PgRow *row, const char *error)
+{
+    auto *f = static_cast<PgFlight *>(data);
+
+    if (f->shared) {
+        f->pool->flights_.erase(f->token);
+    }
+    f->query = nullptr;
+
+    /* a callback may cancel other waiters (their requests went away) or
+     * submit new queries, never for this flight: it left flights_ */
+    while (!ngx_queue_empty(&f->waiters)) {
+        ngx_queue_t *q = ngx_queue_head(&f->waiters);
+        ngx_queue_remove(q);
+
+        PgJob *job = ngx_queue_data(q, PgJob, link);
+        PgDone done = job->done;
+        void *arg = job->data;
+        delete job;
+
+        done(arg, row, error);
+    }
+
+    delete f;
 }
 
 bool PgPool::on_wire(const PgConn *pc) const
@@ -366,7 +474,7 @@ void PgPool::busy(PgConn *pc)
 
 void PgPool::idle(PgConn *pc)
 {
-    if (PgJob *job = front(pc)) {
+    if (PgQuery *job = front(pc)) {
         /* posted by assign(): send the query */
         const char *values[1] = { job->token.c_str() };
 
@@ -453,7 +561,7 @@ void PgPool::completed(PgConn *pc)
         return;
     }
 
-    PgJob *job = front(pc);
+    PgQuery *job = front(pc);
     pc->state = PgConn::Idle;
 
     if (job == nullptr) {
@@ -512,7 +620,7 @@ void PgPool::completed(PgConn *pc)
 }
 
 /* The health probe's answer: SELECT 1 and the server's version. */
-void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
+void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
 {
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1 || PQnfields(res) != 1)
@@ -540,7 +648,7 @@ void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
     dispatch();
 }
 
-void PgPool::assign(PgConn *pc, PgJob *)
+void PgPool::assign(PgConn *pc, PgQuery *)
 {
     if (pc->state == PgConn::Idle) {
         /* sent from the posted event, never from within submit() */

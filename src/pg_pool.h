@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include <libpq-fe.h>
 
@@ -28,20 +29,34 @@ struct PgRow {
     std::string_view server_version;  /* a probe: the server's version */
 };
 
-/* done(data, row, nullptr) with row == nullptr: the query found nothing */
-struct PgJob : PoolJob<PgConn, PgRow> {
-    std::string  token;     /* unused by a probe (PoolJob::probe) */
+/* One query on the pool: the session query for token, or the health
+ * probe (PoolJob::probe). done(data, row, nullptr) with row == nullptr:
+ * the query found nothing. */
+struct PgQuery : PoolJob<PgConn, PgRow> {
+    std::string  token;     /* unused by a probe */
 };
 
-using PgDone = PgJob::Done;
+using PgDone = PgQuery::Done;
 
-class PgPool : public Pool<PgPool, PgConn, PgJob> {
+struct PgFlight;
+
+/* A caller waiting for the answer for a token. Callers asking for the same
+ * token while its query runs share that query ("single flight"). */
+struct PgJob {
+    PgDone       done;
+    void        *data;
+    PgFlight    *flight;
+    ngx_queue_t  link;
+};
+
+class PgPool : public Pool<PgPool, PgConn, PgQuery> {
 public:
     PgPool(ngx_cycle_t *cycle, const ngx_http_session_cache_pg_conf_t *conf,
            const ngx_str_t *query);
     ~PgPool();
 
-    /* as RedisPool::submit: run the session query for token */
+    /* as RedisPool::submit: the session query's answer for token, from a
+     * query of its own or one already running for the same token */
     PgJob *submit(std::string_view token, PgDone done, void *data,
                   const char **error);
 
@@ -50,11 +65,19 @@ public:
      * version, or an error */
     PgJob *submit_probe(PgDone done, void *data, const char **error);
 
+    /* The caller went away: done() will not be called. */
+    void cancel(PgJob *job);
+
 private:
-    friend class Pool<PgPool, PgConn, PgJob>;
+    friend class Pool<PgPool, PgConn, PgQuery>;
+    friend struct PgFlight;
+
+    static void flight_done(void *data, const PgRow *row, const char *error);
+    PgJob *fly(PgQuery *q, bool shared, PgDone done, void *data,
+               const char **error);
 
     PgConn *open(const char **error);
-    void assign(PgConn *pc, PgJob *job);
+    void assign(PgConn *pc, PgQuery *job);
     bool on_wire(const PgConn *pc) const;
     ngx_uint_t depth() const { return 1; }
     bool batching(const PgConn *) const { return false; }
@@ -67,7 +90,7 @@ private:
     void busy(PgConn *pc);
     void idle(PgConn *pc);
     void completed(PgConn *pc);
-    void probed(PgConn *pc, PgJob *job, PGresult *res);
+    void probed(PgConn *pc, PgQuery *job, PGresult *res);
     bool want_write(PgConn *pc, bool on);
 
     static void on_event(ngx_event_t *ev);
@@ -75,6 +98,7 @@ private:
 
     const ngx_http_session_cache_pg_conf_t *conf_;
     std::string  query_;
+    std::unordered_map<std::string_view, PgFlight *> flights_;
 };
 
 }  // namespace session_cache
