@@ -1,5 +1,7 @@
 #include "redis_pool.h"
 
+#include "resp.h"
+
 #include <cstring>
 #include <new>
 
@@ -30,11 +32,63 @@ RedisPool::~RedisPool()
     clear();
 }
 
-RedisJob *RedisPool::submit(std::string command, RedisDone done, void *data,
-                            const char **error)
+/* Finished jobs kept for reuse (a worker is one thread), up to a bound. */
+static void *spare_jobs = nullptr;
+static ngx_uint_t nspare_jobs = 0;
+static const ngx_uint_t kMaxSpareJobs = 1024;
+
+void *RedisJob::operator new(std::size_t size)
+{
+    if (size == sizeof(RedisJob) && spare_jobs != nullptr) {
+        void *p = spare_jobs;
+        spare_jobs = *static_cast<void **>(p);
+        nspare_jobs--;
+        return p;
+    }
+
+    return ::operator new(size);
+}
+
+void RedisJob::operator delete(void *p) noexcept
+{
+    if (nspare_jobs >= kMaxSpareJobs) {
+        ::operator delete(p);
+        return;
+    }
+
+    *static_cast<void **>(p) = spare_jobs;
+    spare_jobs = p;
+    nspare_jobs++;
+}
+
+void RedisJob::set_command(std::initializer_list<std::string_view> args)
+{
+    len_ = resp_length(args);
+
+    if (len_ <= sizeof(inline_)) {
+        resp_write(inline_, args);
+    } else {
+        heap_.clear();
+        resp_append(&heap_, args);
+    }
+}
+
+void RedisJob::set_raw(std::string_view resp)
+{
+    len_ = resp.size();
+
+    if (len_ <= sizeof(inline_)) {
+        ngx_memcpy(inline_, resp.data(), len_);
+    } else {
+        heap_.assign(resp.data(), resp.size());
+    }
+}
+
+RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
+                            RedisDone done, void *data, const char **error)
 {
     auto *job = new RedisJob();
-    job->command = std::move(command);
+    job->set_command(command);
     job->done = done;
     job->data = data;
 
@@ -45,7 +99,7 @@ RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
                                   void *data, const char **error)
 {
     auto *job = new RedisJob();
-    job->command = std::move(command);
+    job->set_raw(command);
     job->done = done;
     job->data = data;
     job->probe = true;
@@ -242,7 +296,7 @@ void RedisPool::ready(RedisConn *rc)
                    conf_->handshake.len);
 
     /* jobs that came while connecting, in order */
-    each_job(rc, [rc](RedisJob *job) { rc->out += job->command; });
+    each_job(rc, [rc](RedisJob *job) { rc->out += job->command(); });
 
     flush(rc);
 }
@@ -250,7 +304,7 @@ void RedisPool::ready(RedisConn *rc)
 void RedisPool::assign(RedisConn *rc, RedisJob *job)
 {
     if (rc->connected) {
-        rc->out += job->command;
+        rc->out += job->command();
         /* sent from the posted write event, never from within submit() */
         ngx_post_event(rc->peer.connection->write, &ngx_posted_events);
     }

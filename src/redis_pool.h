@@ -11,7 +11,9 @@
 
 #include "pool.h"
 
+#include <initializer_list>
 #include <string>
+#include <string_view>
 
 #include <hiredis/hiredis.h>
 
@@ -19,8 +21,28 @@ namespace session_cache {
 
 struct RedisConn;
 
+/*
+ * A command and who waits for its reply. Jobs are recycled through a
+ * per-worker free list and a GET or a typical SET fits in the job itself:
+ * the hit path allocates nothing.
+ */
 struct RedisJob : PoolJob<RedisConn, redisReply> {
-    std::string  command;      /* RESP */
+    void set_command(std::initializer_list<std::string_view> args);
+    void set_raw(std::string_view resp);  /* a command already in RESP */
+
+    std::string_view command() const
+    {
+        return len_ <= sizeof(inline_) ? std::string_view(inline_, len_)
+                                       : std::string_view(heap_);
+    }
+
+    static void *operator new(std::size_t size);
+    static void operator delete(void *p) noexcept;
+
+private:
+    char         inline_[176];  /* RESP, when it fits */
+    std::size_t  len_ = 0;
+    std::string  heap_;         /* RESP, when it does not */
 };
 
 using RedisDone = RedisJob::Done;
@@ -36,8 +58,8 @@ public:
      * once later unless cancel()ed first; or nullptr and *error when no
      * connection could be opened. done may be nullptr: nobody waits.
      */
-    RedisJob *submit(std::string command, RedisDone done, void *data,
-                     const char **error);
+    RedisJob *submit(std::initializer_list<std::string_view> command,
+                     RedisDone done, void *data, const char **error);
 
     /* as submit, for the health probe: around the breaker */
     RedisJob *submit_probe(std::string command, RedisDone done, void *data,

@@ -191,12 +191,9 @@ static void cache_write(Ctx *ctx, std::string_view value,
         return;
     }
 
-    std::string cmd;
-    resp_append(&cmd, {"SET", view(ctx->key), value, "EX",
-                       std::to_string(seconds)});
-
     const char *error = nullptr;
-    redis->submit(std::move(cmd), nullptr, nullptr, &error);
+    redis->submit({"SET", view(ctx->key), value, "EX",
+                   std::to_string(seconds)}, nullptr, nullptr, &error);
 }
 
 static void on_postgres(void *data, const PgRow *row, const char *error);
@@ -405,11 +402,9 @@ static ngx_int_t start(ngx_http_request_t *r,
         rc = deny(ctx, kRejected);
 
     } else if (RedisPool *redis = redis_pool()) {
-        std::string cmd;
-        resp_append(&cmd, {"GET", view(ctx->key)});
-
         const char *error = nullptr;
-        ctx->redis_job = redis->submit(std::move(cmd), on_redis, ctx, &error);
+        ctx->redis_job = redis->submit({"GET", view(ctx->key)}, on_redis, ctx,
+                                       &error);
 
         if (ctx->redis_job != nullptr) {
             rc = NGX_AGAIN;
