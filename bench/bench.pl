@@ -17,7 +17,9 @@
 # Environment: BENCH_SESSIONS (10000), BENCH_DURATION (seconds per wrk run,
 # 5), BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_ROUNDS (2: a, b and
 # d alternate this many times; the best run of each counts),
-# BENCH_ONLY (comma list of a,b,d,cold,unknown), plus the harness's
+# BENCH_ONLY (comma list of a,b,d,cold,unknown), BENCH_CPU=1 (perf stat:
+# the worker's CPU time per request), BENCH_PERF=<a|b|d>
+# (perf record the worker during that run), plus the harness's
 # (SESSION_CACHE_MODULE, NGINX_BIN, TEST_KEEP).
 
 use v5.36;
@@ -204,7 +206,26 @@ sub measure ($name, $path) {
                     '-p', $worker, '--', 'sleep', $DURATION - 1],
             stdout => "$perf.log", stderr => "$perf.log");
     }
+    # CPU time the worker spent per request (perf stat task-clock): moved
+    # less by other load on the machine than requests/s are. (Hardware
+    # counters, e.g. instructions, are not there on a virtual machine.)
+    my ($stat_pid, $stat_file);
+    if ($ENV{BENCH_CPU}) {
+        my ($worker) = $nginx->worker_pids;
+        $stat_file = "$nginx->{dir}/perf-stat-$name.txt";
+        $stat_pid = SessionCache::Test::_spawn(
+            cmd => ['perf', 'stat', '-x', ',', '-e', 'task-clock',
+                    '-p', $worker, '-o', $stat_file]);
+    }
     my $r = wrk_run($path, 'rotate');
+    if ($stat_pid) {
+        kill 'INT', $stat_pid;
+        waitpid $stat_pid, 0;
+        my ($ms) = SessionCache::Test::_slurp($stat_file)
+            =~ /^([\d.]+),[^,]*,task-clock/m;
+        $r->{cpu_us} = ($ms // 0) * 1000 / ($r->{requests} || 1);
+        printf "  %-8s worker CPU per request: %.2f us\n", $name, $r->{cpu_us};
+    }
     if ($perf) {
         sleep 1;
         system("perf report -i $perf --no-children --percent-limit 0.7 "

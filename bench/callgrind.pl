@@ -1,0 +1,117 @@
+#!/usr/bin/env perl
+# Instructions per request on the hit path, counted by valgrind's callgrind:
+# a figure that other load on the machine does not move, for comparing two
+# builds of the module. nginx (one worker) runs under callgrind, serves a
+# warm-up and then N or 2N requests (one at a time on a keep-alive
+# connection, one session cookie each, all cached) to the static location or the protected one; the difference
+# between the two worker totals, over N, is the cost of one request.
+#
+#   perl bench/callgrind.pl            # after ./build.sh and bench/setup.sh
+#
+# Environment: BENCH_REQUESTS (2000), SESSION_CACHE_MODULE.
+
+use v5.36;
+use FindBin ();
+use lib "$FindBin::Bin/../t/lib";
+use SessionCache::Test;
+use IO::Socket::INET;
+use Time::HiRes qw(sleep);
+
+my $N = $ENV{BENCH_REQUESTS} // 2000;
+my $dir = $FindBin::Bin;
+SessionCache::Test::_which('valgrind') or die "valgrind not found: apt-get install valgrind\n";
+
+my $redis = start_redis();
+my $expires = time + 86400;
+{
+    my $file = "$redis->{dir}/seed.resp";
+    open my $fh, '>', $file or die "$file: $!";
+    # every token a run may use: the warm-up's 500 and the runs' 2N
+    for my $i (1 .. ($N < 250 ? 500 : 2 * $N)) {
+        my @a = ('SET', sprintf('session:bench%027d', $i),
+                 sprintf('{"user_id":"user%d","expires_at":%d}', $i, $expires));
+        print {$fh} '*' . @a . "\r\n", map { '$' . length($_) . "\r\n$_\r\n" } @a;
+    }
+    close $fh;
+    system("redis-cli -h 127.0.0.1 -p $redis->{port} --pipe < $file >/dev/null") == 0
+        or die "seeding redis failed\n";
+}
+
+# One nginx under callgrind: $n requests to $path after a warm-up, then a
+# graceful stop; the worker's instruction total.
+sub total ($path, $n) {
+    my $nginx = new_nginx(workers => 1);
+    my $out = "$nginx->{dir}/callgrind.out";
+    my $wrapper = "$nginx->{dir}/nginx-callgrind";
+    open my $w, '>', $wrapper or die "$wrapper: $!";
+    print {$w} "#!/bin/sh\nexec valgrind --tool=callgrind "
+             . "--callgrind-out-file=$out.%p /usr/sbin/nginx \"\$@\"\n";
+    close $w;
+    chmod 0755, $wrapper;
+    $nginx->{bin} = $wrapper;
+    $nginx->write_html("$_/index.html", "ok\n") for qw(static app);
+    # root: the worker writes its callgrind file into the root-owned dir
+    $nginx->start(workers => 1, main => "user root;", http => <<~"NGX");
+        session_cache_redis ${\ $redis->url } pool=10 timeout=5s;
+        server {
+            listen 127.0.0.1:%%PORT%%;
+            access_log off;
+            root %%HTML%%;
+            location /static/ { }
+            location /app/ { auth_session \$cookie_session; }
+        }
+        NGX
+    my ($worker) = $nginx->worker_pids;
+    run($nginx, $path, 500);
+    run($nginx, $path, $n);
+    $nginx->stop;
+    my $total = 0;
+    for (split /\n/, SessionCache::Test::_slurp("$out.$worker")) {
+        $total += $1 if /^(?:summary|totals):\s+(\d+)/;
+        last if $total;
+    }
+    die "no callgrind total for worker $worker\n" unless $total;
+    return $total;
+}
+
+# $n requests, one after the other, on one keep-alive connection, each
+# with its own session cookie. (Not wrk: it always runs its full -d time.)
+sub run ($nginx, $path, $n) {
+    my $s;
+    for my $i (1 .. $n) {
+        # a new connection every 500 requests (keepalive_requests 1000)
+        if ($i % 500 == 1) {
+            close $s if $s;
+            $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                PeerPort => $nginx->port, Proto => 'tcp', Timeout => 30)
+                or die "connect: $!";
+        }
+        my $tok = sprintf 'bench%027d', $i;
+        print {$s} "GET $path HTTP/1.1\r\nHost: bench\r\nCookie: session=$tok\r\n\r\n";
+        my $head = '';
+        while ($head !~ /\r\n\r\n/) {
+            sysread($s, $head, 4096, length $head) or die "read: $!";
+        }
+        die "$path: $1 for token $i\n" if $head !~ m{^HTTP/1.1 200} && $head =~ m{^(\S+ \d+)};
+        my ($len) = $head =~ /Content-Length: (\d+)/i;
+        my $body = length($head) - index($head, "\r\n\r\n") - 4;
+        while ($body < ($len // 0)) {
+            my $got = sysread($s, my $buf, $len - $body) or die "read: $!";
+            $body += $got;
+        }
+    }
+    close $s;
+    return $n;
+}
+
+# The difference between N and 2N requests: start-up, warm-up and
+# shutdown cancel out.
+sub per_request ($name, $path) {
+    my $ir = (total($path, 2 * $N) - total($path, $N)) / $N;
+    printf "%-30s %8.0f instructions per request\n", $name, $ir;
+    return $ir;
+}
+
+my $a = per_request('static file, no check', '/static/index.html');
+my $b = per_request('module, session cached', '/app/index.html');
+printf "%-30s %8.0f instructions per request\n", 'the check costs', $b - $a;
