@@ -201,6 +201,19 @@ Reader::string(std::string *out)
     }
 
     for ( ;; ) {
+        /* a run of plain ASCII, the usual case: appended in one go */
+        const unsigned char *run = p_;
+
+        while (p_ < end_ && *p_ >= 0x20 && *p_ < 0x80 && *p_ != '"'
+               && *p_ != '\\')
+        {
+            p_++;
+        }
+
+        if (out && p_ > run) {
+            out->append(reinterpret_cast<const char *>(run), p_ - run);
+        }
+
         if (p_ == end_) {
             return false;
         }
