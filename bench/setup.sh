@@ -20,5 +20,6 @@ fi
 
 if [ ! -d validate/node_modules ] \
    || [ validate/package-lock.json -nt validate/node_modules ]; then
-    (cd validate && npm ci --no-audit --no-fund --loglevel=error)
+    (cd validate && npm ci --no-audit --no-fund --loglevel=error \
+        && touch node_modules)
 fi

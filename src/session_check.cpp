@@ -18,6 +18,7 @@
 
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include "metrics.h"
 #include "resp.h"
@@ -181,9 +182,37 @@ static ngx_int_t unavailable(Ctx *ctx)
     return NGX_HTTP_SERVICE_UNAVAILABLE;
 }
 
-/* Write to the cache without waiting for the answer. */
+/*
+ * Postgres answers on their way into the cache, per worker. From the
+ * answer until Redis acknowledges the SET, a request for the same token
+ * that missed the cache (its GET was answered before the SET landed) takes
+ * this answer instead of asking Postgres again: with PgPool's single
+ * flight, one query per token per worker.
+ */
+struct Fill {
+    std::string   user_id;      /* empty: no such session */
+    bool          has_expiry = false;
+    std::int64_t  expires_at = 0;
+    ngx_uint_t    writes = 0;   /* SETs not yet acknowledged */
+};
+
+using Fills = std::unordered_map<std::string, Fill>;
+
+static Fills fills;
+
+static void on_cache_written(void *data, const redisReply *, const char *)
+{
+    auto *entry = static_cast<Fills::value_type *>(data);
+
+    if (--entry->second.writes == 0) {
+        fills.erase(fills.find(entry->first));
+    }
+}
+
+/* Write to the cache without waiting for the answer. s: the session,
+ * nullptr for a negative entry. */
 static void cache_write(Ctx *ctx, std::string_view value,
-                        std::int64_t seconds)
+                        std::int64_t seconds, const Session *s)
 {
     RedisPool *redis = redis_pool();
 
@@ -191,9 +220,26 @@ static void cache_write(Ctx *ctx, std::string_view value,
         return;
     }
 
+    auto *entry = &*fills.try_emplace(std::string(view(ctx->token))).first;
+    Fill &f = entry->second;
+
+    if (s) {
+        f.user_id = s->user_id;
+        f.has_expiry = s->has_expiry;
+        f.expires_at = s->expires_at;
+    } else {
+        f.user_id.clear();
+    }
+
+    f.writes++;
+
     const char *error = nullptr;
-    redis->submit({"SET", view(ctx->key), value, "EX",
-                   std::to_string(seconds)}, nullptr, nullptr, &error);
+    if (redis->submit({"SET", view(ctx->key), value, "EX",
+                       std::to_string(seconds)}, on_cache_written, entry,
+                      &error) == nullptr)
+    {
+        on_cache_written(entry, nullptr, error);
+    }
 }
 
 static void on_postgres(void *data, const PgRow *row, const char *error);
@@ -205,6 +251,21 @@ static ngx_int_t ask_postgres(Ctx *ctx)
     if (pg == nullptr) {
         /* Redis alone: it is the source of truth */
         return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
+    }
+
+    auto fill = fills.find(std::string(view(ctx->token)));
+
+    if (fill != fills.end()) {
+        const Fill &f = fill->second;
+        const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
+
+        if (f.user_id.empty()) {
+            return deny(ctx, status);
+        }
+
+        if (!f.has_expiry || f.expires_at > ngx_time()) {
+            return allow(ctx, status, f.user_id, f.has_expiry, f.expires_at);
+        }
     }
 
     const char *error = nullptr;
@@ -276,7 +337,8 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
 
     if (row == nullptr) {
         if (ctx->smcf->negative_ttl > 0) {
-            cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl);
+            cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl,
+                        nullptr);
         }
         return deny(ctx, status);
     }
@@ -295,8 +357,8 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
 
     std::string value;
     if (encode_session(s, &value)) {
-        cache_write(ctx, value,
-                    cache_seconds(ctx->smcf->ttl, s, ngx_time()));
+        cache_write(ctx, value, cache_seconds(ctx->smcf->ttl, s, ngx_time()),
+                    &s);
     }
 
     return allow(ctx, status, row->user_id, row->has_expiry,

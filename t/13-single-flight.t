@@ -1,5 +1,7 @@
 # Concurrent cache misses for one token share one Postgres query ("single
-# flight"), per worker; a caller that goes away does not disturb the others.
+# flight"), per worker; a caller that goes away does not disturb the others;
+# a miss that comes while the answer is still on its way into the cache
+# takes that answer.
 
 use v5.36;
 use Test::More;
@@ -48,6 +50,23 @@ $pg->resume;
 is(scalar(grep { $_->{status} == 401 } @r), 5, 'an unknown token: all five 401');
 sleep 0.3;
 is($pg->query_count - $before, 1, 'an unknown token: one query');
+
+# The answer is on its way into the cache (Redis holds the SET: writes
+# paused) when the same token comes again: its GET misses, and it takes the
+# answer on its way instead of asking Postgres a second time.
+$pg->add_session('tok-filling', 'user-filling', 3600);
+$before = $pg->query_count;
+is($redis->cli('CLIENT', 'PAUSE', 3000, 'WRITE'), 'OK', 'Redis writes paused');
+my $first = get('/', cookie => 'session=tok-filling');
+my $again = get('/', cookie => 'session=tok-filling');
+$redis->cli('CLIENT', 'UNPAUSE');
+is($first->{status}, 200, 'first request: 200');
+is($again->{status}, 200, 'again while the cache fill waits: 200');
+is($again->{headers}{'x-session-user'}, 'user-filling', 'again: the user id');
+is($again->{headers}{'x-session-status'}, 'MISS', 'again: MISS');
+sleep 0.3;
+is($pg->query_count - $before, 1, 'one Postgres query for both');
+ok(defined $redis->wait_for_key('session:tok-filling', 2), 'the fill lands');
 
 no_alerts($nginx);
 done_testing;
