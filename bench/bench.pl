@@ -84,6 +84,7 @@ my $node_pid = SessionCache::Test::_spawn(
              PG_POOL => $PG_POOL },
     stdout => $node_log, stderr => $node_log);
 END {
+    local $?;    # reaping node must not become bench.pl's exit status
     if ($node_pid) {
         kill 'TERM', $node_pid;
         waitpid $node_pid, 0;
