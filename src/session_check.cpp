@@ -220,8 +220,19 @@ static void cache_write(Ctx *ctx, std::string_view value,
         return;
     }
 
-    auto *entry = &*fills.try_emplace(std::string(view(ctx->token))).first;
+    auto [it, fresh] = fills.try_emplace(std::string(view(ctx->token)));
+    auto *entry = &*it;
     Fill &f = entry->second;
+
+    /* the callers that shared one Postgres query (single flight) all get
+     * here with the same answer: one SET of it is enough */
+    if (!fresh && f.writes > 0
+        && (s ? f.user_id == s->user_id && f.has_expiry == s->has_expiry
+                    && f.expires_at == s->expires_at
+              : f.user_id.empty()))
+    {
+        return;
+    }
 
     if (s) {
         f.user_id = s->user_id;

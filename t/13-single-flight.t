@@ -24,6 +24,7 @@ my $before = $pg->query_count;
 
 # Postgres hangs while ten requests for one uncached token come in: they
 # all miss in Redis and wait for the same query.
+my $sets = $redis->commandstats->{set} // 0;
 $pg->pause;
 my @pending = send_many(10, sub { ('/', cookie => 'session=tok-flight') });
 # one more that gives up while waiting (its connection is closed)
@@ -39,9 +40,13 @@ is(scalar(grep { ($_->{headers}{'x-session-user'} // '') eq 'user-flight' } @r),
 ok(wait_until(sub { $pg->query_count > $before }, 2), 'Postgres was asked');
 sleep 0.3;
 is($pg->query_count - $before, 1, 'once: the ten misses shared one query');
+ok(defined $redis->wait_for_key('session:tok-flight', 2), 'the answer is cached');
+is(($redis->commandstats->{set} // 0) - $sets, 1,
+   'and written to Redis once, not once per caller');
 
 # An unknown token: the shared answer is "no such session" for everyone.
 $before = $pg->query_count;
+$sets = $redis->commandstats->{set} // 0;
 $pg->pause;
 @pending = send_many(5, sub { ('/', cookie => 'session=tok-flight-unknown') });
 sleep 0.3;
@@ -50,6 +55,8 @@ $pg->resume;
 is(scalar(grep { $_->{status} == 401 } @r), 5, 'an unknown token: all five 401');
 sleep 0.3;
 is($pg->query_count - $before, 1, 'an unknown token: one query');
+is(($redis->commandstats->{set} // 0) - $sets, 1,
+   'an unknown token: one negative entry written');
 
 # The answer is on its way into the cache (Redis holds the SET: writes
 # paused) when the same token comes again: its GET misses, and it takes the
