@@ -21,6 +21,45 @@ struct RedisConn {
     ngx_queue_t            link;
 };
 
+/*
+ * Limits on what a Redis server can make a worker hold. The module asks
+ * for strings (GET), status replies (SET, PING) and small integers; INFO,
+ * the largest answer it reads, is a few KiB. hiredis would otherwise
+ * allocate whatever a hostile or broken server announces (*300000000
+ * reserves 2.4 GB at once) and buffer a bulk string of any length.
+ */
+static constexpr int kMaxArray = 64;
+static constexpr std::size_t kMaxBuffered = 1024 * 1024;
+
+static redisReplyObjectFunctions capped;
+static void *(*create_array)(const redisReadTask *, int);
+
+static void *capped_array(const redisReadTask *task, int elements)
+{
+    if (elements < 0 || elements > kMaxArray) {
+        return nullptr;    /* the reader fails: "protocol error" */
+    }
+    return create_array(task, elements);
+}
+
+static redisReader *reader_create()
+{
+    redisReader *r = redisReaderCreate();
+
+    if (r == nullptr) {
+        return nullptr;
+    }
+
+    if (create_array == nullptr) {
+        capped = *r->fn;
+        create_array = capped.createArray;
+        capped.createArray = capped_array;
+    }
+
+    r->fn = &capped;
+    return r;
+}
+
 RedisPool::RedisPool(ngx_cycle_t *cycle,
                      const ngx_http_session_cache_redis_conf_t *conf)
     : Pool(cycle, &conf->backend, "redis", Backend::Redis), conf_(conf)
@@ -129,7 +168,7 @@ RedisConn *RedisPool::open(const char **error)
 {
     auto *rc = new RedisConn();
     rc->pool = this;
-    rc->reader = redisReaderCreate();
+    rc->reader = reader_create();
 
     if (rc->reader == nullptr) {
         delete rc;
@@ -447,6 +486,11 @@ void RedisPool::read(RedisConn *rc)
             return;
         }
 
+        if (rc->reader->len - rc->reader->pos > kMaxBuffered) {
+            fail(rc, "reply too large");
+            return;
+        }
+
         for (;;) {
             void *p = nullptr;
 
@@ -467,13 +511,13 @@ void RedisPool::read(RedisConn *rc)
                 if (reply->type == REDIS_REPLY_ERROR) {
                     /* e.g. "WRONGPASS invalid username-password pair":
                      * the peer's words, never the password */
-                    ngx_log_error(NGX_LOG_ERR, &log_, 0,
-                                  "session_cache: redis refused AUTH or "
-                                  "SELECT: %*s",
+                    *ngx_snprintf(reinterpret_cast<u_char *>(refused_),
+                                  sizeof(refused_) - 1,
+                                  "AUTH or SELECT refused: %*s",
                                   ngx_min(reply->len, (size_t) 200),
-                                  reply->str);
+                                  reply->str) = '\0';
                     freeReplyObject(reply);
-                    fail(rc, "AUTH or SELECT refused");
+                    fail(rc, refused_);
                     return;
                 }
 

@@ -93,6 +93,7 @@ private:
     static constexpr ngx_uint_t kPipelineDepth = 32;
 
     const ngx_http_session_cache_redis_conf_t *conf_;
+    char         refused_[256];   /* the peer's words, while fail() runs */
     ngx_uint_t   next_addr_ = 0;
 };
 

@@ -112,13 +112,8 @@ sub session () {
     like($nginx->error_log, qr{redis://default:\*\*\*\@127\.0\.0\.1:\d+/0},
          'wrong Redis password: the address is shown masked');
     health_check('wrong Redis password', qr/redis: [^"]*AUTH or SELECT refused/);
-  TODO: {
-        # redis_pool.cpp fails the connection with a fixed reason; the
-        # peer's words (SPEC §7) reach the error log but not the document.
-        local $TODO = 'the health document does not quote WRONGPASS yet';
-        like(get('/health')->{body}, qr/redis: [^"]*WRONGPASS/,
-             'wrong Redis password: /health quotes WRONGPASS');
-    }
+    like(get('/health')->{body}, qr/redis: [^"]*AUTH or SELECT refused: WRONGPASS/,
+         'wrong Redis password: /health quotes WRONGPASS');
     no_alerts($nginx, 'wrong Redis password: no alerts');
     no_secret_in($nginx->error_log, 'wrong Redis password: the error log');
 }
