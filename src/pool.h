@@ -308,7 +308,9 @@ protected:
     void detach(Job *job)
     {
         ngx_queue_remove(&job->queue);
-        job->conn->njobs--;
+        if (--job->conn->njobs == 0) {
+            nidle_++;
+        }
         job->conn = nullptr;
     }
 
@@ -318,6 +320,7 @@ protected:
         conn->njobs = 0;
         ngx_queue_insert_tail(&conns_, &conn->link);
         nconns_++;
+        nidle_++;
         publish();
     }
 
@@ -325,6 +328,9 @@ protected:
     {
         ngx_queue_remove(&conn->link);
         nconns_--;
+        if (conn->njobs == 0) {
+            nidle_--;
+        }
         publish();
     }
 
@@ -356,6 +362,7 @@ protected:
     ngx_queue_t   waiting_;
     ngx_uint_t    nconns_ = 0;
     ngx_uint_t    npending_ = 0;
+    ngx_uint_t    nidle_ = 0;      /* connections without a job */
     char          timeout_text_[64];
     char          connect_timeout_text_[64];
     PoolGauges   *gauges_ = nullptr;
@@ -372,17 +379,8 @@ private:
             return;
         }
 
-        ngx_uint_t idle = 0;
-        for (ngx_queue_t *q = ngx_queue_head(&conns_);
-             q != ngx_queue_sentinel(&conns_); q = ngx_queue_next(q))
-        {
-            if ((ngx_queue_data(q, Conn, link))->njobs == 0) {
-                idle++;
-            }
-        }
-
         gauges_->size = nconns_;
-        gauges_->available = idle;
+        gauges_->available = nidle_;
         gauges_->pending = npending_;
         gauges_->max = backend_->pool;
     }
@@ -397,7 +395,9 @@ private:
     void attach(Conn *conn, Job *job)
     {
         ngx_queue_insert_tail(&conn->jobs, &job->queue);
-        conn->njobs++;
+        if (conn->njobs++ == 0) {
+            nidle_--;
+        }
         job->conn = conn;
         derived()->assign(conn, job);
     }

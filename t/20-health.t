@@ -205,6 +205,9 @@ for my $b (qw(redis postgres)) {
     is($p->{max}, 4, "$b pool: max is pool=2 times 2 workers");
     ok($p->{size} >= 1 && $p->{size} <= 4, "$b pool: 1..4 connections open ($p->{size})");
     ok($p->{available} <= $p->{size}, "$b pool: available ($p->{available}) <= size");
+    # at rest, only the probe of the health request itself holds one
+    cmp_ok($p->{available}, '>=', $p->{size} - 1,
+           "$b pool: at rest, all but the probe's connection available");
     is($p->{pending}, 0, "$b pool: nothing pending at rest");
 }
 is_deeply($after->{sessionCache}{pool}, $after->{redis}{pool},
