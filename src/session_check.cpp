@@ -18,6 +18,7 @@
 
 #include <new>
 #include <string>
+#include <deque>
 #include <unordered_map>
 
 #include "metrics.h"
@@ -41,6 +42,7 @@ struct Ctx {
     ngx_str_t                                  key;     /* prefix + token */
     RedisJob                                  *redis_job;
     PgJob                                     *pg_job;
+    std::uint64_t                              get_seq; /* 0: no GET */
     ngx_int_t                                  rc;
     bool                                       done;
     bool                                       redis_failed;
@@ -183,30 +185,69 @@ static ngx_int_t unavailable(Ctx *ctx)
 }
 
 /*
- * Postgres answers on their way into the cache, per worker. From the
- * answer until Redis acknowledges the SET, a request for the same token
- * that missed the cache (its GET was answered before the SET landed) takes
- * this answer instead of asking Postgres again: with PgPool's single
- * flight, one query per token per worker.
+ * Postgres answers on their way into the cache, per worker. A request for
+ * the same token whose GET missed because it ran before the SET landed
+ * takes this answer instead of asking Postgres again: with PgPool's single
+ * flight, one query per token per worker. That is every GET answered
+ * while the SET is unacknowledged, and every GET sent before the
+ * acknowledgement (numbered by gets): Redis runs commands in order, so a
+ * GET sent after it that misses means the key went away (deleted by the
+ * application, expired), and Postgres is asked. An acknowledged entry is
+ * dropped once no GET sent before it can still be waiting.
  */
 struct Fill {
     std::string   user_id;      /* empty: no such session */
     bool          has_expiry = false;
     std::int64_t  expires_at = 0;
     ngx_uint_t    writes = 0;   /* SETs not yet acknowledged */
+    std::uint64_t acked = 0;    /* gets + 1 when the last SET was acked */
+    ngx_msec_t    acked_at = 0;
 };
 
 using Fills = std::unordered_map<std::string, Fill>;
 
 static Fills fills;
+static std::deque<std::pair<ngx_msec_t, std::string>> acked;
+static std::uint64_t gets;
+static ngx_msec_t get_timeout;      /* no GET waits longer */
 
-static void on_cache_written(void *data, const redisReply *, const char *)
+static void sweep_fills()
+{
+    while (!acked.empty()
+           && ngx_current_msec - acked.front().first > get_timeout)
+    {
+        auto it = fills.find(acked.front().second);
+
+        if (it != fills.end() && it->second.writes == 0
+            && it->second.acked_at == acked.front().first)
+        {
+            fills.erase(it);
+        }
+        acked.pop_front();
+    }
+}
+
+static void on_cache_written(void *data, const redisReply *reply,
+                             const char *error)
 {
     auto *entry = static_cast<Fills::value_type *>(data);
+    Fill &f = entry->second;
 
-    if (--entry->second.writes == 0) {
-        fills.erase(fills.find(entry->first));
+    if (--f.writes > 0) {
+        return;
     }
+
+    if (error != nullptr || reply == nullptr
+        || reply->type == REDIS_REPLY_ERROR)
+    {
+        /* the cache does not hold it: nothing to bridge */
+        fills.erase(fills.find(entry->first));
+        return;
+    }
+
+    f.acked = gets + 1;
+    f.acked_at = ngx_current_msec;
+    acked.emplace_back(f.acked_at, entry->first);
 }
 
 /* Write to the cache without waiting for the answer. s: the session,
@@ -219,6 +260,9 @@ static void cache_write(Ctx *ctx, std::string_view value,
     if (redis == nullptr || ctx->redis_failed || seconds <= 0) {
         return;
     }
+
+    get_timeout = ctx->smcf->redis.backend.timeout;
+    sweep_fills();
 
     auto [it, fresh] = fills.try_emplace(std::string(view(ctx->token)));
     auto *entry = &*it;
@@ -266,7 +310,11 @@ static ngx_int_t ask_postgres(Ctx *ctx)
 
     auto fill = fills.find(std::string(view(ctx->token)));
 
-    if (fill != fills.end()) {
+    if (fill != fills.end()
+        && (fill->second.writes > 0
+            || (!ctx->redis_failed && ctx->get_seq != 0
+                && ctx->get_seq < fill->second.acked)))
+    {
         const Fill &f = fill->second;
         const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
@@ -480,6 +528,7 @@ static ngx_int_t start(ngx_http_request_t *r,
                                        &error);
 
         if (ctx->redis_job != nullptr) {
+            ctx->get_seq = ++gets;
             rc = NGX_AGAIN;
         } else {
             ctx->redis_failed = true;

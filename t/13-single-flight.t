@@ -11,7 +11,7 @@ use Time::HiRes qw(sleep);
 my $redis = start_redis();
 my $pg    = start_postgres();
 my $nginx = start_nginx(workers => 1, http => protected_site(
-    redis    => $redis->url . ' pool=2 timeout=200ms',
+    redis    => $redis->url . ' pool=2 timeout=2s',
     postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=2s timeout=3s'));
 
 $pg->add_session('tok-flight', 'user-flight', 3600);
@@ -74,6 +74,20 @@ is($again->{headers}{'x-session-status'}, 'MISS', 'again: MISS');
 sleep 0.3;
 is($pg->query_count - $before, 1, 'one Postgres query for both');
 ok(defined $redis->wait_for_key('session:tok-filling', 2), 'the fill lands');
+
+# Once the SET is acknowledged, a GET sent afterwards that misses means
+# the key went away: the application revoked the session and deleted it.
+# Postgres is asked, even within the Redis timeout after the fill.
+$pg->add_session('tok-revoked-fast', 'user-rf', 3600);
+my $r = get('/', cookie => 'session=tok-revoked-fast');
+is($r->{status}, 200, 'before the revocation: 200');
+ok(defined $redis->wait_for_key('session:tok-revoked-fast', 2), 'cached');
+sleep 0.02;
+$pg->revoke_session('tok-revoked-fast');
+$redis->cli('DEL', 'session:tok-revoked-fast');
+$r = get('/', cookie => 'session=tok-revoked-fast');
+is($r->{status}, 401, 'revoked and deleted right after the fill: 401 at once');
+is($r->{headers}{'x-session-status'}, 'MISS', 'from Postgres (MISS)');
 
 no_alerts($nginx);
 done_testing;
