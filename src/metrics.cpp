@@ -30,28 +30,6 @@ void count(Counter c)
     }
 }
 
-static bool is(const ngx_str_t &s, const char *name)
-{
-    return s.len == ngx_strlen(name) && ngx_strncmp(s.data, name, s.len) == 0;
-}
-
-void count_outcome(const ngx_str_t &status)
-{
-    if (is(status, "HIT")) {
-        count(Counter::Hits);
-    } else if (is(status, "MISS")) {
-        count(Counter::Misses);
-    } else if (is(status, "NEGATIVE")) {
-        count(Counter::Negatives);
-    } else if (is(status, "BYPASS")) {
-        count(Counter::Bypasses);
-    } else if (is(status, "REJECTED")) {
-        count(Counter::Rejected);
-    } else {
-        count(Counter::Errors);        /* ERROR, FAIL_OPEN */
-    }
-}
-
 PoolGauges *pool_gauges(Backend backend)
 {
     return own ? &own->pools[static_cast<int>(backend)] : nullptr;

@@ -36,10 +36,6 @@ struct PoolGauges {
 
 void count(Counter c);
 
-/* Count a request's outcome by its $session_cache_status: HIT, MISS,
- * NEGATIVE, BYPASS, REJECTED; ERROR and FAIL_OPEN count as errors. */
-void count_outcome(const ngx_str_t &status);
-
 /* This worker's gauges for a backend's pool, or nullptr (no zone, no free
  * slot). */
 PoolGauges *pool_gauges(Backend backend);

@@ -58,6 +58,28 @@ static const ngx_str_t kRejected = STATUS("REJECTED");
 static const ngx_str_t kFailOpen = STATUS("FAIL_OPEN");
 static const ngx_str_t kError = STATUS("ERROR");
 
+/* The counter for an outcome: statuses are always the constants above, so
+ * their addresses tell them apart without comparing text. */
+static Counter counter_of(const ngx_str_t &status)
+{
+    if (status.data == kHit.data) {
+        return Counter::Hits;
+    }
+    if (status.data == kMiss.data) {
+        return Counter::Misses;
+    }
+    if (status.data == kNegative.data) {
+        return Counter::Negatives;
+    }
+    if (status.data == kBypass.data) {
+        return Counter::Bypasses;
+    }
+    if (status.data == kRejected.data) {
+        return Counter::Rejected;
+    }
+    return Counter::Errors;
+}
+
 static void cleanup(void *data)
 {
     auto *ctx = static_cast<Ctx *>(data);
@@ -108,7 +130,7 @@ static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
     ngx_http_request_t *r = ctx->r;
 
     ctx->result.status = status;
-    count_outcome(status);
+    count(counter_of(status));
 
     u_char *p = static_cast<u_char *>(ngx_pnalloc(r->pool, user_id.size()));
     if (p == nullptr) {
@@ -133,7 +155,7 @@ static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
 static ngx_int_t deny(Ctx *ctx, const ngx_str_t &status)
 {
     ctx->result.status = status;
-    count_outcome(status);
+    count(counter_of(status));
 
     ngx_log_error(NGX_LOG_INFO, ctx->r->connection->log, 0,
                   "session_cache: session refused (%V)", &status);
