@@ -394,19 +394,19 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_connect_timeout, 0,
                  &bcf->connect_timeout);
-        if (rc != NGX_DECLINED) {
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
             continue;
         }
 
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_timeout, 0, &bcf->timeout);
-        if (rc != NGX_DECLINED) {
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
             continue;
         }
 
@@ -650,19 +650,19 @@ ngx_http_session_cache_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
 
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_window, 0, &bc->window);
-        if (rc != NGX_DECLINED) {
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
             continue;
         }
 
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_cooldown, 0, &bc->cooldown);
-        if (rc != NGX_DECLINED) {
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
             continue;
         }
 
@@ -739,19 +739,19 @@ ngx_http_session_cache_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         /* threshold=0 is allowed: any latency then counts as slow */
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_threshold, 1, &slcf->health_threshold);
-        if (rc != NGX_DECLINED) {
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
             continue;
         }
 
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_timeout, 0, &slcf->health_timeout);
-        if (rc != NGX_DECLINED) {
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
             continue;
         }
 
