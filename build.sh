@@ -58,7 +58,7 @@ fi
 cflags="-O2 -g ${SESSION_CACHE_CFLAGS:-}"
 ldflags="${SESSION_CACHE_LDFLAGS:-}"
 stamp=$(printf '%s\n' "$src" "${flags[*]}" "$cflags" "$ldflags" \
-        "$(cat "$root/config")" "$(ls "$root"/src)" | md5sum | cut -d' ' -f1)
+        "$(cat "$root/config")" "$(cd "$root/src" && find . -type f | sort)" | md5sum | cut -d' ' -f1)
 
 mkdir -p "$build"
 if [ ! -f "$tree/.stamp" ] || [ "$(cat "$tree/.stamp")" != "$stamp" ]; then

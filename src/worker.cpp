@@ -1,6 +1,6 @@
 #include "worker.h"
 
-#include "metrics.h"
+#include "metrics/metrics.h"
 
 #include <new>
 

@@ -1,8 +1,8 @@
 /* The per-worker pools, created in init_process, gone in exit_process. */
 #pragma once
 
-#include "pg_pool.h"
-#include "redis_pool.h"
+#include "pg/pg_pool.h"
+#include "redis/redis_pool.h"
 
 namespace session_cache {
 

@@ -18,7 +18,7 @@
 #include <string>
 #include <string_view>
 
-#include "pg_conninfo.h"
+#include "pg/pg_conninfo.h"
 
 using namespace session_cache;
 

@@ -36,8 +36,8 @@
 
 #include <hiredis/hiredis.h>
 
-#include "resp.h"
-#include "session_value.h"
+#include "redis/resp.h"
+#include "check/session_value.h"
 
 using namespace session_cache;
 

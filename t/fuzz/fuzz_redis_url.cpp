@@ -17,7 +17,7 @@
 #include <string>
 #include <string_view>
 
-#include "redis_url.h"
+#include "redis/redis_url.h"
 
 using namespace session_cache;
 

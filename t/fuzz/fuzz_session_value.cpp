@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "session_value.h"
+#include "check/session_value.h"
 
 using namespace session_cache;
 

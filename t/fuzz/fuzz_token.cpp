@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "token.h"
+#include "check/token.h"
 
 extern "C" int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -15,7 +15,7 @@ extern "C" {
 #include <thread>
 #include <vector>
 
-#include "breaker.h"
+#include "breaker/breaker.h"
 
 using namespace session_cache;
 

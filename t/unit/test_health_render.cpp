@@ -12,7 +12,7 @@ extern "C" {
 
 #include <string>
 
-#include "health_render.h"
+#include "health/health_render.h"
 
 using namespace session_cache::health;
 

@@ -14,7 +14,7 @@ extern "C" {
 #include <string>
 #include <vector>
 
-#include "pg_conninfo.h"
+#include "pg/pg_conninfo.h"
 
 using session_cache::mask_pg_conninfo;
 using session_cache::parse_pg_conninfo;

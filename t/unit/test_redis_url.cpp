@@ -13,7 +13,7 @@ extern "C" {
 #include <cstring>
 #include <string>
 
-#include "redis_url.h"
+#include "redis/redis_url.h"
 
 using session_cache::mask_redis_url;
 using session_cache::parse_redis_url;

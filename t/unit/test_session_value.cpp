@@ -15,7 +15,7 @@ extern "C" {
 #include <string>
 #include <vector>
 
-#include "session_value.h"
+#include "check/session_value.h"
 
 using session_cache::cache_seconds;
 using session_cache::Decoded;

@@ -11,7 +11,7 @@ extern "C" {
 
 #include <string>
 
-#include "token.h"
+#include "check/token.h"
 
 using session_cache::kMaxTokenLength;
 using session_cache::token_plausible;

@@ -23,12 +23,12 @@
  */
 #pragma once
 
-#include "nginx.h"
-#include "metrics.h"
+#include "nginx_cpp.h"
+#include "metrics/metrics.h"
 
 #include <exception>
 
-#include "breaker_zone.h"
+#include "breaker/breaker_zone.h"
 
 namespace session_cache {
 

@@ -5,9 +5,9 @@
  * the breakers keep their state. Critical sections are a few arithmetic
  * steps under the slab pool's mutex; logging happens after unlocking.
  */
-#include "breaker_zone.h"
+#include "breaker/breaker_zone.h"
 
-#include "breaker.h"
+#include "breaker/breaker.h"
 
 namespace session_cache {
 

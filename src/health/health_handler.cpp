@@ -11,17 +11,17 @@
  * (counters, pool gauges of every worker) and the breaker zone. The
  * document itself is built by the pure code in health_render.cpp.
  */
-#include "nginx.h"
+#include "nginx_cpp.h"
 
 #include <time.h>
 
 #include <new>
 #include <string>
 
-#include "breaker_zone.h"
-#include "health_render.h"
-#include "metrics.h"
-#include "resp.h"
+#include "breaker/breaker_zone.h"
+#include "health/health_render.h"
+#include "metrics/metrics.h"
+#include "redis/resp.h"
 #include "worker.h"
 
 namespace session_cache {

@@ -3,7 +3,7 @@
  * the parsing, so the module accepts exactly what psql would; this file
  * only keeps secrets out of what it gives back.
  */
-#include "pg_conninfo.h"
+#include "pg/pg_conninfo.h"
 
 #include <libpq-fe.h>
 

@@ -1,4 +1,4 @@
-#include "breaker.h"
+#include "breaker/breaker.h"
 
 #include <cstring>
 

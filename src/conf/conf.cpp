@@ -3,15 +3,15 @@
  * master (or nginx -t) only: the host names are resolved here, once, so
  * that no worker ever makes a blocking DNS call.
  */
-#include "nginx.h"
+#include "nginx_cpp.h"
 
 #include <new>
 #include <string>
 #include <vector>
 
-#include "pg_conninfo.h"
-#include "redis_url.h"
-#include "resp.h"
+#include "pg/pg_conninfo.h"
+#include "redis/redis_url.h"
+#include "redis/resp.h"
 
 namespace session_cache {
 

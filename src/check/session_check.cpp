@@ -14,17 +14,17 @@
  * callback records the outcome and restarts the phase engine, which calls
  * the handler again to collect it.
  */
-#include "nginx.h"
+#include "nginx_cpp.h"
 
 #include <new>
 #include <string>
 #include <deque>
 #include <unordered_map>
 
-#include "metrics.h"
-#include "resp.h"
-#include "session_value.h"
-#include "token.h"
+#include "metrics/metrics.h"
+#include "redis/resp.h"
+#include "check/session_value.h"
+#include "check/token.h"
 #include "worker.h"
 
 namespace session_cache {

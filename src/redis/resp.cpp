@@ -1,4 +1,4 @@
-#include "resp.h"
+#include "redis/resp.h"
 
 #include <cstring>
 

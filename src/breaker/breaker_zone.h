@@ -5,7 +5,7 @@
  */
 #pragma once
 
-#include "nginx.h"
+#include "nginx_cpp.h"
 
 namespace session_cache {
 

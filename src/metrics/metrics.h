@@ -8,10 +8,10 @@
  */
 #pragma once
 
-#include "nginx.h"
+#include "nginx_cpp.h"
 
-#include "breaker_zone.h"
-#include "health_render.h"
+#include "breaker/breaker_zone.h"
+#include "health/health_render.h"
 
 namespace session_cache {
 

@@ -1,7 +1,7 @@
 /*
  * Token plausibility rules (SPEC §4.1).
  */
-#include "token.h"
+#include "check/token.h"
 
 namespace session_cache {
 

@@ -1,4 +1,4 @@
-#include "health_render.h"
+#include "health/health_render.h"
 
 #include <cstdio>
 #include <ctime>

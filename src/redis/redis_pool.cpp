@@ -1,6 +1,6 @@
-#include "redis_pool.h"
+#include "redis/redis_pool.h"
 
-#include "resp.h"
+#include "redis/resp.h"
 
 #include <cstring>
 #include <new>

@@ -4,7 +4,7 @@
  * write to, so anything but a well-formed session object is Malformed and
  * the caller falls back to Postgres.
  */
-#include "session_value.h"
+#include "check/session_value.h"
 
 #include <charconv>
 #include <limits>

@@ -1,4 +1,4 @@
-#include "pg_pool.h"
+#include "pg/pg_pool.h"
 
 #include <sys/stat.h>
 

@@ -5,7 +5,7 @@
  * quote only what cannot be a secret: never the userinfo, and the port or
  * a query key only when they look like what they claim to be.
  */
-#include "redis_url.h"
+#include "redis/redis_url.h"
 
 #include <cstdint>
 #include <new>

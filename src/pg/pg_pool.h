@@ -9,7 +9,7 @@
  */
 #pragma once
 
-#include "pool.h"
+#include "pool/pool.h"
 
 #include <cstdint>
 #include <string>
