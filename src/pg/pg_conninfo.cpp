@@ -116,12 +116,61 @@ mask_quoted(const char *msg, bool input_has_quote)
 }
 
 
+/*
+ * libpq reads postgresql://[user[:password]@]host[:port][,...][/dbname]
+ * [?param=value...]: the user part ends at the first '@' before the first
+ * '/', the host at ':', the port at '/'. An unencoded '@' or '/' in a
+ * password moves pieces of it into the host, port or database name, which
+ * messages and the display form would then show: an '@' anywhere but at
+ * the end of the user part is refused (it is %40 in a URI), and an
+ * authority with '@' or ':' is marked so that its host and port are never
+ * quoted.
+ */
+std::string
+check_uri(std::string_view s, bool *secret_authority)
+{
+    std::string_view rest;
+
+    if (s.substr(0, 13) == "postgresql://") {
+        rest = s.substr(13);
+    } else if (s.substr(0, 11) == "postgres://") {
+        rest = s.substr(11);
+    } else {
+        return {};
+    }
+
+    std::string_view body = rest.substr(0, rest.find('?'));
+    std::string_view authority = body.substr(0, body.find('/'));
+    std::size_t at = authority.find('@');
+
+    if (body.find('@', at == std::string_view::npos ? 0 : at + 1)
+        != std::string_view::npos)
+    {
+        return "an \"@\" outside the URI's user:password part (in a user, "
+               "password or database name, write \"@\" as %40 and \"/\" "
+               "as %2F)";
+    }
+
+    *secret_authority = at != std::string_view::npos
+                        || authority.find(':') != std::string_view::npos;
+
+    return {};
+}
+
+
 std::string
 parse(std::string_view conninfo, PgConninfo *out)
 {
     /* libpq reads a C string: a NUL would silently cut the rest off */
     if (conninfo.find('\0') != std::string_view::npos) {
         return "connection string contains a NUL byte";
+    }
+
+    bool secret_authority = false;
+    std::string uri_error = check_uri(conninfo, &secret_authority);
+
+    if (!uri_error.empty()) {
+        return uri_error;
     }
 
     std::string s(conninfo);
@@ -136,6 +185,7 @@ parse(std::string_view conninfo, PgConninfo *out)
     }
 
     PgConninfo c;
+    c.secret_authority = secret_authority;
 
     for (PQconninfoOption *o = opts.get(); o->keyword; o++) {
         if (o->val != nullptr && o->val[0] != '\0') {
@@ -179,6 +229,7 @@ append_value(std::string_view v, std::string *out)
 
     out->push_back('\'');
 }
+
 
 }  // namespace
 

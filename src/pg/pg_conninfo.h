@@ -17,6 +17,12 @@ struct PgConninfo {
     std::vector<std::string> keywords;
     std::vector<std::string> values;
 
+    /* A postgresql:// URI whose authority holds an '@' or a ':': a
+     * mistyped password may then sit where the host or port is read
+     * (postgresql://u:pw/x@h reads host "u", port "pw"), so messages name
+     * those fields and never quote their values. */
+    bool secret_authority = false;
+
     /* Value of keyword, or nullptr when not set. */
     const std::string *get(std::string_view keyword) const noexcept;
     /* Set or replace keyword. Returns false only on allocation failure

@@ -323,6 +323,43 @@ test_split_hosts(void **)
     assert_string_equal(h[3].c_str(), "");
 }
 
+/* Issue 10 item 4: an unencoded '@' or '/' in a URI's password moves
+ * pieces of it into the host, port or database name. */
+void
+test_uri_password_pieces(void **)
+{
+    std::string err;
+
+    err = REFUSED("postgresql://nginx:PgSecret/9x2Wz@127.0.0.1:5432/sessions",
+                  "PgSecret");
+    assert_null(strstr(err.c_str(), "9x2Wz"));
+    assert_non_null(strstr(err.c_str(), "%40"));
+    err = REFUSED("postgresql://nginx:PgSecret@9x2Wz@127.0.0.1/sessions",
+                  "9x2Wz");
+    assert_null(strstr(err.c_str(), "PgSecret"));
+    assert_null(strstr(err.c_str(), "127.0.0.1"));
+    err = REFUSED("postgres://u:a@b@h/db", "a@b");
+    err = REFUSED("postgresql://h/db@x", nullptr);
+
+    /* '@' in the query part is libpq's business, not the authority's */
+    PgConninfo c = OK("postgresql://h/db?application_name=a@b");
+    assert_false(c.secret_authority);
+
+    c = OK("postgresql://db.example/sessions");
+    assert_false(c.secret_authority);
+    c = OK("host=db.example port=5432 password=Hunter2Secret");
+    assert_false(c.secret_authority);
+    c = OK("postgresql://db.example:5432/sessions");
+    assert_true(c.secret_authority);
+    c = OK("postgresql://u@db.example/sessions");
+    assert_true(c.secret_authority);
+    /* the host forgotten: libpq reads host "nginx", port "PgSecret" */
+    c = OK("postgresql://nginx:PgSecret/sessions");
+    assert_true(c.secret_authority);
+    assert_string_equal(get(c, "port").c_str(), "PgSecret");
+}
+
+
 }  // namespace
 
 int
@@ -335,6 +372,7 @@ main(void)
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_get_set),
         cmocka_unit_test(test_split_hosts),
+        cmocka_unit_test(test_uri_password_pieces),
     };
 
     return cmocka_run_group_tests_name("pg_conninfo", tests, nullptr,
