@@ -77,8 +77,8 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
 
     if (!parse_url(cf, url, static_cast<in_port_t>(port), u)) {
         std::string name = quote ? " \"" + host + "\"" : std::string();
-        const char *field = quote ? "" : " (not shown: the URI has a user, "
-                                         "password or port part)";
+        const char *field = quote ? "" : " (not shown: the address has a "
+                                         "user, password or port part)";
 
         if (u->err && std::string(u->err) == "host not found") {
             return "could not translate host name" + name + field;
