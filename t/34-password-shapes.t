@@ -26,7 +26,7 @@ $pg->psql('GRANT USAGE ON SCHEMA platform TO edge;'
           . ' GRANT SELECT ON platform.user_sessions TO edge');
 
 my $NEUTRAL = 'Neutral-Pw-Zq8w';
-my $SERVER  = 'Server-Only-Pw-Kx4v';    # what the servers expect when they refuse
+my $SERVER  = 'Server-Only-Pw-Kx4v';    # the servers' own, when they refuse
 my @chars   = map { chr } 0x21 .. 0x7e;
 my $RANDOM  = join '', map { $chars[rand @chars] } 1 .. 64;
 my @PASSWORDS = ('true', 'postgres', '0', '1', 'redis', 'ok', ':', '"',
