@@ -44,6 +44,8 @@ static char *ngx_http_session_cache_read_source(ngx_conf_t *cf,
     ngx_str_t *arg, ngx_str_t *source);
 static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_enum(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_session_cache_breaker(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_session_cache_time_param(ngx_conf_t *cf,
@@ -67,7 +69,7 @@ static ngx_int_t ngx_http_session_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_session_cache_exit_process(ngx_cycle_t *cycle);
 
 
-static ngx_conf_enum_t  ngx_http_session_cache_fail[] = {
+static ngx_conf_enum_t  ngx_http_session_cache_fail_modes[] = {
     { ngx_string("closed"), NGX_HTTP_SESSION_CACHE_FAIL_CLOSED },
     { ngx_string("open"), NGX_HTTP_SESSION_CACHE_FAIL_OPEN },
     { ngx_null_string, 0 }
@@ -92,10 +94,10 @@ static ngx_command_t  ngx_http_session_cache_commands[] = {
 
     { ngx_string("auth_session_fail"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_session_cache_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_session_cache_loc_conf_t, fail),
-      &ngx_http_session_cache_fail },
+      &ngx_http_session_cache_fail_modes },
 
     { ngx_string("session_cache_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -586,12 +588,62 @@ ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
     ccv.complex_value = slcf->token;
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        /* nginx's script compiler said what is wrong, not where */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid token expression \"%V\"",
+                           &cmd->name, &value[1]);
         return NGX_CONF_ERROR;
     }
 
     slcf->enabled = 1;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * ngx_conf_set_enum_slot(), with a message that names the directive and
+ * what it takes: nginx's own says only 'invalid value "maybe"'.
+ */
+static char *
+ngx_http_session_cache_enum(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    u_char           *last;
+    ngx_str_t        *value;
+    ngx_uint_t       *np;
+    ngx_conf_enum_t  *e;
+    u_char            expected[128];
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    e = cmd->post;
+    last = expected;
+
+    for ( /* void */ ; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strcasecmp(e->name.data, value[1].data) == 0)
+        {
+            *np = e->value;
+            return NGX_CONF_OK;
+        }
+
+        last = ngx_slprintf(last, expected + sizeof(expected), "%s%V",
+                            last == expected ? "" : ", ", &e->name);
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "%V: invalid value \"%V\" (expected %*s)",
+                       &cmd->name, &value[1], (size_t) (last - expected),
+                       expected);
+
+    return NGX_CONF_ERROR;
 }
 
 

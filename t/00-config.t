@@ -35,6 +35,7 @@ sub site (%o) {
         redis    => $o{redis},
         postgres => $o{postgres},
         http     => $o{http},
+        server   => $o{server},
     );
 }
 
@@ -115,6 +116,66 @@ config_fails('a bad URL read from the environment', 'session_cache_redis',
     redis => 'env=SC_TEST_REDIS_URL', postgres => $pg_ok,
     env => { SC_TEST_REDIS_URL => "redis://u:$REDIS_PW\@host:99999/0" });
 
+# --- a malformed URI puts pieces of a password where the host or port
+# --- is read (issue 10 item 4): the message names the field, not its value
+
+for my $case (
+    # (name, directive, address, secret pieces, problem)
+    ['a "/" in a Postgres URI password', 'session_cache_postgres',
+     'postgresql://nginx:PgSecret/9x2Wz@127.0.0.1:5432/sessions',
+     [qw(PgSecret 9x2Wz)], qr/"@" outside the URI's user:password part/],
+    ['an "@" in a Postgres URI password', 'session_cache_postgres',
+     'postgresql://nginx:PgSecret@9x2Wz@127.0.0.1/sessions',
+     [qw(PgSecret 9x2Wz)], qr/"@" outside the URI's user:password part/],
+    ['a Postgres URI with the host forgotten', 'session_cache_postgres',
+     'postgresql://nginx:PgSecret/sessions',
+     [qw(PgSecret)], qr/invalid port in the URI/],
+    ['a Postgres URI with a digits-only password and no host',
+     'session_cache_postgres', 'postgresql://nginx:937162/sessions',
+     [qw(937162)], qr/invalid port in the URI/],
+    ['a Postgres URI whose host does not resolve', 'session_cache_postgres',
+     'postgresql://nginx:PgSecret@no-such-host.invalid/sessions',
+     [qw(PgSecret no-such-host)], qr/could not translate host name/],
+    ['a Postgres URI read as host:port', 'session_cache_postgres',
+     'postgresql://PgSecret.invalid:5432/sessions',
+     [qw(PgSecret)], qr/could not translate host name/],
+    ['a Redis URL with the host forgotten', 'session_cache_redis',
+     'redis://default:937162', [qw(937162)], qr/invalid port/],
+    ['a Redis URL with the host forgotten (db)', 'session_cache_redis',
+     'redis://default:937162/0', [qw(937162)], qr/invalid port/],
+    ['a Redis URL with a password and a port out of range',
+     'session_cache_redis', 'redis://u:Rd5ecret@127.0.0.1:70000/0',
+     [qw(Rd5ecret 70000)], qr/invalid port/],
+    ['a Redis URL whose host does not resolve', 'session_cache_redis',
+     'redis://default:Rd5ecret@no-such-host.invalid/0',
+     [qw(Rd5ecret no-such-host)], qr/could not translate host name/],
+) {
+    my ($name, $directive, $address, $pieces, $problem) = @$case;
+    my $pg = $directive eq 'session_cache_postgres';
+    my ($rc, $out) = check_config(http => site(
+        redis    => $pg ? $redis_ok : $address,
+        postgres => $pg ? $address : $pg_ok));
+    isnt($rc, 0, "nginx -t rejects $name");
+    like($out, qr/\Q$directive\E: /, "the message for $name names $directive")
+        or diag $out;
+    like($out, $problem, "the message for $name names the problem")
+        or diag $out;
+    for my $piece (@$pieces) {
+        unlike($out, qr/\Q$piece\E/,
+               "the message for $name does not hold \"$piece\"") or diag $out;
+    }
+}
+
+# Where no user, password or port part could be involved, the value helps
+# and is shown.
+config_fails('a conninfo host that does not resolve', 'session_cache_postgres',
+    redis => $redis_ok,
+    postgres => qq{"host=no-such-host.invalid password=$PG_PW"},
+    problem => qr/could not translate host name "no-such-host\.invalid"/);
+config_fails('a Redis host that does not resolve', 'session_cache_redis',
+    redis => 'redis://no-such-host.invalid/0', postgres => $pg_ok,
+    problem => qr/could not translate host name "no-such-host\.invalid"/);
+
 # --- rejected: missing sources ----------------------------------------
 
 config_fails('an unset env= variable', 'session_cache_redis',
@@ -139,15 +200,72 @@ config_fails('a duplicate session_cache_postgres', 'session_cache_postgres',
     redis => $redis_ok, postgres => $pg_ok,
     http => "session_cache_postgres $PG;", problem => qr/duplicate/);
 config_fails('auth_session without any backend', 'session_cache_postgres');
-config_fails('a bad session_cache_ttl', 'session_cache_ttl',
-    redis => $redis_ok, postgres => $pg_ok, http => 'session_cache_ttl abc;');
-# nginx's own enum parser names the value, not the directive.
-config_fails('a bad auth_session_fail', undef,
-    redis => $redis_ok, postgres => $pg_ok, http => 'auth_session_fail maybe;',
-    problem => qr/"maybe"/);
 config_fails('session_cache_redis inside a server', 'session_cache_redis',
     postgres => $pg_ok,
     http => "server { listen 127.0.0.1:1; session_cache_redis $REDIS; }");
+
+# --- every directive's message names the directive (issue 10 item 7) -----
+
+# (name, directive, where the lines go, the lines, the problem)
+for my $case (
+    ['a bad auth_session_fail', 'auth_session_fail', http =>
+     'auth_session_fail maybe;',
+     qr/auth_session_fail: invalid value "maybe" \(expected closed, open\)/],
+    ['a duplicate auth_session_fail', 'auth_session_fail', http =>
+     "auth_session_fail open;\nauth_session_fail closed;", qr/duplicate/],
+    ['auth_session_fail without a value', 'auth_session_fail', server =>
+     'location /x { auth_session_fail; }', qr/number of arguments/],
+    ['a bad auth_session expression', 'auth_session', server =>
+     'location /x { auth_session "$"; }',
+     qr/auth_session: invalid token expression "\$"/],
+    ['a duplicate auth_session', 'auth_session', server =>
+     'location /x { auth_session $cookie_a; auth_session off; }',
+     qr/duplicate/],
+    ['auth_session with two values', 'auth_session', server =>
+     'location /x { auth_session a b; }', qr/number of arguments/],
+    ['a bad session_cache_ttl', 'session_cache_ttl', http =>
+     'session_cache_ttl abc;', qr/invalid value/],
+    ['session_cache_ttl 0', 'session_cache_ttl', http =>
+     'session_cache_ttl 0;', qr/must be positive/],
+    ['a duplicate session_cache_ttl', 'session_cache_ttl', http =>
+     "session_cache_ttl 1m;\nsession_cache_ttl 2m;", qr/duplicate/],
+    ['a bad session_cache_negative_ttl', 'session_cache_negative_ttl', http =>
+     'session_cache_negative_ttl soon;', qr/invalid value/],
+    ['a duplicate session_cache_negative_ttl', 'session_cache_negative_ttl',
+     http => "session_cache_negative_ttl 1s;\nsession_cache_negative_ttl 2s;",
+     qr/duplicate/],
+    ['a session_cache_query without $1', 'session_cache_query', http =>
+     'session_cache_query "SELECT user_id FROM s WHERE token = \'x\'";',
+     qr/\$1/],
+    ['a duplicate session_cache_query', 'session_cache_query', http =>
+     "session_cache_query \"SELECT 1 WHERE \$1 = ''\";\n"
+     . "session_cache_query \"SELECT 2 WHERE \$1 = ''\";", qr/duplicate/],
+    ['a duplicate session_cache_key_prefix', 'session_cache_key_prefix',
+     http => "session_cache_key_prefix a:;\nsession_cache_key_prefix b:;",
+     qr/duplicate/],
+    ['session_cache_key_prefix without a value', 'session_cache_key_prefix',
+     http => 'session_cache_key_prefix;', qr/number of arguments/],
+    ['an unknown session_cache_health parameter', 'session_cache_health',
+     server => 'location /h { session_cache_health bogus=1; }',
+     qr/unknown parameter "bogus=1"/],
+    ['a bad session_cache_health threshold', 'session_cache_health',
+     server => 'location /h { session_cache_health threshold=abc; }',
+     qr/invalid threshold "abc"/],
+    ['a bad session_cache_health timeout', 'session_cache_health',
+     server => 'location /h { session_cache_health timeout=0; }',
+     qr/invalid timeout "0"/],
+    ['a duplicate session_cache_health', 'session_cache_health',
+     server => 'location /h { session_cache_health; session_cache_health; }',
+     qr/duplicate/],
+    ['session_cache_postgres without a value', 'session_cache_postgres',
+     http => 'session_cache_postgres;', qr/number of arguments/],
+    ['session_cache_breaker in a server', 'session_cache_breaker',
+     server => 'session_cache_breaker off;', qr/not allowed here/],
+) {
+    my ($name, $directive, $where, $lines, $problem) = @$case;
+    config_fails($name, $directive, redis => $redis_ok, postgres => $pg_ok,
+                 $where => $lines, problem => $problem);
+}
 
 # --- session_cache_breaker ----------------------------------------------
 

@@ -59,10 +59,12 @@ static bool parse_url(ngx_conf_t *cf, const std::string &text,
 
 /*
  * Resolve host (a name or an address) with nginx's own parser, as the
- * upstream module does for its servers at start.
+ * upstream module does for its servers at start. The host is quoted in
+ * the message only when quote is set: what a URI's authority gives as a
+ * host may be a piece of a password.
  */
 static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
-                           ngx_url_t *u)
+                           bool quote, ngx_url_t *u)
 {
     std::string url;
 
@@ -74,10 +76,14 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
     url += ":" + std::to_string(port);
 
     if (!parse_url(cf, url, static_cast<in_port_t>(port), u)) {
+        std::string name = quote ? " \"" + host + "\"" : std::string();
+        const char *field = quote ? "" : " (not shown: the address has a "
+                                         "user, password or port part)";
+
         if (u->err && std::string(u->err) == "host not found") {
-            return "could not translate host name \"" + host + "\"";
+            return "could not translate host name" + name + field;
         }
-        return "invalid host \"" + host + "\""
+        return "invalid host" + name + field
                + (u->err ? std::string(": ") + u->err : std::string());
     }
 
@@ -183,7 +189,7 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         }
 
     } else {
-        err = resolve(cf, url.host, url.port, &u);
+        err = resolve(cf, url.host, url.port, !url.secret_authority, &u);
         if (!err.empty()) {
             return conf_error(cf, err);
         }
@@ -273,7 +279,11 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
                 || port_text.find_first_not_of("0123456789")
                    != std::string::npos)
             {
-                return conf_error(cf, "invalid port \"" + port_text + "\"");
+                return conf_error(cf, ci->secret_authority
+                    ? std::string("invalid port in the URI (expected "
+                                  "1..65535; not shown: it may be a piece "
+                                  "of the password)")
+                    : "invalid port \"" + port_text + "\"");
             }
         }
 
@@ -285,7 +295,7 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
         }
 
         ngx_url_t u;
-        std::string err = resolve(cf, h, port, &u);
+        std::string err = resolve(cf, h, port, !ci->secret_authority, &u);
         if (!err.empty()) {
             return conf_error(cf, err);
         }

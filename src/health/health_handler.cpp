@@ -104,40 +104,6 @@ void cleanup(void *data)
     delete ctx;
 }
 
-/* The Postgres password, if the configuration holds one: libpq writes
- * messages of its own, and none of them may carry it into the document. */
-const char *pg_password(const ngx_http_session_cache_main_conf_t *smcf)
-{
-    const char **k = smcf->pg.keywords;
-    const char **v = smcf->pg.values;
-
-    if (!smcf->pg.backend.configured || k == nullptr || v == nullptr) {
-        return nullptr;
-    }
-
-    for (; *k; k++, v++) {
-        if (ngx_strcmp(*k, "password") == 0 && *v && **v) {
-            return *v;
-        }
-    }
-
-    return nullptr;
-}
-
-void scrub(std::string *text, const char *secret)
-{
-    if (secret == nullptr) {
-        return;
-    }
-
-    std::string s(secret);
-    std::size_t pos;
-
-    while ((pos = text->find(s)) != std::string::npos) {
-        text->replace(pos, s.size(), "***");
-    }
-}
-
 ngx_int_t add_header(ngx_http_request_t *r, const char *key,
                      const char *lowcase, const char *value)
 {
@@ -191,7 +157,6 @@ ngx_int_t send(HealthCtx *ctx)
 
     std::string body = ctx->prometheus ? health::render_prometheus(rep)
                                        : health::render_json(rep);
-    scrub(&body, pg_password(smcf));
 
     r->headers_out.status = health::http_status(rep.status);
     r->headers_out.content_length_n = body.size();

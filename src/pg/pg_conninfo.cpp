@@ -116,12 +116,61 @@ mask_quoted(const char *msg, bool input_has_quote)
 }
 
 
+/*
+ * libpq reads postgresql://[user[:password]@]host[:port][,...][/dbname]
+ * [?param=value...]: the user part ends at the first '@' before the first
+ * '/', the host at ':', the port at '/'. An unencoded '@' or '/' in a
+ * password moves pieces of it into the host, port or database name, which
+ * messages and the display form would then show: an '@' anywhere but at
+ * the end of the user part is refused (it is %40 in a URI), and an
+ * authority with '@' or ':' is marked so that its host and port are never
+ * quoted.
+ */
+std::string
+check_uri(std::string_view s, bool *secret_authority)
+{
+    std::string_view rest;
+
+    if (s.substr(0, 13) == "postgresql://") {
+        rest = s.substr(13);
+    } else if (s.substr(0, 11) == "postgres://") {
+        rest = s.substr(11);
+    } else {
+        return {};
+    }
+
+    std::string_view body = rest.substr(0, rest.find('?'));
+    std::string_view authority = body.substr(0, body.find('/'));
+    std::size_t at = authority.find('@');
+
+    if (body.find('@', at == std::string_view::npos ? 0 : at + 1)
+        != std::string_view::npos)
+    {
+        return "an \"@\" outside the URI's user:password part (in a user, "
+               "password or database name, write \"@\" as %40 and \"/\" "
+               "as %2F)";
+    }
+
+    *secret_authority = at != std::string_view::npos
+                        || authority.find(':') != std::string_view::npos;
+
+    return {};
+}
+
+
 std::string
 parse(std::string_view conninfo, PgConninfo *out)
 {
     /* libpq reads a C string: a NUL would silently cut the rest off */
     if (conninfo.find('\0') != std::string_view::npos) {
         return "connection string contains a NUL byte";
+    }
+
+    bool secret_authority = false;
+    std::string uri_error = check_uri(conninfo, &secret_authority);
+
+    if (!uri_error.empty()) {
+        return uri_error;
     }
 
     std::string s(conninfo);
@@ -136,6 +185,7 @@ parse(std::string_view conninfo, PgConninfo *out)
     }
 
     PgConninfo c;
+    c.secret_authority = secret_authority;
 
     for (PQconninfoOption *o = opts.get(); o->keyword; o++) {
         if (o->val != nullptr && o->val[0] != '\0') {
@@ -178,6 +228,195 @@ append_value(std::string_view v, std::string *out)
     }
 
     out->push_back('\'');
+}
+
+
+bool
+in_list(std::string_view f, const std::string *list)
+{
+    if (list == nullptr) {
+        return false;
+    }
+
+    std::string_view l(*list);
+
+    for ( ;; ) {
+        std::size_t comma = l.find(',');
+
+        if (l.substr(0, comma) == f) {
+            return true;
+        }
+
+        if (comma == std::string_view::npos) {
+            return false;
+        }
+
+        l.remove_prefix(comma + 1);
+    }
+}
+
+
+/* A unix socket's name as libpq shows it: DIR/.s.PGSQL.PORT */
+bool
+socket_name(std::string_view f)
+{
+    static const char mark[] = "/.s.PGSQL.";
+    std::size_t m = f.rfind(mark);
+
+    if (f.empty() || f[0] != '/' || m == std::string_view::npos
+        || m + sizeof(mark) - 1 == f.size())
+    {
+        return false;
+    }
+
+    for (char ch : f.substr(m + sizeof(mark) - 1)) {
+        if (ch < '0' || ch > '9') {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+/* A quoted fragment worth repeating: a name the configuration holds. */
+bool
+known_name(std::string_view f, const PgConninfo &c, std::string_view query)
+{
+    static const char *const names[] = {
+        "host", "hostaddr", "port", "user", "dbname", "application_name"
+    };
+
+    if (f.empty() || socket_name(f)) {
+        return true;
+    }
+
+    for (const char *key : names) {
+        if (in_list(f, c.get(key))) {
+            return true;
+        }
+    }
+
+    return query.find(f) != std::string_view::npos;
+}
+
+
+/*
+ * Where the peer's own text starts in bare: after libpq's
+ * "connection to server ... failed: " and a severity ("FATAL:  ").
+ */
+std::size_t
+peer_text(const std::string &bare)
+{
+    static const char frame[] = "connection to server ";
+    static const char failed[] = " failed: ";
+    std::size_t pos = 0;
+
+    if (bare.compare(0, sizeof(frame) - 1, frame) == 0) {
+        std::size_t f = bare.find(failed);
+
+        if (f != std::string::npos) {
+            pos = f + sizeof(failed) - 1;
+        }
+    }
+
+    std::size_t i = pos;
+
+    while (i < bare.size() && bare[i] >= 'A' && bare[i] <= 'Z') {
+        i++;
+    }
+
+    if (i > pos && bare.compare(i, 3, ":  ") == 0) {
+        pos = i + 3;
+    }
+
+    return pos;
+}
+
+
+std::string
+filter_message(std::string_view msg, const PgConninfo &c,
+               std::string_view query)
+{
+    msg = msg.substr(0, msg.find('\n'));
+
+    while (!msg.empty() && (msg.back() == ' ' || msg.back() == '\r'
+                            || msg.back() == '\t'))
+    {
+        msg.remove_suffix(1);
+    }
+
+    /* out: what is shown; bare: the unquoted text only (a quoted
+     * fragment is one '\x01'), searched for the password; at[i] and
+     * raw[i]: where bare[i] is in out and in msg */
+    std::string out, bare;
+    std::vector<std::size_t> at, raw;
+
+    for (std::size_t i = 0; i < msg.size(); i++) {
+        auto ch = static_cast<unsigned char>(msg[i]);
+
+        raw.push_back(i);
+
+        if (ch != '"') {
+            at.push_back(out.size());
+            bare.push_back(ch < 0x20 || ch == 0x7f ? '?' : msg[i]);
+            out.push_back(bare.back());
+            continue;
+        }
+
+        std::size_t end = msg.find('"', i + 1);
+        std::string_view f = msg.substr(i + 1, end == std::string_view::npos
+                                               ? std::string_view::npos
+                                               : end - i - 1);
+        bool control = false;
+
+        for (char fc : f) {
+            auto u = static_cast<unsigned char>(fc);
+            control = control || u < 0x20 || u == 0x7f;
+        }
+
+        at.push_back(out.size());
+        bare.push_back('\x01');
+
+        if (end != std::string_view::npos && !control
+            && known_name(f, c, query))
+        {
+            out.push_back('"');
+            out.append(f);
+            out.push_back('"');
+        } else {
+            out += "\"***\"";
+        }
+
+        if (end == std::string_view::npos) {
+            break;
+        }
+
+        i = end;
+    }
+
+    at.push_back(out.size());
+    raw.push_back(msg.size());
+
+    const std::string *pw = c.get("password");
+    std::size_t peer = peer_text(bare);
+
+    /* a password with a quote in it would be cut up by the quotes: look
+     * for it in the peer's text as sent too */
+    if (pw != nullptr && !pw->empty()
+        && (bare.find(*pw, peer) != std::string::npos
+            || (pw->size() > 1 && pw->find('"') != std::string::npos
+                && msg.find(*pw, raw[peer]) != std::string_view::npos)))
+    {
+        out.resize(at[peer]);
+        out += "(message withheld)";
+    }
+
+    if (out.empty()) {
+        out = "unknown error";
+    }
+
+    return out;
 }
 
 }  // namespace
@@ -314,6 +553,17 @@ split_hosts(std::string_view hosts)
 
     } catch (...) {
         return {};  /* std::bad_alloc */
+    }
+}
+
+std::string
+pg_message(std::string_view msg, const PgConninfo &c, std::string_view query)
+{
+    try {
+        return filter_message(msg, c, query);
+
+    } catch (...) {
+        return "unknown error";  /* std::bad_alloc */
     }
 }
 

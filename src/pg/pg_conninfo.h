@@ -17,6 +17,12 @@ struct PgConninfo {
     std::vector<std::string> keywords;
     std::vector<std::string> values;
 
+    /* A postgresql:// URI whose authority holds an '@' or a ':': a
+     * mistyped password may then sit where the host or port is read
+     * (postgresql://u:pw/x@h reads host "u", port "pw"), so messages name
+     * those fields and never quote their values. */
+    bool secret_authority = false;
+
     /* Value of keyword, or nullptr when not set. */
     const std::string *get(std::string_view keyword) const noexcept;
     /* Set or replace keyword. Returns false only on allocation failure
@@ -31,6 +37,30 @@ struct PgConninfo {
  * message with every double-quoted fragment replaced by "***".
  */
 std::string parse_pg_conninfo(std::string_view conninfo, PgConninfo *out);
+
+/*
+ * What the module repeats of a message from libpq (PQerrorMessage,
+ * PQresultErrorMessage, a notice): the peer's words, filtered once where
+ * they enter, for the error log and the health document alike.
+ *
+ * - The first line only, control characters replaced by '?'.
+ * - A double-quoted fragment is kept when it is a name the configuration
+ *   itself holds (one of c's hosts, host addresses, port, user, dbname, a
+ *   socket path under a host directory) or a piece of query (the session
+ *   query: "relation \"x\" does not exist"); any other is "***". So libpq
+ *   quoting an option's value, or a server quoting what it was sent,
+ *   shows nothing new.
+ * - What follows libpq's own "connection to server ... failed: " and the
+ *   severity ("FATAL:  ") is the server's (or the system's) text: when it
+ *   still holds the password (a server that was sent it in clear text and
+ *   repeats it), that text is replaced by "(message withheld)".
+ *
+ * The password is never searched for in text that libpq writes from the
+ * configuration, so a password such as "1" or "0" changes nothing in
+ * "port 5432 failed: Connection refused".
+ */
+std::string pg_message(std::string_view msg, const PgConninfo &c,
+                       std::string_view query);
 
 /*
  * A display form for logs and the health document (an empty string only on

@@ -1,5 +1,7 @@
 #include "pg/pg_pool.h"
 
+#include "pg/pg_conninfo.h"
+
 #include <sys/stat.h>
 
 #include <cstring>
@@ -23,35 +25,45 @@ struct PgConn {
     bool              flushing = false;
     ngx_event_t       connect_timer;
     ngx_queue_t       link;
+
+    /* for notice(), which libpq calls with this connection */
+    ngx_log_t                               *log = nullptr;
+    const ngx_http_session_cache_pg_conf_t  *conf = nullptr;
+    const std::string                       *query = nullptr;
 };
 
-/* libpq's messages end in a newline and may run on: keep the first line */
-static std::string first_line(const char *msg)
+/*
+ * libpq's words (its own, and the server's it passes on) enter the module
+ * here and only here, for the error log and the health document alike:
+ * the first line, with nothing the configuration did not already show
+ * and never the password (see pg_message()).
+ */
+static std::string said(const ngx_http_session_cache_pg_conf_t *conf,
+                        const std::string &query, const char *msg)
 {
-    std::string s(msg ? msg : "");
-    std::size_t nl = s.find('\n');
+    PgConninfo c;
 
-    if (nl != std::string::npos) {
-        s.resize(nl);
+    for (const char **k = conf->keywords, **v = conf->values; k && *k;
+         k++, v++)
+    {
+        if (!c.set(*k, *v)) {
+            return "unknown error";  /* out of memory */
+        }
     }
 
-    if (s.empty()) {
-        s = "unknown error";
-    }
-
-    return s;
+    return pg_message(msg ? msg : "", c, query);
 }
 
 /* Server notices and errors on an idle connection: to the error log,
  * never to stderr as libpq's default processor would */
 static void notice(void *arg, const char *message)
 {
-    auto *log = static_cast<ngx_log_t *>(arg);
+    auto *pc = static_cast<PgConn *>(arg);
 
     try {
-        ngx_log_error(NGX_LOG_INFO, log, 0,
+        ngx_log_error(NGX_LOG_INFO, pc->log, 0,
                       "session_cache: postgres says: %s",
-                      first_line(message).c_str());
+                      said(pc->conf, *pc->query, message).c_str());
     } catch (...) {
         /* a C callback: nothing may escape */
     }
@@ -217,17 +229,21 @@ PgConn *PgPool::open(const char **error)
     if (PQstatus(pg) == CONNECTION_BAD) {
         ngx_log_error(NGX_LOG_ERR, &log_, 0,
                       "session_cache: postgres: %s",
-                      first_line(PQerrorMessage(pg)).c_str());
+                      said(conf_, query_, PQerrorMessage(pg)).c_str());
         PQfinish(pg);
         *error = "connect failed";
         return nullptr;
     }
 
-    PQsetNoticeProcessor(pg, notice, &log_);
-
     auto *pc = new PgConn();
     pc->pool = this;
     pc->pg = pg;
+    pc->log = &log_;
+    pc->conf = conf_;
+    pc->query = &query_;
+
+    PQsetNoticeProcessor(pg, notice, pc);
+
     pc->connect_timer.handler = on_connect_timeout;
     pc->connect_timer.data = pc;
     pc->connect_timer.log = &log_;
@@ -397,7 +413,7 @@ void PgPool::connecting(PgConn *pc)
 
     switch (st) {
     case PGRES_POLLING_FAILED:
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
         return;
 
     case PGRES_POLLING_WRITING:
@@ -424,7 +440,7 @@ void PgPool::connecting(PgConn *pc)
     }
 
     if (!PQsendPrepare(pc->pg, kStatement, query_.c_str(), 1, nullptr)) {
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
         return;
     }
 
@@ -439,7 +455,7 @@ void PgPool::busy(PgConn *pc)
         int rv = PQflush(pc->pg);
 
         if (rv == -1) {
-            fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+            fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
             return;
         }
 
@@ -452,7 +468,7 @@ void PgPool::busy(PgConn *pc)
     }
 
     if (!PQconsumeInput(pc->pg)) {
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
         return;
     }
 
@@ -484,7 +500,7 @@ void PgPool::idle(PgConn *pc)
               : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
                                     nullptr, 0)))
         {
-            fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+            fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
             return;
         }
 
@@ -496,7 +512,7 @@ void PgPool::idle(PgConn *pc)
 
     /* nothing asked: the server closed, or sent a notice */
     if (!PQconsumeInput(pc->pg) || PQstatus(pc->pg) != CONNECTION_OK) {
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
         return;
     }
 
@@ -543,8 +559,9 @@ void PgPool::completed(PgConn *pc)
             ngx_log_error(NGX_LOG_ERR, &log_, 0,
                           "session_cache: postgres: cannot prepare the "
                           "session query: %s",
-                          first_line(res ? PQresultErrorMessage(res)
-                                         : PQerrorMessage(pc->pg)).c_str());
+                          said(conf_, query_,
+                               res ? PQresultErrorMessage(res)
+                                   : PQerrorMessage(pc->pg)).c_str());
             PQclear(res);
             fail(pc, "cannot prepare the session query");
             return;
@@ -580,8 +597,9 @@ void PgPool::completed(PgConn *pc)
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
         ngx_log_error(NGX_LOG_ERR, &log_, 0,
                       "session_cache: postgres: session query failed: %s",
-                      first_line(res ? PQresultErrorMessage(res)
-                                     : PQerrorMessage(pc->pg)).c_str());
+                      said(conf_, query_,
+                           res ? PQresultErrorMessage(res)
+                               : PQerrorMessage(pc->pg)).c_str());
         PQclear(res);
         finish(job, nullptr, "query failed");
         dispatch();
@@ -626,8 +644,9 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
         || PQntuples(res) != 1 || PQnfields(res) != 1)
     {
         std::string error = "SELECT 1 failed: "
-                            + first_line(res ? PQresultErrorMessage(res)
-                                             : PQerrorMessage(pc->pg));
+                            + said(conf_, query_,
+                                   res ? PQresultErrorMessage(res)
+                                       : PQerrorMessage(pc->pg));
         PQclear(res);
         finish(job, nullptr, error.c_str());
         dispatch();

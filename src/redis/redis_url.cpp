@@ -2,8 +2,9 @@
  * Redis address parsing and masking (SPEC §2, §7).
  *
  * Error messages end up in "nginx -t" output and the error log, so they
- * quote only what cannot be a secret: never the userinfo, and the port or
- * a query key only when they look like what they claim to be.
+ * quote only what cannot be a secret: never the userinfo, the host or the
+ * port (a malformed URL puts pieces of a password there), and a query key
+ * only when it looks like one.
  */
 #include "redis/redis_url.h"
 
@@ -164,23 +165,11 @@ quoted(std::string_view what, std::string_view value)
 }
 
 
-std::string
-port_error(std::string_view port)
+/* The port is named, never quoted: in "redis://default:937162" (the host
+ * forgotten) it is the password. */
+const char *
+port_error()
 {
-    /* Quote a port only when it is a short run of digits: "redis://u:pw"
-     * (the host forgotten) would otherwise print the password as a port. */
-    if (port.size() <= 6) {
-        bool digits = true;
-
-        for (char c : port) {
-            digits = digits && is_digit(c);
-        }
-
-        if (digits) {
-            return quoted("invalid port", port) + " (expected 1..65535)";
-        }
-    }
-
     return "invalid port (expected a decimal number 1..65535)";
 }
 
@@ -222,6 +211,11 @@ parse_tcp(std::string_view rest, RedisUrl *u)
     } else {
         hostport = rest;
     }
+
+    std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+
+    u->secret_authority = at != std::string_view::npos
+                          || authority.find(':') != std::string_view::npos;
 
     std::size_t i;
 
@@ -288,7 +282,7 @@ parse_tcp(std::string_view rest, RedisUrl *u)
         }
 
         if (!parse_decimal(port, 65535, &n) || n == 0) {
-            return port_error(port);
+            return port_error();
         }
 
         u->port = static_cast<int>(n);

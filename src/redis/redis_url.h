@@ -26,14 +26,21 @@ struct RedisUrl {
     std::string user;     /* empty: AUTH with password only */
     std::string password; /* empty: no AUTH */
     int db = 0;           /* 0..2147483647 */
+
+    /* The authority held an '@' or a ':' (redis://u:pw@h, redis://h:6379,
+     * but also redis://default:937162 with the host forgotten): what was
+     * read as host or port may be a piece of a password, so messages name
+     * those fields and never quote their values. */
+    bool secret_authority = false;
 };
 
 /*
  * Parse url into *out. Returns an empty string on success, else a short
- * English description of the problem ("invalid port \"99999\"",
- * "unknown scheme \"http\"", "missing host", "invalid database number",
- * ...). The description never contains the password, nor the userinfo
- * part of the URL.
+ * English description of the problem ("invalid port (expected
+ * 1..65535)", "unknown scheme \"http\"", "missing host", "invalid
+ * database number", ...). The description never contains the password,
+ * the userinfo, the host or the port: a malformed URL can put a piece of
+ * a password in any of them.
  */
 std::string parse_redis_url(std::string_view url, RedisUrl *out);
 

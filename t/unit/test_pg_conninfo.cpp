@@ -17,6 +17,7 @@ extern "C" {
 #include "pg/pg_conninfo.h"
 
 using session_cache::mask_pg_conninfo;
+using session_cache::pg_message;
 using session_cache::parse_pg_conninfo;
 using session_cache::PgConninfo;
 using session_cache::split_hosts;
@@ -323,6 +324,153 @@ test_split_hosts(void **)
     assert_string_equal(h[3].c_str(), "");
 }
 
+/* Issue 10 item 4: an unencoded '@' or '/' in a URI's password moves
+ * pieces of it into the host, port or database name. */
+void
+test_uri_password_pieces(void **)
+{
+    std::string err;
+
+    err = REFUSED("postgresql://nginx:PgSecret/9x2Wz@127.0.0.1:5432/sessions",
+                  "PgSecret");
+    assert_null(strstr(err.c_str(), "9x2Wz"));
+    assert_non_null(strstr(err.c_str(), "%40"));
+    err = REFUSED("postgresql://nginx:PgSecret@9x2Wz@127.0.0.1/sessions",
+                  "9x2Wz");
+    assert_null(strstr(err.c_str(), "PgSecret"));
+    assert_null(strstr(err.c_str(), "127.0.0.1"));
+    err = REFUSED("postgres://u:a@b@h/db", "a@b");
+    err = REFUSED("postgresql://h/db@x", nullptr);
+
+    /* '@' in the query part is libpq's business, not the authority's */
+    PgConninfo c = OK("postgresql://h/db?application_name=a@b");
+    assert_false(c.secret_authority);
+
+    c = OK("postgresql://db.example/sessions");
+    assert_false(c.secret_authority);
+    c = OK("host=db.example port=5432 password=Hunter2Secret");
+    assert_false(c.secret_authority);
+    c = OK("postgresql://db.example:5432/sessions");
+    assert_true(c.secret_authority);
+    c = OK("postgresql://u@db.example/sessions");
+    assert_true(c.secret_authority);
+    /* the host forgotten: libpq reads host "nginx", port "PgSecret" */
+    c = OK("postgresql://nginx:PgSecret/sessions");
+    assert_true(c.secret_authority);
+    assert_string_equal(get(c, "port").c_str(), "PgSecret");
+}
+
+
+PgConninfo
+conf_with(const char *password)
+{
+    PgConninfo c = OK("host=127.0.0.1,db.example hostaddr=127.0.0.1,10.0.0.1 "
+                      "port=54321 dbname=sessions user=edge");
+    if (password) {
+        assert_true(c.set("password", password));
+    }
+    return c;
+}
+
+const char kQuery[] = "SELECT user_id FROM platform.user_sessions "
+                      "WHERE token = $1";
+
+std::string
+said(const char *msg, const char *password)
+{
+    return pg_message(msg, conf_with(password), kQuery);
+}
+
+
+/* Issue 10 item 1: libpq's words pass through pg_message() once. */
+void
+test_message(void **)
+{
+    const char *refused =
+        "connection to server at \"127.0.0.1\", port 54321 failed: "
+        "Connection refused\n\tIs the server running on that host and "
+        "accepting TCP/IP connections?\n";
+    const char *auth =
+        "connection to server at \"127.0.0.1\", port 54321 failed: FATAL:  "
+        "password authentication failed for user \"edge\"\n";
+    const char *relation =
+        "ERROR:  relation \"platform.user_sessions\" does not exist\n"
+        "LINE 1: SELECT user_id FROM platform.user_sessions WHERE ...\n";
+
+    /* the shape stays, first line only */
+    assert_string_equal(said(refused, nullptr).c_str(),
+        "connection to server at \"127.0.0.1\", port 54321 failed: "
+        "Connection refused");
+    assert_string_equal(said(auth, nullptr).c_str(),
+        "connection to server at \"127.0.0.1\", port 54321 failed: FATAL:  "
+        "password authentication failed for user \"edge\"");
+    assert_string_equal(said(relation, nullptr).c_str(),
+        "ERROR:  relation \"platform.user_sessions\" does not exist");
+    assert_string_equal(said("", nullptr).c_str(), "unknown error");
+    assert_string_equal(said("server closed the connection unexpectedly\n",
+                             nullptr).c_str(),
+                        "server closed the connection unexpectedly");
+    assert_string_equal(said("connection to server on socket "
+                             "\"/run/postgresql/.s.PGSQL.5432\" failed: "
+                             "No such file or directory", nullptr).c_str(),
+                        "connection to server on socket "
+                        "\"/run/postgresql/.s.PGSQL.5432\" failed: "
+                        "No such file or directory");
+
+    /* no oracle: the password changes nothing it does not appear in,
+     * however short or common it is */
+    for (const char *pw : {"true", "postgres", "0", "1", "redis", "ok", ":",
+                           "\"", "5", "4321", "edge", "failed", "FATAL",
+                           "127.0.0.1", "relation", "refused"})
+    {
+        for (const char *m : {refused, auth, relation}) {
+            std::string neutral = said(m, "neutral-Xq9");
+            std::string with = said(m, pw);
+            if (neutral != with
+                && !(std::strcmp(pw, "failed") == 0 && m == auth)
+                && !(std::strcmp(pw, "refused") == 0 && m == refused)
+                && !(std::strcmp(pw, "relation") == 0 && m == relation))
+            {
+                fail_msg("password [%s] changed [%s] into [%s]", pw,
+                         neutral.c_str(), with.c_str());
+            }
+        }
+    }
+
+    /* a server that was sent the password in clear text and repeats it */
+    std::string s = said("connection to server at \"127.0.0.1\", port 54321 "
+                         "failed: FATAL:  no thanks, Hunter2Secret\n",
+                         kSecret);
+    assert_string_equal(s.c_str(), "connection to server at \"127.0.0.1\", "
+                        "port 54321 failed: FATAL:  (message withheld)");
+    s = said("ERROR:  bad password \"Hunter2Secret\" for \"edge\"", kSecret);
+    assert_string_equal(s.c_str(),
+                        "ERROR:  bad password \"***\" for \"edge\"");
+    s = said("FATAL:  xHunter2Secretx", kSecret);
+    assert_string_equal(s.c_str(), "FATAL:  (message withheld)");
+    s = said("FATAL:  got pass\"word, thanks", "pass\"word");
+    assert_string_equal(s.c_str(), "FATAL:  (message withheld)");
+    s = said("no severity at all: Hunter2Secret", kSecret);
+    assert_string_equal(s.c_str(), "(message withheld)");
+
+    /* libpq quoting an option's value, or anything not configured */
+    s = said("invalid sslmode value: \"Hunter2Secret\"\n", nullptr);
+    assert_string_equal(s.c_str(), "invalid sslmode value: \"***\"");
+    s = said("FATAL:  role \"nobody\" does not exist", nullptr);
+    assert_string_equal(s.c_str(), "FATAL:  role \"***\" does not exist");
+    s = said("FATAL:  database \"sessions\" does not exist", nullptr);
+    assert_string_equal(s.c_str(),
+                        "FATAL:  database \"sessions\" does not exist");
+    s = said("connection to server at \"db.example\" (10.0.0.1), port 54321 "
+             "failed: timeout expired", nullptr);
+    assert_string_equal(s.c_str(), "connection to server at \"db.example\" "
+                        "(10.0.0.1), port 54321 failed: timeout expired");
+    s = said("ERROR:  unterminated \"Hunter2Secret", nullptr);
+    assert_string_equal(s.c_str(), "ERROR:  unterminated \"***\"");
+    s = said("ERROR:  a\x1b[31m\"line\rbreak\"\x7f", nullptr);
+    assert_string_equal(s.c_str(), "ERROR:  a?[31m\"***\"?");
+}
+
 }  // namespace
 
 int
@@ -335,6 +483,8 @@ main(void)
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_get_set),
         cmocka_unit_test(test_split_hosts),
+        cmocka_unit_test(test_uri_password_pieces),
+        cmocka_unit_test(test_message),
     };
 
     return cmocka_run_group_tests_name("pg_conninfo", tests, nullptr,
