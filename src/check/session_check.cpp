@@ -18,11 +18,10 @@
 
 #include <new>
 #include <string>
-#include <deque>
-#include <unordered_map>
 
 #include "metrics/metrics.h"
 #include "redis/resp.h"
+#include "check/fill_tracker.h"
 #include "check/session_value.h"
 #include "check/token.h"
 #include "worker.h"
@@ -80,17 +79,27 @@ static Counter counter_of(const ngx_str_t &status)
     return Counter::Errors;
 }
 
+/* The request's pool is destroyed (nginx calls this). */
 static void cleanup(void *data)
 {
     auto *ctx = static_cast<Ctx *>(data);
 
-    /* the request went away while a backend was still working for it */
-    if (ctx->redis_job && redis_pool()) {
-        redis_pool()->cancel(ctx->redis_job);
-    }
+    try {
+        /* the request went away while a backend was still working for it */
+        if (ctx->redis_job && redis_pool()) {
+            redis_pool()->cancel(ctx->redis_job);
+        }
 
-    if (ctx->pg_job && pg_pool()) {
-        pg_pool()->cancel(ctx->pg_job);
+        if (ctx->pg_job && pg_pool()) {
+            pg_pool()->cancel(ctx->pg_job);
+        }
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: request cleanup: %s", e.what());
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: request cleanup: unknown exception");
     }
 
     ctx->redis_job = nullptr;
@@ -206,70 +215,52 @@ static ngx_int_t unavailable(Ctx *ctx)
     return NGX_HTTP_SERVICE_UNAVAILABLE;
 }
 
-/*
- * Postgres answers on their way into the cache, per worker. A request for
- * the same token whose GET missed because it ran before the SET landed
- * takes this answer instead of asking Postgres again: with PgPool's single
- * flight, one query per token per worker. That is every GET answered
- * while the SET is unacknowledged, and every GET sent before the
- * acknowledgement (numbered by gets): Redis runs commands in order, so a
- * GET sent after it that misses means the key went away (deleted by the
- * application, expired), and Postgres is asked. An acknowledged entry is
- * dropped once no GET sent before it can still be waiting.
- */
-struct Fill {
-    std::string   user_id;      /* empty: no such session */
-    bool          has_expiry = false;
-    std::int64_t  expires_at = 0;
-    ngx_uint_t    writes = 0;   /* SETs not yet acknowledged */
-    std::uint64_t acked = 0;    /* gets + 1 when the last SET was acked */
-    ngx_msec_t    acked_at = 0;
-};
+/* Postgres answers on their way into the cache: see fill_tracker.h. */
+static FillTracker fills;
 
-using Fills = std::unordered_map<std::string, Fill>;
-
-static Fills fills;
-static std::deque<std::pair<ngx_msec_t, std::string>> acked;
-static std::uint64_t gets;
-static ngx_msec_t get_timeout;      /* no GET waits longer */
-
-static void sweep_fills()
+static bool fill_stored(const redisReply *reply, const char *error)
 {
-    while (!acked.empty()
-           && ngx_current_msec - acked.front().first > get_timeout)
-    {
-        auto it = fills.find(acked.front().second);
-
-        if (it != fills.end() && it->second.writes == 0
-            && it->second.acked_at == acked.front().first)
-        {
-            fills.erase(it);
-        }
-        acked.pop_front();
-    }
+    return error == nullptr && reply != nullptr
+           && reply->type != REDIS_REPLY_ERROR;
 }
 
+/* The SET's reply, or its failure: nginx calls this through the pool. */
 static void on_cache_written(void *data, const redisReply *reply,
                              const char *error)
 {
-    auto *entry = static_cast<Fills::value_type *>(data);
-    Fill &f = entry->second;
+    try {
+        fills.write_acked(static_cast<FillTracker::Fill *>(data),
+                          fill_stored(reply, error), ngx_current_msec);
 
-    if (--f.writes > 0) {
-        return;
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: cache fill: %s", e.what());
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: cache fill: unknown exception");
+    }
+}
+
+/* Send the SET, not waited for; a fill that cannot go is acknowledged as
+ * failed at once. */
+static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
+                      std::string_view value, std::int64_t seconds)
+{
+    const char *error = nullptr;
+    RedisJob *job = nullptr;
+
+    try {
+        job = redis_pool()->submit({"SET", view(ctx->key), value, "EX",
+                                    std::to_string(seconds)},
+                                   on_cache_written, fill, &error);
+
+    } catch (const std::exception &) {
+        /* not sent, as if it had failed */
     }
 
-    if (error != nullptr || reply == nullptr
-        || reply->type == REDIS_REPLY_ERROR)
-    {
-        /* the cache does not hold it: nothing to bridge */
-        fills.erase(fills.find(entry->first));
-        return;
+    if (job == nullptr) {
+        fills.write_acked(fill, false, ngx_current_msec);
     }
-
-    f.acked = gets + 1;
-    f.acked_at = ngx_current_msec;
-    acked.emplace_back(f.acked_at, entry->first);
 }
 
 /* Write to the cache without waiting for the answer. s: the session,
@@ -277,46 +268,19 @@ static void on_cache_written(void *data, const redisReply *reply,
 static void cache_write(Ctx *ctx, std::string_view value,
                         std::int64_t seconds, const Session *s)
 {
-    RedisPool *redis = redis_pool();
-
-    if (redis == nullptr || ctx->redis_failed || seconds <= 0) {
+    if (redis_pool() == nullptr || ctx->redis_failed || seconds <= 0) {
         return;
     }
 
-    get_timeout = ctx->smcf->redis.backend.timeout;
-    sweep_fills();
+    fills.sweep(ngx_current_msec, ctx->smcf->redis.backend.timeout);
 
-    auto [it, fresh] = fills.try_emplace(std::string(view(ctx->token)));
-    auto *entry = &*it;
-    Fill &f = entry->second;
+    FillTracker::Fill *fill = fills.write_started(view(ctx->token), s);
 
-    /* the callers that shared one Postgres query (single flight) all get
-     * here with the same answer: one SET of it is enough */
-    if (!fresh && f.writes > 0
-        && (s ? f.user_id == s->user_id && f.has_expiry == s->has_expiry
-                    && f.expires_at == s->expires_at
-              : f.user_id.empty()))
-    {
+    if (fill == nullptr) {
         return;
     }
 
-    if (s) {
-        f.user_id = s->user_id;
-        f.has_expiry = s->has_expiry;
-        f.expires_at = s->expires_at;
-    } else {
-        f.user_id.clear();
-    }
-
-    f.writes++;
-
-    const char *error = nullptr;
-    if (redis->submit({"SET", view(ctx->key), value, "EX",
-                       std::to_string(seconds)}, on_cache_written, entry,
-                      &error) == nullptr)
-    {
-        on_cache_written(entry, nullptr, error);
-    }
+    send_fill(ctx, fill, value, seconds);
 }
 
 static void on_postgres(void *data, const PgRow *row, const char *error);
@@ -330,23 +294,16 @@ static ngx_int_t ask_postgres(Ctx *ctx)
         return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
     }
 
-    auto fill = fills.find(std::string(view(ctx->token)));
-
-    if (fill != fills.end()
-        && (fill->second.writes > 0
-            || (!ctx->redis_failed && ctx->get_seq != 0
-                && ctx->get_seq < fill->second.acked)))
+    if (const Session *f = fills.lookup(view(ctx->token), ctx->get_seq,
+                                        ctx->redis_failed, ngx_time()))
     {
-        const Fill &f = fill->second;
         const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
-        if (f.user_id.empty()) {
+        if (f->user_id.empty()) {
             return deny(ctx, status);
         }
 
-        if (!f.has_expiry || f.expires_at > ngx_time()) {
-            return allow(ctx, status, f.user_id, f.has_expiry, f.expires_at);
-        }
+        return allow(ctx, status, f->user_id, f->has_expiry, f->expires_at);
     }
 
     const char *error = nullptr;
@@ -446,6 +403,13 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                  row->expires_at);
 }
 
+/* The outcome is known: keep it for the handler's next call. */
+static void finish(Ctx *ctx, ngx_int_t rc)
+{
+    ctx->rc = rc;
+    ctx->done = true;
+}
+
 /* The outcome is known: hand the request back to the phase engine. */
 static void resume(Ctx *ctx, ngx_int_t rc)
 {
@@ -456,8 +420,7 @@ static void resume(Ctx *ctx, ngx_int_t rc)
     ngx_http_request_t *r = ctx->r;
     ngx_connection_t *c = r->connection;
 
-    ctx->rc = rc;
-    ctx->done = true;
+    finish(ctx, rc);
 
     r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler = ngx_http_core_run_phases;
@@ -466,7 +429,10 @@ static void resume(Ctx *ctx, ngx_int_t rc)
     ngx_http_run_posted_requests(c);
 }
 
-/* A backend answered: take the next step, and resume if it was the last. */
+/*
+ * A backend answered (nginx calls this through the pool): take the next
+ * step, and resume if it was the last. Nothing is thrown past here.
+ */
 template <class Step>
 static void answered(Ctx *ctx, Step step)
 {
@@ -478,8 +444,13 @@ static void answered(Ctx *ctx, Step step)
         ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
                       "session_cache: %s", e.what());
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
+                      "session_cache: unknown exception");
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* plain nginx calls, and the handler they call again catches its own */
     resume(ctx, rc);
 }
 
@@ -540,8 +511,9 @@ static ngx_int_t start(ngx_http_request_t *r,
     ngx_http_set_ctx(r, ctx, ngx_http_session_cache_module);
 
     ngx_int_t rc;
+    bool plausible = token_plausible(token.data, token.len);
 
-    if (!token_plausible(token.data, token.len)) {
+    if (!plausible) {
         rc = deny(ctx, kRejected);
 
     } else if (RedisPool *redis = redis_pool()) {
@@ -550,8 +522,9 @@ static ngx_int_t start(ngx_http_request_t *r,
                                        &error);
 
         if (ctx->redis_job != nullptr) {
-            ctx->get_seq = ++gets;
+            ctx->get_seq = fills.get_sent();
             rc = NGX_AGAIN;
+
         } else {
             ctx->redis_failed = true;
             rc = ask_postgres(ctx);
@@ -568,8 +541,7 @@ static ngx_int_t start(ngx_http_request_t *r,
         return NGX_AGAIN;
     }
 
-    ctx->rc = rc;
-    ctx->done = true;
+    finish(ctx, rc);
     return rc;
 }
 
@@ -595,9 +567,14 @@ ngx_http_session_cache_check(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "session_cache: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "session_cache: unknown exception");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
 
+/* nginx calls this for the variables; nothing in it throws. */
 extern "C" ngx_http_session_cache_result_t *
 ngx_http_session_cache_result(ngx_http_request_t *r)
 {
