@@ -13,6 +13,10 @@
  * The handler returns NGX_AGAIN while a backend works; the completion
  * callback records the outcome and restarts the phase engine, which calls
  * the handler again to collect it.
+ *
+ * Every step is traced at debug level (NGX_LOG_DEBUG_HTTP) on the
+ * request's log, so that debug_connection follows one request from its
+ * token (its length only, never its bytes) to its outcome.
  */
 #include "nginx_cpp.h"
 
@@ -85,12 +89,19 @@ static void cleanup(void *data)
     auto *ctx = static_cast<Ctx *>(data);
 
     try {
-        /* the request went away while a backend was still working for it */
+        /* the request went away while a backend was still working for it
+         * (the connection and its log outlive the request's pool) */
         if (ctx->redis_job && redis_pool()) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                           "session_cache: request gone, "
+                           "its redis GET dropped");
             redis_pool()->cancel(ctx->redis_job);
         }
 
         if (ctx->pg_job && pg_pool()) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                           "session_cache: request gone, "
+                           "its postgres query dropped");
             pg_pool()->cancel(ctx->pg_job);
         }
 
@@ -241,26 +252,91 @@ static void on_cache_written(void *data, const redisReply *reply,
     }
 }
 
+#if (NGX_DEBUG)
+
+/*
+ * A cache fill sent for a traced request (debug_connection, or a debug
+ * error_log). Its reply comes after the request may be gone, so it is
+ * traced on a copy of the cycle's log under the connection's number, at
+ * the level debug_connection gives that connection.
+ */
+struct TracedFill {
+    FillTracker::Fill  *fill;
+    ngx_atomic_uint_t   connection;
+};
+
+static void on_traced_cache_written(void *data, const redisReply *reply,
+                                    const char *error)
+{
+    /* nothing here throws: on_cache_written() guards the rest */
+    auto *t = static_cast<TracedFill *>(data);
+    ngx_log_t log = *ngx_cycle->log;
+
+    log.log_level = NGX_LOG_DEBUG_CONNECTION | NGX_LOG_DEBUG_ALL;
+    log.connection = t->connection;
+    log.handler = nullptr;
+    log.data = nullptr;
+    log.action = nullptr;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log, 0,
+                   "session_cache: cache fill acknowledged: %s",
+                   fill_stored(reply, error) ? "stored" : "failed");
+
+    FillTracker::Fill *fill = t->fill;
+    delete t;
+
+    on_cache_written(fill, reply, error);
+}
+
+#endif
+
 /* Send the SET, not waited for; a fill that cannot go is acknowledged as
  * failed at once. */
 static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
                       std::string_view value, std::int64_t seconds)
 {
+    RedisDone done = on_cache_written;
+    void *data = fill;
     const char *error = nullptr;
     RedisJob *job = nullptr;
 
     try {
+#if (NGX_DEBUG)
+        ngx_connection_t *c = ctx->r->connection;
+
+        if (c->log->log_level & NGX_LOG_DEBUG_HTTP) {
+            data = new TracedFill{fill, c->number};
+            done = on_traced_cache_written;
+        }
+#endif
+
         job = redis_pool()->submit({"SET", view(ctx->key), value, "EX",
-                                    std::to_string(seconds)},
-                                   on_cache_written, fill, &error);
+                                    std::to_string(seconds)}, done, data,
+                                   &error);
 
-    } catch (const std::exception &) {
+    } catch (const std::exception &e) {
         /* not sent, as if it had failed */
+        error = e.what();
     }
 
-    if (job == nullptr) {
-        fills.write_acked(fill, false, ngx_current_msec);
+    if (job != nullptr) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: cache fill: SET sent, "
+                       "expires in %Ls", seconds);
+        return;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: cache fill not sent: %s",
+                   error ? error : "unknown");
+
+#if (NGX_DEBUG)
+    if (data != fill) {
+        delete static_cast<TracedFill *>(data);
+    }
+#endif
+
+    fills.write_acked(fill, false, ngx_current_msec);
 }
 
 /* Write to the cache without waiting for the answer. s: the session,
@@ -277,6 +353,9 @@ static void cache_write(Ctx *ctx, std::string_view value,
     FillTracker::Fill *fill = fills.write_started(view(ctx->token), s);
 
     if (fill == nullptr) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: cache fill: the same answer is "
+                       "already on its way");
         return;
     }
 
@@ -290,6 +369,9 @@ static ngx_int_t ask_postgres(Ctx *ctx)
     PgPool *pg = pg_pool();
 
     if (pg == nullptr) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: no postgres: redis alone decides");
+
         /* Redis alone: it is the source of truth */
         return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
     }
@@ -298,6 +380,11 @@ static ngx_int_t ask_postgres(Ctx *ctx)
                                         ctx->redis_failed, ngx_time()))
     {
         const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: answer taken from the cache fill "
+                       "on its way: %s",
+                       f->user_id.empty() ? "no such session" : "session");
 
         if (f->user_id.empty()) {
             return deny(ctx, status);
@@ -310,25 +397,41 @@ static ngx_int_t ask_postgres(Ctx *ctx)
     ctx->pg_job = pg->submit(view(ctx->token), on_postgres, ctx, &error);
 
     if (ctx->pg_job == nullptr) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: postgres query not sent: %s", error);
         return unavailable(ctx);
     }
 
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: postgres asked");
+
     return NGX_AGAIN;
+}
+
+/* What Redis said, for the trace (never the value: it holds the user). */
+static void trace_redis(Ctx *ctx, const char *what)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: redis answer: %s", what);
 }
 
 static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
                                 const char *error)
 {
     if (error != nullptr) {
+        /* the peer's words are in the pool's error line, not here */
+        trace_redis(ctx, "failed");
         ctx->redis_failed = true;
         return ask_postgres(ctx);
     }
 
     if (reply->type == REDIS_REPLY_NIL) {
+        trace_redis(ctx, "nil (a miss)");
         return ask_postgres(ctx);
     }
 
     if (reply->type != REDIS_REPLY_STRING) {
+        trace_redis(ctx, "not a string");
         if (reply->type == REDIS_REPLY_ERROR) {
             ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
                           "session_cache: redis GET failed: %*s",
@@ -344,12 +447,15 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
                            ngx_time(), &s))
     {
     case Decoded::Valid:
+        trace_redis(ctx, "session");
         return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
 
     case Decoded::Negative:
+        trace_redis(ctx, "negative entry");
         return deny(ctx, kNegative);
 
     case Decoded::Malformed:
+        trace_redis(ctx, "unreadable value");
         count(Counter::Invalidations);
         ngx_log_error(NGX_LOG_WARN, ctx->r->connection->log, 0,
                       "session_cache: unreadable cached session value, "
@@ -357,6 +463,7 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
         return ask_postgres(ctx);
 
     case Decoded::Expired:
+        trace_redis(ctx, "expired session");
         count(Counter::Invalidations);
         break;
     }
@@ -364,16 +471,25 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
     return ask_postgres(ctx);
 }
 
+/* What Postgres said, for the trace. */
+static void trace_postgres(Ctx *ctx, const char *what)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: postgres answer: %s", what);
+}
+
 static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                                    const char *error)
 {
     if (error != nullptr) {
+        trace_postgres(ctx, "failed");
         return unavailable(ctx);
     }
 
     const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
     if (row == nullptr) {
+        trace_postgres(ctx, "no row");
         if (ctx->smcf->negative_ttl > 0) {
             cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl,
                         nullptr);
@@ -382,11 +498,14 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
     }
 
     if (!user_id_acceptable(row->user_id)) {
+        trace_postgres(ctx, "a row with an unacceptable user id");
         ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
                       "session_cache: postgres returned a user id that is "
                       "empty, too long or holds control characters");
         return deny(ctx, status);
     }
+
+    trace_postgres(ctx, "a row");
 
     Session s;
     s.user_id.assign(row->user_id.data(), row->user_id.size());
@@ -408,6 +527,20 @@ static void finish(Ctx *ctx, ngx_int_t rc)
 {
     ctx->rc = rc;
     ctx->done = true;
+
+#if (NGX_DEBUG)
+    static const ngx_str_t none = ngx_string("none");
+    const ngx_str_t *status = ctx->result.status.len ? &ctx->result.status
+                                                      : &none;
+
+    if (rc == NGX_OK) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: outcome %V: access allowed", status);
+    } else {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: outcome %V: status %i", status, rc);
+    }
+#endif
 }
 
 /* The outcome is known: hand the request back to the phase engine. */
@@ -513,6 +646,11 @@ static ngx_int_t start(ngx_http_request_t *r,
     ngx_int_t rc;
     bool plausible = token_plausible(token.data, token.len);
 
+    /* the token's length only: the token is a secret */
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "session_cache: token of %uz bytes, %s", token.len,
+                   plausible ? "plausible" : "not plausible");
+
     if (!plausible) {
         rc = deny(ctx, kRejected);
 
@@ -523,14 +661,27 @@ static ngx_int_t start(ngx_http_request_t *r,
 
         if (ctx->redis_job != nullptr) {
             ctx->get_seq = fills.get_sent();
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "session_cache: redis GET #%uL sent%s%s",
+                           ctx->get_seq,
+                           ctx->redis_job->trial
+                               ? ", the breaker's trial call" : "",
+                           ctx->redis_job->waiting
+                               ? ", waiting for a connection" : "");
             rc = NGX_AGAIN;
 
         } else {
+            /* the breaker's refusal reads "circuit breaker open" */
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "session_cache: redis GET not sent: %s", error);
             ctx->redis_failed = true;
             rc = ask_postgres(ctx);
         }
 
     } else {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "session_cache: no redis: postgres decides");
         rc = ask_postgres(ctx);
     }
 
