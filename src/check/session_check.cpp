@@ -350,7 +350,17 @@ static void cache_write(Ctx *ctx, std::string_view value,
 
     fills.sweep(ngx_current_msec, ctx->smcf->redis.backend.timeout);
 
-    FillTracker::Fill *fill = fills.write_started(view(ctx->token), s);
+    FillTracker::Fill *fill;
+
+    try {
+        fill = fills.write_started(view(ctx->token), s);
+
+    } catch (const std::bad_alloc &) {
+        /* the answer stands; only its way into the cache is lost */
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: cache fill not sent: out of memory");
+        return;
+    }
 
     if (fill == nullptr) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
@@ -398,7 +408,8 @@ static ngx_int_t ask_postgres(Ctx *ctx)
 
     if (ctx->pg_job == nullptr) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
-                       "session_cache: postgres query not sent: %s", error);
+                       "session_cache: postgres query not sent: %s",
+                       error ? error : "unknown");
         return unavailable(ctx);
     }
 
@@ -674,7 +685,8 @@ static ngx_int_t start(ngx_http_request_t *r,
         } else {
             /* the breaker's refusal reads "circuit breaker open" */
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                           "session_cache: redis GET not sent: %s", error);
+                           "session_cache: redis GET not sent: %s",
+                           error ? error : "unknown");
             ctx->redis_failed = true;
             rc = ask_postgres(ctx);
         }
