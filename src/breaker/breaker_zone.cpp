@@ -103,6 +103,37 @@ void breaker_stop()
     zone = nullptr;
 }
 
+#if (NGX_DEBUG)
+static const char *phase_name(BreakerPhase p)
+{
+    switch (p) {
+    case BreakerPhase::Open:
+        return "open";
+    case BreakerPhase::HalfOpen:
+        return "half-open";
+    case BreakerPhase::Closed:
+        break;
+    }
+    return "closed";
+}
+
+static const char *admit_name(Admit a)
+{
+    switch (a) {
+    case Admit::Trial:
+        return "let through as the half-open trial";
+    case Admit::Reject:
+        return "refused";
+    case Admit::Allow:
+        break;
+    }
+    return "let through";
+}
+#endif
+
+/* Decisions are traced at debug level on log: the pool's log, so they
+ * show with a debug error_log; the request's own trace says whether its
+ * call went out. */
 bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
 {
     *trial = false;
@@ -116,6 +147,9 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
     /* the common case, without the lock: a stale read only delays the
      * moment this worker notices an opening by one call */
     if (__atomic_load_n(&b->phase, __ATOMIC_RELAXED) == BreakerPhase::Closed) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "session_cache: %s breaker closed: call let through",
+                       kNames[static_cast<int>(backend)]);
         return true;
     }
 
@@ -123,9 +157,17 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
 
     ngx_shmtx_lock(&shpool->mutex);
     Admit a = breaker_admit(b, config, now(), &t);
+#if (NGX_DEBUG)
+    BreakerPhase phase = b->phase;
+#endif
     ngx_shmtx_unlock(&shpool->mutex);
 
     log_transition(backend, t, BreakerStats{0, 0}, log);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "session_cache: %s breaker %s: call %s",
+                   kNames[static_cast<int>(backend)], phase_name(phase),
+                   admit_name(a));
 
     *trial = (a == Admit::Trial);
     return a != Admit::Reject;
@@ -140,6 +182,12 @@ void breaker_report(Backend backend, bool success, bool trial,
 
     BreakerData *b = data(backend);
     BreakerStats s{0, 0};
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "session_cache: %s breaker: %s %s",
+                   kNames[static_cast<int>(backend)],
+                   trial ? "the trial call" : "a call",
+                   success ? "succeeded" : "failed");
 
     ngx_shmtx_lock(&shpool->mutex);
     Transition t = breaker_record(b, config, now(), success, trial);

@@ -13,16 +13,19 @@
  * The handler returns NGX_AGAIN while a backend works; the completion
  * callback records the outcome and restarts the phase engine, which calls
  * the handler again to collect it.
+ *
+ * Every step is traced at debug level (NGX_LOG_DEBUG_HTTP) on the
+ * request's log, so that debug_connection follows one request from its
+ * token (its length only, never its bytes) to its outcome.
  */
 #include "nginx_cpp.h"
 
 #include <new>
 #include <string>
-#include <deque>
-#include <unordered_map>
 
 #include "metrics/metrics.h"
 #include "redis/resp.h"
+#include "check/fill_tracker.h"
 #include "check/session_value.h"
 #include "check/token.h"
 #include "worker.h"
@@ -80,17 +83,34 @@ static Counter counter_of(const ngx_str_t &status)
     return Counter::Errors;
 }
 
+/* The request's pool is destroyed (nginx calls this). */
 static void cleanup(void *data)
 {
     auto *ctx = static_cast<Ctx *>(data);
 
-    /* the request went away while a backend was still working for it */
-    if (ctx->redis_job && redis_pool()) {
-        redis_pool()->cancel(ctx->redis_job);
-    }
+    try {
+        /* the request went away while a backend was still working for it
+         * (the connection and its log outlive the request's pool) */
+        if (ctx->redis_job && redis_pool()) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                           "session_cache: request gone, "
+                           "its redis GET dropped");
+            redis_pool()->cancel(ctx->redis_job);
+        }
 
-    if (ctx->pg_job && pg_pool()) {
-        pg_pool()->cancel(ctx->pg_job);
+        if (ctx->pg_job && pg_pool()) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                           "session_cache: request gone, "
+                           "its postgres query dropped");
+            pg_pool()->cancel(ctx->pg_job);
+        }
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: request cleanup: %s", e.what());
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: request cleanup: unknown exception");
     }
 
     ctx->redis_job = nullptr;
@@ -206,70 +226,117 @@ static ngx_int_t unavailable(Ctx *ctx)
     return NGX_HTTP_SERVICE_UNAVAILABLE;
 }
 
-/*
- * Postgres answers on their way into the cache, per worker. A request for
- * the same token whose GET missed because it ran before the SET landed
- * takes this answer instead of asking Postgres again: with PgPool's single
- * flight, one query per token per worker. That is every GET answered
- * while the SET is unacknowledged, and every GET sent before the
- * acknowledgement (numbered by gets): Redis runs commands in order, so a
- * GET sent after it that misses means the key went away (deleted by the
- * application, expired), and Postgres is asked. An acknowledged entry is
- * dropped once no GET sent before it can still be waiting.
- */
-struct Fill {
-    std::string   user_id;      /* empty: no such session */
-    bool          has_expiry = false;
-    std::int64_t  expires_at = 0;
-    ngx_uint_t    writes = 0;   /* SETs not yet acknowledged */
-    std::uint64_t acked = 0;    /* gets + 1 when the last SET was acked */
-    ngx_msec_t    acked_at = 0;
-};
+/* Postgres answers on their way into the cache: see fill_tracker.h. */
+static FillTracker fills;
 
-using Fills = std::unordered_map<std::string, Fill>;
-
-static Fills fills;
-static std::deque<std::pair<ngx_msec_t, std::string>> acked;
-static std::uint64_t gets;
-static ngx_msec_t get_timeout;      /* no GET waits longer */
-
-static void sweep_fills()
+static bool fill_stored(const redisReply *reply, const char *error)
 {
-    while (!acked.empty()
-           && ngx_current_msec - acked.front().first > get_timeout)
-    {
-        auto it = fills.find(acked.front().second);
-
-        if (it != fills.end() && it->second.writes == 0
-            && it->second.acked_at == acked.front().first)
-        {
-            fills.erase(it);
-        }
-        acked.pop_front();
-    }
+    return error == nullptr && reply != nullptr
+           && reply->type != REDIS_REPLY_ERROR;
 }
 
+/* The SET's reply, or its failure: nginx calls this through the pool. */
 static void on_cache_written(void *data, const redisReply *reply,
                              const char *error)
 {
-    auto *entry = static_cast<Fills::value_type *>(data);
-    Fill &f = entry->second;
+    try {
+        fills.write_acked(static_cast<FillTracker::Fill *>(data),
+                          fill_stored(reply, error), ngx_current_msec);
 
-    if (--f.writes > 0) {
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: cache fill: %s", e.what());
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "session_cache: cache fill: unknown exception");
+    }
+}
+
+#if (NGX_DEBUG)
+
+/*
+ * A cache fill sent for a traced request (debug_connection, or a debug
+ * error_log). Its reply comes after the request may be gone, so it is
+ * traced on a copy of the cycle's log under the connection's number, at
+ * the level debug_connection gives that connection.
+ */
+struct TracedFill {
+    FillTracker::Fill  *fill;
+    ngx_atomic_uint_t   connection;
+};
+
+static void on_traced_cache_written(void *data, const redisReply *reply,
+                                    const char *error)
+{
+    /* nothing here throws: on_cache_written() guards the rest */
+    auto *t = static_cast<TracedFill *>(data);
+    ngx_log_t log = *ngx_cycle->log;
+
+    log.log_level = NGX_LOG_DEBUG_CONNECTION | NGX_LOG_DEBUG_ALL;
+    log.connection = t->connection;
+    log.handler = nullptr;
+    log.data = nullptr;
+    log.action = nullptr;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log, 0,
+                   "session_cache: cache fill acknowledged: %s",
+                   fill_stored(reply, error) ? "stored" : "failed");
+
+    FillTracker::Fill *fill = t->fill;
+    delete t;
+
+    on_cache_written(fill, reply, error);
+}
+
+#endif
+
+/* Send the SET, not waited for; a fill that cannot go is acknowledged as
+ * failed at once. */
+static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
+                      std::string_view value, std::int64_t seconds)
+{
+    RedisDone done = on_cache_written;
+    void *data = fill;
+    const char *error = nullptr;
+    RedisJob *job = nullptr;
+
+    try {
+#if (NGX_DEBUG)
+        ngx_connection_t *c = ctx->r->connection;
+
+        if (c->log->log_level & NGX_LOG_DEBUG_HTTP) {
+            data = new TracedFill{fill, c->number};
+            done = on_traced_cache_written;
+        }
+#endif
+
+        job = redis_pool()->submit({"SET", view(ctx->key), value, "EX",
+                                    std::to_string(seconds)}, done, data,
+                                   &error);
+
+    } catch (const std::exception &e) {
+        /* not sent, as if it had failed */
+        error = e.what();
+    }
+
+    if (job != nullptr) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: cache fill: SET sent, "
+                       "expires in %Ls", seconds);
         return;
     }
 
-    if (error != nullptr || reply == nullptr
-        || reply->type == REDIS_REPLY_ERROR)
-    {
-        /* the cache does not hold it: nothing to bridge */
-        fills.erase(fills.find(entry->first));
-        return;
-    }
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: cache fill not sent: %s",
+                   error ? error : "unknown");
 
-    f.acked = gets + 1;
-    f.acked_at = ngx_current_msec;
-    acked.emplace_back(f.acked_at, entry->first);
+#if (NGX_DEBUG)
+    if (data != fill) {
+        delete static_cast<TracedFill *>(data);
+    }
+#endif
+
+    fills.write_acked(fill, false, ngx_current_msec);
 }
 
 /* Write to the cache without waiting for the answer. s: the session,
@@ -277,46 +344,32 @@ static void on_cache_written(void *data, const redisReply *reply,
 static void cache_write(Ctx *ctx, std::string_view value,
                         std::int64_t seconds, const Session *s)
 {
-    RedisPool *redis = redis_pool();
-
-    if (redis == nullptr || ctx->redis_failed || seconds <= 0) {
+    if (redis_pool() == nullptr || ctx->redis_failed || seconds <= 0) {
         return;
     }
 
-    get_timeout = ctx->smcf->redis.backend.timeout;
-    sweep_fills();
+    fills.sweep(ngx_current_msec, ctx->smcf->redis.backend.timeout);
 
-    auto [it, fresh] = fills.try_emplace(std::string(view(ctx->token)));
-    auto *entry = &*it;
-    Fill &f = entry->second;
+    FillTracker::Fill *fill;
 
-    /* the callers that shared one Postgres query (single flight) all get
-     * here with the same answer: one SET of it is enough */
-    if (!fresh && f.writes > 0
-        && (s ? f.user_id == s->user_id && f.has_expiry == s->has_expiry
-                    && f.expires_at == s->expires_at
-              : f.user_id.empty()))
-    {
+    try {
+        fill = fills.write_started(view(ctx->token), s);
+
+    } catch (const std::bad_alloc &) {
+        /* the answer stands; only its way into the cache is lost */
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: cache fill not sent: out of memory");
         return;
     }
 
-    if (s) {
-        f.user_id = s->user_id;
-        f.has_expiry = s->has_expiry;
-        f.expires_at = s->expires_at;
-    } else {
-        f.user_id.clear();
+    if (fill == nullptr) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: cache fill: the same answer is "
+                       "already on its way");
+        return;
     }
 
-    f.writes++;
-
-    const char *error = nullptr;
-    if (redis->submit({"SET", view(ctx->key), value, "EX",
-                       std::to_string(seconds)}, on_cache_written, entry,
-                      &error) == nullptr)
-    {
-        on_cache_written(entry, nullptr, error);
-    }
+    send_fill(ctx, fill, value, seconds);
 }
 
 static void on_postgres(void *data, const PgRow *row, const char *error);
@@ -326,52 +379,70 @@ static ngx_int_t ask_postgres(Ctx *ctx)
     PgPool *pg = pg_pool();
 
     if (pg == nullptr) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: no postgres: redis alone decides");
+
         /* Redis alone: it is the source of truth */
         return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
     }
 
-    auto fill = fills.find(std::string(view(ctx->token)));
-
-    if (fill != fills.end()
-        && (fill->second.writes > 0
-            || (!ctx->redis_failed && ctx->get_seq != 0
-                && ctx->get_seq < fill->second.acked)))
+    if (const Session *f = fills.lookup(view(ctx->token), ctx->get_seq,
+                                        ctx->redis_failed, ngx_time()))
     {
-        const Fill &f = fill->second;
         const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
-        if (f.user_id.empty()) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: answer taken from the cache fill "
+                       "on its way: %s",
+                       f->user_id.empty() ? "no such session" : "session");
+
+        if (f->user_id.empty()) {
             return deny(ctx, status);
         }
 
-        if (!f.has_expiry || f.expires_at > ngx_time()) {
-            return allow(ctx, status, f.user_id, f.has_expiry, f.expires_at);
-        }
+        return allow(ctx, status, f->user_id, f->has_expiry, f->expires_at);
     }
 
     const char *error = nullptr;
     ctx->pg_job = pg->submit(view(ctx->token), on_postgres, ctx, &error);
 
     if (ctx->pg_job == nullptr) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: postgres query not sent: %s",
+                       error ? error : "unknown");
         return unavailable(ctx);
     }
 
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: postgres asked");
+
     return NGX_AGAIN;
+}
+
+/* What Redis said, for the trace (never the value: it holds the user). */
+static void trace_redis(Ctx *ctx, const char *what)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: redis answer: %s", what);
 }
 
 static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
                                 const char *error)
 {
     if (error != nullptr) {
+        /* the peer's words are in the pool's error line, not here */
+        trace_redis(ctx, "failed");
         ctx->redis_failed = true;
         return ask_postgres(ctx);
     }
 
     if (reply->type == REDIS_REPLY_NIL) {
+        trace_redis(ctx, "nil (a miss)");
         return ask_postgres(ctx);
     }
 
     if (reply->type != REDIS_REPLY_STRING) {
+        trace_redis(ctx, "not a string");
         if (reply->type == REDIS_REPLY_ERROR) {
             ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
                           "session_cache: redis GET failed: %*s",
@@ -387,12 +458,15 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
                            ngx_time(), &s))
     {
     case Decoded::Valid:
+        trace_redis(ctx, "session");
         return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
 
     case Decoded::Negative:
+        trace_redis(ctx, "negative entry");
         return deny(ctx, kNegative);
 
     case Decoded::Malformed:
+        trace_redis(ctx, "unreadable value");
         count(Counter::Invalidations);
         ngx_log_error(NGX_LOG_WARN, ctx->r->connection->log, 0,
                       "session_cache: unreadable cached session value, "
@@ -400,6 +474,7 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
         return ask_postgres(ctx);
 
     case Decoded::Expired:
+        trace_redis(ctx, "expired session");
         count(Counter::Invalidations);
         break;
     }
@@ -407,16 +482,25 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
     return ask_postgres(ctx);
 }
 
+/* What Postgres said, for the trace. */
+static void trace_postgres(Ctx *ctx, const char *what)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: postgres answer: %s", what);
+}
+
 static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                                    const char *error)
 {
     if (error != nullptr) {
+        trace_postgres(ctx, "failed");
         return unavailable(ctx);
     }
 
     const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
     if (row == nullptr) {
+        trace_postgres(ctx, "no row");
         if (ctx->smcf->negative_ttl > 0) {
             cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl,
                         nullptr);
@@ -425,11 +509,14 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
     }
 
     if (!user_id_acceptable(row->user_id)) {
+        trace_postgres(ctx, "a row with an unacceptable user id");
         ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
                       "session_cache: postgres returned a user id that is "
                       "empty, too long or holds control characters");
         return deny(ctx, status);
     }
+
+    trace_postgres(ctx, "a row");
 
     Session s;
     s.user_id.assign(row->user_id.data(), row->user_id.size());
@@ -446,6 +533,27 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                  row->expires_at);
 }
 
+/* The outcome is known: keep it for the handler's next call. */
+static void finish(Ctx *ctx, ngx_int_t rc)
+{
+    ctx->rc = rc;
+    ctx->done = true;
+
+#if (NGX_DEBUG)
+    static const ngx_str_t none = ngx_string("none");
+    const ngx_str_t *status = ctx->result.status.len ? &ctx->result.status
+                                                      : &none;
+
+    if (rc == NGX_OK) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: outcome %V: access allowed", status);
+    } else {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: outcome %V: status %i", status, rc);
+    }
+#endif
+}
+
 /* The outcome is known: hand the request back to the phase engine. */
 static void resume(Ctx *ctx, ngx_int_t rc)
 {
@@ -456,8 +564,7 @@ static void resume(Ctx *ctx, ngx_int_t rc)
     ngx_http_request_t *r = ctx->r;
     ngx_connection_t *c = r->connection;
 
-    ctx->rc = rc;
-    ctx->done = true;
+    finish(ctx, rc);
 
     r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler = ngx_http_core_run_phases;
@@ -466,7 +573,10 @@ static void resume(Ctx *ctx, ngx_int_t rc)
     ngx_http_run_posted_requests(c);
 }
 
-/* A backend answered: take the next step, and resume if it was the last. */
+/*
+ * A backend answered (nginx calls this through the pool): take the next
+ * step, and resume if it was the last. Nothing is thrown past here.
+ */
 template <class Step>
 static void answered(Ctx *ctx, Step step)
 {
@@ -478,8 +588,13 @@ static void answered(Ctx *ctx, Step step)
         ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
                       "session_cache: %s", e.what());
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
+                      "session_cache: unknown exception");
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* plain nginx calls, and the handler they call again catches its own */
     resume(ctx, rc);
 }
 
@@ -540,8 +655,14 @@ static ngx_int_t start(ngx_http_request_t *r,
     ngx_http_set_ctx(r, ctx, ngx_http_session_cache_module);
 
     ngx_int_t rc;
+    bool plausible = token_plausible(token.data, token.len);
 
-    if (!token_plausible(token.data, token.len)) {
+    /* the token's length only: the token is a secret */
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "session_cache: token of %uz bytes, %s", token.len,
+                   plausible ? "plausible" : "not plausible");
+
+    if (!plausible) {
         rc = deny(ctx, kRejected);
 
     } else if (RedisPool *redis = redis_pool()) {
@@ -550,14 +671,29 @@ static ngx_int_t start(ngx_http_request_t *r,
                                        &error);
 
         if (ctx->redis_job != nullptr) {
-            ctx->get_seq = ++gets;
+            ctx->get_seq = fills.get_sent();
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "session_cache: redis GET #%uL sent%s%s",
+                           ctx->get_seq,
+                           ctx->redis_job->trial
+                               ? ", the breaker's trial call" : "",
+                           ctx->redis_job->waiting
+                               ? ", waiting for a connection" : "");
             rc = NGX_AGAIN;
+
         } else {
+            /* the breaker's refusal reads "circuit breaker open" */
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "session_cache: redis GET not sent: %s",
+                           error ? error : "unknown");
             ctx->redis_failed = true;
             rc = ask_postgres(ctx);
         }
 
     } else {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "session_cache: no redis: postgres decides");
         rc = ask_postgres(ctx);
     }
 
@@ -568,8 +704,7 @@ static ngx_int_t start(ngx_http_request_t *r,
         return NGX_AGAIN;
     }
 
-    ctx->rc = rc;
-    ctx->done = true;
+    finish(ctx, rc);
     return rc;
 }
 
@@ -595,9 +730,14 @@ ngx_http_session_cache_check(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "session_cache: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "session_cache: unknown exception");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
 
+/* nginx calls this for the variables; nothing in it throws. */
 extern "C" ngx_http_session_cache_result_t *
 ngx_http_session_cache_result(ngx_http_request_t *r)
 {
