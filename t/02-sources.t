@@ -26,7 +26,7 @@ sub miss_then_hit ($nginx, $store, $name) {
     is($r->{status}, 200, "$name: a valid session, 200");
     is(status_of($r), 'MISS', "$name: MISS");
     is($r->{headers}{'x-session-user'}, "user-$n", "$name: the user id");
-    is($store->wait_for_key("session:$tok", 1),
+    is($store->wait_for_key("session:$tok"),
        qq({"user_id":"user-$n","expires_at":$exp}), "$name: cached in Redis");
     $r = $nginx->get('/', cookie => "session=$tok");
     is($r->{status}, 200, "$name: again, 200");
@@ -146,7 +146,7 @@ sub no_secrets ($nginx, $name, @secrets) {
 
     my $line = wait_until(sub {
         (grep { /redis/i && /WRONGPASS|auth/i } split /\n/, $nginx->error_log)[0];
-    }, 1);
+    }, 10, 0.02, 'the authentication failure in the error log');
     ok($line, 'the error log names Redis and the authentication failure')
         or diag $nginx->error_log;
     note $line if $line;

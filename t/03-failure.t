@@ -45,19 +45,25 @@ sub session ($user = undef) {
 sub cached ($tok) {
     my $r = get('/', cookie => "session=$tok");
     return 0 unless $r->{status} == 200;
-    return defined $redis->wait_for_key("session:$tok", 1);
+    return defined $redis->wait_for_key("session:$tok");
 }
 
-# Poll (every 250 ms, up to $secs) until a request for $tok is answered 200
-# with one of @statuses; the last response.
+# Poll (every 250 ms, giving up after $secs) until a request for $tok is
+# answered 200 with one of @statuses; the last response.
 sub recovers ($tok, $secs, @statuses) {
     my $last;
     wait_until(sub {
         $last = get('/', cookie => "session=$tok");
         $last->{status} == 200 && grep { status_of($last) eq $_ } @statuses;
-    }, $secs, 0.25);
+    }, $secs, 0.25, "a 200 @statuses for $tok");
     return $last;
 }
+
+# A request that fails over to Postgres waits at most for the Redis
+# timeout (200 ms) or a refused connection; a failover that waited for
+# the client's 10 s, or for several timeouts in a row, would miss this
+# bound, and a loaded machine stays well within it.
+my $PROMPT_MS = 2000;
 
 # --- Redis not running at all ------------------------------------------------
 
@@ -69,10 +75,10 @@ sub recovers ($tok, $secs, @statuses) {
     is($r->{status}, 200, 'nothing listening on the Redis port: a valid session, 200');
     is(status_of($r), 'BYPASS', 'nothing listening on the Redis port: BYPASS');
     is($r->{headers}{'x-session-user'}, 'user-nored', 'BYPASS: the user id');
-    cmp_ok($r->{ms}, '<', 1000, 'BYPASS answers promptly');
+    cmp_ok($r->{ms}, '<', $PROMPT_MS, sprintf('BYPASS answers promptly (%.0f ms)', $r->{ms}));
     is(get('/', cookie => 'session=tok-fail-unknown')->{status}, 401,
        'nothing listening on the Redis port: an unknown token, 401');
-    ok(wait_until(sub { $nginx->error_log =~ /redis.*refused|refused.*redis/i }, 1),
+    ok($nginx->wait_for_log(qr/redis.*refused|refused.*redis/i),
        'the error log names Redis and "connection refused"');
     no_alerts($nginx, 'Redis never up: no alerts');
 }
@@ -93,7 +99,7 @@ sub recovers ($tok, $secs, @statuses) {
     is(status_of($r), 'BYPASS', 'Redis stopped: BYPASS for it too');
 
     $redis->start;
-    $r = recovers($warm, 5, 'HIT', 'MISS');
+    $r = recovers($warm, 10, 'HIT', 'MISS');
     is($r->{status}, 200, 'Redis restarted: 200');
     like(status_of($r), qr/^(HIT|MISS)$/,
          'Redis restarted: Redis is used again without restarting nginx');
@@ -113,17 +119,17 @@ sub recovers ($tok, $secs, @statuses) {
     my $r = get('/', cookie => "session=$cold");
     is($r->{status}, 200, 'Redis hung: an uncached session, 200');
     is(status_of($r), 'BYPASS', 'Redis hung: BYPASS');
-    cmp_ok($r->{ms}, '<', 1000,
-           sprintf('Redis hung: waited about the 200ms timeout (%.0f ms)', $r->{ms}));
+    cmp_ok($r->{ms}, '<', $PROMPT_MS,
+           sprintf('Redis hung: waited for the 200ms timeout, no more (%.0f ms)', $r->{ms}));
     $r = get('/', cookie => "session=$warm");
     is($r->{status}, 200, 'Redis hung: a cached session, 200 via Postgres');
     is(status_of($r), 'BYPASS', 'Redis hung: BYPASS for it too');
-    cmp_ok($r->{ms}, '<', 1000, sprintf('and promptly (%.0f ms)', $r->{ms}));
+    cmp_ok($r->{ms}, '<', $PROMPT_MS, sprintf('and promptly (%.0f ms)', $r->{ms}));
     $redis->resume;
 
-    $r = recovers($warm, 5, 'HIT');
+    $r = recovers($warm, 10, 'HIT');
     is(status_of($r), 'HIT', 'Redis resumed: HIT again without restarting nginx');
-    ok(wait_until(sub { $nginx->error_log =~ /redis.*tim/i }, 1),
+    ok($nginx->wait_for_log(qr/redis.*tim/i),
        'the error log names Redis and the timeout');
     no_alerts($nginx, 'Redis hung: no alerts');
 }
@@ -140,7 +146,7 @@ sub recovers ($tok, $secs, @statuses) {
     is($r->{status}, 503, 'Redis and Postgres down: 503');
     like($r->{headers}{'retry-after'} // '', qr/^[1-9][0-9]*$/,
          'with Retry-After in seconds');
-    cmp_ok($r->{ms}, '<', 2000, sprintf('and promptly (%.0f ms)', $r->{ms}));
+    cmp_ok($r->{ms}, '<', $PROMPT_MS, sprintf('and promptly (%.0f ms)', $r->{ms}));
 
     $r = get('/lenient/', cookie => "session=$tok");
     is($r->{status}, 200, 'auth_session_fail open: 200');
@@ -153,7 +159,7 @@ sub recovers ($tok, $secs, @statuses) {
 
     $pg->start;
     $redis->start;
-    $r = recovers($tok, 5, 'MISS', 'HIT');
+    $r = recovers($tok, 10, 'MISS', 'HIT');
     is($r->{status}, 200, 'both restarted: 200 again without restarting nginx');
     like(status_of($r), qr/^(MISS|HIT)$/, 'both restarted: through Redis (' . status_of($r) . ')');
     no_alerts($nginx, 'both down: no alerts');
@@ -176,11 +182,11 @@ sub recovers ($tok, $secs, @statuses) {
     $r = get('/', cookie => "session=$cold");
     is($r->{status}, 503, 'Postgres down: an uncached session, 503');
     like($r->{headers}{'retry-after'} // '', qr/^[1-9][0-9]*$/, 'with Retry-After');
-    ok(wait_until(sub { $nginx->error_log =~ /postgres/i }, 1),
+    ok($nginx->wait_for_log(qr/postgres/i),
        'the error log names Postgres');
 
     $pg->start;
-    $r = recovers($cold, 5, 'MISS');
+    $r = recovers($cold, 10, 'MISS');
     is($r->{status}, 200, 'Postgres restarted: the uncached session, 200 without restarting nginx');
     is(status_of($r), 'MISS', 'Postgres restarted: MISS');
     is($r->{headers}{'x-session-user'}, 'user-cold', 'Postgres restarted: the user id');

@@ -61,7 +61,7 @@ sub site ($redis_args) {
     my $r = $nginx->get('/', cookie => "session=$tok");
     is($r->{status}, 200, 'rediss:// with the right CA: 200');
     is(status_of($r), 'MISS', 'rediss://: MISS');
-    is($redis->wait_for_key("session:$tok", 1),
+    is($redis->wait_for_key("session:$tok"),
        qq({"user_id":"user-tls","expires_at":$exp}),
        'rediss://: the session is cached over TLS');
     $r = $nginx->get('/', cookie => "session=$tok");
@@ -112,7 +112,7 @@ sub site ($redis_args) {
 
     is(status_of($nginx->get('/', cookie => "session=$tok")), 'MISS',
        'tls_verify=off: MISS');
-    ok(defined $redis->wait_for_key("session:$tok", 1), 'tls_verify=off: cached');
+    ok(defined $redis->wait_for_key("session:$tok"), 'tls_verify=off: cached');
     is(status_of($nginx->get('/', cookie => "session=$tok")), 'HIT',
        'tls_verify=off: HIT');
     no_alerts($nginx, 'tls_verify=off: no alerts');

@@ -37,9 +37,9 @@ sub round ($what, $n, $want_status) {
 }
 
 round('first touch', $N, qr/^MISS$/);
-ok(wait_until(sub { $redis->key_exists("session:tok-pipe-$N") }, 2),
+ok(wait_until(sub { !grep { !$redis->key_exists("session:tok-pipe-$_") } 1 .. $N },
+              10, 0.02, "all $N sessions in Redis"),
    'the cache is filled');
-wait_until(sub { !grep { !$redis->key_exists("session:tok-pipe-$_") } 1 .. $N }, 2);
 round('cached', $N, qr/^HIT$/);
 cmp_ok($redis->client_count, '<=', 1, 'all of it on one Redis connection');
 

@@ -1,10 +1,14 @@
 # nginx -s reload under load (issue 3): no request fails while workers are
 # replaced, and the breakers' state survives in shared memory, also when
 # the reload changes the breaker's window.
+#
+# Each step waits for what it needs to have happened (the workers' pids
+# changed, the load answered by the new workers, a breaker line), never
+# for a length of time.
 
 use v5.36;
 use Test::More;
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 use SessionCache::Test;
 use SessionCache::Load;
 use JSON::PP ();
@@ -30,7 +34,18 @@ sub breaker_shown ($backend) {
     return $d->{$backend}{breaker} // "(no document: $r->{status})";
 }
 
-sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
+sub count ($nginx, $re) { $nginx->log_count($re) }
+
+sub protected ($x) { $x->{kind} ne 'public' }
+
+# $n answers (protected ones, with $pred) to requests sent from now on:
+# after a reload, the new workers serve them (reload() returns once the
+# old ones are gone).
+sub answered_from_now ($load, $n, $what, $pred = \&protected) {
+    my $t = time;
+    ok($load->wait_for($n, sub ($x) { $x->{t0} >= $t && $pred->($x) },
+                       "$n answers from now"), $what);
+}
 
 # --- reloads under load, both stores up ----------------------------------------
 
@@ -38,12 +53,12 @@ sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
     my $nginx = start_nginx(workers => 2, http => site('cooldown=1s'));
     my $load = start_load(tokens => { valid => \@valid, invalid => \@invalid },
                           public => '/public.html');
-    sleep 0.5;
+    answered_from_now($load, 40, 'before the reloads: the load is answered');
     my @generations = ([ $nginx->worker_pids ]);
-    for (1 .. 3) {
+    for my $i (1 .. 3) {
         $nginx->reload;
         push @generations, [ $nginx->worker_pids ];
-        sleep 0.5;
+        answered_from_now($load, 40, "reload $i: the new workers answer the load");
     }
     my @r = $load->stop;
     note summarize(\@r);
@@ -66,19 +81,23 @@ sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
                             http => site('window=2s buckets=4 cooldown=60s'));
     my $load = start_load(tokens => { valid => \@valid, invalid => \@invalid },
                           public => '/public.html');
-    sleep 0.5;
+    answered_from_now($load, 40, 'before the stop: the load goes through Redis',
+                      sub ($x) { $x->{sstatus} =~ /^(HIT|MISS|NEGATIVE)$/ });
     $redis->stop;
-    ok(wait_until(sub { count($nginx, qr/redis circuit breaker opened:/) }, 5),
+    ok($nginx->wait_for_log(qr/redis circuit breaker opened:/),
        'Redis stopped: the breaker opens');
-    sleep 0.3;
+    # the requests that were in flight when it opened have logged their
+    # Redis errors once they are answered
+    ok($load->wait_settled(time),
+       'every request sent before the opening was seen is answered');
     my $errors = count($nginx, qr/session_cache: redis: /);
 
     my $t_reload = time;
     $nginx->reload;
-    sleep 1;
+    answered_from_now($load, 40, 'reload: the new workers answer the load');
     # a new window layout: the state is kept, the counts start afresh
     $nginx->reload(http => site('window=3s buckets=6 cooldown=60s'));
-    sleep 1;
+    answered_from_now($load, 40, 'reload with a new window: the new workers answer');
     my @r = $load->stop;
     note summarize(\@r);
 
@@ -89,7 +108,7 @@ sub count ($nginx, $re) { scalar(() = $nginx->error_log =~ /$re/g) }
     # (the health probe goes around the breaker, so it comes last)
     is(breaker_shown('redis'), 'open',
        'the health document of the new workers shows it open');
-    my @after = grep { $_->{t0} >= $t_reload && $_->{kind} ne 'public' } @r;
+    my @after = grep { $_->{t0} >= $t_reload && protected($_) } @r;
     is(scalar(grep { $_->{sstatus} ne 'BYPASS' } @after), 0,
        'every protected request after the reloads is BYPASS ('
        . scalar(@after) . ')');

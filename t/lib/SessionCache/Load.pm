@@ -8,8 +8,13 @@ package SessionCache::Load;
 #   my $load = start_load(tokens => {valid => \@good, invalid => \@bad},
 #                         public => '/public.html');
 #   ... stop Redis, start it again ...
-#   my @r = $load->stop;        # {t0, t1, ms, kind, status, sstatus}
+#   my @r = $load->stop;        # {t0, t1, ms, kind, status, sstatus, n}
 #   my @bad = unexpected(\@r);  # valid != 200, invalid != 401, public != 200
+#
+# While it runs, the test waits for what the load observes rather than for
+# time: $load->wait_for(20, sub ($r) { $r->{sstatus} eq 'HIT' }) (20 answers
+# through Redis), $load->wait_settled($t) (every request sent before $t is
+# answered).
 #
 # fresh => 'prefix' adds a kind "fresh": a new unknown token for every
 # request, so each one reaches Postgres (never cached, never negative).
@@ -63,11 +68,13 @@ sub start_load (%o) {
         $SIG{TERM} = sub { $stop = 1 };
         open my $out, '>', $file or POSIX::_exit(2);
         $out->autoflush(1);
+        # one line per answer, as it comes (see _read); "S n t0" when
+        # request n is sent
         my $record = sub ($p) {
             my $r = SessionCache::Test::_response($p);
-            printf $out "%.6f %.6f %s %d %s\n", $r->{t0}, $r->{t1},
+            printf $out "%.6f %.6f %s %d %s %d\n", $r->{t0}, $r->{t1},
                 $p->{kind}, $r->{status},
-                $r->{headers}{'x-session-status'} // '-';
+                $r->{headers}{'x-session-status'} // '-', $p->{n};
         };
         my %active;
         my $sel = IO::Select->new;
@@ -88,8 +95,8 @@ sub start_load (%o) {
             my $now = time;
             while (!$stop && $now >= $next && keys %active < $limit) {
                 my ($kind, $tok) = @{ $mixed[$n % @mixed] };
-                $tok .= "-$$-$n" if $kind eq 'fresh';
                 $n++;
+                $tok .= "-$$-$n" if $kind eq 'fresh';
                 my %opt = (timeout => 10);
                 $opt{port} = $port if $port;
                 my $p = $kind eq 'public'
@@ -97,6 +104,8 @@ sub start_load (%o) {
                     : SessionCache::Test::_send($path, %opt,
                                                 cookie => "session=$tok");
                 $p->{kind} = $kind;
+                $p->{n} = $n;
+                printf $out "S %d %.6f\n", $n, $p->{t0};
                 if ($p->{sock}) {
                     $active{"$p->{sock}"} = $p;
                     $sel->add($p->{sock});
@@ -141,14 +150,55 @@ sub stop ($self) {
         kill 'TERM', $pid;
         waitpid $pid, 0;
     }
+    return sort { $a->{n} <=> $b->{n} } $self->answers;
+}
+
+# The record so far, read while the load runs: (answers, {n => t0} of the
+# requests sent and not answered yet, the t0 of the last one sent).
+sub _read ($self) {
     open my $in, '<', $self->{file} or die "load record: $!";
-    my @r;
-    while (<$in>) {
-        my ($t0, $t1, $kind, $status, $ss) = split;
+    my (@r, %open);
+    my $last_sent = 0;
+    while (my $line = <$in>) {
+        next unless $line =~ /\n\z/;    # the line being written
+        my @f = split ' ', $line;
+        if ($f[0] eq 'S') {
+            $open{ $f[1] } = $last_sent = $f[2];
+            next;
+        }
+        my ($t0, $t1, $kind, $status, $ss, $n) = @f;
+        delete $open{$n};
         push @r, { t0 => $t0, t1 => $t1, ms => ($t1 - $t0) * 1000,
-                   kind => $kind, status => $status, sstatus => $ss };
+                   kind => $kind, status => $status, sstatus => $ss,
+                   n => $n };
     }
-    return @r;
+    return (\@r, \%open, $last_sent);
+}
+
+# Every answer so far, in the order they came.
+sub answers ($self) { @{ ($self->_read)[0] } }
+
+# Wait until at least $n answers satisfy $pred (all answers count without
+# one); those answers, or () after a diagnostic. $what names them.
+sub wait_for ($self, $n, $pred = undef, $what = "$n answers",
+              $timeout = 30) {
+    my @got;
+    SessionCache::Test::wait_until(sub {
+        @got = grep { !$pred || $pred->($_) } $self->answers;
+        @got >= $n;
+    }, $timeout, 0.05, "the load: $what") or return ();
+    return @got;
+}
+
+# Wait until every request sent before $t has been answered: then any
+# work a request in flight at $t did (a log line, a backend call) is done.
+sub wait_settled ($self, $t, $timeout = 30) {
+    # (requests go out one after another: once one sent at $t or later is
+    # on record, so is every one sent before)
+    return SessionCache::Test::wait_until(sub {
+        my (undef, $open, $last_sent) = $self->_read;
+        $last_sent >= $t && !grep { $_ < $t } values %$open;
+    }, $timeout, 0.05, 'every request sent before then to be answered');
 }
 
 # The answers that break the contract: a valid session not let through, an

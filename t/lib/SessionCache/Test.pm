@@ -33,6 +33,7 @@ use File::Spec;
 use File::Temp qw(tempdir);
 use IO::Select;
 use IO::Socket::INET;
+use JSON::PP ();
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(time sleep);
 use Test::More ();
@@ -156,14 +157,28 @@ sub _port_accepts ($port) {
     return 1;
 }
 
-# Poll $cond every 20 ms until it returns true or $timeout seconds pass.
-# Returns the condition's last value.
-sub wait_until ($cond, $timeout = 5, $step = 0.02) {
+# Poll $cond every $step seconds (20 ms) until it returns true; returns the
+# condition's last value. $timeout is only how long to wait before giving
+# up on an event that should come: it never decides a test that passes,
+# so it is generous (10 s by default, never less than 5 s, times
+# TEST_TIMEOUT_SCALE for a slow machine). On giving up it says so, with
+# the caller's line and $what (what was awaited), in a diagnostic.
+our $MIN_WAIT = 5;
+
+sub wait_until ($cond, $timeout = 10, $step = 0.02, $what = undef) {
+    $timeout = $MIN_WAIT if $timeout < $MIN_WAIT;
+    $timeout *= $ENV{TEST_TIMEOUT_SCALE} if ($ENV{TEST_TIMEOUT_SCALE} // 0) > 0;
     my $deadline = time + $timeout;
     while (1) {
         my $v = $cond->();
         return $v if $v;
-        return $v if time >= $deadline;
+        if (time >= $deadline) {
+            my ($file, $line) = (caller)[1, 2];
+            Test::More::diag(sprintf 'wait_until (%s line %d): gave up after '
+                . '%.1f s%s', $file, $line, $timeout,
+                defined $what ? " waiting for $what" : '');
+            return $v;
+        }
         sleep $step;
     }
 }
@@ -618,11 +633,15 @@ sub get_key ($self, $key) { $self->cli('GET', $key) }
 sub ttl ($self, $key)     { $self->cli('TTL', $key) }
 sub key_exists ($self, $key){ $self->cli('EXISTS', $key) }
 
-# Poll until $key exists (up to $timeout s); its value, or undef.
-sub wait_for_key ($self, $key, $timeout = 1) {
+# How many times Redis ran $command (lower case, e.g. 'get', 'set'),
+# from INFO commandstats.
+sub calls ($self, $command) { $self->commandstats->{lc $command} // 0 }
+
+# Poll until $key exists (giving up after $timeout s); its value, or undef.
+sub wait_for_key ($self, $key, $timeout = 10) {
     return SessionCache::Test::wait_until(
-        sub { $self->key_exists($key) ? 1 : 0 }, $timeout)
-        ? $self->get_key($key) : undef;
+        sub { $self->key_exists($key) ? 1 : 0 }, $timeout, 0.02,
+        "Redis key $key") ? $self->get_key($key) : undef;
 }
 
 sub stop ($self) {
@@ -870,6 +889,33 @@ sub query_count ($self, $pattern = qr/user_sessions/) {
     } $self->_log_entries;
 }
 
+# How many times the nginx role executed a statement for $token: an
+# `execute` whose parameters (the DETAIL entry that follows it from the
+# same backend) hold $1 = '$token', or a simple-protocol statement that
+# quotes it. Postgres writes the entry before it runs the statement, so a
+# query whose answer nginx has is already counted.
+sub queries_for ($self, $token) {
+    my $quoted = $self->quote($token);
+    my (%execute, $n);
+    for ($self->_log_entries) {
+        my ($pid, $who, $msg) =
+            /^\S+ \S+ \S+ \[(\d+)\] (\S*) (?:LOG|DETAIL):\s+(.*)/s or next;
+        if ($who !~ /^nginx@/) {
+            next;
+        } elsif ($msg =~ /^execute [^:]*:/) {
+            $execute{$pid} = 1;
+        } elsif ($msg =~ /^parameters: \$1 = \Q$quoted\E(?:,|$)/
+                 && delete $execute{$pid}) {
+            $n++;
+        } elsif ($msg =~ /^statement: .*\Q$quoted\E/s) {
+            $n++;
+        } else {
+            delete $execute{$pid} unless $msg =~ /^parameters:/;
+        }
+    }
+    return $n // 0;
+}
+
 sub _cleanup ($self) {
     return unless $self->{owner} == $$;
     return unless $self->running;
@@ -1072,6 +1118,34 @@ sub stop ($self) {
 }
 
 sub error_log ($self) { SessionCache::Test::_slurp("$self->{dir}/error.log") }
+
+# The error log from byte $offset on (an earlier log_size()): what was
+# logged since then.
+sub log_size ($self) { -s "$self->{dir}/error.log" // 0 }
+sub log_since ($self, $offset) { substr $self->error_log, $offset }
+
+# How many lines of the error log (from byte $since) match $re.
+sub log_count ($self, $re, $since = 0) {
+    return scalar grep { $_ =~ $re } split /\n/, $self->log_since($since);
+}
+
+# Wait until at least $n lines of the error log (from byte $since) match
+# $re; that count, or 0 after a diagnostic when it never came.
+sub wait_for_log ($self, $re, $n = 1, $since = 0, $timeout = 10) {
+    my $count = 0;
+    SessionCache::Test::wait_until(sub {
+        ($count = $self->log_count($re, $since)) >= $n;
+    }, $timeout, 0.02, "$n error log line(s) matching $re") or return 0;
+    return $count;
+}
+
+# GET $path (a session_cache_health location) and decode its JSON:
+# (response, document); the document is {} when the body is not JSON.
+sub health ($self, $path = '/health') {
+    my $r = $self->get($path);
+    my $d = eval { JSON::PP::decode_json($r->{body}) };
+    return ($r, ref $d eq 'HASH' ? $d : {});
+}
 
 # nginx -t on a config built like start()'s; returns (exit code, output).
 sub check_config ($self, %opt) {
