@@ -177,13 +177,12 @@ ngx_int_t send(HealthCtx *ctx)
     rep.postgres.configured = smcf->pg.backend.configured;
 
     if (rep.redis.configured) {
-        rep.redis.breaker = breaker_state_name(breaker_state(Backend::Redis));
+        rep.redis.breaker = breaker_state(Backend::Redis);
         rep.redis.pool = pool_total(Backend::Redis);
     }
 
     if (rep.postgres.configured) {
-        rep.postgres.breaker =
-            breaker_state_name(breaker_state(Backend::Postgres));
+        rep.postgres.breaker = breaker_state(Backend::Postgres);
         rep.postgres.pool = pool_total(Backend::Postgres);
     }
 

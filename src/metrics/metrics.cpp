@@ -35,9 +35,9 @@ PoolGauges *pool_gauges(Backend backend)
     return own ? &own->pools[static_cast<int>(backend)] : nullptr;
 }
 
-health::Counters counters_total()
+Counters counters_total()
 {
-    health::Counters c;
+    Counters c;
 
     if (shm == nullptr) {
         return c;
@@ -70,9 +70,9 @@ static bool alive(ngx_atomic_uint_t pid)
     return kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
 }
 
-health::PoolFigures pool_total(Backend backend)
+PoolFigures pool_total(Backend backend)
 {
-    health::PoolFigures p;
+    PoolFigures p;
 
     if (shm == nullptr) {
         return p;

@@ -11,7 +11,7 @@
 #include "nginx_cpp.h"
 
 #include "breaker/breaker_zone.h"
-#include "health/health_render.h"
+#include "metrics/figures.h"
 
 namespace session_cache {
 
@@ -41,8 +41,8 @@ void count(Counter c);
 PoolGauges *pool_gauges(Backend backend);
 
 /* Sums over every worker alive. */
-health::Counters counters_total();
-health::PoolFigures pool_total(Backend backend);
+Counters counters_total();
+PoolFigures pool_total(Backend backend);
 
 /* Per worker: claim a slot (init_process) and give it back (exit). */
 void metrics_attach(ngx_cycle_t *cycle, ngx_shm_zone_t *zone);

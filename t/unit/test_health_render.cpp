@@ -15,6 +15,8 @@ extern "C" {
 #include "health/health_render.h"
 
 using namespace session_cache::health;
+using session_cache::BreakerState;
+using session_cache::Counters;
 
 namespace {
 
@@ -158,15 +160,29 @@ void
 test_breakers(void **)
 {
     Report r = good();
-    r.redis.breaker = "half_open";
+    r.redis.breaker = BreakerState::HalfOpen;
     evaluate(&r);
     assert_int_equal(static_cast<int>(r.status),
                      static_cast<int>(Status::Degraded));
     assert_string_equal(r.errors.at(0).c_str(), "redis: breaker half_open");
 
+    /* the names the document shows, one per state */
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"breaker\": \"half_open\", \"pool\""));
+    assert_true(contains(j, "\"breaker\": \"closed\", \"pool\""));
+    assert_true(contains(j, "\"sessionCache\": {\"enabled\": true, "
+                            "\"healthy\": false"));
+
+    /* one breaker open, the other backend still checks sessions */
+    r.redis.breaker = BreakerState::Open;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_string_equal(r.errors.at(0).c_str(), "redis: breaker open");
+    assert_true(contains(render_json(r), "\"breaker\": \"open\""));
+
     /* both answer, but both breakers are open: nothing checks a session */
-    r.redis.breaker = "open";
-    r.postgres.breaker = "open";
+    r.postgres.breaker = BreakerState::Open;
     evaluate(&r);
     assert_int_equal(static_cast<int>(r.status),
                      static_cast<int>(Status::Unhealthy));
@@ -259,7 +275,7 @@ test_prometheus(void **)
     Report r = good();
     r.counters.hits = 3;
     r.counters.bypasses = 1;
-    r.redis.breaker = "half_open";
+    r.redis.breaker = BreakerState::HalfOpen;
     r.postgres.version = "15 \"x\"";
     evaluate(&r);
     std::string p = render_prometheus(r);
@@ -273,6 +289,12 @@ test_prometheus(void **)
     assert_true(contains(p, "nginx_session_cache_status{status=\"healthy\"} 0\n"));
     assert_true(contains(p, "nginx_session_cache_breaker_state{backend=\"redis\","
                             "state=\"half_open\"} 1\n"));
+    assert_true(contains(p, "nginx_session_cache_breaker_state{backend=\"redis\","
+                            "state=\"closed\"} 0\n"
+                            "nginx_session_cache_breaker_state{backend=\"redis\","
+                            "state=\"open\"} 0\n"));
+    assert_true(contains(p, "nginx_session_cache_breaker_state"
+                            "{backend=\"postgres\",state=\"closed\"} 1\n"));
     assert_true(contains(p, "nginx_session_cache_pool_size{backend=\"redis\"} 2\n"));
     assert_true(contains(p, "nginx_session_cache_probe_duration_seconds"
                             "{probe=\"ping\"} 0.0004\n"));
