@@ -129,7 +129,15 @@ void evaluate(Report *r)
         r->errors.push_back("no backend configured");
     }
 
-    if (!redis && !pg) {
+    bool misconfigured = r->postgres.configured
+                         && !r->postgres.query_error.empty();
+
+    if (misconfigured) {
+        r->errors.push_back("postgres: the session query cannot be "
+                            "prepared: " + r->postgres.query_error);
+    }
+
+    if ((!redis && !pg) || misconfigured) {
         r->status = Status::Unhealthy;
     } else if (!r->errors.empty()) {
         r->status = Status::Degraded;

@@ -48,6 +48,9 @@ struct Redis : Backend {
 
 struct Postgres : Backend {
     std::optional<double> query_ms;              /* SELECT 1 */
+    /* why the session query cannot be prepared (Postgres's words), empty
+     * if it can: a configuration error, no session can be checked there */
+    std::string query_error;
 };
 
 struct Report {
@@ -67,7 +70,9 @@ struct Report {
  * SPEC §6: healthy when every configured backend answers, no breaker is
  * off closed and no probe is slower than the threshold; unhealthy when no
  * backend can check a session (none answers, or the breakers of those that
- * do are open); degraded otherwise. The reasons go to errors.
+ * do are open) or the session query cannot be prepared (a configuration
+ * error: every cache miss fails); degraded otherwise. The reasons go to
+ * errors.
  */
 void evaluate(Report *r);
 

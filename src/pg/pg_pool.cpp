@@ -9,6 +9,8 @@ namespace session_cache {
 
 static const char kStatement[] = "ngx_session_cache_check";
 
+const char kPgQueryUnprepared[] = "the session query cannot be prepared";
+
 struct PgConn {
     enum State { Connecting, Preparing, Idle, Querying };
 
@@ -21,6 +23,9 @@ struct PgConn {
     ngx_uint_t        njobs = 0;
     PGresult         *result = nullptr;
     bool              flushing = false;
+    bool              prepared = false;  /* kStatement exists on it */
+    bool              alerted = false;   /* its refusal was logged */
+    std::string       query_error;       /* why Postgres refused it */
     ngx_event_t       connect_timer;
     ngx_queue_t       link;
 };
@@ -423,6 +428,12 @@ void PgPool::connecting(PgConn *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
+    prepare(pc);
+}
+
+/* Prepare the session query on pc; prepared() takes the answer. */
+void PgPool::prepare(PgConn *pc)
+{
     if (!PQsendPrepare(pc->pg, kStatement, query_.c_str(), 1, nullptr)) {
         fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
         return;
@@ -475,22 +486,14 @@ void PgPool::busy(PgConn *pc)
 void PgPool::idle(PgConn *pc)
 {
     if (PgQuery *job = front(pc)) {
-        /* posted by assign(): send the query */
-        const char *values[1] = { job->token.c_str() };
-
-        if (!(job->probe
-              ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr, nullptr,
-                                  nullptr, nullptr, 0)
-              : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
-                                    nullptr, 0)))
-        {
-            fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
-            return;
+        /* posted by assign(): send the query, after preparing the session
+         * query again where Postgres refused it (the schema may have been
+         * fixed since) */
+        if (pc->prepared) {
+            send(pc, job);
+        } else {
+            prepare(pc);
         }
-
-        pc->state = PgConn::Querying;
-        pc->flushing = true;
-        busy(pc);
         return;
     }
 
@@ -507,6 +510,81 @@ void PgPool::idle(PgConn *pc)
         }
         PQclear(res);
     }
+}
+
+void PgPool::send(PgConn *pc, PgQuery *job)
+{
+    const char *values[1] = { job->token.c_str() };
+
+    if (!(job->probe
+          ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr, nullptr,
+                              nullptr, nullptr, 0)
+          : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
+                                nullptr, 0)))
+    {
+        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        return;
+    }
+
+    pc->state = PgConn::Querying;
+    pc->flushing = true;
+    busy(pc);
+}
+
+/*
+ * The answer to the session query's preparation. Refused (a missing
+ * column, a syntax error): a configuration error, not an outage. The
+ * connection is sound and stays; the alert is logged once per connection;
+ * the session query waiting on it fails with kPgQueryUnprepared, which the
+ * breaker does not count (Postgres answered) and the check turns into 500
+ * whatever auth_session_fail says; a health probe still runs its SELECT 1
+ * and reports the refusal.
+ */
+void PgPool::prepared(PgConn *pc, PGresult *res)
+{
+    bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    pc->state = PgConn::Idle;
+    pc->prepared = ok;
+
+    if (ok) {
+        pc->query_error.clear();
+
+    } else {
+        /* the server's words without the severity: "column ... does not
+         * exist" */
+        const char *why = res ? PQresultErrorField(res,
+                                                   PG_DIAG_MESSAGE_PRIMARY)
+                              : nullptr;
+        pc->query_error = first_line(why ? why
+                                     : res ? PQresultErrorMessage(res)
+                                           : PQerrorMessage(pc->pg));
+        if (!pc->alerted) {
+            pc->alerted = true;
+            ngx_log_error(NGX_LOG_ALERT, &log_, 0,
+                          "session_cache: postgres refused to prepare the "
+                          "session query (session_cache_query), a "
+                          "configuration error: %s; requests that need "
+                          "postgres get 500", pc->query_error.c_str());
+        }
+    }
+
+    PQclear(res);
+
+    PgQuery *job = front(pc);
+
+    if (job == nullptr) {
+        dispatch();
+        return;
+    }
+
+    if (ok || job->probe) {
+        send(pc, job);
+        return;
+    }
+
+    finish(job, nullptr, kPgQueryUnprepared, true);
+    dispatch();
 }
 
 static bool parse_int64(const char *s, std::int64_t *out)
@@ -539,25 +617,7 @@ void PgPool::completed(PgConn *pc)
     pc->result = nullptr;
 
     if (pc->state == PgConn::Preparing) {
-        if (res == nullptr || PQresultStatus(res) != PGRES_COMMAND_OK) {
-            ngx_log_error(NGX_LOG_ERR, &log_, 0,
-                          "session_cache: postgres: cannot prepare the "
-                          "session query: %s",
-                          first_line(res ? PQresultErrorMessage(res)
-                                         : PQerrorMessage(pc->pg)).c_str());
-            PQclear(res);
-            fail(pc, "cannot prepare the session query");
-            return;
-        }
-
-        PQclear(res);
-        pc->state = PgConn::Idle;
-
-        if (pc->njobs) {
-            idle(pc);
-        } else {
-            dispatch();
-        }
+        prepared(pc, res);
         return;
     }
 
@@ -642,6 +702,7 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
     row.has_expiry = false;
     row.expires_at = 0;
     row.server_version = version ? version : "";
+    row.query_error = pc->query_error;
 
     finish(job, &row, nullptr);
     PQclear(res);

@@ -179,9 +179,11 @@ protected:
     }
 
     /* The job is over: tell whoever waits, if anyone still does. The job
-     * is gone before done() runs, which may submit new work. */
+     * is gone before done() runs, which may submit new work. answered: the
+     * error is not the backend's failure (it answered; the configuration
+     * is wrong), so the breaker counts a success. */
     void finish(Job *job, const typename Job::result_type *result,
-                const char *error)
+                const char *error, bool answered = false)
     {
         if (job->timer.timer_set) {
             ngx_del_timer(&job->timer);
@@ -200,7 +202,8 @@ protected:
         /* the breaker counts every call, also those nobody waits for;
          * for Postgres, "no row" is a success */
         if (!job->probe) {
-            breaker_report(which_, error == nullptr, job->trial, &log_);
+            breaker_report(which_, error == nullptr || answered, job->trial,
+                           &log_);
         }
 
         typename Job::Done done = job->done;

@@ -189,6 +189,36 @@ test_breakers(void **)
 }
 
 
+/* A session query Postgres cannot prepare is a configuration error: no
+ * cache miss can be checked, whatever else answers. */
+void
+test_session_query_unpreparable(void **)
+{
+    Report r = good();
+    r.postgres.query_error = "column \"nope\" does not exist";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Unhealthy));
+    assert_int_equal(http_status(r.status), 503);
+    assert_int_equal(r.errors.size(), 1);
+    assert_string_equal(r.errors.at(0).c_str(),
+                        "postgres: the session query cannot be prepared: "
+                        "column \"nope\" does not exist");
+
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"status\": \"unhealthy\""));
+    assert_true(contains(j, "cannot be prepared: column \\\"nope\\\""));
+
+    /* Postgres not configured: nothing to prepare */
+    r = good();
+    r.postgres = {};
+    r.postgres.query_error = "stale";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
+}
+
+
 void
 test_latency_threshold(void **)
 {
@@ -362,6 +392,7 @@ main(void)
         cmocka_unit_test(test_only_postgres_configured),
         cmocka_unit_test(test_nothing_configured),
         cmocka_unit_test(test_breakers),
+        cmocka_unit_test(test_session_query_unpreparable),
         cmocka_unit_test(test_latency_threshold),
         cmocka_unit_test(test_a_later_probe_failing),
         cmocka_unit_test(test_json),
