@@ -62,16 +62,6 @@ public:
     ngx_uint_t max() const { return backend_->pool; }
     ngx_uint_t pending() const { return npending_; }
 
-    /* Where to keep this pool's figures for the health document (shared
-     * memory, this worker's slot); nullptr: nowhere. */
-    void set_gauges(PoolGauges *gauges)
-    {
-        gauges_ = gauges;
-        if (gauges_) {
-            gauges_->max = backend_->pool;
-        }
-    }
-
     /* The caller went away: done() will not be called. */
     void cancel(Job *job)
     {
@@ -114,6 +104,8 @@ protected:
                       sizeof(connect_timeout_text_) - 1,
                       "connect timed out after %Mms",
                       backend->connect_timeout) = '\0';
+
+        publish();
     }
 
     ~Pool() = default;
@@ -368,24 +360,17 @@ protected:
     ngx_uint_t    nidle_ = 0;      /* connections without a job */
     char          timeout_text_[64];
     char          connect_timeout_text_[64];
-    PoolGauges   *gauges_ = nullptr;
 
     /* standard layout, unlike Job, so that offsetof applies */
     using JobBase = PoolJob<Conn, typename Job::result_type>;
 
 private:
-    /* The figures now, for every worker to read: plain stores, one writer
-     * (this worker). Available: open connections without a job. */
+    /* The figures now, for the health document (this worker's metrics
+     * slot). Available: open connections without a job. */
     void publish()
     {
-        if (gauges_ == nullptr) {
-            return;
-        }
-
-        gauges_->size = nconns_;
-        gauges_->available = nidle_;
-        gauges_->pending = npending_;
-        gauges_->max = backend_->pool;
+        publish_pool(which_, PoolFigures{nconns_, nidle_, npending_,
+                                         backend_->pool});
     }
 
 
