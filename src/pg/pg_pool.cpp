@@ -532,17 +532,51 @@ void PgPool::send(PgConn *pc, PgQuery *job)
 }
 
 /*
+ * Did Postgres refuse the query itself, by its SQLSTATE class: 42 (syntax
+ * error or access rule violation: a missing column, table or function, no
+ * privilege), 0A (feature not supported), 22 (a constant of the wrong
+ * type), 3F (no such schema)? Anything else (a server shutting down, out
+ * of resources, a broken connection) is a failure of the backend.
+ */
+static bool refused_by_query(const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE)
+                            : nullptr;
+
+    if (state == nullptr || std::strlen(state) != 5) {
+        return false;
+    }
+
+    for (const char *cls : {"42", "0A", "22", "3F"}) {
+        if (std::strncmp(state, cls, 2) == 0) {
+            return true;
+        }
+    }
+
+    return false;
+}
+
+/*
  * The answer to the session query's preparation. Refused (a missing
  * column, a syntax error): a configuration error, not an outage. The
  * connection is sound and stays; the alert is logged once per connection;
  * the session query waiting on it fails with kPgQueryUnprepared, which the
  * breaker does not count (Postgres answered) and the check turns into 500
  * whatever auth_session_fail says; a health probe still runs its SELECT 1
- * and reports the refusal.
+ * and reports the refusal. Any other failure fails the connection.
  */
 void PgPool::prepared(PgConn *pc, PGresult *res)
 {
     bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    if (!ok && !refused_by_query(res)) {
+        std::string why = "cannot prepare the session query: "
+                          + first_line(res ? PQresultErrorMessage(res)
+                                           : PQerrorMessage(pc->pg));
+        PQclear(res);
+        fail(pc, why.c_str());
+        return;
+    }
 
     pc->state = PgConn::Idle;
     pc->prepared = ok;
