@@ -319,10 +319,10 @@ test_prometheus(void **)
     assert_true(contains(p, "nginx_session_cache_status{status=\"healthy\"} 0\n"));
     assert_true(contains(p, "nginx_session_cache_breaker_state{backend=\"redis\","
                             "state=\"half_open\"} 1\n"));
-    assert_true(contains(p, "nginx_session_cache_breaker_state{backend=\"redis\","
-                            "state=\"closed\"} 0\n"
-                            "nginx_session_cache_breaker_state{backend=\"redis\","
-                            "state=\"open\"} 0\n"));
+    assert_true(contains(p, "nginx_session_cache_breaker_state"
+                            "{backend=\"redis\",state=\"closed\"} 0\n"
+                            "nginx_session_cache_breaker_state"
+                            "{backend=\"redis\",state=\"open\"} 0\n"));
     assert_true(contains(p, "nginx_session_cache_breaker_state"
                             "{backend=\"postgres\",state=\"closed\"} 1\n"));
     assert_true(contains(p, "nginx_session_cache_pool_size{backend=\"redis\"} 2\n"));
