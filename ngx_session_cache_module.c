@@ -856,15 +856,7 @@ ngx_http_session_cache_time_param(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *
 ngx_http_session_cache_query(ngx_conf_t *cf, void *post, void *data)
 {
-    ngx_str_t  *q = data;
-
-    if (ngx_strlchr(q->data, q->data + q->len, '$') == NULL
-        || ngx_strstr(q->data, "$1") == NULL)
-    {
-        return "must use $1 for the token";
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_session_cache_check_query(cf, data);
 }
 
 

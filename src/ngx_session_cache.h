@@ -114,6 +114,10 @@ char *ngx_http_session_cache_parse_redis(ngx_conf_t *cf, ngx_str_t *url,
 char *ngx_http_session_cache_parse_postgres(ngx_conf_t *cf,
     ngx_str_t *conninfo, ngx_http_session_cache_pg_conf_t *pcf);
 
+/* session_cache_query (src/conf/query_check.cpp): $1 and no other
+ * placeholder, as Postgres reads the text */
+char *ngx_http_session_cache_check_query(ngx_conf_t *cf, ngx_str_t *sql);
+
 /* the breakers' shared memory zone (src/breaker_zone.cpp) */
 char *ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
     ngx_http_session_cache_main_conf_t *smcf);

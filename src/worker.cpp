@@ -33,12 +33,10 @@ ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
     try {
         if (smcf->redis.backend.configured) {
             redis = new RedisPool(cycle, &smcf->redis);
-            redis->set_gauges(pool_gauges(Backend::Redis));
         }
 
         if (smcf->pg.backend.configured) {
             pg = new PgPool(cycle, &smcf->pg, &smcf->query);
-            pg->set_gauges(pool_gauges(Backend::Postgres));
         }
 
     } catch (const std::exception &e) {

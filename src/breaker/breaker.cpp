@@ -18,7 +18,7 @@ static void clear_buckets(BreakerData *b)
 void breaker_init(BreakerData *b, const BreakerConfig &cfg)
 {
     std::memset(b, 0, sizeof(*b));
-    b->phase = BreakerPhase::Closed;
+    b->phase = BreakerState::Closed;
     b->bucket_ms = bucket_ms(cfg);
     b->nbuckets = cfg.buckets;
 }
@@ -59,14 +59,14 @@ BreakerStats breaker_stats(const BreakerData *b, const BreakerConfig &cfg,
 
 static void open(BreakerData *b, std::uint64_t now)
 {
-    b->phase = BreakerPhase::Open;
+    b->phase = BreakerState::Open;
     b->opened_at = now;
     b->trial = false;
 }
 
 static void close(BreakerData *b)
 {
-    b->phase = BreakerPhase::Closed;
+    b->phase = BreakerState::Closed;
     b->trial = false;
     clear_buckets(b);
 }
@@ -77,20 +77,20 @@ Admit breaker_admit(BreakerData *b, const BreakerConfig &cfg,
     *t = Transition::None;
 
     switch (b->phase) {
-    case BreakerPhase::Closed:
+    case BreakerState::Closed:
         return Admit::Allow;
 
-    case BreakerPhase::Open:
+    case BreakerState::Open:
         if (now - b->opened_at < cfg.cooldown && now >= b->opened_at) {
             return Admit::Reject;
         }
-        b->phase = BreakerPhase::HalfOpen;
+        b->phase = BreakerState::HalfOpen;
         *t = Transition::HalfOpened;
         b->trial = true;
         b->trial_at = now;
         return Admit::Trial;
 
-    case BreakerPhase::HalfOpen:
+    case BreakerState::HalfOpen:
         if (b->trial && now - b->trial_at < cfg.cooldown
             && now >= b->trial_at)
         {
@@ -109,7 +109,7 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
                           std::uint64_t now, bool success, bool trial)
 {
     if (trial) {
-        if (b->phase != BreakerPhase::HalfOpen || !b->trial) {
+        if (b->phase != BreakerState::HalfOpen || !b->trial) {
             return Transition::None;     /* given up on already */
         }
         if (success) {
@@ -120,7 +120,7 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
         return Transition::Reopened;
     }
 
-    if (b->phase != BreakerPhase::Closed) {
+    if (b->phase != BreakerState::Closed) {
         return Transition::None;
     }
 
@@ -156,7 +156,7 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
 
 void breaker_release_trial(BreakerData *b)
 {
-    if (b->phase == BreakerPhase::HalfOpen) {
+    if (b->phase == BreakerState::HalfOpen) {
         b->trial = false;
     }
 }
@@ -164,7 +164,7 @@ void breaker_release_trial(BreakerData *b)
 std::uint64_t breaker_wait(const BreakerData *b, const BreakerConfig &cfg,
                            std::uint64_t now)
 {
-    if (b->phase != BreakerPhase::Open) {
+    if (b->phase != BreakerState::Open) {
         return 0;
     }
 

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "breaker/breaker_state.h"
+
 namespace session_cache {
 
 struct BreakerConfig {
@@ -26,8 +28,6 @@ struct BreakerConfig {
 
 constexpr std::uint32_t kBreakerMaxBuckets = 100;
 
-enum class BreakerPhase : std::uint32_t { Closed = 0, Open = 1, HalfOpen = 2 };
-
 struct BreakerBucket {
     std::uint64_t slice;         /* now / bucket_ms when last written */
     std::uint32_t calls;
@@ -35,7 +35,7 @@ struct BreakerBucket {
 };
 
 struct BreakerData {
-    BreakerPhase  phase;
+    BreakerState  phase;
     std::uint64_t opened_at;     /* when it last opened */
     std::uint64_t trial_at;      /* when the trial was let through */
     bool          trial;         /* a trial call is out */

@@ -146,7 +146,7 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
 
     /* the common case, without the lock: a stale read only delays the
      * moment this worker notices an opening by one call */
-    if (__atomic_load_n(&b->phase, __ATOMIC_RELAXED) == BreakerPhase::Closed) {
+    if (__atomic_load_n(&b->phase, __ATOMIC_RELAXED) == BreakerState::Closed) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                        "session_cache: %s breaker closed: call let through",
                        kNames[static_cast<int>(backend)]);
@@ -217,18 +217,10 @@ BreakerState breaker_state(Backend backend)
     }
 
     ngx_shmtx_lock(&shpool->mutex);
-    BreakerPhase p = data(backend)->phase;
+    BreakerState s = data(backend)->phase;
     ngx_shmtx_unlock(&shpool->mutex);
 
-    switch (p) {
-    case BreakerPhase::Open:
-        return BreakerState::Open;
-    case BreakerPhase::HalfOpen:
-        return BreakerState::HalfOpen;
-    case BreakerPhase::Closed:
-        break;
-    }
-    return BreakerState::Closed;
+    return s;
 }
 
 ngx_msec_t breaker_wait(Backend backend)
@@ -243,19 +235,6 @@ ngx_msec_t breaker_wait(Backend backend)
     ngx_shmtx_unlock(&shpool->mutex);
 
     return static_cast<ngx_msec_t>(ms);
-}
-
-const char *breaker_state_name(BreakerState state)
-{
-    switch (state) {
-    case BreakerState::Open:
-        return "open";
-    case BreakerState::HalfOpen:
-        return "half_open";
-    case BreakerState::Closed:
-        break;
-    }
-    return "closed";
 }
 
 /*

@@ -7,11 +7,11 @@
 
 #include "nginx_cpp.h"
 
+#include "breaker/breaker_state.h"
+
 namespace session_cache {
 
 enum class Backend { Redis = 0, Postgres = 1 };
-
-enum class BreakerState { Closed = 0, Open = 1, HalfOpen = 2 };
 
 /* In each worker, before any pool: take the breakers of this cycle. */
 void breaker_start(const ngx_http_session_cache_breaker_conf_t *conf);
@@ -36,8 +36,5 @@ BreakerState breaker_state(Backend backend);
 
 /* Milliseconds until the next trial of an open breaker, else 0. */
 ngx_msec_t breaker_wait(Backend backend);
-
-/* "closed", "open", "half_open": the names the health document uses. */
-const char *breaker_state_name(BreakerState state);
 
 }  // namespace session_cache

@@ -9,6 +9,7 @@
  *         -> Postgres   -- row --> allow, fill the cache (not waited for)
  *                       -- none --> 401, negative entry (not waited for)
  *                       -- error --> 503 + Retry-After, or FAIL_OPEN
+ *                       -- query refused by Postgres --> 500, always
  *
  * The handler returns NGX_AGAIN while a backend works; the completion
  * callback records the outcome and restarts the phase engine, which calls
@@ -492,6 +493,16 @@ static void trace_postgres(Ctx *ctx, const char *what)
 static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                                    const char *error)
 {
+    if (error == kPgQueryUnprepared) {
+        /* a configuration error, not an outage: auth_session_fail open
+         * never turns it into a pass (the pool logged the alert) */
+        ctx->result.status = kError;
+        count(Counter::Errors);
+        ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
+                      "session_cache: session not checked: %s", error);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (error != nullptr) {
         trace_postgres(ctx, "failed");
         return unavailable(ctx);

@@ -4,7 +4,9 @@
  * over or the directive's timeout passes, whichever comes first:
  *
  *   Redis:    PING -> INFO -> DBSIZE -> SET probe key EX 5 -> GET it
- *   Postgres: SELECT 1 (and the server_version the server reported)
+ *   Postgres: SELECT 1 (and the server_version the server reported), on
+ *             a connection where the session query was prepared, or
+ *             refused (then the document says why)
  *
  * Each command is also bounded by its backend's own timeout= (the pool's
  * deadline). The figures that are not probed come from shared memory
@@ -143,13 +145,12 @@ ngx_int_t send(HealthCtx *ctx)
     rep.postgres.configured = smcf->pg.backend.configured;
 
     if (rep.redis.configured) {
-        rep.redis.breaker = breaker_state_name(breaker_state(Backend::Redis));
+        rep.redis.breaker = breaker_state(Backend::Redis);
         rep.redis.pool = pool_total(Backend::Redis);
     }
 
     if (rep.postgres.configured) {
-        rep.postgres.breaker =
-            breaker_state_name(breaker_state(Backend::Postgres));
+        rep.postgres.breaker = breaker_state(Backend::Postgres);
         rep.postgres.pool = pool_total(Backend::Postgres);
     }
 
@@ -379,6 +380,8 @@ void on_postgres(void *data, const PgRow *row, const char *error)
             if (!v.empty()) {
                 P.version = v;
             }
+            /* the session query refused on the probe's connection */
+            P.query_error = std::string(row->query_error);
         }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,

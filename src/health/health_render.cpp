@@ -102,9 +102,10 @@ static bool assess(Report *r, const Backend &b, const char *name)
         r->errors.push_back(std::string(name) + ": " + b.error);
     }
 
-    if (b.breaker != "closed") {
-        r->errors.push_back(std::string(name) + ": breaker " + b.breaker);
-        if (b.breaker == "open") {
+    if (b.breaker != BreakerState::Closed) {
+        r->errors.push_back(std::string(name) + ": breaker "
+                            + breaker_state_name(b.breaker));
+        if (b.breaker == BreakerState::Open) {
             usable = false;
         }
     }
@@ -128,7 +129,15 @@ void evaluate(Report *r)
         r->errors.push_back("no backend configured");
     }
 
-    if (!redis && !pg) {
+    bool misconfigured = r->postgres.configured
+                         && !r->postgres.query_error.empty();
+
+    if (misconfigured) {
+        r->errors.push_back("postgres: the session query cannot be "
+                            "prepared: " + r->postgres.query_error);
+    }
+
+    if ((!redis && !pg) || misconfigured) {
         r->status = Status::Unhealthy;
     } else if (!r->errors.empty()) {
         r->status = Status::Degraded;
@@ -260,7 +269,7 @@ std::string render_json(const Report &r)
         o.opt_num("uptime", b.uptime);
         o.opt_str("usedMemory", b.used_memory);
         o.opt_num("totalKeys", b.total_keys);
-        o.str("breaker", b.breaker);
+        o.str("breaker", breaker_state_name(b.breaker));
         pool_json(&o, "pool", b.pool);
         o.close();
     }
@@ -271,7 +280,7 @@ std::string render_json(const Report &r)
         o.boolean("configured", b.configured);
         o.boolean("connected", b.connected);
         o.opt_str("version", b.version);
-        o.str("breaker", b.breaker);
+        o.str("breaker", breaker_state_name(b.breaker));
         pool_json(&o, "pool", b.pool);
         o.close();
     }
@@ -279,9 +288,10 @@ std::string render_json(const Report &r)
     {
         Object sc(doc.key("sessionCache"));
         sc.boolean("enabled", r.redis.configured);
-        sc.boolean("healthy", r.redis.configured && r.redis.connected
-                                  && r.redis.error.empty()
-                                  && r.redis.breaker == "closed");
+        sc.boolean("healthy",
+                   r.redis.configured && r.redis.connected
+                       && r.redis.error.empty()
+                       && r.redis.breaker == BreakerState::Closed);
 
         const Counters &c = r.counters;
         Object m(sc.key("metrics"));
@@ -465,9 +475,12 @@ std::string render_prometheus(const Report &r)
              "Circuit breaker state per backend: 1 for the current one of "
              "closed, open, half_open.");
     for (const auto &n : backends) {
-        for (const char *s : {"closed", "open", "half_open"}) {
+        for (BreakerState s : {BreakerState::Closed, BreakerState::Open,
+                               BreakerState::HalfOpen})
+        {
             x.sample(n.b->breaker == s ? "1" : "0",
-                     backend_label(n.name) + ",state=\"" + s + "\"");
+                     backend_label(n.name) + ",state=\""
+                         + breaker_state_name(s) + "\"");
         }
     }
 

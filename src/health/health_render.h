@@ -1,8 +1,9 @@
 /*
  * The health document (SPEC §6) as data, the rules that turn it into a
  * status, and its two renderings: JSON and Prometheus text. Pure logic: no
- * nginx types, so the unit tests link this file alone. src/health.cpp
- * fills a Report from the probes and the shared counters.
+ * nginx types, so the unit tests link this file alone. health_handler.cpp
+ * fills a Report from the probes, the shared figures (metrics/figures.h)
+ * and the breakers' states (breaker/breaker_state.h).
  */
 #pragma once
 
@@ -12,18 +13,10 @@
 #include <string_view>
 #include <vector>
 
-namespace session_cache::health {
+#include "breaker/breaker_state.h"
+#include "metrics/figures.h"
 
-/* Request outcomes since start, summed over all workers. */
-struct Counters {
-    std::uint64_t hits = 0;
-    std::uint64_t misses = 0;
-    std::uint64_t negatives = 0;
-    std::uint64_t bypasses = 0;
-    std::uint64_t rejected = 0;
-    std::uint64_t errors = 0;        /* ERROR and FAIL_OPEN */
-    std::uint64_t invalidations = 0; /* not an outcome: see README */
-};
+namespace session_cache::health {
 
 /* Every request checked: each one has exactly one outcome. */
 std::uint64_t total(const Counters &c);
@@ -31,14 +24,6 @@ std::uint64_t total(const Counters &c);
 /* Percentage of cache lookups the cache answered:
  * (hits + negatives) / (hits + negatives + misses + bypasses); 0 if none. */
 double hit_rate(const Counters &c);
-
-/* One backend's pools, summed over all workers. */
-struct PoolFigures {
-    std::uint64_t size = 0;      /* connections open */
-    std::uint64_t available = 0; /* open and idle */
-    std::uint64_t pending = 0;   /* requests waiting for a connection */
-    std::uint64_t max = 0;       /* pool= times the workers */
-};
 
 enum class Status { Healthy, Degraded, Unhealthy };
 
@@ -48,8 +33,8 @@ struct Backend {
     bool configured = false;
     bool connected = false;      /* it answered the first probe */
     std::string error;           /* why a probe failed; empty if none */
-    std::string breaker = "closed";
-    PoolFigures pool;
+    BreakerState breaker = BreakerState::Closed;
+    PoolFigures pool;            /* summed over all workers */
     std::optional<std::string> version;
 };
 
@@ -63,6 +48,9 @@ struct Redis : Backend {
 
 struct Postgres : Backend {
     std::optional<double> query_ms;              /* SELECT 1 */
+    /* why the session query cannot be prepared (Postgres's words), empty
+     * if it can: a configuration error, no session can be checked there */
+    std::string query_error;
 };
 
 struct Report {
@@ -82,7 +70,9 @@ struct Report {
  * SPEC §6: healthy when every configured backend answers, no breaker is
  * off closed and no probe is slower than the threshold; unhealthy when no
  * backend can check a session (none answers, or the breakers of those that
- * do are open); degraded otherwise. The reasons go to errors.
+ * do are open) or the session query cannot be prepared (a configuration
+ * error: every cache miss fails); degraded otherwise. The reasons go to
+ * errors.
  */
 void evaluate(Report *r);
 

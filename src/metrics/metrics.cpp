@@ -6,22 +6,55 @@
 
 namespace session_cache {
 
-/* Worker processes, old and new during a reload, that can hold a slot. */
-static const ngx_uint_t kSlots = 128;
+/* Slots per worker process: the old and the new workers of a reload live
+ * together for a while. */
+static const ngx_uint_t kSlotsPerWorker = 2;
+
+/* How often a worker without a slot looks for one. */
+static const ngx_msec_t kRetryMs = 1000;
+
+/* One pool's figures in shared memory: one writer (the slot's worker). */
+struct Gauges {
+    ngx_atomic_t  size;
+    ngx_atomic_t  available;
+    ngx_atomic_t  pending;
+    ngx_atomic_t  max;
+};
 
 struct Slot {
     ngx_atomic_t  pid;                 /* 0: free */
-    PoolGauges    pools[2];            /* by Backend */
+    Gauges        pools[2];            /* by Backend */
 };
 
+/* The zone: this header, then `capacity` slots, of which the first
+ * `nslots` are in use (a reload may change it within the capacity). */
 struct MetricsShm {
     ngx_atomic_t  counters[static_cast<int>(Counter::Count)];
-    Slot          slots[kSlots];
+    ngx_atomic_t  nslots;
+    ngx_uint_t    capacity;
 };
 
-/* This worker's view: the zone, and its own slot. */
+static_assert(sizeof(MetricsShm) % alignof(Slot) == 0,
+              "the slots follow the header");
+
+static Slot *slots(MetricsShm *m)
+{
+    return reinterpret_cast<Slot *>(m + 1);
+}
+
+/* What the configuration asks of the zone, for init_zone. */
+struct MetricsConf {
+    ngx_uint_t   nslots;
+    MetricsShm  *previous;   /* the last cycle's zone, when its size
+                              * differs: its counters go on */
+};
+
+/* This worker's view: the zone, its own slot, and its figures, kept here
+ * too for the day it gets a slot. */
 static MetricsShm *shm;
 static Slot *own;
+static PoolFigures mine[2];
+static ngx_event_t retry;
 
 void count(Counter c)
 {
@@ -30,14 +63,28 @@ void count(Counter c)
     }
 }
 
-PoolGauges *pool_gauges(Backend backend)
+static void store(Gauges *g, const PoolFigures &f)
 {
-    return own ? &own->pools[static_cast<int>(backend)] : nullptr;
+    g->size = f.size;
+    g->available = f.available;
+    g->pending = f.pending;
+    g->max = f.max;
 }
 
-health::Counters counters_total()
+void publish_pool(Backend backend, const PoolFigures &figures)
 {
-    health::Counters c;
+    int b = static_cast<int>(backend);
+
+    mine[b] = figures;
+
+    if (own) {
+        store(&own->pools[b], figures);
+    }
+}
+
+Counters counters_total()
+{
+    Counters c;
 
     if (shm == nullptr) {
         return c;
@@ -57,33 +104,41 @@ health::Counters counters_total()
     return c;
 }
 
-/* A worker that crashed leaves its slot behind: its pid is gone. EPERM
- * means alive (another user), as kill(2) says. */
-static bool alive(ngx_atomic_uint_t pid)
+/* Is slot s's worker alive? A worker that crashed leaves its slot
+ * behind: its pid is gone, or (reused) it is this worker's own pid on a
+ * slot that is not this worker's. EPERM means alive (another user), as
+ * kill(2) says. */
+static bool alive(const Slot &s, ngx_atomic_uint_t pid)
 {
     if (pid == 0) {
         return false;
     }
     if (pid == static_cast<ngx_atomic_uint_t>(ngx_pid)) {
-        return true;
+        return &s == own;
     }
     return kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
 }
 
-health::PoolFigures pool_total(Backend backend)
+PoolFigures pool_total(Backend backend)
 {
-    health::PoolFigures p;
+    PoolFigures p;
 
     if (shm == nullptr) {
         return p;
     }
 
     int b = static_cast<int>(backend);
+    ngx_uint_t n = shm->nslots;
 
-    for (ngx_uint_t i = 0; i < kSlots; i++) {
-        Slot &s = shm->slots[i];
+    for (ngx_uint_t i = 0; i < n; i++) {
+        Slot &s = slots(shm)[i];
+        ngx_atomic_uint_t pid = s.pid;
 
-        if (!alive(s.pid)) {
+        if (!alive(s, pid)) {
+            if (pid != 0) {
+                /* its worker is gone: free it for the next one */
+                (void) ngx_atomic_cmp_set(&s.pid, pid, 0);
+            }
             continue;
         }
 
@@ -96,52 +151,104 @@ health::PoolFigures pool_total(Backend backend)
     return p;
 }
 
-static void clear(Slot *s)
+/* Take a free slot, or one whose worker is gone; fill it with this
+ * worker's figures. A slot holding this worker's pid was left by a dead
+ * process that had the same pid: it is free too. */
+static bool claim()
 {
-    for (PoolGauges &g : s->pools) {
-        g.size = 0;
-        g.available = 0;
-        g.pending = 0;
-        g.max = 0;
+    ngx_atomic_uint_t me = ngx_pid;
+    ngx_uint_t n = shm->nslots;
+
+    for (int pass = 0; pass < 2; pass++) {
+        for (ngx_uint_t i = 0; i < n; i++) {
+            Slot &s = slots(shm)[i];
+            ngx_atomic_uint_t pid = s.pid;
+
+            bool take = pass == 0 ? pid == 0 || pid == me
+                                  : pid != 0 && !alive(s, pid);
+
+            if (take && ngx_atomic_cmp_set(&s.pid, pid, me)) {
+                for (int b = 0; b < 2; b++) {
+                    store(&s.pools[b], mine[b]);
+                }
+                own = &s;
+                return true;
+            }
+        }
     }
+
+    return false;
+}
+
+static void retry_claim(ngx_event_t *ev)
+{
+    if (shm == nullptr || own != nullptr || ngx_exiting || ngx_quit
+        || ngx_terminate)
+    {
+        return;
+    }
+
+    if (claim()) {
+        ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                      "session_cache: metrics slot found: this worker's "
+                      "pools are in the health document again");
+        return;
+    }
+
+    ngx_add_timer(ev, kRetryMs);
 }
 
 void metrics_attach(ngx_cycle_t *cycle, ngx_shm_zone_t *zone)
 {
     shm = zone ? static_cast<MetricsShm *>(zone->data) : nullptr;
     own = nullptr;
+    mine[0] = mine[1] = PoolFigures();
 
     if (shm == nullptr) {
         return;
     }
 
-    ngx_atomic_uint_t me = ngx_pid;
+    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(
+        ngx_get_conf(cycle->conf_ctx, ngx_core_module));
+    ngx_uint_t n = shm->nslots;
 
-    /* a free slot first; else one a dead worker left */
-    for (int pass = 0; pass < 2; pass++) {
-        for (ngx_uint_t i = 0; i < kSlots; i++) {
-            Slot &s = shm->slots[i];
-            ngx_atomic_uint_t pid = s.pid;
+    if (ngx_worker == 0 && ccf->worker_processes > 0
+        && n < kSlotsPerWorker * ccf->worker_processes)
+    {
+        /* worker_processes came after http{}: the zone was sized before
+         * it was known */
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "session_cache: %ui metrics slots for %i worker "
+                      "processes: put worker_processes before the http "
+                      "block", n, ccf->worker_processes);
+    }
 
-            bool take = pass == 0 ? pid == 0 : pid != 0 && !alive(pid);
-
-            if (take && ngx_atomic_cmp_set(&s.pid, pid, me)) {
-                clear(&s);
-                own = &s;
-                return;
-            }
-        }
+    if (claim()) {
+        return;
     }
 
     ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                  "session_cache: no free metrics slot: this worker's "
-                  "pools are left out of the health document");
+                  "session_cache: no free metrics slot (%ui slots): this "
+                  "worker's pools are left out of the health document "
+                  "until one frees", n);
+
+    ngx_memzero(&retry, sizeof(ngx_event_t));
+    retry.handler = retry_claim;
+    retry.log = cycle->log;
+    retry.cancelable = 1;    /* never delays a graceful exit */
+    ngx_add_timer(&retry, kRetryMs);
 }
 
 void metrics_detach()
 {
+    if (retry.timer_set) {
+        ngx_del_timer(&retry);
+    }
+
     if (own) {
-        clear(own);
+        for (Gauges &g : own->pools) {
+            store(&g, PoolFigures());
+        }
         ngx_memory_barrier();
         own->pid = 0;
     }
@@ -150,11 +257,23 @@ void metrics_detach()
     shm = nullptr;
 }
 
+/* The bytes for the header and n slots, in whole pages. */
+static size_t region(ngx_uint_t n)
+{
+    return ngx_align(sizeof(MetricsShm) + n * sizeof(Slot), ngx_pagesize);
+}
+
 static ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data)
 {
+    auto *mc = static_cast<MetricsConf *>(zone->data);
+
     if (data) {
-        /* a reload: the same memory, the counters go on */
-        zone->data = data;
+        /* a reload, the same size: the same memory, the counters go on;
+         * the slots in use follow worker_processes, within the capacity
+         * that the same size guarantees */
+        auto *m = static_cast<MetricsShm *>(data);
+        m->nslots = ngx_min(mc->nslots, m->capacity);
+        zone->data = m;
         return NGX_OK;
     }
 
@@ -165,10 +284,22 @@ static ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data)
         return NGX_OK;
     }
 
-    auto *m = static_cast<MetricsShm *>(
-        ngx_slab_calloc(shpool, sizeof(MetricsShm)));
+    size_t bytes = region(mc->nslots);
+
+    auto *m = static_cast<MetricsShm *>(ngx_slab_calloc(shpool, bytes));
     if (m == nullptr) {
         return NGX_ERROR;
+    }
+
+    m->capacity = (bytes - sizeof(MetricsShm)) / sizeof(Slot);
+    m->nslots = mc->nslots;
+
+    if (mc->previous) {
+        /* worker_processes changed the zone's size: a new zone, the same
+         * counters (the old zone is still mapped, in the master) */
+        for (int i = 0; i < static_cast<int>(Counter::Count); i++) {
+            m->counters[i] = mc->previous->counters[i];
+        }
     }
 
     shpool->data = m;
@@ -177,17 +308,71 @@ static ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data)
     return NGX_OK;
 }
 
+/* The last cycle's zone of this name and module, if its size differs. */
+static MetricsShm *previous_zone(ngx_conf_t *cf, const ngx_str_t *name,
+                                 size_t size)
+{
+    ngx_cycle_t *old = cf->cycle->old_cycle;
+
+    if (old == nullptr || old->shared_memory.part.elts == nullptr) {
+        return nullptr;
+    }
+
+    ngx_list_part_t *part = &old->shared_memory.part;
+    auto *z = static_cast<ngx_shm_zone_t *>(part->elts);
+
+    for (ngx_uint_t i = 0; /* void */; i++) {
+        if (i >= part->nelts) {
+            if (part->next == nullptr) {
+                return nullptr;
+            }
+            part = part->next;
+            z = static_cast<ngx_shm_zone_t *>(part->elts);
+            i = 0;
+        }
+
+        if (z[i].tag == &ngx_http_session_cache_module
+            && z[i].shm.name.len == name->len
+            && ngx_strncmp(z[i].shm.name.data, name->data, name->len) == 0)
+        {
+            return z[i].shm.size == size
+                       ? nullptr
+                       : static_cast<MetricsShm *>(z[i].data);
+        }
+    }
+}
+
 }  // namespace session_cache
 
 extern "C" ngx_shm_zone_t *
 ngx_http_session_cache_metrics_zone(ngx_conf_t *cf)
 {
+    using namespace session_cache;
+
     static ngx_str_t name = ngx_string("session_cache_metrics");
 
+    auto *mc = static_cast<MetricsConf *>(
+        ngx_pcalloc(cf->pool, sizeof(MetricsConf)));
+    if (mc == nullptr) {
+        return nullptr;
+    }
+
+    /* worker_processes, if it came before http{}; else the default of
+     * "auto", and a warning at start if that was too few */
+    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(
+        ngx_get_conf(cf->cycle->conf_ctx, ngx_core_module));
+    ngx_int_t workers = ccf->worker_processes;
+
+    if (workers == NGX_CONF_UNSET || workers <= 0) {
+        workers = ngx_ncpu > 0 ? ngx_ncpu : 1;
+    }
+
+    mc->nslots = kSlotsPerWorker * static_cast<ngx_uint_t>(workers);
+
     /* the slab pool's own pages, plus ours */
-    size_t size = 8 * ngx_pagesize
-                  + ngx_align(sizeof(session_cache::MetricsShm),
-                              ngx_pagesize);
+    size_t size = 8 * ngx_pagesize + region(mc->nslots);
+
+    mc->previous = previous_zone(cf, &name, size);
 
     ngx_shm_zone_t *zone = ngx_shared_memory_add(
         cf, &name, size, &ngx_http_session_cache_module);
@@ -195,7 +380,8 @@ ngx_http_session_cache_metrics_zone(ngx_conf_t *cf)
         return nullptr;
     }
 
-    zone->init = session_cache::init_zone;
+    zone->init = init_zone;
+    zone->data = mc;
 
     return zone;
 }

@@ -11,6 +11,8 @@ namespace session_cache {
 
 static const char kStatement[] = "ngx_session_cache_check";
 
+const char kPgQueryUnprepared[] = "the session query cannot be prepared";
+
 struct PgConn {
     enum State { Connecting, Preparing, Idle, Querying };
 
@@ -23,6 +25,9 @@ struct PgConn {
     ngx_uint_t        njobs = 0;
     PGresult         *result = nullptr;
     bool              flushing = false;
+    bool              prepared = false;  /* kStatement exists on it */
+    bool              alerted = false;   /* its refusal was logged */
+    std::string       query_error;       /* why Postgres refused it */
     ngx_event_t       connect_timer;
     ngx_queue_t       link;
 
@@ -439,6 +444,12 @@ void PgPool::connecting(PgConn *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
+    prepare(pc);
+}
+
+/* Prepare the session query on pc; prepared() takes the answer. */
+void PgPool::prepare(PgConn *pc)
+{
     if (!PQsendPrepare(pc->pg, kStatement, query_.c_str(), 1, nullptr)) {
         fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
         return;
@@ -491,22 +502,14 @@ void PgPool::busy(PgConn *pc)
 void PgPool::idle(PgConn *pc)
 {
     if (PgQuery *job = front(pc)) {
-        /* posted by assign(): send the query */
-        const char *values[1] = { job->token.c_str() };
-
-        if (!(job->probe
-              ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr, nullptr,
-                                  nullptr, nullptr, 0)
-              : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
-                                    nullptr, 0)))
-        {
-            fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
-            return;
+        /* posted by assign(): send the query, after preparing the session
+         * query again where Postgres refused it (the schema may have been
+         * fixed since) */
+        if (pc->prepared) {
+            send(pc, job);
+        } else {
+            prepare(pc);
         }
-
-        pc->state = PgConn::Querying;
-        pc->flushing = true;
-        busy(pc);
         return;
     }
 
@@ -523,6 +526,117 @@ void PgPool::idle(PgConn *pc)
         }
         PQclear(res);
     }
+}
+
+void PgPool::send(PgConn *pc, PgQuery *job)
+{
+    const char *values[1] = { job->token.c_str() };
+
+    if (!(job->probe
+          ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr, nullptr,
+                              nullptr, nullptr, 0)
+          : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
+                                nullptr, 0)))
+    {
+        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        return;
+    }
+
+    pc->state = PgConn::Querying;
+    pc->flushing = true;
+    busy(pc);
+}
+
+/*
+ * Did Postgres refuse the query itself, by its SQLSTATE class: 42 (syntax
+ * error or access rule violation: a missing column, table or function, no
+ * privilege), 0A (feature not supported), 22 (a constant of the wrong
+ * type), 3F (no such schema)? Anything else (a server shutting down, out
+ * of resources, a broken connection) is a failure of the backend.
+ */
+static bool refused_by_query(const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE)
+                            : nullptr;
+
+    if (state == nullptr || std::strlen(state) != 5) {
+        return false;
+    }
+
+    for (const char *cls : {"42", "0A", "22", "3F"}) {
+        if (std::strncmp(state, cls, 2) == 0) {
+            return true;
+        }
+    }
+
+    return false;
+}
+
+/*
+ * The answer to the session query's preparation. Refused (a missing
+ * column, a syntax error): a configuration error, not an outage. The
+ * connection is sound and stays; the alert is logged once per connection;
+ * the session query waiting on it fails with kPgQueryUnprepared, which the
+ * breaker does not count (Postgres answered) and the check turns into 500
+ * whatever auth_session_fail says; a health probe still runs its SELECT 1
+ * and reports the refusal. Any other failure fails the connection.
+ */
+void PgPool::prepared(PgConn *pc, PGresult *res)
+{
+    bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    if (!ok && !refused_by_query(res)) {
+        std::string why = "cannot prepare the session query: "
+                          + said(conf_, query_,
+                                 res ? PQresultErrorMessage(res)
+                                     : PQerrorMessage(pc->pg));
+        PQclear(res);
+        fail(pc, why.c_str());
+        return;
+    }
+
+    pc->state = PgConn::Idle;
+    pc->prepared = ok;
+
+    if (ok) {
+        pc->query_error.clear();
+
+    } else {
+        /* the server's words without the severity: "column ... does not
+         * exist" */
+        const char *why = res ? PQresultErrorField(res,
+                                                   PG_DIAG_MESSAGE_PRIMARY)
+                              : nullptr;
+        pc->query_error = said(conf_, query_,
+                               why ? why
+                               : res ? PQresultErrorMessage(res)
+                                     : PQerrorMessage(pc->pg));
+        if (!pc->alerted) {
+            pc->alerted = true;
+            ngx_log_error(NGX_LOG_ALERT, &log_, 0,
+                          "session_cache: postgres refused to prepare the "
+                          "session query (session_cache_query), a "
+                          "configuration error: %s; requests that need "
+                          "postgres get 500", pc->query_error.c_str());
+        }
+    }
+
+    PQclear(res);
+
+    PgQuery *job = front(pc);
+
+    if (job == nullptr) {
+        dispatch();
+        return;
+    }
+
+    if (ok || job->probe) {
+        send(pc, job);
+        return;
+    }
+
+    finish(job, nullptr, kPgQueryUnprepared, true);
+    dispatch();
 }
 
 static bool parse_int64(const char *s, std::int64_t *out)
@@ -555,26 +669,7 @@ void PgPool::completed(PgConn *pc)
     pc->result = nullptr;
 
     if (pc->state == PgConn::Preparing) {
-        if (res == nullptr || PQresultStatus(res) != PGRES_COMMAND_OK) {
-            ngx_log_error(NGX_LOG_ERR, &log_, 0,
-                          "session_cache: postgres: cannot prepare the "
-                          "session query: %s",
-                          said(conf_, query_,
-                               res ? PQresultErrorMessage(res)
-                                   : PQerrorMessage(pc->pg)).c_str());
-            PQclear(res);
-            fail(pc, "cannot prepare the session query");
-            return;
-        }
-
-        PQclear(res);
-        pc->state = PgConn::Idle;
-
-        if (pc->njobs) {
-            idle(pc);
-        } else {
-            dispatch();
-        }
+        prepared(pc, res);
         return;
     }
 
@@ -661,6 +756,7 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
     row.has_expiry = false;
     row.expires_at = 0;
     row.server_version = version ? version : "";
+    row.query_error = pc->query_error;
 
     finish(job, &row, nullptr);
     PQclear(res);

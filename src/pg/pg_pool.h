@@ -1,7 +1,8 @@
 /*
  * Per-worker pool of non-blocking libpq connections, driven by nginx's
  * event loop (PQconnectStartParams, PQsendQueryPrepared, PQconsumeInput).
- * The session query is prepared once per connection. One query in flight
+ * The session query is prepared once per connection (again before each
+ * query where Postgres refused it: see prepared()). One query in flight
  * per connection (depth 1); requests beyond the pool wait in a queue until a
  * connection frees or their timeout passes. libpq owns the sockets: the
  * nginx connection around one is released with ngx_free_connection, never
@@ -27,7 +28,13 @@ struct PgRow {
     bool             has_expiry;
     std::int64_t     expires_at;
     std::string_view server_version;  /* a probe: the server's version */
+    std::string_view query_error;     /* a probe: why the session query
+                                       * cannot be prepared, or empty */
 };
+
+/* The error a session query gets when Postgres refuses to prepare it: a
+ * configuration error, not an outage (compare the address). */
+extern const char kPgQueryUnprepared[];
 
 /* One query on the pool: the session query for token, or the health
  * probe (PoolJob::probe). done(data, row, nullptr) with row == nullptr:
@@ -89,6 +96,9 @@ private:
     void connecting(PgConn *pc);
     void busy(PgConn *pc);
     void idle(PgConn *pc);
+    void prepare(PgConn *pc);
+    void send(PgConn *pc, PgQuery *job);
+    void prepared(PgConn *pc, PGresult *res);
     void completed(PgConn *pc);
     void probed(PgConn *pc, PgQuery *job, PGresult *res);
     bool want_write(PgConn *pc, bool on);

@@ -62,16 +62,6 @@ public:
     ngx_uint_t max() const { return backend_->pool; }
     ngx_uint_t pending() const { return npending_; }
 
-    /* Where to keep this pool's figures for the health document (shared
-     * memory, this worker's slot); nullptr: nowhere. */
-    void set_gauges(PoolGauges *gauges)
-    {
-        gauges_ = gauges;
-        if (gauges_) {
-            gauges_->max = backend_->pool;
-        }
-    }
-
     /* The caller went away: done() will not be called. */
     void cancel(Job *job)
     {
@@ -114,6 +104,8 @@ protected:
                       sizeof(connect_timeout_text_) - 1,
                       "connect timed out after %Mms",
                       backend->connect_timeout) = '\0';
+
+        publish();
     }
 
     ~Pool() = default;
@@ -179,9 +171,11 @@ protected:
     }
 
     /* The job is over: tell whoever waits, if anyone still does. The job
-     * is gone before done() runs, which may submit new work. */
+     * is gone before done() runs, which may submit new work. answered: the
+     * error is not the backend's failure (it answered; the configuration
+     * is wrong), so the breaker counts a success. */
     void finish(Job *job, const typename Job::result_type *result,
-                const char *error)
+                const char *error, bool answered = false)
     {
         if (job->timer.timer_set) {
             ngx_del_timer(&job->timer);
@@ -200,7 +194,8 @@ protected:
         /* the breaker counts every call, also those nobody waits for;
          * for Postgres, "no row" is a success */
         if (!job->probe) {
-            breaker_report(which_, error == nullptr, job->trial, &log_);
+            breaker_report(which_, error == nullptr || answered, job->trial,
+                           &log_);
         }
 
         typename Job::Done done = job->done;
@@ -365,24 +360,17 @@ protected:
     ngx_uint_t    nidle_ = 0;      /* connections without a job */
     char          timeout_text_[64];
     char          connect_timeout_text_[64];
-    PoolGauges   *gauges_ = nullptr;
 
     /* standard layout, unlike Job, so that offsetof applies */
     using JobBase = PoolJob<Conn, typename Job::result_type>;
 
 private:
-    /* The figures now, for every worker to read: plain stores, one writer
-     * (this worker). Available: open connections without a job. */
+    /* The figures now, for the health document (this worker's metrics
+     * slot). Available: open connections without a job. */
     void publish()
     {
-        if (gauges_ == nullptr) {
-            return;
-        }
-
-        gauges_->size = nconns_;
-        gauges_->available = nidle_;
-        gauges_->pending = npending_;
-        gauges_->max = backend_->pool;
+        publish_pool(which_, PoolFigures{nconns_, nidle_, npending_,
+                                         backend_->pool});
     }
 
 

@@ -69,11 +69,11 @@ test_min_requests(void **state)
     for (int i = 0; i < 4; i++) {
         assert_true(F.call(false) == Transition::None);
     }
-    assert_true(F.b.phase == BreakerPhase::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
 
     /* the fifth reaches min_requests */
     assert_true(F.call(false) == Transition::Opened);
-    assert_true(F.b.phase == BreakerPhase::Open);
+    assert_true(F.b.phase == BreakerState::Open);
 }
 
 void
@@ -86,7 +86,7 @@ test_exactly_at_threshold_stays_closed(void **state)
     for (int i = 0; i < 5; i++) {
         assert_true(F.call(false) == Transition::None);
     }
-    assert_true(F.b.phase == BreakerPhase::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
 
     BreakerStats s = breaker_stats(&F.b, F.cfg, F.now);
     assert_int_equal(s.calls, 10);
@@ -133,7 +133,7 @@ test_hundred_percent_never_opens(void **state)
     for (int i = 0; i < 50; i++) {
         assert_true(F.call(false) == Transition::None);
     }
-    assert_true(F.b.phase == BreakerPhase::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
 }
 
 void
@@ -154,7 +154,7 @@ test_window_roll_over(void **state)
 
     /* so one more failure is 1 call, below min_requests */
     assert_true(F.call(false) == Transition::None);
-    assert_true(F.b.phase == BreakerPhase::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
 }
 
 void
@@ -191,7 +191,7 @@ open_it(void **state)
     for (int i = 0; i < 5; i++) {
         F.call(false);
     }
-    assert_true(F.b.phase == BreakerPhase::Open);
+    assert_true(F.b.phase == BreakerState::Open);
 }
 
 void
@@ -211,7 +211,7 @@ test_open_rejects_until_cooldown(void **state)
     Transition t;
     assert_true(breaker_admit(&F.b, F.cfg, F.now, &t) == Admit::Trial);
     assert_true(t == Transition::HalfOpened);
-    assert_true(F.b.phase == BreakerPhase::HalfOpen);
+    assert_true(F.b.phase == BreakerState::HalfOpen);
     assert_int_equal(breaker_wait(&F.b, F.cfg, F.now), 0);
 
     /* one trial only */
@@ -228,7 +228,7 @@ test_trial_success_closes_with_a_clean_window(void **state)
 
     assert_true(breaker_record(&F.b, F.cfg, F.now, true, true)
                 == Transition::Closed);
-    assert_true(F.b.phase == BreakerPhase::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
     assert_int_equal(breaker_stats(&F.b, F.cfg, F.now).calls, 0);
 
     /* the old failures do not reopen it at the next failure */
@@ -245,7 +245,7 @@ test_trial_failure_reopens_for_a_new_cooldown(void **state)
     F.now += 200;   /* the trial timed out */
     assert_true(breaker_record(&F.b, F.cfg, F.now, false, true)
                 == Transition::Reopened);
-    assert_true(F.b.phase == BreakerPhase::Open);
+    assert_true(F.b.phase == BreakerState::Open);
     assert_int_equal(breaker_wait(&F.b, F.cfg, F.now), F.cfg.cooldown);
     assert_true(F.admit() == Admit::Reject);
 }
@@ -260,14 +260,14 @@ test_late_reports_while_open_are_ignored(void **state)
                 == Transition::None);
     assert_true(breaker_record(&F.b, F.cfg, F.now, false, false)
                 == Transition::None);
-    assert_true(F.b.phase == BreakerPhase::Open);
+    assert_true(F.b.phase == BreakerState::Open);
 
     /* nor while half-open: only the trial decides */
     F.now += F.cfg.cooldown;
     assert_true(F.admit() == Admit::Trial);
     assert_true(breaker_record(&F.b, F.cfg, F.now, true, false)
                 == Transition::None);
-    assert_true(F.b.phase == BreakerPhase::HalfOpen);
+    assert_true(F.b.phase == BreakerState::HalfOpen);
 }
 
 void
@@ -302,7 +302,7 @@ test_lost_trial_is_replaced_after_a_cooldown(void **state)
                 == Transition::Closed);
     assert_true(breaker_record(&F.b, F.cfg, F.now, false, true)
                 == Transition::None);
-    assert_true(F.b.phase == BreakerPhase::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
 }
 
 void
@@ -318,11 +318,11 @@ test_adopting_a_new_layout_keeps_the_phase(void **state)
     for (int i = 0; i < 3; i++) {
         F.call(false);
     }
-    assert_true(F.b.phase == BreakerPhase::Open);
+    assert_true(F.b.phase == BreakerState::Open);
     BreakerConfig other = F.cfg;
     other.buckets = 20;
     breaker_adopt(&F.b, other);
-    assert_true(F.b.phase == BreakerPhase::Open);
+    assert_true(F.b.phase == BreakerState::Open);
     assert_int_equal(breaker_stats(&F.b, other, F.now).calls, 0);
 }
 

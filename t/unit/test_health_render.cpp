@@ -15,6 +15,8 @@ extern "C" {
 #include "health/health_render.h"
 
 using namespace session_cache::health;
+using session_cache::BreakerState;
+using session_cache::Counters;
 
 namespace {
 
@@ -158,18 +160,62 @@ void
 test_breakers(void **)
 {
     Report r = good();
-    r.redis.breaker = "half_open";
+    r.redis.breaker = BreakerState::HalfOpen;
     evaluate(&r);
     assert_int_equal(static_cast<int>(r.status),
                      static_cast<int>(Status::Degraded));
     assert_string_equal(r.errors.at(0).c_str(), "redis: breaker half_open");
 
+    /* the names the document shows, one per state */
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"breaker\": \"half_open\", \"pool\""));
+    assert_true(contains(j, "\"breaker\": \"closed\", \"pool\""));
+    assert_true(contains(j, "\"sessionCache\": {\"enabled\": true, "
+                            "\"healthy\": false"));
+
+    /* one breaker open, the other backend still checks sessions */
+    r.redis.breaker = BreakerState::Open;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    assert_string_equal(r.errors.at(0).c_str(), "redis: breaker open");
+    assert_true(contains(render_json(r), "\"breaker\": \"open\""));
+
     /* both answer, but both breakers are open: nothing checks a session */
-    r.redis.breaker = "open";
-    r.postgres.breaker = "open";
+    r.postgres.breaker = BreakerState::Open;
     evaluate(&r);
     assert_int_equal(static_cast<int>(r.status),
                      static_cast<int>(Status::Unhealthy));
+}
+
+
+/* A session query Postgres cannot prepare is a configuration error: no
+ * cache miss can be checked, whatever else answers. */
+void
+test_session_query_unpreparable(void **)
+{
+    Report r = good();
+    r.postgres.query_error = "column \"nope\" does not exist";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Unhealthy));
+    assert_int_equal(http_status(r.status), 503);
+    assert_int_equal(r.errors.size(), 1);
+    assert_string_equal(r.errors.at(0).c_str(),
+                        "postgres: the session query cannot be prepared: "
+                        "column \"nope\" does not exist");
+
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"status\": \"unhealthy\""));
+    assert_true(contains(j, "cannot be prepared: column \\\"nope\\\""));
+
+    /* Postgres not configured: nothing to prepare */
+    r = good();
+    r.postgres = {};
+    r.postgres.query_error = "stale";
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
 }
 
 
@@ -259,7 +305,7 @@ test_prometheus(void **)
     Report r = good();
     r.counters.hits = 3;
     r.counters.bypasses = 1;
-    r.redis.breaker = "half_open";
+    r.redis.breaker = BreakerState::HalfOpen;
     r.postgres.version = "15 \"x\"";
     evaluate(&r);
     std::string p = render_prometheus(r);
@@ -273,6 +319,12 @@ test_prometheus(void **)
     assert_true(contains(p, "nginx_session_cache_status{status=\"healthy\"} 0\n"));
     assert_true(contains(p, "nginx_session_cache_breaker_state{backend=\"redis\","
                             "state=\"half_open\"} 1\n"));
+    assert_true(contains(p, "nginx_session_cache_breaker_state"
+                            "{backend=\"redis\",state=\"closed\"} 0\n"
+                            "nginx_session_cache_breaker_state"
+                            "{backend=\"redis\",state=\"open\"} 0\n"));
+    assert_true(contains(p, "nginx_session_cache_breaker_state"
+                            "{backend=\"postgres\",state=\"closed\"} 1\n"));
     assert_true(contains(p, "nginx_session_cache_pool_size{backend=\"redis\"} 2\n"));
     assert_true(contains(p, "nginx_session_cache_probe_duration_seconds"
                             "{probe=\"ping\"} 0.0004\n"));
@@ -340,6 +392,7 @@ main(void)
         cmocka_unit_test(test_only_postgres_configured),
         cmocka_unit_test(test_nothing_configured),
         cmocka_unit_test(test_breakers),
+        cmocka_unit_test(test_session_query_unpreparable),
         cmocka_unit_test(test_latency_threshold),
         cmocka_unit_test(test_a_later_probe_failing),
         cmocka_unit_test(test_json),

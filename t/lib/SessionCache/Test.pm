@@ -510,6 +510,35 @@ sub no_alerts ($nginx, $name = 'no alerts, crits or sanitizer reports in the err
     return $ok;
 }
 
+# no_alerts for a test that provokes alerts on purpose: stops $nginx as
+# no_alerts does; every [alert], [emerg] or [crit] line must match
+# $expected, at least one must, and no sanitizer report may appear. Call
+# it as SessionCache::Test::only_alerts($nginx, qr/.../).
+sub only_alerts ($nginx, $expected, $name = 'only the expected alerts, no sanitizer reports') {
+    my @problems;
+    if ($nginx->running) {
+        push @problems, 'nginx did not exit within 10s of SIGQUIT'
+            unless $nginx->stop;
+    }
+    my $seen = 0;
+    for my $line (split /\n/, $nginx->error_log) {
+        if ($line =~ /\[(?:alert|emerg|crit)\]/) {
+            if ($line =~ $expected) { $seen++ } else { push @problems, $line }
+        }
+        push @problems, $line
+            if $line =~ /AddressSanitizer|LeakSanitizer|runtime error:/;
+    }
+    push @problems, "no alert matching $expected" unless $seen;
+    my $stderr = _slurp($nginx->dir . '/nginx.stderr');
+    push @problems, grep { /AddressSanitizer|LeakSanitizer|runtime error:/ }
+        split /\n/, $stderr;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my $ok = Test::More::ok(!@problems, $name);
+    Test::More::diag(join "\n", @problems[0 .. ($#problems < 19 ? $#problems : 19)])
+        if @problems;
+    return $ok;
+}
+
 # ====================================================================
 package SessionCache::Test::Redis;
 
