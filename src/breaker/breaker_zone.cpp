@@ -104,18 +104,6 @@ void breaker_stop()
 }
 
 #if (NGX_DEBUG)
-static const char *phase_name(BreakerPhase p)
-{
-    switch (p) {
-    case BreakerPhase::Open:
-        return "open";
-    case BreakerPhase::HalfOpen:
-        return "half-open";
-    case BreakerPhase::Closed:
-        break;
-    }
-    return "closed";
-}
 
 static const char *admit_name(Admit a)
 {
@@ -158,7 +146,7 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
     ngx_shmtx_lock(&shpool->mutex);
     Admit a = breaker_admit(b, config, now(), &t);
 #if (NGX_DEBUG)
-    BreakerPhase phase = b->phase;
+    BreakerState phase = b->phase;
 #endif
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -166,7 +154,7 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
                    "session_cache: %s breaker %s: call %s",
-                   kNames[static_cast<int>(backend)], phase_name(phase),
+                   kNames[static_cast<int>(backend)], breaker_state_name(phase),
                    admit_name(a));
 
     *trial = (a == Admit::Trial);
