@@ -249,7 +249,7 @@ static void sweep_fills()
     }
 }
 
-static void on_cache_written(void *data, const redisReply *reply,
+static void on_cache_written(void *data, const RedisReply *reply,
                              const char *error)
 {
     auto *entry = static_cast<Fills::value_type *>(data);
@@ -359,7 +359,7 @@ static ngx_int_t ask_postgres(Ctx *ctx)
     return NGX_AGAIN;
 }
 
-static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
+static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
                                 const char *error)
 {
     if (error != nullptr) {
@@ -483,7 +483,7 @@ static void answered(Ctx *ctx, Step step)
     resume(ctx, rc);
 }
 
-static void on_redis(void *data, const redisReply *reply, const char *error)
+static void on_redis(void *data, const RedisReply *reply, const char *error)
 {
     auto *ctx = static_cast<Ctx *>(data);
 
