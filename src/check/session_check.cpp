@@ -381,10 +381,13 @@ static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
         return ask_postgres(ctx);
     }
 
-    Session s;
+    /* nothing allocated: the user id goes from the reply to user_id, and
+     * allow() copies it once into the request's pool */
+    SessionView s;
+    char user_id[kMaxUserIdLength];
 
     switch (decode_session(std::string_view(reply->str, reply->len),
-                           ngx_time(), &s))
+                           ngx_time(), &s, user_id))
     {
     case Decoded::Valid:
         return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
