@@ -268,7 +268,8 @@ static int type_of(char c)
     }
 }
 
-/* Unparsed bytes one reply to kind may take (its framing included). */
+/* The bytes one reply to kind may take, its framing included ("$5\r\n"
+ * and the final "\r\n": at most 25 more than its value). */
 static std::size_t max_bytes(RedisCmd kind)
 {
     switch (kind) {
@@ -349,6 +350,32 @@ ReplyReader::Next ReplyReader::refuse(const char *what, const char **error)
     return Next::Refused;
 }
 
+/*
+ * A bulk string in progress (the reply's first byte was '$'): is the
+ * length it announces more than kind may take? hiredis leaves the length
+ * line in its buffer until the whole string is there.
+ */
+bool ReplyReader::bulk_too_large() const
+{
+    const char *p = reader_->buf + reader_->pos + (in_reply_ == 0 ? 1 : 0);
+    const char *end = reader_->buf + reader_->len;
+    std::size_t len = 0, digits = 0;
+
+    if (p < end && *p == '-') {
+        return false;   /* nil */
+    }
+
+    for (; p < end && *p >= '0' && *p <= '9' && digits < 19; p++, digits++) {
+        len = len * 10 + static_cast<std::size_t>(*p - '0');
+    }
+
+    if (p == end || *p != '\r' || digits == 0) {
+        return false;   /* not all there yet, or hiredis will refuse it */
+    }
+
+    return 1 + digits + 2 + len + 2 > max_bytes(kind_);
+}
+
 ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
                                     const char **error) noexcept
 {
@@ -359,16 +386,19 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
 
     kind_ = kind;
 
-    /* a large copy (INFO) is not kept for the next reply */
-    if (value_.capacity() > 16 * 1024) {
-        std::string().swap(value_);
-    }
+    if (boundary_) {
+        if (buffered() == 0) {
+            return Next::More;
+        }
 
-    if (reader_->ridx == -1 && reader_->pos < reader_->len) {
+        /* a large copy (INFO) is not kept for the next reply */
+        if (value_.capacity() > 16 * 1024) {
+            std::string().swap(value_);
+        }
+
         /* the first byte of a reply: its type */
-        const char *p = reader_->buf + reader_->pos;
-        std::size_t n = reader_->len - reader_->pos;
-        int type = type_of(*p);
+        first_ = reader_->buf[reader_->pos];
+        int type = type_of(first_);
 
         if (type < 0) {
             return refuse("protocol error: not a reply to", error);
@@ -383,24 +413,21 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
             return Next::Refused;
         }
 
-        if (type == REDIS_REPLY_STRING) {
-            /* refuse a bulk string that would be too long at once */
-            std::size_t pos = 0, len;
-            std::string_view s(p, n < 24 ? n : 24);
-
-            if (read_number(s, &pos, '$', &len)
-                && len > max_bytes(kind) - 32)
-            {
-                return refuse("reply too large for", error);
-            }
-        }
+        boundary_ = false;
+        in_reply_ = 0;
+        elements_ = 0;
+        reply_ = RedisReply{};
+        reply_.type = -1;
     }
 
-    reply_ = RedisReply{};
-    reply_.type = -1;
-    elements_ = 0;
+    /* a bulk string that would be too long is refused once its length
+     * is read, before its bytes are buffered */
+    if (first_ == '$' && bulk_too_large()) {
+        return refuse("reply too large for", error);
+    }
 
     void *obj = nullptr;
+    std::size_t before = buffered();
 
     reading = this;
     int rc = redisReaderGetReply(reader_, &obj);
@@ -415,13 +442,23 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
         return refuse("protocol error in the reply to", error);
     }
 
+    /* the reply's size so far: what hiredis took out of its buffer (its
+     * sdsrange() moves pos and len together), and what it holds back */
+    in_reply_ += before - buffered();
+
     if (obj == nullptr) {
-        if (buffered() > max_bytes(kind)) {
+        if (in_reply_ + buffered() > max_bytes(kind)) {
             return refuse("reply too large for", error);
         }
         return Next::More;
     }
 
+    /* the same bound on a reply that came whole, however it was split */
+    if (in_reply_ > max_bytes(kind)) {
+        return refuse("reply too large for", error);
+    }
+
+    boundary_ = true;
     *reply = reply_;
     return Next::Reply;
 }

@@ -81,9 +81,12 @@ struct RedisReply {
  * away could not be told from the next one); error names why, in the
  * module's words, never the peer's.
  *
- * Bounds, whatever a server sends: one reply's unparsed bytes (GET 64 KiB,
- * INFO 1 MiB, a status or error 4 KiB), 1024 elements in all per reply
- * (Other; every other kind refuses an array at its first byte). Memory:
+ * Bounds, whatever a server sends: one reply's bytes (GET 64 KiB, INFO
+ * 1 MiB, framing aside; a status, error or integer 4 KiB), refused as soon
+ * as they are exceeded or announced, and 1024 elements in all per reply
+ * (Other; every other kind refuses an array at its first byte). Whether a
+ * reply is refused does not depend on how its bytes were split into
+ * reads. Memory:
  * hiredis's input buffer and one reused copy of the current reply's
  * string; nothing is allocated per reply once they have grown.
  */
@@ -120,11 +123,15 @@ private:
     static redisReplyObjectFunctions functions_;
 
     bool accept(int type, bool top);
+    bool bulk_too_large() const;
     Next refuse(const char *what, const char **error);
 
     redisReader  *reader_ = nullptr;
     RedisCmd      kind_ = RedisCmd::Other;
     RedisReply    reply_{};
+    bool          boundary_ = true; /* the next byte starts a reply */
+    char          first_ = 0;      /* the current reply's first byte */
+    std::size_t   in_reply_ = 0;   /* its bytes hiredis has taken so far */
     std::size_t   elements_ = 0;   /* announced in the current reply */
     std::string   value_;          /* the current reply's string */
     const char   *refused_ = nullptr;
