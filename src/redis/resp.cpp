@@ -268,16 +268,28 @@ static int type_of(char c)
     }
 }
 
-/* The bytes one reply to kind may take, its framing included ("$5\r\n"
- * and the final "\r\n": at most 25 more than its value). */
+/* The bytes of a bulk string reply of n bytes: "$<n>\r\n<n bytes>\r\n". */
+static constexpr std::size_t bulk_size(std::size_t n)
+{
+    std::size_t digits = 1;
+
+    for (std::size_t v = n; v >= 10; v /= 10) {
+        digits++;
+    }
+
+    return 1 + digits + 2 + n + 2;
+}
+
+/* The bytes one reply to kind may take: a bulk string of at most
+ * kMaxValue (GET) or kMaxInfo bytes, or a line of kMaxLine. */
 static std::size_t max_bytes(RedisCmd kind)
 {
     switch (kind) {
     case RedisCmd::Get:
-        return ReplyReader::kMaxValue + 32;
+        return bulk_size(ReplyReader::kMaxValue);
     case RedisCmd::Info:
     case RedisCmd::Other:
-        return ReplyReader::kMaxInfo + 32;
+        return bulk_size(ReplyReader::kMaxInfo);
     default:
         return ReplyReader::kMaxLine;
     }
