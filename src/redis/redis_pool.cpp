@@ -182,6 +182,10 @@ RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
     job->done = done;
     job->data = data;
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                   "session_cache: redis job %p for %p: %s", job, data,
+                   resp_command_name(job->kind));
+
     return start(job, error) ? job : nullptr;
 }
 
