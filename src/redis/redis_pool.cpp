@@ -11,8 +11,10 @@ namespace session_cache {
  * A connection is in one state at a time, named after what it waits for;
  * drive() is the one place that acts on it.
  *
- *   Connecting --> TlsHandshake --> Handshake --> Ready
- *        \______________\_____________^ (no TLS; no AUTH/SELECT)
+ *   Connecting -> TlsHandshake -> Handshake -> Ready
+ *
+ * TlsHandshake for rediss:// only, Handshake only when AUTH or SELECT is
+ * sent: each state may lead to any later one.
  *
  * Any failure: fail(), which ends every job on it and destroys it.
  */
@@ -85,7 +87,8 @@ RedisPool::RedisPool(ngx_cycle_t *cycle,
 /* ", backend: redis://...", after nginx's own text; the action first. */
 u_char *RedisPool::log_context(ngx_log_t *log, u_char *buf, size_t len)
 {
-    auto *pool = static_cast<RedisPool *>(log->data);
+    /* Pool's constructor stored its own this */
+    auto *pool = static_cast<RedisPool *>(static_cast<Pool *>(log->data));
     u_char *p = buf;
 
     if (log->action) {
