@@ -1,7 +1,10 @@
 #!/usr/bin/env perl
-# Instructions per request on the hit path, counted by valgrind's callgrind:
-# a figure that other load on the machine does not move, for comparing two
-# builds of the module. nginx (one worker) runs under callgrind, serves a
+# Instructions and heap allocations per request on the hit path, counted by
+# valgrind's callgrind: figures that other load on the machine does not
+# move, for comparing two builds of the module. Allocations are the calls
+# to malloc, calloc, realloc and posix_memalign/memalign/aligned_alloc
+# (operator new calls malloc) made in the worker: the check's own figure,
+# the difference with the static file, must be 0. nginx (one worker) runs under callgrind, serves a
 # warm-up and then N or 2N requests (one at a time on a keep-alive
 # connection, one session cookie each, all cached) to the static location or the protected one; the difference
 # between the two worker totals, over N, is the cost of one request.
@@ -29,7 +32,7 @@ my $expires = time + 86400;
     # every token a run may use: the warm-up's 500 and the runs' 2N
     for my $i (1 .. ($N < 250 ? 500 : 2 * $N)) {
         my @a = ('SET', sprintf('session:bench%027d', $i),
-                 sprintf('{"user_id":"user%d","expires_at":%d}', $i, $expires));
+                 sprintf('{"user_id":"%08x-7d1e-4c2a-9f00-%012d","expires_at":%d}', $i, $i, $expires));
         print {$fh} '*' . @a . "\r\n", map { '$' . length($_) . "\r\n$_\r\n" } @a;
     }
     close $fh;
@@ -39,7 +42,11 @@ my $expires = time + 86400;
 
 # One nginx under callgrind: $n requests to $path after a warm-up, then a
 # graceful stop; the worker's instruction total.
+my %by_caller;    # path => run (1: N, 2: 2N) => calling function => calls
+my $N2;
+
 sub total ($path, $n) {
+    $N2 = $n > $N;
     my $nginx = new_nginx(workers => 1);
     my $out = "$nginx->{dir}/callgrind.out";
     my $wrapper = "$nginx->{dir}/nginx-callgrind";
@@ -65,13 +72,26 @@ sub total ($path, $n) {
     run($nginx, $path, 500);
     run($nginx, $path, $n);
     $nginx->stop;
-    my $total = 0;
+    my ($total, $allocs) = (0, 0);
+    my (%name, $caller, $callee);
     for (split /\n/, SessionCache::Test::_slurp("$out.$worker")) {
-        $total += $1 if /^(?:summary|totals):\s+(\d+)/;
-        last if $total;
+        # "fn=(id) name" the first time a name is used, "fn=(id)" after
+        if (/^(c?)fn=\((\d+)\)(?: (.*))?$/) {
+            $name{$2} = $3 if defined $3;
+            if ($1) { $callee = $name{$2} } else { $caller = $name{$2} }
+        } elsif (/^calls=(\d+)/ && defined $callee) {
+            my $n = $1;
+            if ($callee =~ /^(?:malloc|calloc|realloc|posix_memalign|memalign|aligned_alloc|valloc)$/) {
+                $allocs += $n;
+                $by_caller{$path}{$N2 ? 2 : 1}{$caller} += $n;
+            }
+            undef $callee;
+        } elsif (/^(?:summary|totals):\s+(\d+)/) {
+            $total ||= $1;
+        }
     }
     die "no callgrind total for worker $worker\n" unless $total;
-    return $total;
+    return ($total, $allocs);
 }
 
 # $n requests, one after the other, on one keep-alive connection, each
@@ -107,11 +127,32 @@ sub run ($nginx, $path, $n) {
 # The difference between N and 2N requests: start-up, warm-up and
 # shutdown cancel out.
 sub per_request ($name, $path) {
-    my $ir = (total($path, 2 * $N) - total($path, $N)) / $N;
-    printf "%-30s %8.0f instructions per request\n", $name, $ir;
-    return $ir;
+    my ($ir2, $alloc2) = total($path, 2 * $N);
+    my ($ir1, $alloc1) = total($path, $N);
+    my ($ir, $allocs) = (($ir2 - $ir1) / $N, ($alloc2 - $alloc1) / $N);
+    printf "%-30s %8.0f instructions, %6.3f allocations per request\n",
+        $name, $ir, $allocs;
+    return ($ir, $allocs);
 }
 
-my $a = per_request('static file, no check', '/static/index.html');
-my $b = per_request('module, session cached', '/app/index.html');
-printf "%-30s %8.0f instructions per request\n", 'the check costs', $b - $a;
+# BENCH_ALLOC_CALLERS=1: the functions whose allocations grow with the
+# number of requests, for chasing one down
+sub callers ($path) {
+    my $c = $by_caller{$path};
+    for my $f (sort keys %{ { %{ $c->{1} }, %{ $c->{2} } } }) {
+        my $d = ($c->{2}{$f} // 0) - ($c->{1}{$f} // 0);
+        printf "    %+6d  %s\n", $d, $f if $d;
+    }
+}
+
+my ($a, $a_allocs) = per_request('static file, no check', '/static/index.html');
+my ($b, $b_allocs) = per_request('module, session cached', '/app/index.html');
+printf "%-30s %8.0f instructions, %6.3f allocations per request\n",
+    'the check costs', $b - $a, $b_allocs - $a_allocs;
+if ($ENV{BENCH_ALLOC_CALLERS}) {
+    print "allocations, 2N run minus N run, by calling function:\n";
+    for my $path ('/static/index.html', '/app/index.html') {
+        print "  $path\n";
+        callers($path);
+    }
+}

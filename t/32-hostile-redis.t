@@ -40,13 +40,13 @@ sub fake_redis ($reply) {
 }
 
 for my $case (
-    ['an array of 300 million elements', "*300000000\r\n", qr/redis: protocol error/],
+    ['an array of 300 million elements', "*300000000\r\n", qr/redis: unexpected reply: an array to GET/],
     ['a bulk string of 100 MB, streamed', sub ($c) {
          syswrite $c, "\$100000000\r\n";
          my $chunk = 'x' x 65536;
          for (1 .. 40) { syswrite($c, $chunk) or last }
-     }, qr/redis: reply too large/],
-    ['garbage', "HTTP/1.1 400 Bad Request\r\n\r\n", qr/redis: protocol error/],
+     }, qr/redis: reply too large for GET/],
+    ['garbage', "HTTP/1.1 400 Bad Request\r\n\r\n", qr/redis: protocol error: not a reply to GET/],
 ) {
     my ($name, $reply, $cause) = @$case;
     my ($port, $pid) = fake_redis($reply);

@@ -230,14 +230,14 @@ static ngx_int_t unavailable(Ctx *ctx)
 /* Postgres answers on their way into the cache: see fill_tracker.h. */
 static FillTracker fills;
 
-static bool fill_stored(const redisReply *reply, const char *error)
+static bool fill_stored(const RedisReply *reply, const char *error)
 {
     return error == nullptr && reply != nullptr
            && reply->type != REDIS_REPLY_ERROR;
 }
 
 /* The SET's reply, or its failure: nginx calls this through the pool. */
-static void on_cache_written(void *data, const redisReply *reply,
+static void on_cache_written(void *data, const RedisReply *reply,
                              const char *error)
 {
     try {
@@ -266,7 +266,7 @@ struct TracedFill {
     ngx_atomic_uint_t   connection;
 };
 
-static void on_traced_cache_written(void *data, const redisReply *reply,
+static void on_traced_cache_written(void *data, const RedisReply *reply,
                                     const char *error)
 {
     /* nothing here throws: on_cache_written() guards the rest */
@@ -427,7 +427,7 @@ static void trace_redis(Ctx *ctx, const char *what)
                    "session_cache: redis answer: %s", what);
 }
 
-static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
+static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
                                 const char *error)
 {
     if (error != nullptr) {
@@ -453,10 +453,13 @@ static ngx_int_t redis_answered(Ctx *ctx, const redisReply *reply,
         return ask_postgres(ctx);
     }
 
-    Session s;
+    /* nothing allocated: the user id goes from the reply to user_id, and
+     * allow() copies it once into the request's pool */
+    SessionView s;
+    char user_id[kMaxUserIdLength];
 
     switch (decode_session(std::string_view(reply->str, reply->len),
-                           ngx_time(), &s))
+                           ngx_time(), &s, user_id))
     {
     case Decoded::Valid:
         trace_redis(ctx, "session");
@@ -609,7 +612,7 @@ static void answered(Ctx *ctx, Step step)
     resume(ctx, rc);
 }
 
-static void on_redis(void *data, const redisReply *reply, const char *error)
+static void on_redis(void *data, const RedisReply *reply, const char *error)
 {
     auto *ctx = static_cast<Ctx *>(data);
 

@@ -20,7 +20,54 @@ constexpr char kNegativeMarker[] = "{\"invalid\":true}";
  * is refused, which also bounds the reader's recursion. */
 constexpr int kMaxDepth = 16;
 
-constexpr std::size_t kMaxUserIdLength = 256;
+static_assert(kMaxUserIdLength == 256, "SPEC: user ids of 1..256 bytes");
+
+
+/*
+ * Where a string is unescaped to: a buffer of fixed size, so that decoding
+ * allocates nothing. Past its size it only notes that it overflowed: the
+ * string is longer than any its caller wants (a user id of more than
+ * kMaxUserIdLength bytes is refused anyway; an unknown key is skipped).
+ */
+class Sink {
+public:
+    Sink(char *buf, std::size_t size) : buf_(buf), size_(size) {}
+
+    void push_back(char c)
+    {
+        if (len_ < size_) {
+            buf_[len_++] = c;
+        } else {
+            full_ = true;
+        }
+    }
+
+    void append(const char *p, std::size_t n)
+    {
+        if (n > size_ - len_) {
+            n = size_ - len_;
+            full_ = true;
+        }
+        for (std::size_t i = 0; i < n; i++) {
+            buf_[len_++] = p[i];
+        }
+    }
+
+    void clear()
+    {
+        len_ = 0;
+        full_ = false;
+    }
+
+    bool full() const { return full_; }
+    std::string_view view() const { return std::string_view(buf_, len_); }
+
+private:
+    char        *buf_;
+    std::size_t  size_;
+    std::size_t  len_ = 0;
+    bool         full_ = false;
+};
 
 
 class Reader {
@@ -53,7 +100,7 @@ public:
     }
 
     /* A JSON string, unescaped into *out (appended) unless out is null. */
-    bool string(std::string *out);
+    bool string(Sink *out);
 
     /* Any JSON value found inside a container at depth `depth`. */
     bool value(int depth);
@@ -65,7 +112,7 @@ private:
     bool literal(const char *word);
     bool number(bool *integral);
     bool hex4(unsigned *cp);
-    bool utf8(std::string *out);
+    bool utf8(Sink *out);
     bool container(int depth, unsigned char close);
 
     const unsigned char *p_;
@@ -74,7 +121,7 @@ private:
 
 
 void
-put_utf8(unsigned cp, std::string *out)
+put_utf8(unsigned cp, Sink *out)
 {
     if (out == nullptr) {
         return;
@@ -144,7 +191,7 @@ Reader::hex4(unsigned *cp)
  * Overlong forms, surrogates and code points past U+10FFFF are refused.
  */
 bool
-Reader::utf8(std::string *out)
+Reader::utf8(Sink *out)
 {
     const unsigned char *start = p_;
     unsigned char c = *p_;
@@ -194,7 +241,7 @@ Reader::utf8(std::string *out)
 
 
 bool
-Reader::string(std::string *out)
+Reader::string(Sink *out)
 {
     if (!eat('"')) {
         return false;
@@ -458,16 +505,19 @@ Reader::value(int depth)
 
 
 Decoded
-decode(std::string_view value, std::int64_t now, Session *out)
+decode(std::string_view value, std::int64_t now, SessionView *out,
+       char *user_id)
 {
     if (value == std::string_view(kNegativeMarker)) {
         return Decoded::Negative;
     }
 
     Reader r(value);
-    Session s;
+    SessionView s;
     bool have_user_id = false;
-    std::string key;
+    char key_buf[16];
+    Sink key(key_buf, sizeof(key_buf));
+    Sink id(user_id, kMaxUserIdLength);
 
     r.skip_ws();
 
@@ -491,13 +541,13 @@ decode(std::string_view value, std::int64_t now, Session *out)
             }
             r.skip_ws();
 
-            if (key == "user_id") {
-                if (have_user_id || !r.string(&s.user_id)) {
+            if (!key.full() && key.view() == "user_id") {
+                if (have_user_id || !r.string(&id) || id.full()) {
                     return Decoded::Malformed;
                 }
                 have_user_id = true;
 
-            } else if (key == "expires_at") {
+            } else if (!key.full() && key.view() == "expires_at") {
                 if (s.has_expiry || !r.integer(&s.expires_at)) {
                     return Decoded::Malformed;
                 }
@@ -527,6 +577,8 @@ decode(std::string_view value, std::int64_t now, Session *out)
         return Decoded::Malformed;  /* trailing garbage */
     }
 
+    s.user_id = id.view();
+
     if (!have_user_id || !user_id_acceptable(s.user_id)) {
         return Decoded::Malformed;
     }
@@ -535,7 +587,7 @@ decode(std::string_view value, std::int64_t now, Session *out)
                                                            : Decoded::Valid;
 
     if (out) {
-        *out = std::move(s);
+        *out = s;
     }
 
     return result;
@@ -552,17 +604,35 @@ negative_marker() noexcept
 
 
 Decoded
+decode_session(std::string_view value, std::int64_t now, SessionView *out,
+               char *user_id) noexcept
+{
+    return decode(value, now, out, user_id);
+}
+
+
+Decoded
 decode_session(std::string_view value, std::int64_t now,
                Session *out) noexcept
 {
-    try {
-        return decode(value, now, out);
+    char user_id[kMaxUserIdLength];
+    SessionView s;
+    Decoded d = decode(value, now, &s, user_id);
 
-    } catch (...) {
-        /* only std::bad_alloc can get here; the caller treats Malformed
-         * as a cache miss and asks Postgres, which is the safe outcome */
-        return Decoded::Malformed;
+    if (out && (d == Decoded::Valid || d == Decoded::Expired)) {
+        try {
+            out->user_id.assign(s.user_id.data(), s.user_id.size());
+        } catch (...) {
+            /* only std::bad_alloc can get here; the caller treats
+             * Malformed as a cache miss and asks Postgres, which is the
+             * safe outcome */
+            return Decoded::Malformed;
+        }
+        out->has_expiry = s.has_expiry;
+        out->expires_at = s.expires_at;
     }
+
+    return d;
 }
 
 

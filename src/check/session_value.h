@@ -18,6 +18,16 @@ struct Session {
     std::int64_t expires_at = 0; /* unix seconds, valid if has_expiry */
 };
 
+/* The longest user id accepted (see user_id_acceptable). */
+constexpr std::size_t kMaxUserIdLength = 256;
+
+/* A decoded session whose user id lives in the caller's buffer. */
+struct SessionView {
+    std::string_view user_id;
+    bool has_expiry = false;
+    std::int64_t expires_at = 0;
+};
+
 enum class Decoded {
     Valid,     /* a usable session, *out filled */
     Negative,  /* the negative marker: the token is known to be invalid */
@@ -42,6 +52,14 @@ std::string_view negative_marker() noexcept;
  */
 Decoded decode_session(std::string_view value, std::int64_t now,
                        Session *out) noexcept;
+
+/*
+ * The same, allocating nothing (the cache-hit path): the user id is
+ * unescaped into user_id, which has room for kMaxUserIdLength bytes, and
+ * out->user_id points into it.
+ */
+Decoded decode_session(std::string_view value, std::int64_t now,
+                       SessionView *out, char *user_id) noexcept;
 
 /*
  * Encode a session as the JSON object above; "expires_at" is omitted when

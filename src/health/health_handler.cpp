@@ -223,7 +223,7 @@ void maybe_respond(HealthCtx *ctx)
     ngx_http_run_posted_requests(c);
 }
 
-void on_redis(void *data, const redisReply *reply, const char *error);
+void on_redis(void *data, const RedisReply *reply, const char *error);
 
 void redis_send(HealthCtx *ctx)
 {
@@ -262,7 +262,7 @@ void redis_send(HealthCtx *ctx)
 }
 
 /* One step answered: record it, and send the next one. */
-void redis_step(HealthCtx *ctx, const redisReply *reply, const char *error)
+void redis_step(HealthCtx *ctx, const RedisReply *reply, const char *error)
 {
     health::Redis &R = ctx->report.redis;
     double ms = now_ms() - ctx->redis_sent;
@@ -342,7 +342,7 @@ void redis_step(HealthCtx *ctx, const redisReply *reply, const char *error)
     }
 }
 
-void on_redis(void *data, const redisReply *reply, const char *error)
+void on_redis(void *data, const RedisReply *reply, const char *error)
 {
     auto *ctx = static_cast<HealthCtx *>(data);
 

@@ -7,63 +7,113 @@
 
 namespace session_cache {
 
+/*
+ * A connection is in one state at a time, named after what it waits for;
+ * drive() is the one place that acts on it.
+ *
+ *   Connecting -> TlsHandshake -> Handshake -> Ready
+ *
+ * TlsHandshake for rediss:// only, Handshake only when AUTH or SELECT is
+ * sent: each state may lead to any later one.
+ *
+ * Any failure: fail(), which ends every job on it and destroys it.
+ */
+enum class RedisState : unsigned char {
+    Connecting,     /* TCP connect() in progress: the socket's writability */
+    TlsHandshake,   /* rediss://: nginx's SSL layer, until on_handshake */
+    Handshake,      /* AUTH/SELECT sent: their replies (jobs may follow) */
+    Ready,          /* jobs, and their replies in order */
+};
+
 struct RedisConn {
     RedisPool             *pool;
+    RedisState             state = RedisState::Connecting;
     ngx_peer_connection_t  peer;
-    redisReader           *reader = nullptr;
-    std::string            out;
+    ngx_log_t              log;       /* the pool's, with this one's action */
+    ReplyReader            reader;
+    std::string            out;       /* to send: commands in RESP */
     std::size_t            out_pos = 0;
+    ngx_uint_t             out_cmds = 0;
+    ngx_uint_t             handshake_next = 0;  /* Handshake: which reply */
     ngx_queue_t            jobs;        /* sent or to be sent, in order */
     ngx_uint_t             njobs = 0;
-    ngx_uint_t             handshake_left = 0;
-    bool                   connected = false;
-    bool                   handshaking = false;
     ngx_queue_t            link;
 };
 
-/*
- * Limits on what a Redis server can make a worker hold. The module asks
- * for strings (GET), status replies (SET, PING) and small integers; INFO,
- * the largest answer it reads, is a few KiB. hiredis would otherwise
- * allocate whatever a hostile or broken server announces (*300000000
- * reserves 2.4 GB at once) and buffer a bulk string of any length.
- */
-static constexpr int kMaxArray = 64;
-static constexpr std::size_t kMaxBuffered = 1024 * 1024;
-
-static redisReplyObjectFunctions capped;
-static void *(*create_array)(const redisReadTask *, int);
-
-static void *capped_array(const redisReadTask *task, int elements)
+/* What the connection is doing, for error lines: "... while <action>". */
+static const char *action(RedisState state)
 {
-    if (elements < 0 || elements > kMaxArray) {
-        return nullptr;    /* the reader fails: "protocol error" */
+    switch (state) {
+    case RedisState::Connecting:
+        return "connecting to redis";
+    case RedisState::TlsHandshake:
+        return "performing the TLS handshake with redis";
+    case RedisState::Handshake:
+        return "authenticating to redis";
+    case RedisState::Ready:
+        break;
     }
-    return create_array(task, elements);
+
+    return "waiting for redis";
 }
 
-static redisReader *reader_create()
+static void set_state(RedisConn *rc, RedisState state)
 {
-    redisReader *r = redisReaderCreate();
-
-    if (r == nullptr) {
-        return nullptr;
-    }
-
-    if (create_array == nullptr) {
-        capped = *r->fn;
-        create_array = capped.createArray;
-        capped.createArray = capped_array;
-    }
-
-    r->fn = &capped;
-    return r;
+    rc->state = state;
+    rc->log.action = const_cast<char *>(action(state));
 }
 
 RedisPool::RedisPool(ngx_cycle_t *cycle,
                      const ngx_http_session_cache_redis_conf_t *conf)
     : Pool(cycle, &conf->backend, "redis", Backend::Redis), conf_(conf)
 {
+    log_.handler = log_context;
+
+    /* the handshake conf.cpp wrote (AUTH, SELECT), command by command:
+     * which reply answers what */
+    std::string_view hs(reinterpret_cast<const char *>(conf->handshake.data),
+                        conf->handshake.len);
+
+    while (!hs.empty() && nhandshake_ < kMaxHandshake) {
+        std::size_t size;
+        handshake_[nhandshake_++] = resp_first_command(hs, &size);
+        if (size == 0) {
+            break;
+        }
+        hs.remove_prefix(size);
+    }
+}
+
+/* ", backend: redis://...", after nginx's own text; the action first. */
+u_char *RedisPool::log_context(ngx_log_t *log, u_char *buf, size_t len)
+{
+    /* Pool's constructor stored its own this */
+    auto *pool = static_cast<RedisPool *>(static_cast<Pool *>(log->data));
+    u_char *p = buf;
+
+    if (log->action) {
+        p = ngx_snprintf(p, len, " while %s", log->action);
+        len -= p - buf;
+    }
+
+    return ngx_snprintf(p, len, ", backend: %V",
+                        &pool->conf_->backend.display);
+}
+
+/*
+ * Every failure of a connection comes here, also from the pool's job
+ * timer (which calls Derived::fail): the line Pool::fail logs says what
+ * the connection was doing.
+ */
+void RedisPool::fail(RedisConn *rc, const char *error)
+{
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                   "session_cache: redis connection %p failed: %s", rc,
+                   error);
+
+    log_.action = rc->log.action;
+    Pool::fail(rc, error);
+    log_.action = nullptr;
 }
 
 RedisPool::~RedisPool()
@@ -102,6 +152,7 @@ void RedisJob::operator delete(void *p) noexcept
 
 void RedisJob::set_command(std::initializer_list<std::string_view> args)
 {
+    kind = resp_command_kind(*args.begin());
     len_ = resp_length(args);
 
     if (len_ <= sizeof(inline_)) {
@@ -114,6 +165,9 @@ void RedisJob::set_command(std::initializer_list<std::string_view> args)
 
 void RedisJob::set_raw(std::string_view resp)
 {
+    std::size_t size;
+
+    kind = resp_first_command(resp, &size);
     len_ = resp.size();
 
     if (len_ <= sizeof(inline_)) {
@@ -130,6 +184,10 @@ RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
     job->set_command(command);
     job->done = done;
     job->data = data;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                   "session_cache: redis job %p for %p: %s", job, data,
+                   resp_command_name(job->kind));
 
     return start(job, error) ? job : nullptr;
 }
@@ -155,22 +213,24 @@ void RedisPool::unreachable()
 
 bool RedisPool::on_wire(const RedisConn *rc) const
 {
-    return rc->connected;
+    return rc->state == RedisState::Handshake
+           || rc->state == RedisState::Ready;
 }
 
 /* Commands that are written but not yet sent go out in one send. */
 bool RedisPool::batching(const RedisConn *rc) const
 {
-    return rc->connected && rc->out_pos < rc->out.size();
+    return on_wire(rc) && rc->out_pos < rc->out.size();
 }
 
 RedisConn *RedisPool::open(const char **error)
 {
     auto *rc = new RedisConn();
     rc->pool = this;
-    rc->reader = reader_create();
+    rc->log = log_;
+    set_state(rc, RedisState::Connecting);
 
-    if (rc->reader == nullptr) {
+    if (!rc->reader.init()) {
         delete rc;
         *error = "out of memory";
         return nullptr;
@@ -182,15 +242,18 @@ RedisConn *RedisPool::open(const char **error)
     pc->socklen = addr->socklen;
     pc->name = &addr->name;
     pc->get = ngx_event_get_peer;
-    pc->log = &log_;
+    pc->log = &rc->log;
     pc->log_error = NGX_ERROR_ERR;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                   "session_cache: redis connection %p to %V", rc,
+                   &addr->name);
 
     ngx_int_t rv = ngx_event_connect_peer(pc);
 
     if (rv != NGX_OK && rv != NGX_AGAIN) {
         /* nginx has logged the cause, e.g. "(111: Connection refused)" */
         unreachable();
-        redisReaderFree(rc->reader);
         delete rc;
         *error = "connect failed";
         return nullptr;
@@ -198,8 +261,8 @@ RedisConn *RedisPool::open(const char **error)
 
     ngx_connection_t *c = pc->connection;
     c->data = rc;
-    c->read->handler = on_read;
-    c->write->handler = on_write;
+    c->read->handler = on_event;
+    c->write->handler = on_event;
 
     add(rc);
 
@@ -214,32 +277,131 @@ RedisConn *RedisPool::open(const char **error)
     return rc;
 }
 
-/*
- * TCP is up. For rediss://, the TLS handshake comes first; the connect
- * timer keeps running through it.
- */
-void RedisPool::connected(RedisConn *rc)
+void RedisPool::assign(RedisConn *rc, RedisJob *job)
 {
-#if (NGX_SSL)
-    if (conf_->ssl) {
-        start_tls(rc);
-        return;
+    if (on_wire(rc)) {
+        rc->out += job->command();
+        rc->out_cmds++;
+        /* sent from the posted write event, never from within submit() */
+        ngx_post_event(rc->peer.connection->write, &ngx_posted_events);
     }
+
+    /* else start_session() writes it */
+}
+
+/*
+ * The read and the write handler: nginx calls nothing else of a
+ * connection (the SSL layer aside: on_handshake). No exception gets past
+ * it; the connection fails instead.
+ */
+void RedisPool::on_event(ngx_event_t *ev)
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *rc = static_cast<RedisConn *>(c->data);
+    RedisPool *pool = rc->pool;
+
+    try {
+        pool->drive(rc, ev);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
+                      "session_cache: redis: %s", e.what());
+        pool->fail(rc, "internal error");
+
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
+                      "session_cache: redis: unknown exception");
+        pool->fail(rc, "internal error");
+    }
+}
+
+/* The one dispatch: what an event means depends on what rc waits for. */
+void RedisPool::drive(RedisConn *rc, ngx_event_t *ev)
+{
+    switch (rc->state) {
+
+    case RedisState::Connecting:
+        /* the write event says connect() is over; a read event, an error
+         * or a hang-up: either way SO_ERROR tells */
+        if (ev->timedout) {
+            ev->timedout = 0;
+            unreachable();
+            fail(rc, connect_timeout_text_);
+            return;
+        }
+
+        if (!connect_done(rc)) {
+            return;
+        }
+
+#if (NGX_SSL)
+        if (conf_->ssl) {
+            set_state(rc, RedisState::TlsHandshake);
+            start_tls(rc);
+            return;
+        }
 #endif
 
-    ready(rc);
+        start_session(rc);
+        return;
+
+    case RedisState::TlsHandshake:
+        /* nginx's SSL layer holds the events until on_handshake */
+        return;
+
+    case RedisState::Handshake:
+    case RedisState::Ready:
+        if (rc->state == RedisState::Ready) {
+            rc->log.action = const_cast<char *>(
+                ev->write ? "sending to redis" : "reading redis replies");
+        }
+
+        if (ev->write) {
+            flush(rc);
+        } else {
+            read(rc);
+        }
+        return;
+    }
+}
+
+/* TCP is up, or failed (then rc is gone and false). */
+bool RedisPool::connect_done(RedisConn *rc)
+{
+    ngx_connection_t *c = rc->peer.connection;
+    int err = 0;
+    socklen_t len = sizeof(int);
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR,
+                   reinterpret_cast<void *>(&err), &len) == -1)
+    {
+        err = ngx_socket_errno;
+    }
+
+    if (err) {
+        unreachable();
+        u_char text[NGX_MAX_ERROR_STR];
+        u_char *p = ngx_cpymem(text, "connect() failed: ", 18);
+        *ngx_strerror(err, p, sizeof(text) - 19) = '\0';
+        fail(rc, reinterpret_cast<char *>(text));
+        return false;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                   "session_cache: redis connection %p connected, fd:%d",
+                   rc, c->fd);
+    return true;
 }
 
 #if (NGX_SSL)
 
+/* The connect timer keeps running through the TLS handshake. */
 void RedisPool::start_tls(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
 
-    rc->handshaking = true;
-
     /* nginx's SSL layer allocates from the connection's pool */
-    c->pool = ngx_create_pool(512, &log_);
+    c->pool = ngx_create_pool(512, &rc->log);
     if (c->pool == nullptr) {
         fail(rc, "out of memory");
         return;
@@ -273,55 +435,76 @@ void RedisPool::start_tls(RedisConn *rc)
         return;
     }
 
-    on_handshake(c);
+    tls_done(rc);
 }
 
+/* nginx's SSL layer calls this when the handshake is over, either way. */
 void RedisPool::on_handshake(ngx_connection_t *c)
 {
     auto *rc = static_cast<RedisConn *>(c->data);
     RedisPool *pool = rc->pool;
 
-    c->read->handler = on_read;
-    c->write->handler = on_write;
-    rc->handshaking = false;
+    try {
+        pool->tls_done(rc);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
+                      "session_cache: redis: %s", e.what());
+        pool->fail(rc, "internal error");
+
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
+                      "session_cache: redis: unknown exception");
+        pool->fail(rc, "internal error");
+    }
+}
+
+void RedisPool::tls_done(RedisConn *rc)
+{
+    ngx_connection_t *c = rc->peer.connection;
+
+    c->read->handler = on_event;
+    c->write->handler = on_event;
 
     if (c->write->timedout || c->read->timedout) {
         c->write->timedout = 0;
         c->read->timedout = 0;
-        pool->fail(rc, pool->connect_timeout_text_);
+        fail(rc, connect_timeout_text_);
         return;
     }
 
     if (!c->ssl || !c->ssl->handshaked) {
-        pool->fail(rc, "TLS handshake failed");
+        fail(rc, "TLS handshake failed");
         return;
     }
 
-    if (pool->conf_->tls_verify) {
+    if (conf_->tls_verify) {
         long rv = SSL_get_verify_result(c->ssl->connection);
 
         if (rv != X509_V_OK) {
-            std::string text = "TLS certificate verify failed: ";
-            text += X509_verify_cert_error_string(rv);
-            pool->fail(rc, text.c_str());
+            u_char text[160];
+            *ngx_snprintf(text, sizeof(text) - 1,
+                          "TLS certificate verify failed: %s",
+                          X509_verify_cert_error_string(rv)) = '\0';
+            fail(rc, reinterpret_cast<char *>(text));
             return;
         }
 
-        ngx_str_t name = pool->conf_->tls_name;
+        ngx_str_t name = conf_->tls_name;
 
         if (ngx_ssl_check_host(c, &name) != NGX_OK) {
-            pool->fail(rc, "TLS certificate does not match the host name");
+            fail(rc, "TLS certificate does not match the host name");
             return;
         }
     }
 
-    pool->ready(rc);
+    start_session(rc);
 }
 
 #endif
 
-/* Connected (and through TLS): AUTH, SELECT, then the job's command. */
-void RedisPool::ready(RedisConn *rc)
+/* Connected (and through TLS): AUTH, SELECT, then the jobs' commands. */
+void RedisPool::start_session(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
 
@@ -329,79 +512,33 @@ void RedisPool::ready(RedisConn *rc)
         ngx_del_timer(c->write);
     }
 
-    rc->connected = true;
-    rc->handshake_left = conf_->handshake_replies;
+    rc->handshake_next = 0;
     rc->out.assign(reinterpret_cast<char *>(conf_->handshake.data),
                    conf_->handshake.len);
+    rc->out_cmds = nhandshake_;
 
     /* jobs that came while connecting, in order */
-    each_job(rc, [rc](RedisJob *job) { rc->out += job->command(); });
-
-    flush(rc);
-}
-
-void RedisPool::assign(RedisConn *rc, RedisJob *job)
-{
-    if (rc->connected) {
+    each_job(rc, [rc](RedisJob *job) {
         rc->out += job->command();
-        /* sent from the posted write event, never from within submit() */
-        ngx_post_event(rc->peer.connection->write, &ngx_posted_events);
-    }
-}
+        rc->out_cmds++;
+    });
 
-void RedisPool::on_write(ngx_event_t *ev)
-{
-    auto *c = static_cast<ngx_connection_t *>(ev->data);
-    auto *rc = static_cast<RedisConn *>(c->data);
-    RedisPool *pool = rc->pool;
-
-    try {
-        if (ev->timedout) {
-            ev->timedout = 0;
-            pool->unreachable();
-            pool->fail(rc, pool->connect_timeout_text_);
-            return;
-        }
-
-        if (rc->handshaking) {
-            return;
-        }
-
-        if (!rc->connected) {
-            int err = 0;
-            socklen_t len = sizeof(int);
-
-            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR,
-                           reinterpret_cast<void *>(&err), &len) == -1)
-            {
-                err = ngx_socket_errno;
-            }
-
-            if (err) {
-                pool->unreachable();
-                u_char text[NGX_MAX_ERROR_STR];
-                u_char *p = ngx_cpymem(text, "connect() failed: ", 18);
-                *ngx_strerror(err, p, sizeof(text) - 19) = '\0';
-                pool->fail(rc, reinterpret_cast<char *>(text));
-                return;
-            }
-
-            pool->connected(rc);
-            return;
-        }
-
-        pool->flush(rc);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                      "session_cache: redis write: %s", e.what());
-        pool->fail(rc, "internal error");
-    }
+    set_state(rc, nhandshake_ ? RedisState::Handshake : RedisState::Ready);
+    flush(rc);
 }
 
 void RedisPool::flush(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
+
+    if (rc->out_pos == rc->out.size()) {
+        return;
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                   "session_cache: redis connection %p send: %ui commands, "
+                   "%uz bytes", rc, rc->out_cmds,
+                   rc->out.size() - rc->out_pos);
 
     while (rc->out_pos < rc->out.size()) {
         ssize_t n = c->send(c,
@@ -425,48 +562,31 @@ void RedisPool::flush(RedisConn *rc)
 
     rc->out.clear();
     rc->out_pos = 0;
+    rc->out_cmds = 0;
 }
 
-void RedisPool::on_read(ngx_event_t *ev)
-{
-    auto *c = static_cast<ngx_connection_t *>(ev->data);
-    auto *rc = static_cast<RedisConn *>(c->data);
-    RedisPool *pool = rc->pool;
-
-    try {
-        if (rc->handshaking) {
-            return;
-        }
-
-        if (!rc->connected) {
-            /* an error or a hang-up while connecting: on_write reads it */
-            on_write(c->write);
-            return;
-        }
-
-        pool->read(rc);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                      "session_cache: redis read: %s", e.what());
-        pool->fail(rc, "internal error");
-    }
-}
-
+/*
+ * Read what the socket holds, up to kReadBudget bytes: then the read event
+ * is posted for the next turn of the event loop, after its timers, as
+ * nginx's own readers yield (a job's deadline fires even while a server
+ * keeps sending).
+ */
 void RedisPool::read(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
-    u_char buf[4096];
+    char buf[4096];
+    std::size_t budget = kReadBudget;
 
-    for (;;) {
-        ssize_t n = c->recv(c, buf, sizeof(buf));
+    while (budget > 0) {
+        ssize_t n = c->recv(c, reinterpret_cast<u_char *>(buf), sizeof(buf));
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
                 fail(rc, "cannot wait for the socket");
                 return;
             }
-            break;
+            dispatch();
+            return;
         }
 
         if (n == 0) {
@@ -479,69 +599,94 @@ void RedisPool::read(RedisConn *rc)
             return;
         }
 
-        if (redisReaderFeed(rc->reader, reinterpret_cast<char *>(buf), n)
-            != REDIS_OK)
-        {
-            fail(rc, "protocol error");
+        budget -= ngx_min(budget, static_cast<std::size_t>(n));
+
+        if (!rc->reader.feed(buf, n)) {
+            fail(rc, "out of memory");
             return;
         }
 
-        if (rc->reader->len - rc->reader->pos > kMaxBuffered) {
-            fail(rc, "reply too large");
+        if (!replies(rc)) {
             return;
-        }
-
-        for (;;) {
-            void *p = nullptr;
-
-            if (redisReaderGetReply(rc->reader, &p) != REDIS_OK) {
-                fail(rc, "protocol error");
-                return;
-            }
-
-            if (p == nullptr) {
-                break;
-            }
-
-            auto *reply = static_cast<redisReply *>(p);
-
-            if (rc->handshake_left) {
-                rc->handshake_left--;
-
-                if (reply->type == REDIS_REPLY_ERROR) {
-                    /* e.g. "WRONGPASS invalid username-password pair":
-                     * the peer's words, never the password */
-                    *ngx_snprintf(reinterpret_cast<u_char *>(refused_),
-                                  sizeof(refused_) - 1,
-                                  "AUTH or SELECT refused: %*s",
-                                  ngx_min(reply->len, (size_t) 200),
-                                  reply->str) = '\0';
-                    freeReplyObject(reply);
-                    fail(rc, refused_);
-                    return;
-                }
-
-                freeReplyObject(reply);
-                continue;
-            }
-
-            /* replies come in the order the commands went out */
-            RedisJob *job = front(rc);
-
-            if (job == nullptr) {
-                freeReplyObject(reply);
-                fail(rc, "unexpected reply");
-                return;
-            }
-
-            /* the callback may submit more work to this pool; it never
-             * destroys rc (see assign) */
-            finish(job, reply, nullptr);
-            freeReplyObject(reply);
         }
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                   "session_cache: redis connection %p: read budget spent, "
+                   "yielding", rc);
+
+    ngx_post_event(c->read, &ngx_posted_next_events);
     dispatch();
+}
+
+/* Hand out the replies read so far, each to the command it answers.
+ * False: rc failed (and is gone). */
+bool RedisPool::replies(RedisConn *rc)
+{
+    for (;;) {
+        RedisJob *job = nullptr;
+        RedisCmd kind;
+
+        if (rc->state == RedisState::Handshake) {
+            kind = handshake_[rc->handshake_next];
+
+        } else {
+            /* replies come in the order the commands went out */
+            job = front(rc);
+
+            if (job == nullptr) {
+                if (rc->reader.buffered()) {
+                    fail(rc, "unexpected reply");
+                    return false;
+                }
+                return true;
+            }
+
+            kind = job->kind;
+        }
+
+        RedisReply reply;
+        const char *error = nullptr;
+
+        switch (rc->reader.next(kind, &reply, &error)) {
+        case ReplyReader::Next::More:
+            return true;
+
+        case ReplyReader::Next::Refused:
+            fail(rc, error);
+            return false;
+
+        case ReplyReader::Next::Reply:
+            break;
+        }
+
+        if (job == nullptr) {
+            if (reply.type == REDIS_REPLY_ERROR) {
+                /* "AUTH refused: WRONGPASS": the error code only, as the
+                 * reader keeps it; Redis may have quoted the password */
+                *ngx_snprintf(reinterpret_cast<u_char *>(refused_),
+                              sizeof(refused_) - 1, "%s refused: %*s",
+                              resp_command_name(kind), reply.len,
+                              reply.str) = '\0';
+                fail(rc, refused_);
+                return false;
+            }
+
+            if (++rc->handshake_next == nhandshake_) {
+                set_state(rc, RedisState::Ready);
+            }
+            continue;
+        }
+
+        ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                       "session_cache: redis connection %p: reply to %s "
+                       "for job %p, type %d", rc, resp_command_name(kind),
+                       job, reply.type);
+
+        /* the callback may submit more work to this pool; it never
+         * destroys rc (see assign) */
+        finish(job, &reply, nullptr);
+    }
 }
 
 void RedisPool::destroy(RedisConn *rc)
@@ -564,7 +709,6 @@ void RedisPool::destroy(RedisConn *rc)
         }
     }
 
-    redisReaderFree(rc->reader);
     delete rc;
 }
 

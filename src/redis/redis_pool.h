@@ -10,12 +10,11 @@
 #pragma once
 
 #include "pool/pool.h"
+#include "redis/resp.h"
 
 #include <initializer_list>
 #include <string>
 #include <string_view>
-
-#include <hiredis/hiredis.h>
 
 namespace session_cache {
 
@@ -23,10 +22,11 @@ struct RedisConn;
 
 /*
  * A command and who waits for its reply. Jobs are recycled through a
- * per-worker free list and a GET or a typical SET fits in the job itself:
- * the hit path allocates nothing.
+ * per-worker free list and a GET or a typical SET fits in the job itself;
+ * the reply is read into the connection's own buffer (ReplyReader): the
+ * hit path allocates nothing (bench/callgrind.pl counts it).
  */
-struct RedisJob : PoolJob<RedisConn, redisReply> {
+struct RedisJob : PoolJob<RedisConn, RedisReply> {
     void set_command(std::initializer_list<std::string_view> args);
     void set_raw(std::string_view resp);  /* a command already in RESP */
 
@@ -38,6 +38,8 @@ struct RedisJob : PoolJob<RedisConn, redisReply> {
 
     static void *operator new(std::size_t size);
     static void operator delete(void *p) noexcept;
+
+    RedisCmd     kind = RedisCmd::Other;  /* the reply shape it expects */
 
 private:
     char         inline_[176];  /* RESP, when it fits */
@@ -75,25 +77,39 @@ private:
     ngx_uint_t depth() const { return kPipelineDepth; }
     void destroy(RedisConn *rc);
 
+    void fail(RedisConn *rc, const char *error);
+
     void unreachable();
-    void connected(RedisConn *rc);
-    void ready(RedisConn *rc);
+    void drive(RedisConn *rc, ngx_event_t *ev);
+    bool connect_done(RedisConn *rc);
+    void start_session(RedisConn *rc);
     void flush(RedisConn *rc);
     void read(RedisConn *rc);
+    bool replies(RedisConn *rc);
 #if (NGX_SSL)
     void start_tls(RedisConn *rc);
+    void tls_done(RedisConn *rc);
     static void on_handshake(ngx_connection_t *c);
 #endif
 
-    static void on_read(ngx_event_t *ev);
-    static void on_write(ngx_event_t *ev);
+    static void on_event(ngx_event_t *ev);
+    static u_char *log_context(ngx_log_t *log, u_char *buf, size_t len);
 
     /* Redis answers in order; a deeper pipeline only delays the requests
      * at its tail behind a slow one */
     static constexpr ngx_uint_t kPipelineDepth = 32;
 
+    /* Bytes read in one read event before yielding to the event loop (and
+     * its timers): a server that keeps sending cannot hold the worker. */
+    static constexpr std::size_t kReadBudget = 64 * 1024;
+
+    static constexpr ngx_uint_t kMaxHandshake = 4;
+
     const ngx_http_session_cache_redis_conf_t *conf_;
-    char         refused_[256];   /* the peer's words, while fail() runs */
+    RedisCmd     handshake_[kMaxHandshake];  /* AUTH, SELECT: in order */
+    ngx_uint_t   nhandshake_ = 0;
+    char         refused_[128];   /* "AUTH refused: <code>", while fail()
+                                   * runs */
     ngx_uint_t   next_addr_ = 0;
 };
 

@@ -1,27 +1,27 @@
 /*
  * libFuzzer target: what the module does with bytes from Redis.
  *
- * The reply handling in src/redis_pool.cpp and src/session_check.cpp is
- * tied to nginx types (connections, requests), so this target drives the
- * same pieces they use, in the same way: hiredis's redisReader fed the
- * bytes in the chunks a socket may deliver them in, every reply taken out
- * and classified as redis_answered() does (nil: miss; error: its text is
- * logged, at most 200 bytes; string: decode_session(); anything else:
- * failure), then freed.
+ * The Redis connection (src/redis/redis_pool.cpp) reads every reply
+ * through ReplyReader (src/redis/resp.cpp), telling it which command the
+ * next reply answers; this target does the same with the bytes given,
+ * fed whole and in the chunks a socket may deliver them in, for one
+ * command kind throughout. A GET's string goes through decode_session()
+ * as session_check.cpp's redis_answered() does.
  *
- * Not covered: hiredis 0.14 allocates an array's element table as soon as
- * it reads the announced count, so "*300000000\r\n" makes it calloc
- * 2.4 GB before a single element arrives (corpus/redis_reply/
- * oom-huge-array-count, found by this target). Only a hostile Redis can
- * send that; the module never asks for an array. Inputs announcing an
- * aggregate of more than kMaxElements are skipped, so the fuzzer keeps
- * looking for other faults.
+ * Input: byte 0 picks the chunk size, byte 1 the command kind, the rest
+ * is what the server sent.
  *
  * Invariants:
- *  - the replies (or the protocol error) do not depend on how the bytes
- *    were split into reads;
- *  - an error or string reply's text is exactly len bytes (what the log
- *    line and decode_session() read);
+ *  - the replies, and where the stream is refused, do not depend on how
+ *    the bytes were split into reads;
+ *  - a reply has the shape its command expects (GET: bulk string or nil;
+ *    SET, PING, AUTH, SELECT: a status, SET's being OK; INFO: a bulk
+ *    string; DBSIZE: an integer; any: an error), and no more bytes or
+ *    elements than ReplyReader's bounds;
+ *  - an error reply is only its code (redis_error_code): no quote, no
+ *    argument list;
+ *  - decoding a GET's value in place (SessionView) and into a Session
+ *    agree, and a valid session has an acceptable user id;
  *  - the command the module sends (resp_append) for any key parses back as
  *    exactly one array of two bulk strings, "GET" and the key: no key,
  *    whatever its bytes, can frame a second command.
@@ -32,7 +32,6 @@
 #include <cstring>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include <hiredis/hiredis.h>
 
@@ -43,78 +42,120 @@ using namespace session_cache;
 
 namespace {
 
-void
-describe(const redisReply *r, std::string *out)
+bool
+shape_ok(RedisCmd kind, const RedisReply &r)
 {
-    out->push_back(static_cast<char>('0' + r->type));
+    if (r.type == REDIS_REPLY_ERROR) {
+        return true;
+    }
 
-    switch (r->type) {
-    case REDIS_REPLY_STRING:
-    case REDIS_REPLY_STATUS:
-    case REDIS_REPLY_ERROR:
-        if (r->str == nullptr || std::strlen(r->str) > r->len) {
+    switch (kind) {
+    case RedisCmd::Get:
+        return r.type == REDIS_REPLY_STRING || r.type == REDIS_REPLY_NIL;
+    case RedisCmd::Set:
+        return r.type == REDIS_REPLY_STATUS
+               && std::string_view(r.str, r.len) == "OK";
+    case RedisCmd::Ping:
+    case RedisCmd::Auth:
+    case RedisCmd::Select:
+        return r.type == REDIS_REPLY_STATUS;
+    case RedisCmd::Info:
+        return r.type == REDIS_REPLY_STRING;
+    case RedisCmd::DbSize:
+        return r.type == REDIS_REPLY_INTEGER;
+    case RedisCmd::Other:
+        return r.type >= REDIS_REPLY_STRING && r.type <= REDIS_REPLY_STATUS;
+    }
+
+    return false;
+}
+
+/* What session_check.cpp's redis_answered() does with a GET's value. */
+void
+classify(const RedisReply &r)
+{
+    std::string_view value(r.str, r.len);
+    char buf[kMaxUserIdLength];
+    SessionView v;
+    Session s;
+
+    Decoded a = decode_session(value, 1700000000, &v, buf);
+    Decoded b = decode_session(value, 1700000000, &s);
+
+    if (a != b) {
+        abort();
+    }
+
+    if ((a == Decoded::Valid || a == Decoded::Expired)
+        && (v.user_id != s.user_id || v.has_expiry != s.has_expiry
+            || v.expires_at != s.expires_at))
+    {
+        abort();
+    }
+
+    if (a == Decoded::Valid && !user_id_acceptable(v.user_id)) {
+        abort();
+    }
+}
+
+void
+describe(RedisCmd kind, const RedisReply &r, std::string *out)
+{
+    if (!shape_ok(kind, r)) {
+        abort();
+    }
+
+    out->push_back(static_cast<char>('0' + r.type));
+
+    switch (r.type) {
+    case REDIS_REPLY_ERROR: {
+        std::string_view code(r.str, r.len);
+        if (code.find_first_of("'`\"") != std::string_view::npos
+            || code.size() > 64 || redis_error_code(code) != code)
+        {
             abort();
         }
-        out->append(std::to_string(r->len)).push_back(':');
-        out->append(r->str, r->len);
+    }
+        /* fall through */
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        if (r.len > ReplyReader::kMaxInfo) {
+            abort();
+        }
+        out->append(std::to_string(r.len)).push_back(':');
+        out->append(r.str, r.len);
         break;
 
     case REDIS_REPLY_INTEGER:
-        out->append(std::to_string(r->integer));
+        out->append(std::to_string(r.integer));
         break;
 
     case REDIS_REPLY_ARRAY:
-        out->append(std::to_string(r->elements)).push_back('[');
-        for (size_t i = 0; i < r->elements; i++) {
-            describe(r->element[i], out);
+        if (r.elements > ReplyReader::kMaxElements) {
+            abort();
         }
-        out->push_back(']');
+        out->append(std::to_string(r.elements)).push_back('[');
         break;
     }
     out->push_back(';');
-}
 
-/* What session_check.cpp's redis_answered() does with a GET reply. */
-void
-classify(const redisReply *r)
-{
-    static volatile size_t sink;
-
-    switch (r->type) {
-    case REDIS_REPLY_NIL:
-        return;
-
-    case REDIS_REPLY_ERROR: {
-        /* "%*s" with ngx_min(len, 200): read exactly that much */
-        std::string logged(r->str, r->len < 200 ? r->len : 200);
-        sink = logged.size();
-        return;
-    }
-
-    case REDIS_REPLY_STRING: {
-        Session s;
-        Decoded d = decode_session(std::string_view(r->str, r->len),
-                                   1700000000, &s);
-        if (d == Decoded::Valid && !user_id_acceptable(s.user_id)) {
+    if (kind == RedisCmd::Get && r.type == REDIS_REPLY_STRING) {
+        if (r.len > ReplyReader::kMaxValue) {
             abort();
         }
-        return;
-    }
-
-    default:
-        return;  /* counted as a failure */
+        classify(r);
     }
 }
 
-/* Feed data in pieces of `step` bytes (0: all at once); the replies in
- * order, then "E" on a protocol error. */
+/* Feed data in pieces of `step` bytes (0: all at once): the replies in
+ * order, then "E" when the stream was refused. */
 std::string
-read_all(const uint8_t *data, size_t size, size_t step, bool act)
+read_all(RedisCmd kind, const uint8_t *data, size_t size, size_t step)
 {
     std::string out;
-    redisReader *reader = redisReaderCreate();
+    ReplyReader reader;
 
-    if (reader == nullptr) {
+    if (!reader.init()) {
         abort();
     }
 
@@ -123,36 +164,32 @@ read_all(const uint8_t *data, size_t size, size_t step, bool act)
     while (off < size) {
         size_t n = step == 0 ? size - off : std::min(step, size - off);
 
-        if (redisReaderFeed(reader, reinterpret_cast<const char *>(data)
-                                    + off, n) != REDIS_OK)
-        {
+        if (!reader.feed(reinterpret_cast<const char *>(data) + off, n)) {
             out += "E";
             break;
         }
         off += n;
 
         for (;;) {
-            void *p = nullptr;
+            RedisReply reply;
+            const char *error = nullptr;
+            ReplyReader::Next next = reader.next(kind, &reply, &error);
 
-            if (redisReaderGetReply(reader, &p) != REDIS_OK) {
-                out += "E";
-                off = size;
-                break;
-            }
-            if (p == nullptr) {
+            if (next == ReplyReader::Next::More) {
                 break;
             }
 
-            auto *reply = static_cast<redisReply *>(p);
-            describe(reply, &out);
-            if (act) {
-                classify(reply);
+            if (next == ReplyReader::Next::Refused) {
+                if (error == nullptr || std::strlen(error) == 0) {
+                    abort();
+                }
+                return out + "E";
             }
-            freeReplyObject(reply);
+
+            describe(kind, reply, &out);
         }
     }
 
-    redisReaderFree(reader);
     return out;
 }
 
@@ -163,6 +200,11 @@ command_round_trip(const uint8_t *data, size_t size)
     std::string cmd;
 
     resp_append(&cmd, {"GET", key});
+
+    std::size_t len;
+    if (resp_first_command(cmd, &len) != RedisCmd::Get || len != cmd.size()) {
+        abort();
+    }
 
     redisReader *reader = redisReaderCreate();
     void *p = nullptr;
@@ -194,48 +236,22 @@ command_round_trip(const uint8_t *data, size_t size)
     redisReaderFree(reader);
 }
 
-/* Does data announce an array ("*N") larger than the limit? */
-bool
-huge_array(const uint8_t *data, size_t size)
-{
-    const size_t kMaxElements = 1 << 16;
-
-    for (size_t i = 0; i < size; i++) {
-        if (data[i] != '*') {
-            continue;
-        }
-
-        size_t n = 0;
-
-        for (size_t j = i + 1; j < size && data[j] >= '0' && data[j] <= '9';
-             j++)
-        {
-            n = n * 10 + (data[j] - '0');
-            if (n > kMaxElements) {
-                return true;
-            }
-        }
-    }
-
-    return false;
-}
-
 }  // namespace
 
 extern "C" int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size == 0 || huge_array(data + 1, size - 1)) {
+    if (size < 2) {
         return 0;
     }
 
-    /* first byte: the read size for the chunked pass */
     size_t step = data[0] % 17 + 1;
-    data++;
-    size--;
+    auto kind = static_cast<RedisCmd>(data[1] % 8);
+    data += 2;
+    size -= 2;
 
-    std::string whole = read_all(data, size, 0, true);
-    std::string chunked = read_all(data, size, step, false);
+    std::string whole = read_all(kind, data, size, 0);
+    std::string chunked = read_all(kind, data, size, step);
 
     if (whole != chunked) {
         abort();
