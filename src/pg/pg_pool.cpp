@@ -9,7 +9,7 @@ namespace session_cache {
 
 static const char kStatement[] = "ngx_session_cache_check";
 
-struct PgConn {
+struct PgConn : PoolConn {
     enum State { Connecting, Preparing, Idle, Querying };
 
     PgPool           *pool;
@@ -17,12 +17,9 @@ struct PgConn {
     ngx_connection_t *c = nullptr;
     ino_t             ino = 0;     /* identity of the socket c wraps */
     State             state = Connecting;
-    ngx_queue_t       jobs;        /* one at most: depth() is 1 */
-    ngx_uint_t        njobs = 0;
     PGresult         *result = nullptr;
     bool              flushing = false;
     ngx_event_t       connect_timer;
-    ngx_queue_t       link;
 };
 
 /* libpq's messages end in a newline and may run on: keep the first line */

@@ -7,18 +7,15 @@
 
 namespace session_cache {
 
-struct RedisConn {
+struct RedisConn : PoolConn {
     RedisPool             *pool;
     ngx_peer_connection_t  peer;
     redisReader           *reader = nullptr;
     std::string            out;
     std::size_t            out_pos = 0;
-    ngx_queue_t            jobs;        /* sent or to be sent, in order */
-    ngx_uint_t             njobs = 0;
     ngx_uint_t             handshake_left = 0;
     bool                   connected = false;
     bool                   handshaking = false;
-    ngx_queue_t            link;
 };
 
 /*
