@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <memory>
 #include <new>
 
 namespace session_cache {
@@ -22,21 +23,43 @@ struct PgConn : PoolConn {
     ngx_event_t       connect_timer;
 };
 
-/* libpq's messages end in a newline and may run on: keep the first line */
-static std::string first_line(const char *msg)
+/*
+ * libpq's messages end in a newline and may run on: the first line, into
+ * buf (no allocation: this runs on failure paths, where one could throw).
+ */
+static const char *first_line(const char *msg, char *buf, std::size_t size)
 {
-    std::string s(msg ? msg : "");
-    std::size_t nl = s.find('\n');
+    std::size_t n = 0;
 
-    if (nl != std::string::npos) {
-        s.resize(nl);
+    if (msg) {
+        while (msg[n] != '\0' && msg[n] != '\n' && n < size - 1) {
+            n++;
+        }
+        ngx_memcpy(buf, msg, n);
     }
 
-    if (s.empty()) {
-        s = "unknown error";
+    if (n == 0) {
+        return "unknown error";
     }
 
-    return s;
+    buf[n] = '\0';
+    return buf;
+}
+
+/* What each state waits for, for the error lines: as nginx's upstream
+ * sets log->action. */
+static void enter(PgConn *pc, PgConn::State state, bool probe = false)
+{
+    static const char *const actions[] = {
+        "connecting to postgres",
+        "preparing the session query",
+        nullptr,
+        "waiting for the session query's answer",
+    };
+
+    pc->state = state;
+    pc->log.action = const_cast<char *>(
+        probe ? "waiting for the probe's answer" : actions[state]);
 }
 
 /* Server notices and errors on an idle connection: to the error log,
@@ -45,13 +68,10 @@ static void notice(void *arg, const char *message)
 {
     auto *log = static_cast<ngx_log_t *>(arg);
 
-    try {
-        ngx_log_error(NGX_LOG_INFO, log, 0,
-                      "session_cache: postgres says: %s",
-                      first_line(message).c_str());
-    } catch (...) {
-        /* a C callback: nothing may escape */
-    }
+    char buf[NGX_MAX_ERROR_STR];
+
+    ngx_log_error(NGX_LOG_INFO, log, 0, "session_cache: postgres says: %s",
+                  first_line(message, buf, sizeof(buf)));
 }
 
 PgPool::PgPool(ngx_cycle_t *cycle,
@@ -98,53 +118,62 @@ PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
         /* the same token is already being looked up: share the answer */
         auto *job = new PgJob{done, data, it->second, {}};
         ngx_queue_insert_tail(&job->flight->waiters, &job->link);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                       "session_cache: postgres: joins call %p, already "
+                       "running for the same token", it->second->query);
         return job;
     }
 
-    auto *q = new PgQuery();
+    std::unique_ptr<PgQuery> q(new PgQuery());
     q->token.assign(token.data(), token.size());
 
-    return fly(q, true, done, data, error);
+    return fly(std::move(q), true, done, data, error);
 }
 
 /* A health probe is never shared. */
 PgJob *PgPool::submit_probe(PgDone done, void *data, const char **error)
 {
-    auto *q = new PgQuery();
+    std::unique_ptr<PgQuery> q(new PgQuery());
     q->probe = true;
 
-    return fly(q, false, done, data, error);
+    return fly(std::move(q), false, done, data, error);
 }
 
 /* Start query q with one caller waiting for it; shared: in flights_, under
- * its token, for later callers to join. */
-PgJob *PgPool::fly(PgQuery *q, bool shared, PgDone done, void *data,
-                   const char **error)
+ * its token, for later callers to join. What is allocated here is freed
+ * if a later allocation throws. */
+PgJob *PgPool::fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
+                   void *data, const char **error)
 {
-    auto *job = new PgJob{done, data, nullptr, {}};
-    auto *f = new PgFlight{this, nullptr, q->token, shared, {}};
+    std::unique_ptr<PgJob> job(new PgJob{done, data, nullptr, {}});
+    std::unique_ptr<PgFlight> f(
+        new PgFlight{this, nullptr, q->token, shared, {}});
     ngx_queue_init(&f->waiters);
 
     q->done = flight_done;
-    q->data = f;
+    q->data = f.get();
 
     if (shared) {
-        flights_.emplace(f->token, f);
+        flights_.emplace(f->token, f.get());
     }
 
-    if (!start(q, error)) {
+    PgQuery *query = q.release();
+
+    /* start() deletes query when it fails */
+    if (!start(query, error)) {
         if (shared) {
             flights_.erase(f->token);
         }
-        delete f;
-        delete job;
         return nullptr;
     }
 
-    f->query = q;
-    job->flight = f;
+    f->query = query;
+    job->flight = f.get();
     ngx_queue_insert_tail(&f->waiters, &job->link);
-    return job;
+
+    f.release();
+    return job.release();
 }
 
 void PgPool::cancel(PgJob *job)
@@ -202,35 +231,52 @@ bool PgPool::on_wire(const PgConn *pc) const
     return pc->state == PgConn::Querying;
 }
 
+/*
+ * A new connection. Nothing here throws: the PgConn is allocated before
+ * the PGconn, and every failure after PQconnectStartParams finishes the
+ * PGconn before it returns.
+ */
 PgConn *PgPool::open(const char **error)
 {
-    PGconn *pg = PQconnectStartParams(conf_->keywords, conf_->values, 0);
+    auto *pc = new (std::nothrow) PgConn();
 
-    if (pg == nullptr) {
+    if (pc == nullptr) {
         *error = "out of memory";
         return nullptr;
     }
 
-    if (PQstatus(pg) == CONNECTION_BAD) {
-        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+    pc->pool = this;
+    init_conn(pc);
+    enter(pc, PgConn::Connecting);
+
+    pc->connect_timer.handler = on_connect_timeout;
+    pc->connect_timer.data = pc;
+    pc->connect_timer.log = &pc->log;
+
+    pc->pg = PQconnectStartParams(conf_->keywords, conf_->values, 0);
+
+    if (pc->pg == nullptr) {
+        delete pc;
+        *error = "out of memory";
+        return nullptr;
+    }
+
+    if (PQstatus(pc->pg) == CONNECTION_BAD) {
+        char buf[NGX_MAX_ERROR_STR];
+
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                       "session_cache: postgres: %s",
-                      first_line(PQerrorMessage(pg)).c_str());
-        PQfinish(pg);
+                      first_line(PQerrorMessage(pc->pg), buf, sizeof(buf)));
+        PQfinish(pc->pg);
+        delete pc;
         *error = "connect failed";
         return nullptr;
     }
 
-    PQsetNoticeProcessor(pg, notice, &log_);
+    PQsetNoticeProcessor(pc->pg, notice, &pc->log);
 
-    auto *pc = new PgConn();
-    pc->pool = this;
-    pc->pg = pg;
-    pc->connect_timer.handler = on_connect_timeout;
-    pc->connect_timer.data = pc;
-    pc->connect_timer.log = &log_;
-
-    if (PQsetnonblocking(pg, 1) != 0 || !wrap(pc)) {
-        PQfinish(pg);
+    if (PQsetnonblocking(pc->pg, 1) != 0 || !wrap(pc)) {
+        PQfinish(pc->pg);
         delete pc;
         *error = "cannot watch the socket";
         return nullptr;
@@ -240,13 +286,17 @@ PgConn *PgPool::open(const char **error)
 
     ngx_add_timer(&pc->connect_timer, conf_->backend.connect_timeout);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p connecting, "
+                   "fd %d", pc, PQsocket(pc->pg));
+
     return pc;
 }
 
 /*
  * Put libpq's current socket under nginx's event loop: read always, level
  * triggered (libpq may leave bytes in the socket), write only while libpq
- * has something to send.
+ * has something to send. false: nothing is left wrapped.
  */
 bool PgPool::wrap(PgConn *pc)
 {
@@ -261,7 +311,7 @@ bool PgPool::wrap(PgConn *pc)
         return false;
     }
 
-    ngx_connection_t *c = ngx_get_connection(fd, &log_);
+    ngx_connection_t *c = ngx_get_connection(fd, &pc->log);
     if (c == nullptr) {
         return false;
     }
@@ -269,20 +319,22 @@ bool PgPool::wrap(PgConn *pc)
     c->data = pc;
     c->read->handler = on_event;
     c->write->handler = on_event;
-    c->read->log = &log_;
-    c->write->log = &log_;
+    c->read->log = &pc->log;
+    c->write->log = &pc->log;
     c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
 
     pc->c = c;
     pc->ino = st.st_ino;
 
-    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+    /* connecting: wait until the socket is writable */
+    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK
+        || !want_write(pc, true))
+    {
         release(pc);
         return false;
     }
 
-    /* connecting: wait until the socket is writable */
-    return want_write(pc, true);
+    return true;
 }
 
 /* Forget the socket without closing it: it is libpq's. */
@@ -341,6 +393,7 @@ bool PgPool::want_write(PgConn *pc, bool on)
     return true;
 }
 
+/* Called by nginx: nothing may escape. */
 void PgPool::on_event(ngx_event_t *ev)
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
@@ -351,10 +404,60 @@ void PgPool::on_event(ngx_event_t *ev)
         pool->drive(pc);
 
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                      "session_cache: postgres: %s", e.what());
-        pool->fail(pc, "internal error");
+        pool->crashed(pc, e.what());
+    } catch (...) {
+        pool->crashed(pc, "unknown exception");
     }
+}
+
+/* Called by nginx: nothing may escape. */
+void PgPool::on_connect_timeout(ngx_event_t *ev)
+{
+    auto *pc = static_cast<PgConn *>(ev->data);
+    PgPool *pool = pc->pool;
+
+    try {
+        pool->fail(pc, pool->connect_timeout_text_);
+
+    } catch (const std::exception &e) {
+        pool->crashed(pc, e.what());
+    } catch (...) {
+        pool->crashed(pc, "unknown exception");
+    }
+}
+
+/* An exception left a step of pc: fail pc, if that step did not already
+ * close it, and let nothing more escape. */
+void PgPool::crashed(PgConn *pc, const char *what)
+{
+    ngx_log_error(NGX_LOG_ALERT, &log_, 0, "session_cache: postgres: %s",
+                  what);
+
+    if (!owns(pc)) {
+        return;
+    }
+
+    try {
+        fail(pc, "internal error");
+
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, &log_, 0,
+                      "session_cache: postgres: cannot fail the "
+                      "connection cleanly");
+    }
+}
+
+/* A libpq call failed: pc fails with the first line of its message. */
+void PgPool::failed(PgConn *pc, const char *message)
+{
+    char buf[NGX_MAX_ERROR_STR];
+    const char *text = first_line(message, buf, sizeof(buf));
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p failed: %s", pc,
+                   text);
+
+    fail(pc, text);
 }
 
 void PgPool::drive(PgConn *pc)
@@ -385,6 +488,10 @@ void PgPool::connecting(PgConn *pc)
     if (fd >= 0 && (pc->c == nullptr || fd != pc->c->fd
                     || fstat(fd, &s) == -1 || s.st_ino != pc->ino))
     {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p moves to "
+                       "fd %d", pc, fd);
+
         release(pc);
         if (!wrap(pc)) {
             fail(pc, "cannot watch the socket");
@@ -394,7 +501,7 @@ void PgPool::connecting(PgConn *pc)
 
     switch (st) {
     case PGRES_POLLING_FAILED:
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
 
     case PGRES_POLLING_WRITING:
@@ -420,12 +527,16 @@ void PgPool::connecting(PgConn *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p up, preparing "
+                   "the session query", pc);
+
     if (!PQsendPrepare(pc->pg, kStatement, query_.c_str(), 1, nullptr)) {
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
-    pc->state = PgConn::Preparing;
+    enter(pc, PgConn::Preparing);
     pc->flushing = true;
     busy(pc);
 }
@@ -436,7 +547,7 @@ void PgPool::busy(PgConn *pc)
         int rv = PQflush(pc->pg);
 
         if (rv == -1) {
-            fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+            failed(pc, PQerrorMessage(pc->pg));
             return;
         }
 
@@ -449,7 +560,7 @@ void PgPool::busy(PgConn *pc)
     }
 
     if (!PQconsumeInput(pc->pg)) {
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
@@ -481,11 +592,16 @@ void PgPool::idle(PgConn *pc)
               : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
                                     nullptr, 0)))
         {
-            fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+            failed(pc, PQerrorMessage(pc->pg));
             return;
         }
 
-        pc->state = PgConn::Querying;
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p: %s sent "
+                       "for call %p", pc,
+                       job->probe ? "SELECT 1" : "the session query", job);
+
+        enter(pc, PgConn::Querying, job->probe);
         pc->flushing = true;
         busy(pc);
         return;
@@ -493,7 +609,7 @@ void PgPool::idle(PgConn *pc)
 
     /* nothing asked: the server closed, or sent a notice */
     if (!PQconsumeInput(pc->pg) || PQstatus(pc->pg) != CONNECTION_OK) {
-        fail(pc, first_line(PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
@@ -534,21 +650,26 @@ void PgPool::completed(PgConn *pc)
 {
     PGresult *res = pc->result;
     pc->result = nullptr;
+    char buf[NGX_MAX_ERROR_STR];
 
     if (pc->state == PgConn::Preparing) {
         if (res == nullptr || PQresultStatus(res) != PGRES_COMMAND_OK) {
-            ngx_log_error(NGX_LOG_ERR, &log_, 0,
+            ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                           "session_cache: postgres: cannot prepare the "
                           "session query: %s",
                           first_line(res ? PQresultErrorMessage(res)
-                                         : PQerrorMessage(pc->pg)).c_str());
+                                         : PQerrorMessage(pc->pg),
+                                     buf, sizeof(buf)));
             PQclear(res);
             fail(pc, "cannot prepare the session query");
             return;
         }
 
         PQclear(res);
-        pc->state = PgConn::Idle;
+        enter(pc, PgConn::Idle);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p ready", pc);
 
         if (pc->njobs) {
             idle(pc);
@@ -559,7 +680,7 @@ void PgPool::completed(PgConn *pc)
     }
 
     PgQuery *job = front(pc);
-    pc->state = PgConn::Idle;
+    enter(pc, PgConn::Idle);
 
     if (job == nullptr) {
         PQclear(res);
@@ -575,10 +696,11 @@ void PgPool::completed(PgConn *pc)
     }
 
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                       "session_cache: postgres: session query failed: %s",
                       first_line(res ? PQresultErrorMessage(res)
-                                     : PQerrorMessage(pc->pg)).c_str());
+                                     : PQerrorMessage(pc->pg),
+                                 buf, sizeof(buf)));
         PQclear(res);
         finish(job, nullptr, "query failed");
         dispatch();
@@ -586,6 +708,9 @@ void PgPool::completed(PgConn *pc)
     }
 
     if (PQntuples(res) == 0 || PQnfields(res) < 1 || PQgetisnull(res, 0, 0)) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p: no row "
+                       "for call %p", pc, job);
         PQclear(res);
         finish(job, nullptr, nullptr);
         dispatch();
@@ -600,7 +725,7 @@ void PgPool::completed(PgConn *pc)
 
     if (PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1)) {
         if (!parse_int64(PQgetvalue(res, 0, 1), &row.expires_at)) {
-            ngx_log_error(NGX_LOG_ERR, &log_, 0,
+            ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                           "session_cache: postgres: the session query's "
                           "second column is not unix seconds");
             PQclear(res);
@@ -610,6 +735,10 @@ void PgPool::completed(PgConn *pc)
         }
         row.has_expiry = true;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: a row for "
+                   "call %p", pc, job);
 
     finish(job, &row, nullptr);
     PQclear(res);
@@ -622,11 +751,20 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1 || PQnfields(res) != 1)
     {
-        std::string error = "SELECT 1 failed: "
-                            + first_line(res ? PQresultErrorMessage(res)
-                                             : PQerrorMessage(pc->pg));
+        char buf[NGX_MAX_ERROR_STR];
+        const char *cause = first_line(res ? PQresultErrorMessage(res)
+                                           : PQerrorMessage(pc->pg),
+                                       buf + 17, sizeof(buf) - 17);
+
+        /* "SELECT 1 failed: " and the cause, in buf */
+        std::memmove(buf + 17, cause, std::strlen(cause) + 1);
+        std::memcpy(buf, "SELECT 1 failed: ", 17);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p: %s", pc,
+                       buf);
         PQclear(res);
-        finish(job, nullptr, error.c_str());
+        finish(job, nullptr, buf);
         dispatch();
         return;
     }
@@ -639,6 +777,10 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
     row.has_expiry = false;
     row.expires_at = 0;
     row.server_version = version ? version : "";
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: probe answered",
+                   pc);
 
     finish(job, &row, nullptr);
     PQclear(res);
@@ -655,6 +797,9 @@ void PgPool::assign(PgConn *pc, PgQuery *)
 
 void PgPool::destroy(PgConn *pc)
 {
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: closing connection %p", pc);
+
     remove(pc);
 
     if (pc->connect_timer.timer_set) {
@@ -669,14 +814,6 @@ void PgPool::destroy(PgConn *pc)
 
     PQfinish(pc->pg);
     delete pc;
-}
-
-void PgPool::on_connect_timeout(ngx_event_t *ev)
-{
-    auto *pc = static_cast<PgConn *>(ev->data);
-    PgPool *pool = pc->pool;
-
-    pool->fail(pc, pool->connect_timeout_text_);
 }
 
 }  // namespace session_cache
