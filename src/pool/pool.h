@@ -46,7 +46,8 @@ struct PoolJob : DispatchJob<Conn, Result> {
 /* What every connection has; Conn derives from it. */
 struct PoolConn : DispatchConn {
     ngx_log_t    log {};          /* the pool's, with this connection's
-                                   * action ("connecting to ...") */
+                                   * action ("connecting to ..."); set
+                                   * by the Derived or by add() */
     ngx_event_t  idle_timer {};   /* set while it carries no job */
     void        *owner = nullptr; /* the Pool, once init_conn() ran */
 };
@@ -88,16 +89,20 @@ protected:
 
     Derived *derived() { return static_cast<Derived *>(this); }
 
-    /* Give a new connection its log (the pool's, for its own action) and
-     * its idle timer; add() does it if the Derived did not need the log
-     * sooner. */
+    /* Give a new connection its log, unless the Derived already set it
+     * (a copy of log_, with the connection's own action), and its idle
+     * timer. add() does it; a Derived that needs the log sooner calls it
+     * first. */
     void init_conn(Conn *conn)
     {
         PoolConn *pc = conn;
 
+        if (pc->log.handler == nullptr) {
+            pc->log = log_;
+            pc->log.action = nullptr;
+        }
+
         pc->owner = this;
-        pc->log = log_;
-        pc->log.action = nullptr;
         pc->idle_timer.handler = on_idle_timeout;
         pc->idle_timer.data = pc;
         pc->idle_timer.log = &pc->log;
@@ -108,10 +113,7 @@ protected:
     /* A new connection, from open(). */
     void add(Conn *conn)
     {
-        if (static_cast<PoolConn *>(conn)->owner == nullptr) {
-            init_conn(conn);
-        }
-
+        init_conn(conn);
         Base::add(conn);
     }
 
@@ -259,7 +261,7 @@ private:
     void conn_failing(Conn *conn, const char *error)
     {
         PoolConn *pc = conn;
-        ngx_log_t *log = pc->owner ? &pc->log : &log_;
+        ngx_log_t *log = pc->log.handler ? &pc->log : &log_;
 
         if (pc->njobs) {
             ngx_log_error(NGX_LOG_ERR, log, 0, "session_cache: %s: %s",
