@@ -13,6 +13,7 @@
 
 
 #define NGX_HTTP_SESSION_CACHE_MAX_POOL  1024
+#define NGX_HTTP_SESSION_CACHE_IDLE_TIMEOUT  60000   /* ms, both backends */
 #define NGX_HTTP_SESSION_CACHE_MAX_BUCKETS  100   /* kBreakerMaxBuckets */
 
 
@@ -20,6 +21,8 @@
 static ngx_str_t  ngx_http_session_cache_connect_timeout =
     ngx_string("connect_timeout");
 static ngx_str_t  ngx_http_session_cache_timeout = ngx_string("timeout");
+static ngx_str_t  ngx_http_session_cache_idle_timeout =
+    ngx_string("idle_timeout");
 static ngx_str_t  ngx_http_session_cache_window = ngx_string("window");
 static ngx_str_t  ngx_http_session_cache_cooldown = ngx_string("cooldown");
 static ngx_str_t  ngx_http_session_cache_threshold = ngx_string("threshold");
@@ -289,6 +292,7 @@ ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     smcf->redis.backend.pool = 8;
     smcf->redis.backend.connect_timeout = 1000;
     smcf->redis.backend.timeout = 200;
+    smcf->redis.backend.idle_timeout = NGX_HTTP_SESSION_CACHE_IDLE_TIMEOUT;
     smcf->redis.tls_verify = NGX_CONF_UNSET;
 
     rv = ngx_http_session_cache_backend(cf, cmd, &smcf->redis.backend,
@@ -328,6 +332,7 @@ ngx_http_session_cache_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     smcf->pg.backend.pool = 4;
     smcf->pg.backend.connect_timeout = 2000;
     smcf->pg.backend.timeout = 1000;
+    smcf->pg.backend.idle_timeout = NGX_HTTP_SESSION_CACHE_IDLE_TIMEOUT;
 
     rv = ngx_http_session_cache_backend(cf, cmd, &smcf->pg.backend, NULL,
                                         &source);
@@ -352,7 +357,8 @@ ngx_http_session_cache_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /*
  * The parts both backends share: where the secret comes from (the first
- * argument) and pool=N connect_timeout=T timeout=T; for Redis (rcf set)
+ * argument) and pool=N connect_timeout=T timeout=T idle_timeout=T (0: a
+ * connection without a job is never closed for it); for Redis (rcf set)
  * also tls_ca=PATH and tls_verify=on|off. Error messages never repeat the
  * first argument: it may hold a password.
  */
@@ -405,6 +411,16 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
 
         rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
                  &ngx_http_session_cache_timeout, 0, &bcf->timeout);
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
+            continue;
+        }
+
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_idle_timeout, 1,
+                 &bcf->idle_timeout);
         if (rc == NGX_ERROR) {
             return NGX_CONF_ERROR;
         }

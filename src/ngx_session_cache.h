@@ -21,6 +21,7 @@ typedef struct {
     ngx_uint_t                  pool;            /* connections per worker */
     ngx_msec_t                  connect_timeout;
     ngx_msec_t                  timeout;
+    ngx_msec_t                  idle_timeout;    /* 0: never closed idle */
 } ngx_http_session_cache_backend_t;
 
 

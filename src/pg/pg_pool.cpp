@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <memory>
 #include <new>
 
 namespace session_cache {
@@ -13,7 +14,7 @@ static const char kStatement[] = "ngx_session_cache_check";
 
 const char kPgQueryUnprepared[] = "the session query cannot be prepared";
 
-struct PgConn {
+struct PgConn : PoolConn {
     enum State { Connecting, Preparing, Idle, Querying };
 
     PgPool           *pool;
@@ -21,18 +22,13 @@ struct PgConn {
     ngx_connection_t *c = nullptr;
     ino_t             ino = 0;     /* identity of the socket c wraps */
     State             state = Connecting;
-    ngx_queue_t       jobs;        /* one at most: depth() is 1 */
-    ngx_uint_t        njobs = 0;
     PGresult         *result = nullptr;
     bool              flushing = false;
     bool              prepared = false;  /* kStatement exists on it */
     bool              alerted = false;   /* its refusal was logged */
     std::string       query_error;       /* why Postgres refused it */
     ngx_event_t       connect_timer;
-    ngx_queue_t       link;
-
     /* for notice(), which libpq calls with this connection */
-    ngx_log_t                               *log = nullptr;
     const ngx_http_session_cache_pg_conf_t  *conf = nullptr;
     const std::string                       *query = nullptr;
 };
@@ -41,22 +37,45 @@ struct PgConn {
  * libpq's words (its own, and the server's it passes on) enter the module
  * here and only here, for the error log and the health document alike:
  * the first line, with nothing the configuration did not already show
- * and never the password (see pg_message()).
+ * and never the password (see pg_message()). Nothing escapes: on failure
+ * paths an exception would lose the connection's cleanup; "unknown error"
+ * fits std::string's own storage.
  */
 static std::string said(const ngx_http_session_cache_pg_conf_t *conf,
-                        const std::string &query, const char *msg)
+                        const std::string &query, const char *msg) noexcept
 {
-    PgConninfo c;
+    try {
+        PgConninfo c;
 
-    for (const char **k = conf->keywords, **v = conf->values; k && *k;
-         k++, v++)
-    {
-        if (!c.set(*k, *v)) {
-            return "unknown error";  /* out of memory */
+        for (const char **k = conf->keywords, **v = conf->values; k && *k;
+             k++, v++)
+        {
+            if (!c.set(*k, *v)) {
+                return "unknown error";  /* out of memory */
+            }
         }
-    }
 
-    return pg_message(msg ? msg : "", c, query);
+        return pg_message(msg ? msg : "", c, query);
+
+    } catch (...) {
+        return "unknown error";
+    }
+}
+
+/* What each state waits for, for the error lines: as nginx's upstream
+ * sets log->action. */
+static void enter(PgConn *pc, PgConn::State state, bool probe = false)
+{
+    static const char *const actions[] = {
+        "connecting to postgres",
+        "preparing the session query",
+        nullptr,
+        "waiting for the session query's answer",
+    };
+
+    pc->state = state;
+    pc->log.action = const_cast<char *>(
+        probe ? "waiting for the probe's answer" : actions[state]);
 }
 
 /* Server notices and errors on an idle connection: to the error log,
@@ -66,7 +85,7 @@ static void notice(void *arg, const char *message)
     auto *pc = static_cast<PgConn *>(arg);
 
     try {
-        ngx_log_error(NGX_LOG_INFO, pc->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &pc->log, 0,
                       "session_cache: postgres says: %s",
                       said(pc->conf, *pc->query, message).c_str());
     } catch (...) {
@@ -118,53 +137,62 @@ PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
         /* the same token is already being looked up: share the answer */
         auto *job = new PgJob{done, data, it->second, {}};
         ngx_queue_insert_tail(&job->flight->waiters, &job->link);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                       "session_cache: postgres: joins call %p, already "
+                       "running for the same token", it->second->query);
         return job;
     }
 
-    auto *q = new PgQuery();
+    std::unique_ptr<PgQuery> q(new PgQuery());
     q->token.assign(token.data(), token.size());
 
-    return fly(q, true, done, data, error);
+    return fly(std::move(q), true, done, data, error);
 }
 
 /* A health probe is never shared. */
 PgJob *PgPool::submit_probe(PgDone done, void *data, const char **error)
 {
-    auto *q = new PgQuery();
+    std::unique_ptr<PgQuery> q(new PgQuery());
     q->probe = true;
 
-    return fly(q, false, done, data, error);
+    return fly(std::move(q), false, done, data, error);
 }
 
 /* Start query q with one caller waiting for it; shared: in flights_, under
- * its token, for later callers to join. */
-PgJob *PgPool::fly(PgQuery *q, bool shared, PgDone done, void *data,
-                   const char **error)
+ * its token, for later callers to join. What is allocated here is freed
+ * if a later allocation throws. */
+PgJob *PgPool::fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
+                   void *data, const char **error)
 {
-    auto *job = new PgJob{done, data, nullptr, {}};
-    auto *f = new PgFlight{this, nullptr, q->token, shared, {}};
+    std::unique_ptr<PgJob> job(new PgJob{done, data, nullptr, {}});
+    std::unique_ptr<PgFlight> f(
+        new PgFlight{this, nullptr, q->token, shared, {}});
     ngx_queue_init(&f->waiters);
 
     q->done = flight_done;
-    q->data = f;
+    q->data = f.get();
 
     if (shared) {
-        flights_.emplace(f->token, f);
+        flights_.emplace(f->token, f.get());
     }
 
-    if (!start(q, error)) {
+    PgQuery *query = q.release();
+
+    /* start() deletes query when it fails */
+    if (!start(query, error)) {
         if (shared) {
             flights_.erase(f->token);
         }
-        delete f;
-        delete job;
         return nullptr;
     }
 
-    f->query = q;
-    job->flight = f;
+    f->query = query;
+    job->flight = f.get();
     ngx_queue_insert_tail(&f->waiters, &job->link);
-    return job;
+
+    f.release();
+    return job.release();
 }
 
 void PgPool::cancel(PgJob *job)
@@ -222,39 +250,53 @@ bool PgPool::on_wire(const PgConn *pc) const
     return pc->state == PgConn::Querying;
 }
 
+/*
+ * A new connection. Nothing here throws: the PgConn is allocated before
+ * the PGconn, and every failure after PQconnectStartParams finishes the
+ * PGconn before it returns.
+ */
 PgConn *PgPool::open(const char **error)
 {
-    PGconn *pg = PQconnectStartParams(conf_->keywords, conf_->values, 0);
+    auto *pc = new (std::nothrow) PgConn();
 
-    if (pg == nullptr) {
+    if (pc == nullptr) {
         *error = "out of memory";
         return nullptr;
     }
 
-    if (PQstatus(pg) == CONNECTION_BAD) {
-        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+    pc->pool = this;
+    init_conn(pc);
+    enter(pc, PgConn::Connecting);
+
+    pc->connect_timer.handler = on_connect_timeout;
+    pc->connect_timer.data = pc;
+    pc->connect_timer.log = &pc->log;
+
+    pc->pg = PQconnectStartParams(conf_->keywords, conf_->values, 0);
+
+    if (pc->pg == nullptr) {
+        delete pc;
+        *error = "out of memory";
+        return nullptr;
+    }
+
+    if (PQstatus(pc->pg) == CONNECTION_BAD) {
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                       "session_cache: postgres: %s",
-                      said(conf_, query_, PQerrorMessage(pg)).c_str());
-        PQfinish(pg);
+                      said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        PQfinish(pc->pg);
+        delete pc;
         *error = "connect failed";
         return nullptr;
     }
 
-    auto *pc = new PgConn();
-    pc->pool = this;
-    pc->pg = pg;
-    pc->log = &log_;
     pc->conf = conf_;
     pc->query = &query_;
 
-    PQsetNoticeProcessor(pg, notice, pc);
+    PQsetNoticeProcessor(pc->pg, notice, pc);
 
-    pc->connect_timer.handler = on_connect_timeout;
-    pc->connect_timer.data = pc;
-    pc->connect_timer.log = &log_;
-
-    if (PQsetnonblocking(pg, 1) != 0 || !wrap(pc)) {
-        PQfinish(pg);
+    if (PQsetnonblocking(pc->pg, 1) != 0 || !wrap(pc)) {
+        PQfinish(pc->pg);
         delete pc;
         *error = "cannot watch the socket";
         return nullptr;
@@ -264,13 +306,17 @@ PgConn *PgPool::open(const char **error)
 
     ngx_add_timer(&pc->connect_timer, conf_->backend.connect_timeout);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p connecting, "
+                   "fd %d", pc, PQsocket(pc->pg));
+
     return pc;
 }
 
 /*
  * Put libpq's current socket under nginx's event loop: read always, level
  * triggered (libpq may leave bytes in the socket), write only while libpq
- * has something to send.
+ * has something to send. false: nothing is left wrapped.
  */
 bool PgPool::wrap(PgConn *pc)
 {
@@ -285,7 +331,7 @@ bool PgPool::wrap(PgConn *pc)
         return false;
     }
 
-    ngx_connection_t *c = ngx_get_connection(fd, &log_);
+    ngx_connection_t *c = ngx_get_connection(fd, &pc->log);
     if (c == nullptr) {
         return false;
     }
@@ -293,20 +339,22 @@ bool PgPool::wrap(PgConn *pc)
     c->data = pc;
     c->read->handler = on_event;
     c->write->handler = on_event;
-    c->read->log = &log_;
-    c->write->log = &log_;
+    c->read->log = &pc->log;
+    c->write->log = &pc->log;
     c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
 
     pc->c = c;
     pc->ino = st.st_ino;
 
-    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+    /* connecting: wait until the socket is writable */
+    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK
+        || !want_write(pc, true))
+    {
         release(pc);
         return false;
     }
 
-    /* connecting: wait until the socket is writable */
-    return want_write(pc, true);
+    return true;
 }
 
 /* Forget the socket without closing it: it is libpq's. */
@@ -365,6 +413,7 @@ bool PgPool::want_write(PgConn *pc, bool on)
     return true;
 }
 
+/* Called by nginx: nothing may escape. */
 void PgPool::on_event(ngx_event_t *ev)
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
@@ -375,10 +424,59 @@ void PgPool::on_event(ngx_event_t *ev)
         pool->drive(pc);
 
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                      "session_cache: postgres: %s", e.what());
-        pool->fail(pc, "internal error");
+        pool->crashed(pc, e.what());
+    } catch (...) {
+        pool->crashed(pc, "unknown exception");
     }
+}
+
+/* Called by nginx: nothing may escape. */
+void PgPool::on_connect_timeout(ngx_event_t *ev)
+{
+    auto *pc = static_cast<PgConn *>(ev->data);
+    PgPool *pool = pc->pool;
+
+    try {
+        pool->fail(pc, pool->connect_timeout_text_);
+
+    } catch (const std::exception &e) {
+        pool->crashed(pc, e.what());
+    } catch (...) {
+        pool->crashed(pc, "unknown exception");
+    }
+}
+
+/* An exception left a step of pc: fail pc, if that step did not already
+ * close it, and let nothing more escape. */
+void PgPool::crashed(PgConn *pc, const char *what)
+{
+    ngx_log_error(NGX_LOG_ALERT, &log_, 0, "session_cache: postgres: %s",
+                  what);
+
+    if (!owns(pc)) {
+        return;
+    }
+
+    try {
+        fail(pc, "internal error");
+
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, &log_, 0,
+                      "session_cache: postgres: cannot fail the "
+                      "connection cleanly");
+    }
+}
+
+/* A libpq call failed: pc fails with its message, as said() cleans it. */
+void PgPool::failed(PgConn *pc, const char *message)
+{
+    std::string text = said(conf_, query_, message);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p failed: %s", pc,
+                   text.c_str());
+
+    fail(pc, text.c_str());
 }
 
 void PgPool::drive(PgConn *pc)
@@ -409,6 +507,10 @@ void PgPool::connecting(PgConn *pc)
     if (fd >= 0 && (pc->c == nullptr || fd != pc->c->fd
                     || fstat(fd, &s) == -1 || s.st_ino != pc->ino))
     {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p moves to "
+                       "fd %d", pc, fd);
+
         release(pc);
         if (!wrap(pc)) {
             fail(pc, "cannot watch the socket");
@@ -418,7 +520,7 @@ void PgPool::connecting(PgConn *pc)
 
     switch (st) {
     case PGRES_POLLING_FAILED:
-        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
 
     case PGRES_POLLING_WRITING:
@@ -450,12 +552,16 @@ void PgPool::connecting(PgConn *pc)
 /* Prepare the session query on pc; prepared() takes the answer. */
 void PgPool::prepare(PgConn *pc)
 {
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: preparing "
+                   "the session query", pc);
+
     if (!PQsendPrepare(pc->pg, kStatement, query_.c_str(), 1, nullptr)) {
-        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
-    pc->state = PgConn::Preparing;
+    enter(pc, PgConn::Preparing);
     pc->flushing = true;
     busy(pc);
 }
@@ -466,7 +572,7 @@ void PgPool::busy(PgConn *pc)
         int rv = PQflush(pc->pg);
 
         if (rv == -1) {
-            fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+            failed(pc, PQerrorMessage(pc->pg));
             return;
         }
 
@@ -479,7 +585,7 @@ void PgPool::busy(PgConn *pc)
     }
 
     if (!PQconsumeInput(pc->pg)) {
-        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
@@ -515,7 +621,7 @@ void PgPool::idle(PgConn *pc)
 
     /* nothing asked: the server closed, or sent a notice */
     if (!PQconsumeInput(pc->pg) || PQstatus(pc->pg) != CONNECTION_OK) {
-        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
@@ -538,11 +644,16 @@ void PgPool::send(PgConn *pc, PgQuery *job)
           : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
                                 nullptr, 0)))
     {
-        fail(pc, said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        failed(pc, PQerrorMessage(pc->pg));
         return;
     }
 
-    pc->state = PgConn::Querying;
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: %s sent "
+                   "for call %p", pc,
+                   job->probe ? "SELECT 1" : "the session query", job);
+
+    enter(pc, PgConn::Querying, job->probe);
     pc->flushing = true;
     busy(pc);
 }
@@ -595,8 +706,12 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
         return;
     }
 
-    pc->state = PgConn::Idle;
+    enter(pc, PgConn::Idle);
     pc->prepared = ok;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: the session "
+                   "query %s", pc, ok ? "is prepared" : "was refused");
 
     if (ok) {
         pc->query_error.clear();
@@ -613,7 +728,7 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
                                      : PQerrorMessage(pc->pg));
         if (!pc->alerted) {
             pc->alerted = true;
-            ngx_log_error(NGX_LOG_ALERT, &log_, 0,
+            ngx_log_error(NGX_LOG_ALERT, &pc->log, 0,
                           "session_cache: postgres refused to prepare the "
                           "session query (session_cache_query), a "
                           "configuration error: %s; requests that need "
@@ -674,7 +789,7 @@ void PgPool::completed(PgConn *pc)
     }
 
     PgQuery *job = front(pc);
-    pc->state = PgConn::Idle;
+    enter(pc, PgConn::Idle);
 
     if (job == nullptr) {
         PQclear(res);
@@ -690,7 +805,7 @@ void PgPool::completed(PgConn *pc)
     }
 
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                       "session_cache: postgres: session query failed: %s",
                       said(conf_, query_,
                            res ? PQresultErrorMessage(res)
@@ -702,6 +817,9 @@ void PgPool::completed(PgConn *pc)
     }
 
     if (PQntuples(res) == 0 || PQnfields(res) < 1 || PQgetisnull(res, 0, 0)) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p: no row "
+                       "for call %p", pc, job);
         PQclear(res);
         finish(job, nullptr, nullptr);
         dispatch();
@@ -716,7 +834,7 @@ void PgPool::completed(PgConn *pc)
 
     if (PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1)) {
         if (!parse_int64(PQgetvalue(res, 0, 1), &row.expires_at)) {
-            ngx_log_error(NGX_LOG_ERR, &log_, 0,
+            ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                           "session_cache: postgres: the session query's "
                           "second column is not unix seconds");
             PQclear(res);
@@ -726,6 +844,10 @@ void PgPool::completed(PgConn *pc)
         }
         row.has_expiry = true;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: a row for "
+                   "call %p", pc, job);
 
     finish(job, &row, nullptr);
     PQclear(res);
@@ -742,6 +864,10 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
                             + said(conf_, query_,
                                    res ? PQresultErrorMessage(res)
                                        : PQerrorMessage(pc->pg));
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: postgres: connection %p: %s", pc,
+                       error.c_str());
         PQclear(res);
         finish(job, nullptr, error.c_str());
         dispatch();
@@ -758,6 +884,10 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
     row.server_version = version ? version : "";
     row.query_error = pc->query_error;
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: probe answered",
+                   pc);
+
     finish(job, &row, nullptr);
     PQclear(res);
     dispatch();
@@ -773,6 +903,9 @@ void PgPool::assign(PgConn *pc, PgQuery *)
 
 void PgPool::destroy(PgConn *pc)
 {
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: closing connection %p", pc);
+
     remove(pc);
 
     if (pc->connect_timer.timer_set) {
@@ -787,14 +920,6 @@ void PgPool::destroy(PgConn *pc)
 
     PQfinish(pc->pg);
     delete pc;
-}
-
-void PgPool::on_connect_timeout(ngx_event_t *ev)
-{
-    auto *pc = static_cast<PgConn *>(ev->data);
-    PgPool *pool = pc->pool;
-
-    pool->fail(pc, pool->connect_timeout_text_);
 }
 
 }  // namespace session_cache

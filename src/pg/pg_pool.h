@@ -13,6 +13,7 @@
 #include "pool/pool.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -80,8 +81,8 @@ private:
     friend struct PgFlight;
 
     static void flight_done(void *data, const PgRow *row, const char *error);
-    PgJob *fly(PgQuery *q, bool shared, PgDone done, void *data,
-               const char **error);
+    PgJob *fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
+               void *data, const char **error);
 
     PgConn *open(const char **error);
     void assign(PgConn *pc, PgQuery *job);
@@ -102,6 +103,8 @@ private:
     void completed(PgConn *pc);
     void probed(PgConn *pc, PgQuery *job, PGresult *res);
     bool want_write(PgConn *pc, bool on);
+    void failed(PgConn *pc, const char *message);
+    void crashed(PgConn *pc, const char *what);
 
     static void on_event(ngx_event_t *ev);
     static void on_connect_timeout(ngx_event_t *ev);

@@ -25,19 +25,15 @@ enum class RedisState : unsigned char {
     Ready,          /* jobs, and their replies in order */
 };
 
-struct RedisConn {
+struct RedisConn : PoolConn {
     RedisPool             *pool;
     RedisState             state = RedisState::Connecting;
     ngx_peer_connection_t  peer;
-    ngx_log_t              log;       /* the pool's, with this one's action */
     ReplyReader            reader;
     std::string            out;       /* to send: commands in RESP */
     std::size_t            out_pos = 0;
     ngx_uint_t             out_cmds = 0;
     ngx_uint_t             handshake_next = 0;  /* Handshake: which reply */
-    ngx_queue_t            jobs;        /* sent or to be sent, in order */
-    ngx_uint_t             njobs = 0;
-    ngx_queue_t            link;
 };
 
 /* What the connection is doing, for error lines: "... while <action>". */
@@ -67,8 +63,6 @@ RedisPool::RedisPool(ngx_cycle_t *cycle,
                      const ngx_http_session_cache_redis_conf_t *conf)
     : Pool(cycle, &conf->backend, "redis", Backend::Redis), conf_(conf)
 {
-    log_.handler = log_context;
-
     /* the handshake conf.cpp wrote (AUTH, SELECT), command by command:
      * which reply answers what */
     std::string_view hs(reinterpret_cast<const char *>(conf->handshake.data),
@@ -82,38 +76,6 @@ RedisPool::RedisPool(ngx_cycle_t *cycle,
         }
         hs.remove_prefix(size);
     }
-}
-
-/* ", backend: redis://...", after nginx's own text; the action first. */
-u_char *RedisPool::log_context(ngx_log_t *log, u_char *buf, size_t len)
-{
-    /* Pool's constructor stored its own this */
-    auto *pool = static_cast<RedisPool *>(static_cast<Pool *>(log->data));
-    u_char *p = buf;
-
-    if (log->action) {
-        p = ngx_snprintf(p, len, " while %s", log->action);
-        len -= p - buf;
-    }
-
-    return ngx_snprintf(p, len, ", backend: %V",
-                        &pool->conf_->backend.display);
-}
-
-/*
- * Every failure of a connection comes here, also from the pool's job
- * timer (which calls Derived::fail): the line Pool::fail logs says what
- * the connection was doing.
- */
-void RedisPool::fail(RedisConn *rc, const char *error)
-{
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
-                   "session_cache: redis connection %p failed: %s", rc,
-                   error);
-
-    log_.action = rc->log.action;
-    Pool::fail(rc, error);
-    log_.action = nullptr;
 }
 
 RedisPool::~RedisPool()

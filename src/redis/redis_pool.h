@@ -77,8 +77,6 @@ private:
     ngx_uint_t depth() const { return kPipelineDepth; }
     void destroy(RedisConn *rc);
 
-    void fail(RedisConn *rc, const char *error);
-
     void unreachable();
     void drive(RedisConn *rc, ngx_event_t *ev);
     bool connect_done(RedisConn *rc);
@@ -93,7 +91,6 @@ private:
 #endif
 
     static void on_event(ngx_event_t *ev);
-    static u_char *log_context(ngx_log_t *log, u_char *buf, size_t len);
 
     /* Redis answers in order; a deeper pipeline only delays the requests
      * at its tail behind a slow one */
