@@ -6,8 +6,9 @@
  */
 #include "check/session_value.h"
 
+#include "integer.h"
+
 #include <charconv>
-#include <limits>
 #include <new>
 
 namespace session_cache {
@@ -404,31 +405,10 @@ Reader::integer(std::int64_t *out)
         return false;
     }
 
-    bool negative = (*start == '-');
-    const unsigned char *d = start + (negative ? 1 : 0);
-
-    /* Accumulate negatively so that INT64_MIN fits. */
-    std::int64_t v = 0;
-    const std::int64_t min = std::numeric_limits<std::int64_t>::min();
-
-    for (; d < p_; d++) {
-        int digit = *d - '0';
-
-        if (v < (min + digit) / 10) {
-            return false;
-        }
-        v = v * 10 - digit;
-    }
-
-    if (!negative) {
-        if (v == min) {
-            return false;
-        }
-        v = -v;
-    }
-
-    *out = v;
-    return true;
+    /* a JSON integer: an optional '-' and digits, as parse_integer reads */
+    return parse_integer(
+        std::string_view(reinterpret_cast<const char *>(start), p_ - start),
+        out);
 }
 
 

@@ -1,5 +1,7 @@
 #include "health/health_render.h"
 
+#include "integer.h"
+
 #include <cstdio>
 #include <ctime>
 
@@ -551,24 +553,6 @@ std::string render_prometheus(const Report &r)
 
 /* ------------------------------------------------------ Redis INFO */
 
-static bool parse_u64(std::string_view s, std::uint64_t *out)
-{
-    if (s.empty() || s.size() > 19) {
-        return false;
-    }
-
-    std::uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') {
-            return false;
-        }
-        v = v * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-
-    *out = v;
-    return true;
-}
-
 /* Safe for the document: printable ASCII only, bounded. */
 static bool printable(std::string_view s)
 {
@@ -608,12 +592,12 @@ RedisInfo parse_redis_info(std::string_view text)
 
         if (k == "redis_version" && printable(v)) {
             info.version = std::string(v);
-        } else if (k == "uptime_in_seconds" && parse_u64(v, &n)
+        } else if (k == "uptime_in_seconds" && parse_integer(v, &n)
                    && n <= INT64_MAX) {
             info.uptime = static_cast<std::int64_t>(n);
         } else if (k == "used_memory_human" && printable(v)) {
             info.used_memory_human = std::string(v);
-        } else if (k == "used_memory" && parse_u64(v, &n)) {
+        } else if (k == "used_memory" && parse_integer(v, &n)) {
             info.used_memory = n;
         }
     }

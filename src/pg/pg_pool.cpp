@@ -1,5 +1,6 @@
 #include "pg/pg_pool.h"
 
+#include "integer.h"
 #include "pg/pg_conninfo.h"
 
 #include <sys/stat.h>
@@ -754,30 +755,6 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
     dispatch();
 }
 
-static bool parse_int64(const char *s, std::int64_t *out)
-{
-    bool neg = (*s == '-');
-    std::int64_t v = 0;
-
-    if (neg) {
-        s++;
-    }
-
-    if (*s == '\0') {
-        return false;
-    }
-
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || v > (INT64_MAX - 9) / 10) {
-            return false;
-        }
-        v = v * 10 + (*s - '0');
-    }
-
-    *out = neg ? -v : v;
-    return true;
-}
-
 void PgPool::completed(PgConn *pc)
 {
     PGresult *res = pc->result;
@@ -833,7 +810,9 @@ void PgPool::completed(PgConn *pc)
     row.expires_at = 0;
 
     if (PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1)) {
-        if (!parse_int64(PQgetvalue(res, 0, 1), &row.expires_at)) {
+        if (!parse_integer(std::string_view(PQgetvalue(res, 0, 1)),
+                           &row.expires_at))
+        {
             ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                           "session_cache: postgres: the session query's "
                           "second column is not unix seconds");

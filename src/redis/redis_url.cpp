@@ -8,6 +8,8 @@
  */
 #include "redis/redis_url.h"
 
+#include "integer.h"
+
 #include <cstdint>
 #include <new>
 
@@ -61,20 +63,10 @@ is_alpha(char c)
 bool
 parse_decimal(std::string_view s, std::int64_t max, std::int64_t *out)
 {
-    std::int64_t v = 0;
+    std::int64_t v;
 
-    if (s.empty()) {
+    if (s.empty() || s[0] == '-' || !parse_integer(s, &v) || v > max) {
         return false;
-    }
-
-    for (char c : s) {
-        if (!is_digit(c)) {
-            return false;
-        }
-        v = v * 10 + (c - '0');
-        if (v > max) {
-            return false;
-        }
     }
 
     *out = v;
