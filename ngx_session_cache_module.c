@@ -226,7 +226,7 @@ ngx_http_session_cache_handler(ngx_http_request_t *r)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_session_cache_module);
 
-    if (!slcf->enabled) {
+    if (slcf->token == NULL) {
         return NGX_DECLINED;
     }
 
@@ -581,14 +581,14 @@ ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_str_t                         *value;
     ngx_http_compile_complex_value_t   ccv;
 
-    if (slcf->enabled != NGX_CONF_UNSET) {
+    if (slcf->token != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
     if (ngx_strcmp(value[1].data, "off") == 0) {
-        slcf->enabled = 0;
+        slcf->token = NULL;
         return NGX_CONF_OK;
     }
 
@@ -610,8 +610,6 @@ ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
                            &cmd->name, &value[1]);
         return NGX_CONF_ERROR;
     }
-
-    slcf->enabled = 1;
 
     return NGX_CONF_OK;
 }
@@ -793,12 +791,11 @@ ngx_http_session_cache_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_uint_t                 i;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (slcf->health_timeout) {
+    if (slcf->health) {
         return "is duplicate";
     }
 
-    slcf->health_threshold = 100;
-    slcf->health_timeout = 1000;
+    slcf->health = 1;
 
     value = cf->args->elts;
 
@@ -999,13 +996,13 @@ ngx_http_session_cache_create_loc_conf(ngx_conf_t *cf)
     /*
      * set by ngx_pcalloc():
      *
-     *     slcf->token = NULL;
-     *     slcf->health_threshold = 0;
-     *     slcf->health_timeout = 0;
+     *     slcf->health = 0;
      */
 
-    slcf->enabled = NGX_CONF_UNSET;
+    slcf->token = NGX_CONF_UNSET_PTR;
     slcf->fail = NGX_CONF_UNSET_UINT;
+    slcf->health_threshold = NGX_CONF_UNSET_MSEC;
+    slcf->health_timeout = NGX_CONF_UNSET_MSEC;
 
     return slcf;
 }
@@ -1020,16 +1017,16 @@ ngx_http_session_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     ngx_http_session_cache_main_conf_t  *smcf;
 
-    if (conf->enabled == NGX_CONF_UNSET) {
-        conf->enabled = prev->enabled;
-        conf->token = prev->token;
-    }
-
-    ngx_conf_merge_value(conf->enabled, prev->enabled, 0);
+    ngx_conf_merge_ptr_value(conf->token, prev->token, NULL);
     ngx_conf_merge_uint_value(conf->fail, prev->fail,
                               NGX_HTTP_SESSION_CACHE_FAIL_CLOSED);
 
-    if (conf->enabled) {
+    ngx_conf_merge_msec_value(conf->health_threshold, prev->health_threshold,
+                              NGX_HTTP_SESSION_CACHE_HEALTH_THRESHOLD);
+    ngx_conf_merge_msec_value(conf->health_timeout, prev->health_timeout,
+                              NGX_HTTP_SESSION_CACHE_HEALTH_TIMEOUT);
+
+    if (conf->token) {
         smcf = ngx_http_conf_get_module_main_conf(cf,
                                               ngx_http_session_cache_module);
 

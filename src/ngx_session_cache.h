@@ -14,6 +14,10 @@
 #define NGX_HTTP_SESSION_CACHE_FAIL_CLOSED  0
 #define NGX_HTTP_SESSION_CACHE_FAIL_OPEN    1
 
+/* session_cache_health's defaults: threshold= and timeout= */
+#define NGX_HTTP_SESSION_CACHE_HEALTH_THRESHOLD  100
+#define NGX_HTTP_SESSION_CACHE_HEALTH_TIMEOUT    1000
+
 
 typedef struct {
     ngx_uint_t                  configured;
@@ -30,10 +34,8 @@ typedef struct {
 
     ngx_addr_t                 *addrs;           /* resolved at start */
     ngx_uint_t                  naddrs;
-    ngx_uint_t                  db;
 
     /* rediss:// */
-    ngx_uint_t                  tls;
     ngx_flag_t                  tls_verify;      /* NGX_CONF_UNSET: on */
     ngx_str_t                   tls_ca;          /* empty: system CAs */
     ngx_str_t                   tls_name;        /* SNI, certificate name */
@@ -41,7 +43,6 @@ typedef struct {
     ngx_ssl_t                  *ssl;
 #endif
     ngx_str_t                   handshake;       /* AUTH/SELECT, as RESP */
-    ngx_uint_t                  handshake_replies;
 } ngx_http_session_cache_redis_conf_t;
 
 
@@ -85,9 +86,9 @@ typedef struct {
 typedef struct {
     ngx_http_complex_value_t   *token;           /* NULL: off */
     ngx_uint_t                  fail;
-    ngx_flag_t                  enabled;
 
     /* session_cache_health */
+    ngx_flag_t                  health;          /* this location serves it */
     ngx_msec_t                  health_threshold;
     ngx_msec_t                  health_timeout;
 } ngx_http_session_cache_loc_conf_t;

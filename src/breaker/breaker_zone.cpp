@@ -17,6 +17,18 @@ struct BreakerZone {
 
 static const char *const kNames[] = {"redis", "postgres"};
 
+static_assert(sizeof(kNames) / sizeof(kNames[0])
+                  == sizeof(BreakerZone::backends) / sizeof(BreakerData),
+              "a name for each backend's breaker");
+
+/* The zone: the slab pool's header and page table, then BreakerZone.
+ * Its size never changes, so that a reload finds the zone it can reuse;
+ * half of it is room enough on the smallest pages (4 KiB). */
+static constexpr std::size_t kBreakerZonePages = 8;
+
+static_assert(sizeof(BreakerZone) <= kBreakerZonePages / 2 * 4096,
+              "the breakers fit in their zone");
+
 /* this worker's view: the cycle's configuration and the shared data */
 static const ngx_http_session_cache_breaker_conf_t *conf;
 static BreakerConfig config;
@@ -294,8 +306,8 @@ ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
         return NGX_CONF_OK;
     }
 
-    /* fixed, so that a reload finds the zone it can reuse */
-    size_t size = 8 * ngx_pagesize;
+    /* fixed (see kBreakerZonePages) */
+    size_t size = session_cache::kBreakerZonePages * ngx_pagesize;
 
     bc->zone = ngx_shared_memory_add(cf, &name, size,
                                      &ngx_http_session_cache_module);

@@ -5,6 +5,8 @@
  */
 #include "nginx_cpp.h"
 
+#include "integer.h"
+
 #include <new>
 #include <string>
 #include <vector>
@@ -151,7 +153,6 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
     }
 
     rcf->ssl = ssl;
-    rcf->tls = 1;
 
     return NGX_CONF_OK;
 #else
@@ -199,7 +200,6 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
     rcf->naddrs = u.naddrs;
 
     std::string hs;
-    rcf->handshake_replies = 0;
 
     if (!url.password.empty()) {
         if (url.user.empty()) {
@@ -207,15 +207,11 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         } else {
             resp_append(&hs, {"AUTH", url.user, url.password});
         }
-        rcf->handshake_replies++;
     }
 
     if (url.db != 0) {
         resp_append(&hs, {"SELECT", std::to_string(url.db)});
-        rcf->handshake_replies++;
     }
-
-    rcf->db = url.db;
 
     if (!copy_str(cf, hs, &rcf->handshake)
         || !copy_str(cf, mask_redis_url(url), &rcf->backend.display))
@@ -274,10 +270,8 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
         int port = 5432;
 
         if (!port_text.empty()) {
-            port = std::atoi(port_text.c_str());
-            if (port <= 0 || port > 65535
-                || port_text.find_first_not_of("0123456789")
-                   != std::string::npos)
+            if (port_text[0] == '-' || !parse_integer(port_text, &port)
+                || port <= 0 || port > 65535)
             {
                 return conf_error(cf, ci->secret_authority
                     ? std::string("invalid port in the URI (expected "

@@ -30,6 +30,10 @@ namespace session_cache {
 
 namespace {
 
+/* The probe key's expiry (SET ... EX): it outlives the probe's own GET
+ * and leaves nothing behind for long. */
+constexpr const char *kProbeExpiry = "5";
+
 enum class Step { Ping, Info, DbSize, Set, Get };
 
 const char *step_name(Step s)
@@ -241,7 +245,7 @@ void redis_send(HealthCtx *ctx)
         break;
     case Step::Set:
         resp_append(&cmd, {"SET", ctx->probe_key, ctx->probe_value, "EX",
-                           "5"});
+                           kProbeExpiry});
         break;
     case Step::Get:
         resp_append(&cmd, {"GET", ctx->probe_key});

@@ -68,7 +68,7 @@ struct Report {
 
 /*
  * SPEC §6: healthy when every configured backend answers, no breaker is
- * off closed and no probe is slower than the threshold; unhealthy when no
+ * other than closed and no probe is slower than the threshold; unhealthy when no
  * backend can check a session (none answers, or the breakers of those that
  * do are open) or the session query cannot be prepared (a configuration
  * error: every cache miss fails); degraded otherwise. The reasons go to

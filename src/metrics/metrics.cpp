@@ -10,6 +10,10 @@ namespace session_cache {
  * together for a while. */
 static const ngx_uint_t kSlotsPerWorker = 2;
 
+/* The slab pool's own header and page table, before the counters and the
+ * slots (region()). */
+static const ngx_uint_t kSlabPages = 8;
+
 /* How often a worker without a slot looks for one. */
 static const ngx_msec_t kRetryMs = 1000;
 
@@ -370,7 +374,7 @@ ngx_http_session_cache_metrics_zone(ngx_conf_t *cf)
     mc->nslots = kSlotsPerWorker * static_cast<ngx_uint_t>(workers);
 
     /* the slab pool's own pages, plus ours */
-    size_t size = 8 * ngx_pagesize + region(mc->nslots);
+    size_t size = kSlabPages * ngx_pagesize + region(mc->nslots);
 
     mc->previous = previous_zone(cf, &name, size);
 

@@ -23,12 +23,6 @@ struct ErrorFree {
     void operator()(char *s) const { PQfreemem(s); }
 };
 
-
-/*
- * libpq quotes whatever it failed on ("missing \"=\" after \"%s\"",
- * "invalid percent-encoded token: \"%s\"") and that may be the password,
- * so every quoted fragment goes. An unterminated one runs to the end.
- */
 /*
  * The one fragment worth showing: the name in 'invalid connection option
  * "foo"', a keyword the user mistyped, never a value.
@@ -55,6 +49,12 @@ option_name(const std::string &before, const char *start, const char *end)
     return true;
 }
 
+/*
+ * libpq quotes whatever it failed on ("missing \"=\" after \"%s\"",
+ * "invalid percent-encoded token: \"%s\"") and that may be the password,
+ * so every quoted fragment goes, but an option's name. An unterminated one
+ * runs to the end.
+ */
 std::string
 mask_quoted(const char *msg, bool input_has_quote)
 {

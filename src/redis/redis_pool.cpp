@@ -536,7 +536,7 @@ void RedisPool::flush(RedisConn *rc)
 void RedisPool::read(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
-    char buf[4096];
+    char buf[kReadChunk];
     std::size_t budget = kReadBudget;
 
     while (budget > 0) {

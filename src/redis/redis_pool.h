@@ -99,6 +99,10 @@ private:
     /* Bytes read in one read event before yielding to the event loop (and
      * its timers): a server that keeps sending cannot hold the worker. */
     static constexpr std::size_t kReadBudget = 64 * 1024;
+    static constexpr std::size_t kReadChunk = 4096;   /* one recv() */
+
+    static_assert(kReadBudget % kReadChunk == 0,
+                  "a read event ends on a whole chunk");
 
     static constexpr ngx_uint_t kMaxHandshake = 4;
 
