@@ -45,7 +45,7 @@ struct Ctx {
     ngx_str_t                                  token;
     ngx_str_t                                  key;     /* prefix + token */
     RedisJob                                  *redis_job;
-    PgJob                                     *pg_job;
+    PgWaiter                                     *pg_waiter;
     std::uint64_t                              get_seq; /* 0: no GET */
     ngx_int_t                                  rc;
     bool                                       done;
@@ -99,11 +99,11 @@ static void cleanup(void *data)
             redis_pool()->cancel(ctx->redis_job);
         }
 
-        if (ctx->pg_job && pg_pool()) {
+        if (ctx->pg_waiter && pg_pool()) {
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
                            "session_cache: request gone, "
                            "its postgres query dropped");
-            pg_pool()->cancel(ctx->pg_job);
+            pg_pool()->cancel(ctx->pg_waiter);
         }
 
     } catch (const std::exception &e) {
@@ -115,7 +115,7 @@ static void cleanup(void *data)
     }
 
     ctx->redis_job = nullptr;
-    ctx->pg_job = nullptr;
+    ctx->pg_waiter = nullptr;
     ctx->r = nullptr;
 }
 
@@ -405,9 +405,9 @@ static ngx_int_t ask_postgres(Ctx *ctx)
     }
 
     const char *error = nullptr;
-    ctx->pg_job = pg->submit(view(ctx->token), on_postgres, ctx, &error);
+    ctx->pg_waiter = pg->submit(view(ctx->token), on_postgres, ctx, &error);
 
-    if (ctx->pg_job == nullptr) {
+    if (ctx->pg_waiter == nullptr) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
                        "session_cache: postgres query not sent: %s",
                        error ? error : "unknown");
@@ -624,7 +624,7 @@ static void on_postgres(void *data, const PgRow *row, const char *error)
 {
     auto *ctx = static_cast<Ctx *>(data);
 
-    ctx->pg_job = nullptr;
+    ctx->pg_waiter = nullptr;
     answered(ctx, [&] { return postgres_answered(ctx, row, error); });
 }
 

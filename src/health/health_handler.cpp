@@ -64,7 +64,7 @@ struct HealthCtx {
     bool                 responded = false;
     Step                 step = Step::Ping;
     RedisJob            *redis_job = nullptr;
-    PgJob               *pg_job = nullptr;
+    PgWaiter               *pg_waiter = nullptr;
     double               redis_sent = 0;    /* monotonic ms */
     double               pg_sent = 0;
     std::string          probe_key;
@@ -90,12 +90,12 @@ void stop(HealthCtx *ctx)
         redis_pool()->cancel(ctx->redis_job);
     }
 
-    if (ctx->pg_job && pg_pool()) {
-        pg_pool()->cancel(ctx->pg_job);
+    if (ctx->pg_waiter && pg_pool()) {
+        pg_pool()->cancel(ctx->pg_waiter);
     }
 
     ctx->redis_job = nullptr;
-    ctx->pg_job = nullptr;
+    ctx->pg_waiter = nullptr;
 
     if (ctx->timer.timer_set) {
         ngx_del_timer(&ctx->timer);
@@ -369,7 +369,7 @@ void on_postgres(void *data, const PgRow *row, const char *error)
     auto *ctx = static_cast<HealthCtx *>(data);
     health::Postgres &P = ctx->report.postgres;
 
-    ctx->pg_job = nullptr;
+    ctx->pg_waiter = nullptr;
     ctx->pg_done = true;
 
     try {
@@ -479,9 +479,9 @@ ngx_int_t start(ngx_http_request_t *r)
     if (PgPool *pg = pg_pool()) {
         const char *error = "no connection";
         ctx->pg_sent = now_ms();
-        ctx->pg_job = pg->submit_probe(on_postgres, ctx, &error);
+        ctx->pg_waiter = pg->submit_probe(on_postgres, ctx, &error);
 
-        if (ctx->pg_job == nullptr) {
+        if (ctx->pg_waiter == nullptr) {
             ctx->report.postgres.error = error;
         } else {
             ctx->pg_done = false;

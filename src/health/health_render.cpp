@@ -89,7 +89,7 @@ static void slow(Report *r, const char *backend, const char *probe,
 }
 
 /* Adds the backend's problems to errors; true if it can check sessions. */
-static bool assess(Report *r, const Backend &b, const char *name)
+static bool assess(Report *r, const BackendReport &b, const char *name)
 {
     if (!b.configured) {
         return false;
@@ -449,7 +449,7 @@ std::string render_prometheus(const Report &r)
 
     struct Named {
         const char *name;
-        const Backend *b;
+        const BackendReport *b;
     } backends[] = {{"redis", &r.redis}, {"postgres", &r.postgres}};
 
     x.family("backend_configured", "gauge",

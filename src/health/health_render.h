@@ -29,7 +29,7 @@ enum class Status { Healthy, Degraded, Unhealthy };
 
 const char *status_name(Status s);
 
-struct Backend {
+struct BackendReport {
     bool configured = false;
     bool connected = false;      /* it answered the first probe */
     std::string error;           /* why a probe failed; empty if none */
@@ -38,7 +38,7 @@ struct Backend {
     std::optional<std::string> version;
 };
 
-struct Redis : Backend {
+struct Redis : BackendReport {
     std::optional<std::int64_t> uptime;          /* seconds */
     std::optional<std::string> used_memory;      /* "1.75M" */
     std::optional<std::uint64_t> used_memory_bytes;
@@ -46,7 +46,7 @@ struct Redis : Backend {
     std::optional<double> ping_ms, set_ms, get_ms;
 };
 
-struct Postgres : Backend {
+struct Postgres : BackendReport {
     std::optional<double> query_ms;              /* SELECT 1 */
     /* why the session query cannot be prepared (Postgres's words), empty
      * if it can: a configuration error, no session can be checked there */

@@ -107,10 +107,10 @@ PgPool::PgPool(ngx_cycle_t *cycle,
  * per token per worker at a time). */
 struct PgFlight {
     PgPool      *pool;
-    PgQuery     *query;     /* nullptr once answered */
+    PgJob     *query;     /* nullptr once answered */
     std::string  token;     /* the key in flights_, when shared */
     bool         shared;    /* in flights_ (a probe is not) */
-    ngx_queue_t  waiters;   /* PgJob */
+    ngx_queue_t  waiters;   /* PgWaiter */
 };
 
 PgPool::~PgPool()
@@ -123,20 +123,20 @@ PgPool::~PgPool()
         while (!ngx_queue_empty(&f->waiters)) {
             ngx_queue_t *q = ngx_queue_head(&f->waiters);
             ngx_queue_remove(q);
-            delete ngx_queue_data(q, PgJob, link);
+            delete ngx_queue_data(q, PgWaiter, link);
         }
         delete f;
     }
 }
 
-PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
+PgWaiter *PgPool::submit(std::string_view token, PgDone done, void *data,
                       const char **error)
 {
     auto it = flights_.find(token);
 
     if (it != flights_.end()) {
         /* the same token is already being looked up: share the answer */
-        auto *job = new PgJob{done, data, it->second, {}};
+        auto *job = new PgWaiter{done, data, it->second, {}};
         ngx_queue_insert_tail(&job->flight->waiters, &job->link);
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
@@ -145,16 +145,16 @@ PgJob *PgPool::submit(std::string_view token, PgDone done, void *data,
         return job;
     }
 
-    std::unique_ptr<PgQuery> q(new PgQuery());
+    std::unique_ptr<PgJob> q(new PgJob());
     q->token.assign(token.data(), token.size());
 
     return fly(std::move(q), true, done, data, error);
 }
 
 /* A health probe is never shared. */
-PgJob *PgPool::submit_probe(PgDone done, void *data, const char **error)
+PgWaiter *PgPool::submit_probe(PgDone done, void *data, const char **error)
 {
-    std::unique_ptr<PgQuery> q(new PgQuery());
+    std::unique_ptr<PgJob> q(new PgJob());
     q->probe = true;
 
     return fly(std::move(q), false, done, data, error);
@@ -163,10 +163,10 @@ PgJob *PgPool::submit_probe(PgDone done, void *data, const char **error)
 /* Start query q with one caller waiting for it; shared: in flights_, under
  * its token, for later callers to join. What is allocated here is freed
  * if a later allocation throws. */
-PgJob *PgPool::fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
+PgWaiter *PgPool::fly(std::unique_ptr<PgJob> q, bool shared, PgDone done,
                    void *data, const char **error)
 {
-    std::unique_ptr<PgJob> job(new PgJob{done, data, nullptr, {}});
+    std::unique_ptr<PgWaiter> job(new PgWaiter{done, data, nullptr, {}});
     std::unique_ptr<PgFlight> f(
         new PgFlight{this, nullptr, q->token, shared, {}});
     ngx_queue_init(&f->waiters);
@@ -178,7 +178,7 @@ PgJob *PgPool::fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
         flights_.emplace(f->token, f.get());
     }
 
-    PgQuery *query = q.release();
+    PgJob *query = q.release();
 
     /* start() deletes query when it fails */
     if (!start(query, error)) {
@@ -196,7 +196,7 @@ PgJob *PgPool::fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
     return job.release();
 }
 
-void PgPool::cancel(PgJob *job)
+void PgPool::cancel(PgWaiter *job)
 {
     PgFlight *f = job->flight;
 
@@ -235,7 +235,7 @@ void PgPool::flight_done(void *data, const PgRow *row, const char *error)
         ngx_queue_t *q = ngx_queue_head(&f->waiters);
         ngx_queue_remove(q);
 
-        PgJob *job = ngx_queue_data(q, PgJob, link);
+        PgWaiter *job = ngx_queue_data(q, PgWaiter, link);
         PgDone done = job->done;
         void *arg = job->data;
         delete job;
@@ -608,7 +608,7 @@ void PgPool::busy(PgConn *pc)
 
 void PgPool::idle(PgConn *pc)
 {
-    if (PgQuery *job = front(pc)) {
+    if (PgJob *job = front(pc)) {
         /* posted by assign(): send the query, after preparing the session
          * query again where Postgres refused it (the schema may have been
          * fixed since) */
@@ -635,7 +635,7 @@ void PgPool::idle(PgConn *pc)
     }
 }
 
-void PgPool::send(PgConn *pc, PgQuery *job)
+void PgPool::send(PgConn *pc, PgJob *job)
 {
     const char *values[1] = { job->token.c_str() };
 
@@ -739,7 +739,7 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
 
     PQclear(res);
 
-    PgQuery *job = front(pc);
+    PgJob *job = front(pc);
 
     if (job == nullptr) {
         dispatch();
@@ -765,7 +765,7 @@ void PgPool::completed(PgConn *pc)
         return;
     }
 
-    PgQuery *job = front(pc);
+    PgJob *job = front(pc);
     enter(pc, PgConn::Idle);
 
     if (job == nullptr) {
@@ -834,7 +834,7 @@ void PgPool::completed(PgConn *pc)
 }
 
 /* The health probe's answer: SELECT 1 and the server's version. */
-void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
+void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
 {
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1 || PQnfields(res) != 1)
@@ -872,7 +872,7 @@ void PgPool::probed(PgConn *pc, PgQuery *job, PGresult *res)
     dispatch();
 }
 
-void PgPool::assign(PgConn *pc, PgQuery *)
+void PgPool::assign(PgConn *pc, PgJob *)
 {
     if (pc->state == PgConn::Idle) {
         /* sent from the posted event, never from within submit() */

@@ -37,27 +37,27 @@ struct PgRow {
  * configuration error, not an outage (compare the address). */
 extern const char kPgQueryUnprepared[];
 
-/* One query on the pool: the session query for token, or the health
- * probe (PoolJob::probe). done(data, row, nullptr) with row == nullptr:
- * the query found nothing. */
-struct PgQuery : PoolJob<PgConn, PgRow> {
+/* One query on the pool, as a RedisJob is one command: the session query
+ * for token, or the health probe (PoolJob::probe). done(data, row,
+ * nullptr) with row == nullptr: the query found nothing. */
+struct PgJob : PoolJob<PgConn, PgRow> {
     std::string  token;     /* unused by a probe */
 };
 
-using PgDone = PgQuery::Done;
+using PgDone = PgJob::Done;
 
 struct PgFlight;
 
 /* A caller waiting for the answer for a token. Callers asking for the same
  * token while its query runs share that query ("single flight"). */
-struct PgJob {
+struct PgWaiter {
     PgDone       done;
     void        *data;
     PgFlight    *flight;
     ngx_queue_t  link;
 };
 
-class PgPool : public Pool<PgPool, PgConn, PgQuery> {
+class PgPool : public Pool<PgPool, PgConn, PgJob> {
 public:
     PgPool(ngx_cycle_t *cycle, const ngx_http_session_cache_pg_conf_t *conf,
            const ngx_str_t *query);
@@ -65,27 +65,27 @@ public:
 
     /* as RedisPool::submit: the session query's answer for token, from a
      * query of its own or one already running for the same token */
-    PgJob *submit(std::string_view token, PgDone done, void *data,
+    PgWaiter *submit(std::string_view token, PgDone done, void *data,
                   const char **error);
 
     /* the health probe: SELECT 1 on a pooled connection, around the
      * breaker; done() gets a row with the answer and the server's
      * version, or an error */
-    PgJob *submit_probe(PgDone done, void *data, const char **error);
+    PgWaiter *submit_probe(PgDone done, void *data, const char **error);
 
     /* The caller went away: done() will not be called. */
-    void cancel(PgJob *job);
+    void cancel(PgWaiter *job);
 
 private:
-    friend class Pool<PgPool, PgConn, PgQuery>;
+    friend class Pool<PgPool, PgConn, PgJob>;
     friend struct PgFlight;
 
     static void flight_done(void *data, const PgRow *row, const char *error);
-    PgJob *fly(std::unique_ptr<PgQuery> q, bool shared, PgDone done,
+    PgWaiter *fly(std::unique_ptr<PgJob> q, bool shared, PgDone done,
                void *data, const char **error);
 
     PgConn *open(const char **error);
-    void assign(PgConn *pc, PgQuery *job);
+    void assign(PgConn *pc, PgJob *job);
     bool on_wire(const PgConn *pc) const;
     ngx_uint_t depth() const { return 1; }
     bool batching(const PgConn *) const { return false; }
@@ -98,10 +98,10 @@ private:
     void busy(PgConn *pc);
     void idle(PgConn *pc);
     void prepare(PgConn *pc);
-    void send(PgConn *pc, PgQuery *job);
+    void send(PgConn *pc, PgJob *job);
     void prepared(PgConn *pc, PGresult *res);
     void completed(PgConn *pc);
-    void probed(PgConn *pc, PgQuery *job, PGresult *res);
+    void probed(PgConn *pc, PgJob *job, PGresult *res);
     bool want_write(PgConn *pc, bool on);
     void failed(PgConn *pc, const char *message);
     void crashed(PgConn *pc, const char *what);
