@@ -20,7 +20,7 @@ template <class T>
 bool parse_integer(std::string_view s, T *out) noexcept
 {
     const char *end = s.data() + s.size();
-    T v{};
+    T           v{};
 
     auto [p, ec] = std::from_chars(s.data(), end, v);
 
@@ -32,4 +32,4 @@ bool parse_integer(std::string_view s, T *out) noexcept
     return true;
 }
 
-}  // namespace session_cache
+} // namespace session_cache

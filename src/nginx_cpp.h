@@ -23,4 +23,4 @@ inline std::string_view view(const ngx_str_t &s)
     return std::string_view(reinterpret_cast<const char *>(s.data), s.len);
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -7,7 +7,7 @@
 namespace session_cache {
 
 static RedisPool *redis;
-static PgPool *pg;
+static PgPool    *pg;
 
 RedisPool *redis_pool()
 {
@@ -19,11 +19,11 @@ PgPool *pg_pool()
     return pg;
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
 extern "C" ngx_int_t
-ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
-    ngx_http_session_cache_main_conf_t *smcf)
+ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
+                                   ngx_http_session_cache_main_conf_t *smcf)
 {
     using namespace session_cache;
 
@@ -48,8 +48,7 @@ ngx_http_session_cache_init_worker(ngx_cycle_t *cycle,
     return NGX_OK;
 }
 
-extern "C" void
-ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
+extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 {
     using namespace session_cache;
 
@@ -58,8 +57,8 @@ ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
         delete pg;
 
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                      "session_cache: exit: %s", e.what());
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "session_cache: exit: %s",
+                      e.what());
     }
 
     redis = nullptr;

@@ -6,7 +6,7 @@
 
 namespace session_cache {
 
-RedisPool *redis_pool();  /* nullptr when Redis is not configured */
-PgPool *pg_pool();        /* nullptr when Postgres is not configured */
+RedisPool *redis_pool(); /* nullptr when Redis is not configured */
+PgPool    *pg_pool();    /* nullptr when Postgres is not configured */
 
-}  // namespace session_cache
+} // namespace session_cache

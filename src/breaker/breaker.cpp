@@ -38,7 +38,7 @@ void breaker_adopt(BreakerData *b, const BreakerConfig &cfg)
 BreakerStats breaker_stats(const BreakerData *b, const BreakerConfig &cfg,
                            std::uint64_t now)
 {
-    BreakerStats s{0, 0};
+    BreakerStats  s{0, 0};
     std::uint64_t slice = now / bucket_ms(cfg);
     std::uint32_t n = cfg.buckets;
 
@@ -47,8 +47,7 @@ BreakerStats breaker_stats(const BreakerData *b, const BreakerConfig &cfg,
 
         /* within the last n slices, this one included */
         if (bk.slice <= slice && slice - bk.slice < n
-            && (bk.calls || bk.failures))
-        {
+            && (bk.calls || bk.failures)) {
             s.calls += bk.calls;
             s.failures += bk.failures;
         }
@@ -71,8 +70,8 @@ static void close(BreakerData *b)
     clear_buckets(b);
 }
 
-Admit breaker_admit(BreakerData *b, const BreakerConfig &cfg,
-                    std::uint64_t now, Transition *t)
+Admit breaker_admit(BreakerData *b, const BreakerConfig &cfg, std::uint64_t now,
+                    Transition *t)
 {
     *t = Transition::None;
 
@@ -91,8 +90,7 @@ Admit breaker_admit(BreakerData *b, const BreakerConfig &cfg,
         return Admit::Trial;
 
     case BreakerState::HalfOpen:
-        if (b->trial && now - b->trial_at < cfg.cooldown
-            && now >= b->trial_at)
+        if (b->trial && now - b->trial_at < cfg.cooldown && now >= b->trial_at)
         {
             return Admit::Reject;
         }
@@ -110,7 +108,7 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
 {
     if (trial) {
         if (b->phase != BreakerState::HalfOpen || !b->trial) {
-            return Transition::None;     /* given up on already */
+            return Transition::None; /* given up on already */
         }
         if (success) {
             close(b);
@@ -124,7 +122,7 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
         return Transition::None;
     }
 
-    std::uint64_t slice = now / bucket_ms(cfg);
+    std::uint64_t  slice = now / bucket_ms(cfg);
     BreakerBucket &bk = b->buckets[slice % cfg.buckets];
 
     if (bk.slice != slice) {
@@ -145,7 +143,8 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
     BreakerStats s = breaker_stats(b, cfg, now);
 
     if (s.calls >= cfg.min_requests
-        && std::uint64_t(s.failures) * 100 > std::uint64_t(cfg.errors) * s.calls)
+        && std::uint64_t(s.failures) * 100
+               > std::uint64_t(cfg.errors) * s.calls)
     {
         open(b, now);
         return Transition::Opened;
@@ -172,4 +171,4 @@ std::uint64_t breaker_wait(const BreakerData *b, const BreakerConfig &cfg,
     return until > now ? until - now : 0;
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -19,27 +19,27 @@
 namespace session_cache {
 
 struct BreakerConfig {
-    std::uint32_t errors;        /* percent: opens when the share exceeds it */
-    std::uint64_t window;        /* ms */
+    std::uint32_t errors; /* percent: opens when the share exceeds it */
+    std::uint64_t window; /* ms */
     std::uint32_t buckets;
-    std::uint64_t cooldown;      /* ms in open before a trial */
+    std::uint64_t cooldown; /* ms in open before a trial */
     std::uint32_t min_requests;
 };
 
 constexpr std::uint32_t kBreakerMaxBuckets = 100;
 
 struct BreakerBucket {
-    std::uint64_t slice;         /* now / bucket_ms when last written */
+    std::uint64_t slice; /* now / bucket_ms when last written */
     std::uint32_t calls;
     std::uint32_t failures;
 };
 
 struct BreakerData {
     BreakerState  phase;
-    std::uint64_t opened_at;     /* when it last opened */
-    std::uint64_t trial_at;      /* when the trial was let through */
-    bool          trial;         /* a trial call is out */
-    std::uint64_t bucket_ms;     /* the layout the buckets were written in */
+    std::uint64_t opened_at; /* when it last opened */
+    std::uint64_t trial_at;  /* when the trial was let through */
+    bool          trial;     /* a trial call is out */
+    std::uint64_t bucket_ms; /* the layout the buckets were written in */
     std::uint32_t nbuckets;
     BreakerBucket buckets[kBreakerMaxBuckets];
 };
@@ -66,8 +66,8 @@ void breaker_adopt(BreakerData *b, const BreakerConfig &cfg);
  * gets Reject until that trial reports. A trial that never reports (its
  * worker died) is given up after another cooldown.
  */
-Admit breaker_admit(BreakerData *b, const BreakerConfig &cfg,
-                    std::uint64_t now, Transition *t);
+Admit breaker_admit(BreakerData *b, const BreakerConfig &cfg, std::uint64_t now,
+                    Transition *t);
 
 /* The outcome of a call admitted earlier; trial says whether it was the
  * trial. Calls that were let through before the breaker opened and report
@@ -87,4 +87,4 @@ BreakerStats breaker_stats(const BreakerData *b, const BreakerConfig &cfg,
 std::uint64_t breaker_wait(const BreakerData *b, const BreakerConfig &cfg,
                            std::uint64_t now);
 
-}  // namespace session_cache
+} // namespace session_cache

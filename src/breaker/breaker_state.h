@@ -25,4 +25,4 @@ constexpr const char *breaker_state_name(BreakerState s)
     return "closed";
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -31,9 +31,9 @@ static_assert(sizeof(BreakerZone) <= kBreakerZonePages / 2 * 4096,
 
 /* this worker's view: the cycle's configuration and the shared data */
 static const ngx_http_session_cache_breaker_conf_t *conf;
-static BreakerConfig config;
-static ngx_slab_pool_t *shpool;
-static BreakerZone *zone;
+static BreakerConfig                                config;
+static ngx_slab_pool_t                             *shpool;
+static BreakerZone                                 *zone;
 
 static BreakerConfig to_config(const ngx_http_session_cache_breaker_conf_t *bc)
 {
@@ -70,20 +70,23 @@ static void log_transition(Backend backend, Transition t, BreakerStats s,
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "session_cache: %s circuit breaker opened: %uD of %uD "
                       "calls failed in the last %Mms; calls skip %s for "
-                      "%Mms", name, s.failures, s.calls, conf->window,
-                      name, conf->cooldown);
+                      "%Mms",
+                      name, s.failures, s.calls, conf->window, name,
+                      conf->cooldown);
         return;
 
     case Transition::HalfOpened:
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "session_cache: %s circuit breaker half-open: "
-                      "one trial call goes through", name);
+                      "one trial call goes through",
+                      name);
         return;
 
     case Transition::Closed:
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "session_cache: %s circuit breaker closed: "
-                      "the trial call succeeded", name);
+                      "the trial call succeeded",
+                      name);
         return;
 
     case Transition::Reopened:
@@ -173,8 +176,7 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
     return a != Admit::Reject;
 }
 
-void breaker_report(Backend backend, bool success, bool trial,
-                    ngx_log_t *log)
+void breaker_report(Backend backend, bool success, bool trial, ngx_log_t *log)
 {
     if (zone == nullptr) {
         return;
@@ -183,11 +185,10 @@ void breaker_report(Backend backend, bool success, bool trial,
     BreakerData *b = data(backend);
     BreakerStats s{0, 0};
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
-                   "session_cache: %s breaker: %s %s",
-                   kNames[static_cast<int>(backend)],
-                   trial ? "the trial call" : "a call",
-                   success ? "succeeded" : "failed");
+    ngx_log_debug3(
+        NGX_LOG_DEBUG_HTTP, log, 0, "session_cache: %s breaker: %s %s",
+        kNames[static_cast<int>(backend)], trial ? "the trial call" : "a call",
+        success ? "succeeded" : "failed");
 
     ngx_shmtx_lock(&shpool->mutex);
     Transition t = breaker_record(b, config, now(), success, trial);
@@ -230,8 +231,8 @@ ngx_msec_t breaker_wait(Backend backend)
     }
 
     ngx_shmtx_lock(&shpool->mutex);
-    std::uint64_t ms = session_cache::breaker_wait(data(backend), config,
-                                                   now());
+    std::uint64_t ms =
+        session_cache::breaker_wait(data(backend), config, now());
     ngx_shmtx_unlock(&shpool->mutex);
 
     return static_cast<ngx_msec_t>(ms);
@@ -244,8 +245,8 @@ ngx_msec_t breaker_wait(Backend backend)
  */
 static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
 {
-    auto *bc = static_cast<ngx_http_session_cache_breaker_conf_t *>(
-        shm_zone->data);
+    auto *bc =
+        static_cast<ngx_http_session_cache_breaker_conf_t *>(shm_zone->data);
     auto *pool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
     BreakerConfig c = to_config(bc);
 
@@ -267,8 +268,8 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
         return NGX_OK;
     }
 
-    auto *z = static_cast<BreakerZone *>(
-        ngx_slab_calloc(pool, sizeof(BreakerZone)));
+    auto *z =
+        static_cast<BreakerZone *>(ngx_slab_calloc(pool, sizeof(BreakerZone)));
     if (z == nullptr) {
         return NGX_ERROR;
     }
@@ -290,11 +291,11 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
     return NGX_OK;
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
 extern "C" char *
-ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
-    ngx_http_session_cache_main_conf_t *smcf)
+ngx_http_session_cache_breaker_zone(ngx_conf_t                         *cf,
+                                    ngx_http_session_cache_main_conf_t *smcf)
 {
     static ngx_str_t name = ngx_string("session_cache_breaker");
 
@@ -309,8 +310,8 @@ ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
     /* fixed (see kBreakerZonePages) */
     size_t size = session_cache::kBreakerZonePages * ngx_pagesize;
 
-    bc->zone = ngx_shared_memory_add(cf, &name, size,
-                                     &ngx_http_session_cache_module);
+    bc->zone =
+        ngx_shared_memory_add(cf, &name, size, &ngx_http_session_cache_module);
     if (bc->zone == nullptr) {
         return static_cast<char *>(NGX_CONF_ERROR);
     }

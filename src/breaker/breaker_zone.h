@@ -25,8 +25,7 @@ void breaker_stop();
 bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log);
 
 /* The outcome of an allowed call. Timeouts are failures. */
-void breaker_report(Backend backend, bool success, bool trial,
-                    ngx_log_t *log);
+void breaker_report(Backend backend, bool success, bool trial, ngx_log_t *log);
 
 /* A trial call was dropped before it reached the backend. */
 void breaker_give_back(Backend backend);
@@ -37,4 +36,4 @@ BreakerState breaker_state(Backend backend);
 /* Milliseconds until the next trial of an open breaker, else 0. */
 ngx_msec_t breaker_wait(Backend backend);
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -10,13 +10,13 @@
 namespace session_cache {
 
 struct FillTracker::Fill {
-    std::string   token;        /* the map's key views it */
-    Session       answer;       /* user_id empty: no such session */
-    std::uint32_t writes = 0;   /* SETs not yet acknowledged */
-    std::uint32_t queued = 0;   /* its items in acked_ */
-    std::uint64_t acked = 0;    /* GETs numbered below it may take the
-                                 * answer; 0: none (never acknowledged,
-                                 * or the last SET failed) */
+    std::string   token;      /* the map's key views it */
+    Session       answer;     /* user_id empty: no such session */
+    std::uint32_t writes = 0; /* SETs not yet acknowledged */
+    std::uint32_t queued = 0; /* its items in acked_ */
+    std::uint64_t acked = 0;  /* GETs numbered below it may take the
+                               * answer; 0: none (never acknowledged,
+                               * or the last SET failed) */
 };
 
 FillTracker::FillTracker() = default;
@@ -29,7 +29,7 @@ static bool same_answer(const Session &a, const Session &b)
 }
 
 FillTracker::Fill *FillTracker::write_started(std::string_view token,
-                                              const Session *s)
+                                              const Session   *s)
 {
     /* copied first: a failed allocation leaves the entries as they were */
     Session answer;
@@ -38,7 +38,7 @@ FillTracker::Fill *FillTracker::write_started(std::string_view token,
     }
 
     Fill *f;
-    auto it = fills_.find(token);
+    auto  it = fills_.find(token);
 
     if (it != fills_.end()) {
         f = it->second.get();
@@ -105,8 +105,7 @@ const Session *FillTracker::lookup(std::string_view token,
 
     const Fill *f = it->second.get();
 
-    if (f->writes == 0
-        && (redis_failed || get_seq == 0 || get_seq >= f->acked))
+    if (f->writes == 0 && (redis_failed || get_seq == 0 || get_seq >= f->acked))
     {
         return nullptr;
     }
@@ -139,4 +138,4 @@ void FillTracker::drop(Fill *f) noexcept
     fills_.erase(fills_.find(std::string_view(f->token)));
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -41,7 +41,7 @@ namespace session_cache {
 
 class FillTracker {
 public:
-    struct Fill;  /* one token's answer; the handle of its writes */
+    struct Fill; /* one token's answer; the handle of its writes */
 
     FillTracker();
     ~FillTracker();
@@ -73,7 +73,7 @@ public:
      * seconds, to leave out a session that has expired since.
      */
     const Session *lookup(std::string_view token, std::uint64_t get_seq,
-                          bool redis_failed,
+                          bool         redis_failed,
                           std::int64_t now_sec) const noexcept;
 
     /* Drop acknowledged entries that no GET sent before their
@@ -95,8 +95,8 @@ private:
     /* keyed by a view of the token each Fill owns: a lookup by the
      * request's token copies nothing */
     std::unordered_map<std::string_view, std::unique_ptr<Fill>> fills_;
-    std::deque<Acked> acked_;  /* in the order of acknowledgement */
-    std::uint64_t gets_ = 0;   /* GETs sent */
+    std::deque<Acked> acked_;    /* in the order of acknowledgement */
+    std::uint64_t     gets_ = 0; /* GETs sent */
 };
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -38,21 +38,23 @@ namespace session_cache {
 static const time_t kRetryAfter = 5;
 
 struct Ctx {
-    ngx_http_session_cache_result_t            result;  /* first: see below */
-    ngx_http_request_t                        *r;
-    const ngx_http_session_cache_main_conf_t  *smcf;
-    const ngx_http_session_cache_loc_conf_t   *slcf;
-    ngx_str_t                                  token;
-    ngx_str_t                                  key;     /* prefix + token */
-    RedisJob                                  *redis_job;
-    PgWaiter                                     *pg_waiter;
-    std::uint64_t                              get_seq; /* 0: no GET */
-    ngx_int_t                                  rc;
-    bool                                       done;
-    bool                                       redis_failed;
+    ngx_http_session_cache_result_t           result; /* first: see below */
+    ngx_http_request_t                       *r;
+    const ngx_http_session_cache_main_conf_t *smcf;
+    const ngx_http_session_cache_loc_conf_t  *slcf;
+    ngx_str_t                                 token;
+    ngx_str_t                                 key; /* prefix + token */
+    RedisJob                                 *redis_job;
+    PgWaiter                                 *pg_waiter;
+    std::uint64_t                             get_seq; /* 0: no GET */
+    ngx_int_t                                 rc;
+    bool                                      done;
+    bool                                      redis_failed;
 };
 
+// clang-format off
 #define STATUS(s) ngx_str_t{ sizeof(s) - 1, (u_char *) (s) }
+// clang-format on
 
 static const ngx_str_t kHit = STATUS("HIT");
 static const ngx_str_t kMiss = STATUS("MISS");
@@ -201,13 +203,13 @@ static ngx_int_t unavailable(Ctx *ctx)
 
     ctx->result.status = kError;
 
-    ngx_table_elt_t *h = static_cast<ngx_table_elt_t *>(
-        ngx_list_push(&r->headers_out.headers));
+    ngx_table_elt_t *h =
+        static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
     if (h == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    time_t after = kRetryAfter;
+    time_t     after = kRetryAfter;
     ngx_msec_t wait = breaker_wait(Backend::Postgres);
     if (wait > 0) {
         after = (wait + 999) / 1000;
@@ -262,15 +264,15 @@ static void on_cache_written(void *data, const RedisReply *reply,
  * the level debug_connection gives that connection.
  */
 struct TracedFill {
-    FillTracker::Fill  *fill;
-    ngx_atomic_uint_t   connection;
+    FillTracker::Fill *fill;
+    ngx_atomic_uint_t  connection;
 };
 
 static void on_traced_cache_written(void *data, const RedisReply *reply,
                                     const char *error)
 {
     /* nothing here throws: on_cache_written() guards the rest */
-    auto *t = static_cast<TracedFill *>(data);
+    auto     *t = static_cast<TracedFill *>(data);
     ngx_log_t log = *ngx_cycle->log;
 
     log.log_level = NGX_LOG_DEBUG_CONNECTION | NGX_LOG_DEBUG_ALL;
@@ -293,13 +295,13 @@ static void on_traced_cache_written(void *data, const RedisReply *reply,
 
 /* Send the SET, not waited for; a fill that cannot go is acknowledged as
  * failed at once. */
-static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
-                      std::string_view value, std::int64_t seconds)
+static void send_fill(Ctx *ctx, FillTracker::Fill *fill, std::string_view value,
+                      std::int64_t seconds)
 {
-    RedisDone done = on_cache_written;
-    void *data = fill;
+    RedisDone   done = on_cache_written;
+    void       *data = fill;
     const char *error = nullptr;
-    RedisJob *job = nullptr;
+    RedisJob   *job = nullptr;
 
     try {
 #if (NGX_DEBUG)
@@ -311,9 +313,9 @@ static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
         }
 #endif
 
-        job = redis_pool()->submit({"SET", view(ctx->key), value, "EX",
-                                    std::to_string(seconds)}, done, data,
-                                   &error);
+        job = redis_pool()->submit(
+            {"SET", view(ctx->key), value, "EX", std::to_string(seconds)}, done,
+            data, &error);
 
     } catch (const std::exception &e) {
         /* not sent, as if it had failed */
@@ -323,7 +325,8 @@ static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
     if (job != nullptr) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
                        "session_cache: cache fill: SET sent, "
-                       "expires in %Ls", seconds);
+                       "expires in %Ls",
+                       seconds);
         return;
     }
 
@@ -342,8 +345,8 @@ static void send_fill(Ctx *ctx, FillTracker::Fill *fill,
 
 /* Write to the cache without waiting for the answer. s: the session,
  * nullptr for a negative entry. */
-static void cache_write(Ctx *ctx, std::string_view value,
-                        std::int64_t seconds, const Session *s)
+static void cache_write(Ctx *ctx, std::string_view value, std::int64_t seconds,
+                        const Session *s)
 {
     if (redis_pool() == nullptr || ctx->redis_failed || seconds <= 0) {
         return;
@@ -456,10 +459,10 @@ static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
     /* nothing allocated: the user id goes from the reply to user_id, and
      * allow() copies it once into the request's pool */
     SessionView s;
-    char user_id[kMaxUserIdLength];
+    char        user_id[kMaxUserIdLength];
 
-    switch (decode_session(std::string_view(reply->str, reply->len),
-                           ngx_time(), &s, user_id))
+    switch (decode_session(std::string_view(reply->str, reply->len), ngx_time(),
+                           &s, user_id))
     {
     case Decoded::Valid:
         trace_redis(ctx, "session");
@@ -543,8 +546,7 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                     &s);
     }
 
-    return allow(ctx, status, row->user_id, row->has_expiry,
-                 row->expires_at);
+    return allow(ctx, status, row->user_id, row->has_expiry, row->expires_at);
 }
 
 /* The outcome is known: keep it for the handler's next call. */
@@ -555,8 +557,8 @@ static void finish(Ctx *ctx, ngx_int_t rc)
 
 #if (NGX_DEBUG)
     static const ngx_str_t none = ngx_string("none");
-    const ngx_str_t *status = ctx->result.status.len ? &ctx->result.status
-                                                      : &none;
+    const ngx_str_t       *status =
+        ctx->result.status.len ? &ctx->result.status : &none;
 
     if (rc == NGX_OK) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
@@ -576,7 +578,7 @@ static void resume(Ctx *ctx, ngx_int_t rc)
     }
 
     ngx_http_request_t *r = ctx->r;
-    ngx_connection_t *c = r->connection;
+    ngx_connection_t   *c = r->connection;
 
     finish(ctx, rc);
 
@@ -628,9 +630,9 @@ static void on_postgres(void *data, const PgRow *row, const char *error)
     answered(ctx, [&] { return postgres_answered(ctx, row, error); });
 }
 
-static ngx_int_t start(ngx_http_request_t *r,
+static ngx_int_t start(ngx_http_request_t                       *r,
                        const ngx_http_session_cache_main_conf_t *smcf,
-                       const ngx_http_session_cache_loc_conf_t *slcf)
+                       const ngx_http_session_cache_loc_conf_t  *slcf)
 {
     ngx_str_t token;
 
@@ -660,8 +662,8 @@ static ngx_int_t start(ngx_http_request_t *r,
     if (ctx->key.data == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    ngx_memcpy(ngx_cpymem(ctx->key.data, prefix.data, prefix.len),
-               token.data, token.len);
+    ngx_memcpy(ngx_cpymem(ctx->key.data, prefix.data, prefix.len), token.data,
+               token.len);
 
     cln->handler = cleanup;
     cln->data = ctx;
@@ -669,7 +671,7 @@ static ngx_int_t start(ngx_http_request_t *r,
     ngx_http_set_ctx(r, ctx, ngx_http_session_cache_module);
 
     ngx_int_t rc;
-    bool plausible = token_plausible(token.data, token.len);
+    bool      plausible = token_plausible(token.data, token.len);
 
     /* the token's length only: the token is a secret */
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -681,19 +683,17 @@ static ngx_int_t start(ngx_http_request_t *r,
 
     } else if (RedisPool *redis = redis_pool()) {
         const char *error = nullptr;
-        ctx->redis_job = redis->submit({"GET", view(ctx->key)}, on_redis, ctx,
-                                       &error);
+        ctx->redis_job =
+            redis->submit({"GET", view(ctx->key)}, on_redis, ctx, &error);
 
         if (ctx->redis_job != nullptr) {
             ctx->get_seq = fills.get_sent();
 
-            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                           "session_cache: redis GET #%uL sent%s%s",
-                           ctx->get_seq,
-                           ctx->redis_job->trial
-                               ? ", the breaker's trial call" : "",
-                           ctx->redis_job->waiting
-                               ? ", waiting for a connection" : "");
+            ngx_log_debug3(
+                NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                "session_cache: redis GET #%uL sent%s%s", ctx->get_seq,
+                ctx->redis_job->trial ? ", the breaker's trial call" : "",
+                ctx->redis_job->waiting ? ", waiting for a connection" : "");
             rc = NGX_AGAIN;
 
         } else {
@@ -722,12 +722,12 @@ static ngx_int_t start(ngx_http_request_t *r,
     return rc;
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
 extern "C" ngx_int_t
-ngx_http_session_cache_check(ngx_http_request_t *r,
-    ngx_http_session_cache_main_conf_t *smcf,
-    ngx_http_session_cache_loc_conf_t *slcf)
+ngx_http_session_cache_check(ngx_http_request_t                 *r,
+                             ngx_http_session_cache_main_conf_t *smcf,
+                             ngx_http_session_cache_loc_conf_t  *slcf)
 {
     using namespace session_cache;
 
@@ -741,8 +741,8 @@ ngx_http_session_cache_check(ngx_http_request_t *r,
         return start(r, smcf, slcf);
 
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "session_cache: %s", e.what());
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0, "session_cache: %s",
+                      e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,

@@ -60,14 +60,14 @@ public:
         full_ = false;
     }
 
-    bool full() const { return full_; }
+    bool             full() const { return full_; }
     std::string_view view() const { return std::string_view(buf_, len_); }
 
 private:
-    char        *buf_;
-    std::size_t  size_;
-    std::size_t  len_ = 0;
-    bool         full_ = false;
+    char       *buf_;
+    std::size_t size_;
+    std::size_t len_ = 0;
+    bool        full_ = false;
 };
 
 
@@ -85,8 +85,7 @@ public:
     void skip_ws()
     {
         while (p_ < end_
-               && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r'))
-        {
+               && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) {
             p_++;
         }
     }
@@ -121,8 +120,7 @@ private:
 };
 
 
-void
-put_utf8(unsigned cp, Sink *out)
+void put_utf8(unsigned cp, Sink *out)
 {
     if (out == nullptr) {
         return;
@@ -146,8 +144,7 @@ put_utf8(unsigned cp, Sink *out)
 }
 
 
-bool
-Reader::literal(const char *word)
+bool Reader::literal(const char *word)
 {
     for (; *word; word++) {
         if (!eat(static_cast<unsigned char>(*word))) {
@@ -158,8 +155,7 @@ Reader::literal(const char *word)
 }
 
 
-bool
-Reader::hex4(unsigned *cp)
+bool Reader::hex4(unsigned *cp)
 {
     unsigned v = 0;
 
@@ -191,13 +187,12 @@ Reader::hex4(unsigned *cp)
  * One raw multi-byte UTF-8 sequence starting at p_ (a byte >= 0x80).
  * Overlong forms, surrogates and code points past U+10FFFF are refused.
  */
-bool
-Reader::utf8(Sink *out)
+bool Reader::utf8(Sink *out)
 {
     const unsigned char *start = p_;
-    unsigned char c = *p_;
-    unsigned char lo = 0x80, hi = 0xbf;
-    int n;
+    unsigned char        c = *p_;
+    unsigned char        lo = 0x80, hi = 0xbf;
+    int                  n;
 
     if (c >= 0xc2 && c <= 0xdf) {
         n = 1;
@@ -241,20 +236,18 @@ Reader::utf8(Sink *out)
 }
 
 
-bool
-Reader::string(Sink *out)
+bool Reader::string(Sink *out)
 {
     if (!eat('"')) {
         return false;
     }
 
-    for ( ;; ) {
+    for (;;) {
         /* a run of plain ASCII, the usual case: appended in one go */
         const unsigned char *run = p_;
 
         while (p_ < end_ && *p_ >= 0x20 && *p_ < 0x80 && *p_ != '"'
-               && *p_ != '\\')
-        {
+               && *p_ != '\\') {
             p_++;
         }
 
@@ -301,14 +294,30 @@ Reader::string(Sink *out)
         unsigned cp;
 
         switch (*p_++) {
-        case '"':  cp = '"'; break;
-        case '\\': cp = '\\'; break;
-        case '/':  cp = '/'; break;
-        case 'b':  cp = '\b'; break;
-        case 'f':  cp = '\f'; break;
-        case 'n':  cp = '\n'; break;
-        case 'r':  cp = '\r'; break;
-        case 't':  cp = '\t'; break;
+        case '"':
+            cp = '"';
+            break;
+        case '\\':
+            cp = '\\';
+            break;
+        case '/':
+            cp = '/';
+            break;
+        case 'b':
+            cp = '\b';
+            break;
+        case 'f':
+            cp = '\f';
+            break;
+        case 'n':
+            cp = '\n';
+            break;
+        case 'r':
+            cp = '\r';
+            break;
+        case 't':
+            cp = '\t';
+            break;
 
         case 'u':
             if (!hex4(&cp)) {
@@ -316,16 +325,15 @@ Reader::string(Sink *out)
             }
 
             if (cp >= 0xdc00 && cp <= 0xdfff) {
-                return false;  /* lone low surrogate */
+                return false; /* lone low surrogate */
             }
 
             if (cp >= 0xd800 && cp <= 0xdbff) {
                 unsigned low;
 
-                if (!eat('\\') || !eat('u') || !hex4(&low)
-                    || low < 0xdc00 || low > 0xdfff)
-                {
-                    return false;  /* high surrogate without its pair */
+                if (!eat('\\') || !eat('u') || !hex4(&low) || low < 0xdc00
+                    || low > 0xdfff) {
+                    return false; /* high surrogate without its pair */
                 }
 
                 cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
@@ -349,8 +357,7 @@ Reader::string(Sink *out)
 
 /* The JSON number grammar; *integral tells whether it had neither a
  * fraction nor an exponent. Digits are not converted: any length is fine. */
-bool
-Reader::number(bool *integral)
+bool Reader::number(bool *integral)
 {
     *integral = true;
 
@@ -395,11 +402,10 @@ Reader::number(bool *integral)
 }
 
 
-bool
-Reader::integer(std::int64_t *out)
+bool Reader::integer(std::int64_t *out)
 {
     const unsigned char *start = p_;
-    bool integral;
+    bool                 integral;
 
     if (!number(&integral) || !integral) {
         return false;
@@ -413,8 +419,7 @@ Reader::integer(std::int64_t *out)
 
 
 /* The rest of an array or object after its opening bracket. */
-bool
-Reader::container(int depth, unsigned char close)
+bool Reader::container(int depth, unsigned char close)
 {
     skip_ws();
 
@@ -422,7 +427,7 @@ Reader::container(int depth, unsigned char close)
         return true;
     }
 
-    for ( ;; ) {
+    for (;;) {
         if (close == '}') {
             if (!string(nullptr)) {
                 return false;
@@ -453,8 +458,7 @@ Reader::container(int depth, unsigned char close)
 }
 
 
-bool
-Reader::value(int depth)
+bool Reader::value(int depth)
 {
     bool integral;
 
@@ -484,20 +488,19 @@ Reader::value(int depth)
 }
 
 
-Decoded
-decode(std::string_view value, std::int64_t now, SessionView *out,
-       char *user_id)
+Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
+               char *user_id)
 {
     if (value == std::string_view(kNegativeMarker)) {
         return Decoded::Negative;
     }
 
-    Reader r(value);
+    Reader      r(value);
     SessionView s;
-    bool have_user_id = false;
-    char key_buf[16];
-    Sink key(key_buf, sizeof(key_buf));
-    Sink id(user_id, kMaxUserIdLength);
+    bool        have_user_id = false;
+    char        key_buf[16];
+    Sink        key(key_buf, sizeof(key_buf));
+    Sink        id(user_id, kMaxUserIdLength);
 
     r.skip_ws();
 
@@ -508,7 +511,7 @@ decode(std::string_view value, std::int64_t now, SessionView *out,
     r.skip_ws();
 
     if (!r.eat('}')) {
-        for ( ;; ) {
+        for (;;) {
             key.clear();
 
             if (!r.string(&key)) {
@@ -554,7 +557,7 @@ decode(std::string_view value, std::int64_t now, SessionView *out,
     r.skip_ws();
 
     if (!r.at_end()) {
-        return Decoded::Malformed;  /* trailing garbage */
+        return Decoded::Malformed; /* trailing garbage */
     }
 
     s.user_id = id.view();
@@ -573,31 +576,28 @@ decode(std::string_view value, std::int64_t now, SessionView *out,
     return result;
 }
 
-}  // namespace
+} // namespace
 
 
-std::string_view
-negative_marker() noexcept
+std::string_view negative_marker() noexcept
 {
     return kNegativeMarker;
 }
 
 
-Decoded
-decode_session(std::string_view value, std::int64_t now, SessionView *out,
-               char *user_id) noexcept
+Decoded decode_session(std::string_view value, std::int64_t now,
+                       SessionView *out, char *user_id) noexcept
 {
     return decode(value, now, out, user_id);
 }
 
 
-Decoded
-decode_session(std::string_view value, std::int64_t now,
-               Session *out) noexcept
+Decoded decode_session(std::string_view value, std::int64_t now,
+                       Session *out) noexcept
 {
-    char user_id[kMaxUserIdLength];
+    char        user_id[kMaxUserIdLength];
     SessionView s;
-    Decoded d = decode(value, now, &s, user_id);
+    Decoded     d = decode(value, now, &s, user_id);
 
     if (out && (d == Decoded::Valid || d == Decoded::Expired)) {
         try {
@@ -616,8 +616,7 @@ decode_session(std::string_view value, std::int64_t now,
 }
 
 
-bool
-encode_session(const Session &s, std::string *out) noexcept
+bool encode_session(const Session &s, std::string *out) noexcept
 {
     static const char hex[] = "0123456789abcdef";
 
@@ -667,8 +666,7 @@ encode_session(const Session &s, std::string *out) noexcept
 }
 
 
-bool
-user_id_acceptable(std::string_view id) noexcept
+bool user_id_acceptable(std::string_view id) noexcept
 {
     if (id.empty() || id.size() > kMaxUserIdLength) {
         return false;
@@ -686,8 +684,8 @@ user_id_acceptable(std::string_view id) noexcept
 }
 
 
-std::int64_t
-cache_seconds(std::int64_t ttl, const Session &s, std::int64_t now) noexcept
+std::int64_t cache_seconds(std::int64_t ttl, const Session &s,
+                           std::int64_t now) noexcept
 {
     if (!s.has_expiry) {
         return ttl;
@@ -704,4 +702,4 @@ cache_seconds(std::int64_t ttl, const Session &s, std::int64_t now) noexcept
     return left < ttl ? left : ttl;
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -13,8 +13,8 @@
 namespace session_cache {
 
 struct Session {
-    std::string user_id;
-    bool has_expiry = false;
+    std::string  user_id;
+    bool         has_expiry = false;
     std::int64_t expires_at = 0; /* unix seconds, valid if has_expiry */
 };
 
@@ -24,15 +24,15 @@ constexpr std::size_t kMaxUserIdLength = 256;
 /* A decoded session whose user id lives in the caller's buffer. */
 struct SessionView {
     std::string_view user_id;
-    bool has_expiry = false;
-    std::int64_t expires_at = 0;
+    bool             has_expiry = false;
+    std::int64_t     expires_at = 0;
 };
 
 enum class Decoded {
-    Valid,     /* a usable session, *out filled */
-    Negative,  /* the negative marker: the token is known to be invalid */
-    Expired,   /* a well-formed session whose expires_at <= now */
-    Malformed  /* anything else: not JSON, wrong types, hostile input */
+    Valid,    /* a usable session, *out filled */
+    Negative, /* the negative marker: the token is known to be invalid */
+    Expired,  /* a well-formed session whose expires_at <= now */
+    Malformed /* anything else: not JSON, wrong types, hostile input */
 };
 
 /*
@@ -82,4 +82,4 @@ bool user_id_acceptable(std::string_view id) noexcept;
 std::int64_t cache_seconds(std::int64_t ttl, const Session &s,
                            std::int64_t now) noexcept;
 
-}  // namespace session_cache
+} // namespace session_cache

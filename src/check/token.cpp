@@ -5,8 +5,7 @@
 
 namespace session_cache {
 
-bool
-token_plausible(const unsigned char *data, std::size_t len) noexcept
+bool token_plausible(const unsigned char *data, std::size_t len) noexcept
 {
     if (data == nullptr || len == 0 || len > kMaxTokenLength) {
         return false;
@@ -25,4 +24,4 @@ token_plausible(const unsigned char *data, std::size_t len) noexcept
     return true;
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -17,4 +17,4 @@ constexpr std::size_t kMaxTokenLength = 512;
  */
 bool token_plausible(const unsigned char *data, std::size_t len) noexcept;
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -79,8 +79,9 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
 
     if (!parse_url(cf, url, static_cast<in_port_t>(port), u)) {
         std::string name = quote ? " \"" + host + "\"" : std::string();
-        const char *field = quote ? "" : " (not shown: the address has a "
-                                         "user, password or port part)";
+        const char *field = quote ? ""
+                                  : " (not shown: the address has a "
+                                    "user, password or port part)";
 
         if (u->err && std::string(u->err) == "host not found") {
             return "could not translate host name" + name + field;
@@ -113,8 +114,8 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
         return const_cast<char *>("out of memory");
     }
 
-    auto *ssl = static_cast<ngx_ssl_t *>(ngx_pcalloc(cf->pool,
-                                                     sizeof(ngx_ssl_t)));
+    auto *ssl =
+        static_cast<ngx_ssl_t *>(ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t)));
     if (ssl == nullptr) {
         return const_cast<char *>("out of memory");
     }
@@ -122,8 +123,7 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
     ssl->log = cf->log;
 
     if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2 | NGX_SSL_TLSv1_3, nullptr)
-        != NGX_OK)
-    {
+        != NGX_OK) {
         return const_cast<char *>("cannot create a TLS context");
     }
 
@@ -138,12 +138,11 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 
     if (rcf->tls_verify) {
         if (rcf->tls_ca.len) {
-            if (ngx_ssl_trusted_certificate(cf, ssl, &rcf->tls_ca, 4)
-                != NGX_OK)
+            if (ngx_ssl_trusted_certificate(cf, ssl, &rcf->tls_ca, 4) != NGX_OK)
             {
                 return conf_error(cf, "cannot load tls_ca=\""
-                                      + std::string(view(rcf->tls_ca))
-                                      + "\"");
+                                          + std::string(view(rcf->tls_ca))
+                                          + "\"");
             }
 
         } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
@@ -164,7 +163,7 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
                          ngx_http_session_cache_redis_conf_t *rcf)
 {
-    RedisUrl url;
+    RedisUrl    url;
     std::string err = parse_redis_url(view(*source), &url);
 
     if (!err.empty()) {
@@ -185,8 +184,8 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
 
     if (url.unix_socket) {
         if (!parse_url(cf, "unix:" + url.path, 0, &u)) {
-            return conf_error(cf, "invalid unix socket path \"" + url.path
-                                  + "\"");
+            return conf_error(cf,
+                              "invalid unix socket path \"" + url.path + "\"");
         }
 
     } else {
@@ -251,7 +250,7 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
 {
     std::vector<std::string> hosts = split_hosts(host_list);
     std::vector<std::string> ports;
-    const std::string *port_list = ci->get("port");
+    const std::string       *port_list = ci->get("port");
 
     if (port_list != nullptr) {
         ports = split_hosts(*port_list);
@@ -265,19 +264,21 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
 
     for (std::size_t i = 0; i < hosts.size(); i++) {
         const std::string &h = hosts[i];
-        std::string port_text = ports.empty() ? std::string()
-                                : ports[ports.size() == 1 ? 0 : i];
+        std::string        port_text =
+            ports.empty() ? std::string() : ports[ports.size() == 1 ? 0 : i];
         int port = 5432;
 
         if (!port_text.empty()) {
             if (port_text[0] == '-' || !parse_integer(port_text, &port)
                 || port <= 0 || port > 65535)
             {
-                return conf_error(cf, ci->secret_authority
-                    ? std::string("invalid port in the URI (expected "
-                                  "1..65535; not shown: it may be a piece "
-                                  "of the password)")
-                    : "invalid port \"" + port_text + "\"");
+                return conf_error(
+                    cf,
+                    ci->secret_authority
+                        ? std::string("invalid port in the URI (expected "
+                                      "1..65535; not shown: it may be a piece "
+                                      "of the password)")
+                        : "invalid port \"" + port_text + "\"");
             }
         }
 
@@ -288,7 +289,7 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
             continue;
         }
 
-        ngx_url_t u;
+        ngx_url_t   u;
         std::string err = resolve(cf, h, port, !ci->secret_authority, &u);
         if (!err.empty()) {
             return conf_error(cf, err);
@@ -317,7 +318,7 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
 static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
                             ngx_http_session_cache_pg_conf_t *pcf)
 {
-    PgConninfo ci;
+    PgConninfo  ci;
     std::string err = parse_pg_conninfo(view(*source), &ci);
 
     if (!err.empty()) {
@@ -344,7 +345,7 @@ static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
     }
 
     std::size_t n = ci.keywords.size();
-    auto **kw = static_cast<const char **>(
+    auto      **kw = static_cast<const char **>(
         ngx_pcalloc(cf->pool, (n + 1) * sizeof(char *)));
     auto **vals = static_cast<const char **>(
         ngx_pcalloc(cf->pool, (n + 1) * sizeof(char *)));
@@ -356,8 +357,7 @@ static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
     for (std::size_t i = 0; i < n; i++) {
         ngx_str_t k, v;
         if (!copy_str(cf, ci.keywords[i], &k)
-            || !copy_str(cf, ci.values[i], &v))
-        {
+            || !copy_str(cf, ci.values[i], &v)) {
             return const_cast<char *>("out of memory");
         }
         kw[i] = reinterpret_cast<const char *>(k.data);
@@ -374,11 +374,11 @@ static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
     return NGX_CONF_OK;
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
 extern "C" char *
 ngx_http_session_cache_parse_redis(ngx_conf_t *cf, ngx_str_t *url,
-    ngx_http_session_cache_redis_conf_t *rcf)
+                                   ngx_http_session_cache_redis_conf_t *rcf)
 {
     try {
         return session_cache::parse_redis(cf, url, rcf);
@@ -389,7 +389,7 @@ ngx_http_session_cache_parse_redis(ngx_conf_t *cf, ngx_str_t *url,
 
 extern "C" char *
 ngx_http_session_cache_parse_postgres(ngx_conf_t *cf, ngx_str_t *conninfo,
-    ngx_http_session_cache_pg_conf_t *pcf)
+                                      ngx_http_session_cache_pg_conf_t *pcf)
 {
     try {
         return session_cache::parse_postgres(cf, conninfo, pcf);

@@ -24,19 +24,18 @@ static const char *what_is_open(std::string_view opening)
     return "dollar-quoted string";
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
-extern "C" char *
-ngx_http_session_cache_check_query(ngx_conf_t *cf, ngx_str_t *sql)
+extern "C" char *ngx_http_session_cache_check_query(ngx_conf_t *cf,
+                                                    ngx_str_t  *sql)
 {
     using namespace session_cache;
 
     SqlParamsCheck c = check_session_query(
-        std::string_view(reinterpret_cast<const char *>(sql->data),
-                         sql->len));
+        std::string_view(reinterpret_cast<const char *>(sql->data), sql->len));
 
     /* the text quoted is a piece of the query, never longer than this */
-    size_t n = ngx_min(c.where.size(), (size_t) 32);
+    size_t      n = ngx_min(c.where.size(), (size_t) 32);
     const char *w = c.where.data();
 
     switch (c.verdict) {
@@ -54,20 +53,23 @@ ngx_http_session_cache_check_query(ngx_conf_t *cf, ngx_str_t *sql)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "session_cache_query: placeholder \"%*s\": the "
                            "query has one parameter, $1 (the token), and "
-                           "no other", n, w);
+                           "no other",
+                           n, w);
         break;
 
     case SqlParamsVerdict::Junk:
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "session_cache_query: \"%*s\": a placeholder "
                            "runs into a name; put a space or an operator "
-                           "after $1", n, w);
+                           "after $1",
+                           n, w);
         break;
 
     case SqlParamsVerdict::Unterminated:
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "session_cache_query: unterminated %s opened "
-                           "by \"%*s\"", what_is_open(c.where), n, w);
+                           "by \"%*s\"",
+                           what_is_open(c.where), n, w);
         break;
     }
 

@@ -54,23 +54,23 @@ const char *step_name(Step s)
 }
 
 struct HealthCtx {
-    ngx_http_request_t                        *r;
-    const ngx_http_session_cache_main_conf_t  *smcf;
-    const ngx_http_session_cache_loc_conf_t   *slcf;
-    bool                 prometheus = false;
-    bool                 redis_done = true;
-    bool                 pg_done = true;
-    bool                 waiting = false;   /* the handler said NGX_DONE */
-    bool                 responded = false;
-    Step                 step = Step::Ping;
-    RedisJob            *redis_job = nullptr;
-    PgWaiter               *pg_waiter = nullptr;
-    double               redis_sent = 0;    /* monotonic ms */
-    double               pg_sent = 0;
-    std::string          probe_key;
-    std::string          probe_value;
-    health::Report       report;
-    ngx_event_t          timer;
+    ngx_http_request_t                       *r;
+    const ngx_http_session_cache_main_conf_t *smcf;
+    const ngx_http_session_cache_loc_conf_t  *slcf;
+    bool                                      prometheus = false;
+    bool                                      redis_done = true;
+    bool                                      pg_done = true;
+    bool           waiting = false; /* the handler said NGX_DONE */
+    bool           responded = false;
+    Step           step = Step::Ping;
+    RedisJob      *redis_job = nullptr;
+    PgWaiter      *pg_waiter = nullptr;
+    double         redis_sent = 0; /* monotonic ms */
+    double         pg_sent = 0;
+    std::string    probe_key;
+    std::string    probe_value;
+    health::Report report;
+    ngx_event_t    timer;
 };
 
 /* Sub-millisecond latencies: ngx_current_msec is too coarse. A vDSO call,
@@ -113,8 +113,8 @@ void cleanup(void *data)
 ngx_int_t add_header(ngx_http_request_t *r, const char *key,
                      const char *lowcase, const char *value)
 {
-    auto *h = static_cast<ngx_table_elt_t *>(
-        ngx_list_push(&r->headers_out.headers));
+    auto *h =
+        static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
     if (h == nullptr) {
         return NGX_ERROR;
     }
@@ -133,8 +133,8 @@ ngx_int_t add_header(ngx_http_request_t *r, const char *key,
 ngx_int_t send(HealthCtx *ctx)
 {
     ngx_http_request_t *r = ctx->r;
-    health::Report &rep = ctx->report;
-    const auto *smcf = ctx->smcf;
+    health::Report     &rep = ctx->report;
+    const auto         *smcf = ctx->smcf;
 
     ctx->responded = true;
     stop(ctx);
@@ -167,17 +167,14 @@ ngx_int_t send(HealthCtx *ctx)
     r->headers_out.content_length_n = body.size();
 
     if (ctx->prometheus) {
-        ngx_str_set(&r->headers_out.content_type,
-                    "text/plain; version=0.0.4");
+        ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
     } else {
         ngx_str_set(&r->headers_out.content_type, "application/json");
     }
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = nullptr;
 
-    if (add_header(r, "Cache-Control", "cache-control", "no-store")
-        != NGX_OK)
-    {
+    if (add_header(r, "Cache-Control", "cache-control", "no-store") != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -196,7 +193,7 @@ ngx_int_t send(HealthCtx *ctx)
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
-    ngx_chain_t out = { b, nullptr };
+    ngx_chain_t out = {b, nullptr};
 
     return ngx_http_output_filter(r, &out);
 }
@@ -204,14 +201,12 @@ ngx_int_t send(HealthCtx *ctx)
 /* After a probe step: answer if nothing is left to wait for. */
 void maybe_respond(HealthCtx *ctx)
 {
-    if (!ctx->redis_done || !ctx->pg_done || ctx->responded
-        || !ctx->waiting)
-    {
+    if (!ctx->redis_done || !ctx->pg_done || ctx->responded || !ctx->waiting) {
         return;
     }
 
     ngx_http_request_t *r = ctx->r;
-    ngx_connection_t *c = r->connection;
+    ngx_connection_t   *c = r->connection;
 
     ngx_int_t rc;
 
@@ -254,13 +249,14 @@ void redis_send(HealthCtx *ctx)
 
     const char *error = "no connection";
     ctx->redis_sent = now_ms();
-    ctx->redis_job = redis_pool()->submit_probe(std::move(cmd), on_redis,
-                                                ctx, &error);
+    ctx->redis_job =
+        redis_pool()->submit_probe(std::move(cmd), on_redis, ctx, &error);
 
     if (ctx->redis_job == nullptr) {
-        ctx->report.redis.error = ctx->step == Step::Ping
-            ? std::string(error)
-            : std::string(step_name(ctx->step)) + ": " + error;
+        ctx->report.redis.error =
+            ctx->step == Step::Ping
+                ? std::string(error)
+                : std::string(step_name(ctx->step)) + ": " + error;
         ctx->redis_done = true;
     }
 }
@@ -269,14 +265,13 @@ void redis_send(HealthCtx *ctx)
 void redis_step(HealthCtx *ctx, const RedisReply *reply, const char *error)
 {
     health::Redis &R = ctx->report.redis;
-    double ms = now_ms() - ctx->redis_sent;
-    std::string step = step_name(ctx->step);
+    double         ms = now_ms() - ctx->redis_sent;
+    std::string    step = step_name(ctx->step);
 
     if (error != nullptr || reply->type == REDIS_REPLY_ERROR) {
-        std::string why = error ? std::string(error)
-                                : std::string(reply->str,
-                                              ngx_min(reply->len,
-                                                      (size_t) 200));
+        std::string why =
+            error ? std::string(error)
+                  : std::string(reply->str, ngx_min(reply->len, (size_t) 200));
         R.error = ctx->step == Step::Ping ? why : step + ": " + why;
         ctx->redis_done = true;
         return;
@@ -326,8 +321,7 @@ void redis_step(HealthCtx *ctx, const RedisReply *reply, const char *error)
 
     case Step::Get:
         ok = reply->type == REDIS_REPLY_STRING
-             && std::string_view(reply->str, reply->len)
-                    == ctx->probe_value;
+             && std::string_view(reply->str, reply->len) == ctx->probe_value;
         if (ok) {
             R.get_ms = ms;
         }
@@ -366,7 +360,7 @@ void on_redis(void *data, const RedisReply *reply, const char *error)
 
 void on_postgres(void *data, const PgRow *row, const char *error)
 {
-    auto *ctx = static_cast<HealthCtx *>(data);
+    auto             *ctx = static_cast<HealthCtx *>(data);
     health::Postgres &P = ctx->report.postgres;
 
     ctx->pg_waiter = nullptr;
@@ -403,8 +397,7 @@ void on_timeout(ngx_event_t *ev)
 
     try {
         std::string why = "probe timed out after "
-                          + std::to_string(ctx->slcf->health_timeout)
-                          + "ms";
+                          + std::to_string(ctx->slcf->health_timeout) + "ms";
 
         if (!ctx->redis_done) {
             health::Redis &R = ctx->report.redis;
@@ -457,17 +450,16 @@ ngx_int_t start(ngx_http_request_t *r)
     cln->data = ctx;
 
     ngx_str_t format;
-    ctx->prometheus =
-        ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK
-        && format.len == 10
-        && ngx_strncmp(format.data, "prometheus", 10) == 0;
+    ctx->prometheus = ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK
+                      && format.len == 10
+                      && ngx_strncmp(format.data, "prometheus", 10) == 0;
 
     if (RedisPool *redis = redis_pool()) {
         (void) redis;
         static ngx_uint_t seq;
         std::string n = std::to_string(ngx_pid) + ":" + std::to_string(++seq);
-        ctx->probe_key = std::string(view(ctx->smcf->key_prefix))
-                         + "health-probe:" + n;
+        ctx->probe_key =
+            std::string(view(ctx->smcf->key_prefix)) + "health-probe:" + n;
         ctx->probe_value = "ngx_session_cache health probe " + n;
         ctx->redis_done = false;
         redis_send(ctx);
@@ -507,9 +499,9 @@ ngx_int_t start(ngx_http_request_t *r)
     return NGX_DONE;
 }
 
-}  // namespace
+} // namespace
 
-}  // namespace session_cache
+} // namespace session_cache
 
 extern "C" ngx_int_t
 ngx_http_session_cache_health_handler(ngx_http_request_t *r)

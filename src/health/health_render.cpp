@@ -9,8 +9,7 @@ namespace session_cache::health {
 
 std::uint64_t total(const Counters &c)
 {
-    return c.hits + c.misses + c.negatives + c.bypasses + c.rejected
-           + c.errors;
+    return c.hits + c.misses + c.negatives + c.bypasses + c.rejected + c.errors;
 }
 
 double hit_rate(const Counters &c)
@@ -22,8 +21,7 @@ double hit_rate(const Counters &c)
         return 0;
     }
 
-    return 100.0 * static_cast<double>(answered)
-           / static_cast<double>(lookups);
+    return 100.0 * static_cast<double>(answered) / static_cast<double>(lookups);
 }
 
 const char *status_name(Status s)
@@ -131,12 +129,13 @@ void evaluate(Report *r)
         r->errors.push_back("no backend configured");
     }
 
-    bool misconfigured = r->postgres.configured
-                         && !r->postgres.query_error.empty();
+    bool misconfigured =
+        r->postgres.configured && !r->postgres.query_error.empty();
 
     if (misconfigured) {
         r->errors.push_back("postgres: the session query cannot be "
-                            "prepared: " + r->postgres.query_error);
+                            "prepared: "
+                            + r->postgres.query_error);
     }
 
     if ((!redis && !pg) || misconfigured) {
@@ -227,13 +226,13 @@ public:
 
 private:
     std::string *out_;
-    bool first_ = true;
+    bool         first_ = true;
 };
 
 static std::string iso8601(std::int64_t ms)
 {
     std::time_t sec = static_cast<std::time_t>(ms / 1000);
-    std::tm tm{};
+    std::tm     tm{};
     gmtime_r(&sec, &tm);
 
     char buf[64];
@@ -264,7 +263,7 @@ std::string render_json(const Report &r)
 
     {
         const Redis &b = r.redis;
-        Object o(doc.key("redis"));
+        Object       o(doc.key("redis"));
         o.boolean("configured", b.configured);
         o.boolean("connected", b.connected);
         o.opt_str("version", b.version);
@@ -278,7 +277,7 @@ std::string render_json(const Report &r)
 
     {
         const Postgres &b = r.postgres;
-        Object o(doc.key("postgres"));
+        Object          o(doc.key("postgres"));
         o.boolean("configured", b.configured);
         o.boolean("connected", b.connected);
         o.opt_str("version", b.version);
@@ -290,13 +289,12 @@ std::string render_json(const Report &r)
     {
         Object sc(doc.key("sessionCache"));
         sc.boolean("enabled", r.redis.configured);
-        sc.boolean("healthy",
-                   r.redis.configured && r.redis.connected
-                       && r.redis.error.empty()
-                       && r.redis.breaker == BreakerState::Closed);
+        sc.boolean("healthy", r.redis.configured && r.redis.connected
+                                  && r.redis.error.empty()
+                                  && r.redis.breaker == BreakerState::Closed);
 
         const Counters &c = r.counters;
-        Object m(sc.key("metrics"));
+        Object          m(sc.key("metrics"));
         m.num("hits", c.hits);
         m.num("misses", c.misses);
         m.num("negatives", c.negatives);
@@ -390,7 +388,7 @@ public:
 
 private:
     std::string *out_;
-    std::string name_;
+    std::string  name_;
 };
 
 static std::string backend_label(const char *b)
@@ -406,8 +404,8 @@ std::string render_prometheus(const Report &r)
 
     const Counters &c = r.counters;
     struct {
-        const char *name;
-        const char *help;
+        const char   *name;
+        const char   *help;
         std::uint64_t value;
     } counters[] = {
         {"hits_total", "Sessions found valid in Redis.", c.hits},
@@ -415,8 +413,8 @@ std::string render_prometheus(const Report &r)
          c.misses},
         {"negatives_total", "Tokens refused by a negative entry in Redis.",
          c.negatives},
-        {"bypasses_total",
-         "Sessions checked in Postgres because Redis failed.", c.bypasses},
+        {"bypasses_total", "Sessions checked in Postgres because Redis failed.",
+         c.bypasses},
         {"rejected_total", "Tokens refused before any lookup (implausible).",
          c.rejected},
         {"errors_total",
@@ -448,12 +446,11 @@ std::string render_prometheus(const Report &r)
     }
 
     struct Named {
-        const char *name;
+        const char          *name;
         const BackendReport *b;
     } backends[] = {{"redis", &r.redis}, {"postgres", &r.postgres}};
 
-    x.family("backend_configured", "gauge",
-             "1 if the backend is configured.");
+    x.family("backend_configured", "gauge", "1 if the backend is configured.");
     for (const auto &n : backends) {
         x.sample(n.b->configured ? "1" : "0", backend_label(n.name));
     }
@@ -477,26 +474,25 @@ std::string render_prometheus(const Report &r)
              "Circuit breaker state per backend: 1 for the current one of "
              "closed, open, half_open.");
     for (const auto &n : backends) {
-        for (BreakerState s : {BreakerState::Closed, BreakerState::Open,
-                               BreakerState::HalfOpen})
+        for (BreakerState s :
+             {BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen})
         {
             x.sample(n.b->breaker == s ? "1" : "0",
-                     backend_label(n.name) + ",state=\""
-                         + breaker_state_name(s) + "\"");
+                     backend_label(n.name) + ",state=\"" + breaker_state_name(s)
+                         + "\"");
         }
     }
 
     struct {
-        const char *name;
-        const char *help;
+        const char   *name;
+        const char   *help;
         std::uint64_t PoolFigures::*field;
     } gauges[] = {
         {"pool_size", "Connections open, over all workers.",
          &PoolFigures::size},
         {"pool_available", "Connections open and idle, over all workers.",
          &PoolFigures::available},
-        {"pool_pending",
-         "Requests waiting for a connection, over all workers.",
+        {"pool_pending", "Requests waiting for a connection, over all workers.",
          &PoolFigures::pending},
         {"pool_max", "Connections allowed, over all workers.",
          &PoolFigures::max},
@@ -515,7 +511,7 @@ std::string render_prometheus(const Report &r)
              "Round trip of the health probes: Redis PING, SET, GET and "
              "Postgres SELECT 1.");
     struct {
-        const char *probe;
+        const char                  *probe;
         const std::optional<double> *ms;
     } probes[] = {{"ping", &r.redis.ping_ms},
                   {"set", &r.redis.set_ms},
@@ -572,7 +568,7 @@ RedisInfo parse_redis_info(std::string_view text)
     RedisInfo info;
 
     while (!text.empty()) {
-        std::size_t nl = text.find('\n');
+        std::size_t      nl = text.find('\n');
         std::string_view line = text.substr(0, nl);
         text = nl == std::string_view::npos ? std::string_view()
                                             : text.substr(nl + 1);
@@ -588,7 +584,7 @@ RedisInfo parse_redis_info(std::string_view text)
 
         std::string_view k = line.substr(0, colon);
         std::string_view v = line.substr(colon + 1);
-        std::uint64_t n;
+        std::uint64_t    n;
 
         if (k == "redis_version" && printable(v)) {
             info.version = std::string(v);
@@ -614,4 +610,4 @@ std::string short_version(std::string_view v)
     return printable(v) ? std::string(v) : std::string();
 }
 
-}  // namespace session_cache::health
+} // namespace session_cache::health

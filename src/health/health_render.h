@@ -30,45 +30,45 @@ enum class Status { Healthy, Degraded, Unhealthy };
 const char *status_name(Status s);
 
 struct BackendReport {
-    bool configured = false;
-    bool connected = false;      /* it answered the first probe */
-    std::string error;           /* why a probe failed; empty if none */
+    bool         configured = false;
+    bool         connected = false; /* it answered the first probe */
+    std::string  error;             /* why a probe failed; empty if none */
     BreakerState breaker = BreakerState::Closed;
-    PoolFigures pool;            /* summed over all workers */
+    PoolFigures  pool; /* summed over all workers */
     std::optional<std::string> version;
 };
 
 struct Redis : BackendReport {
-    std::optional<std::int64_t> uptime;          /* seconds */
-    std::optional<std::string> used_memory;      /* "1.75M" */
+    std::optional<std::int64_t>  uptime;      /* seconds */
+    std::optional<std::string>   used_memory; /* "1.75M" */
     std::optional<std::uint64_t> used_memory_bytes;
-    std::optional<std::int64_t> total_keys;      /* DBSIZE */
-    std::optional<double> ping_ms, set_ms, get_ms;
+    std::optional<std::int64_t>  total_keys; /* DBSIZE */
+    std::optional<double>        ping_ms, set_ms, get_ms;
 };
 
 struct Postgres : BackendReport {
-    std::optional<double> query_ms;              /* SELECT 1 */
+    std::optional<double> query_ms; /* SELECT 1 */
     /* why the session query cannot be prepared (Postgres's words), empty
      * if it can: a configuration error, no session can be checked there */
     std::string query_error;
 };
 
 struct Report {
-    std::int64_t now_ms = 0;     /* Unix time, milliseconds */
-    Redis redis;
-    Postgres postgres;
-    Counters counters;
-    std::int64_t ttl = 0;        /* session_cache_ttl, seconds */
-    double threshold_ms = 100;   /* a probe slower than this: degraded */
+    std::int64_t now_ms = 0; /* Unix time, milliseconds */
+    Redis        redis;
+    Postgres     postgres;
+    Counters     counters;
+    std::int64_t ttl = 0;            /* session_cache_ttl, seconds */
+    double       threshold_ms = 100; /* a probe slower than this: degraded */
 
     /* set by evaluate() */
-    Status status = Status::Unhealthy;
+    Status                   status = Status::Unhealthy;
     std::vector<std::string> errors;
 };
 
 /*
- * SPEC §6: healthy when every configured backend answers, no breaker is
- * other than closed and no probe is slower than the threshold; unhealthy when no
+ * SPEC §6: healthy when every configured backend answers, every breaker
+ * is closed and no probe is slower than the threshold; unhealthy when no
  * backend can check a session (none answers, or the breakers of those that
  * do are open) or the session query cannot be prepared (a configuration
  * error: every cache miss fails); degraded otherwise. The reasons go to
@@ -86,9 +86,9 @@ std::string render_prometheus(const Report &r);
 
 /* The fields of an INFO reply the document shows. */
 struct RedisInfo {
-    std::optional<std::string> version;
-    std::optional<std::int64_t> uptime;
-    std::optional<std::string> used_memory_human;
+    std::optional<std::string>   version;
+    std::optional<std::int64_t>  uptime;
+    std::optional<std::string>   used_memory_human;
     std::optional<std::uint64_t> used_memory;
 };
 
@@ -97,4 +97,4 @@ RedisInfo parse_redis_info(std::string_view text);
 /* "15.18 (Debian 15.18-0+deb12u1)" -> "15.18" */
 std::string short_version(std::string_view server_version);
 
-}  // namespace session_cache::health
+} // namespace session_cache::health

@@ -29,4 +29,4 @@ struct PoolFigures {
     std::uint64_t max = 0;       /* pool= (times the workers, summed) */
 };
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -19,23 +19,23 @@ static const ngx_msec_t kRetryMs = 1000;
 
 /* One pool's figures in shared memory: one writer (the slot's worker). */
 struct Gauges {
-    ngx_atomic_t  size;
-    ngx_atomic_t  available;
-    ngx_atomic_t  pending;
-    ngx_atomic_t  max;
+    ngx_atomic_t size;
+    ngx_atomic_t available;
+    ngx_atomic_t pending;
+    ngx_atomic_t max;
 };
 
 struct Slot {
-    ngx_atomic_t  pid;                 /* 0: free */
-    Gauges        pools[2];            /* by Backend */
+    ngx_atomic_t pid;      /* 0: free */
+    Gauges       pools[2]; /* by Backend */
 };
 
 /* The zone: this header, then `capacity` slots, of which the first
  * `nslots` are in use (a reload may change it within the capacity). */
 struct MetricsShm {
-    ngx_atomic_t  counters[static_cast<int>(Counter::Count)];
-    ngx_atomic_t  nslots;
-    ngx_uint_t    capacity;
+    ngx_atomic_t counters[static_cast<int>(Counter::Count)];
+    ngx_atomic_t nslots;
+    ngx_uint_t   capacity;
 };
 
 static_assert(sizeof(MetricsShm) % alignof(Slot) == 0,
@@ -48,15 +48,15 @@ static Slot *slots(MetricsShm *m)
 
 /* What the configuration asks of the zone, for init_zone. */
 struct MetricsConf {
-    ngx_uint_t   nslots;
-    MetricsShm  *previous;   /* the last cycle's zone, when its size
-                              * differs: its counters go on */
+    ngx_uint_t  nslots;
+    MetricsShm *previous; /* the last cycle's zone, when its size
+                           * differs: its counters go on */
 };
 
 /* This worker's view: the zone, its own slot, and its figures, kept here
  * too for the day it gets a slot. */
 static MetricsShm *shm;
-static Slot *own;
+static Slot       *own;
 static PoolFigures mine[2];
 static ngx_event_t retry;
 
@@ -131,11 +131,11 @@ PoolFigures pool_total(Backend backend)
         return p;
     }
 
-    int b = static_cast<int>(backend);
+    int        b = static_cast<int>(backend);
     ngx_uint_t n = shm->nslots;
 
     for (ngx_uint_t i = 0; i < n; i++) {
-        Slot &s = slots(shm)[i];
+        Slot             &s = slots(shm)[i];
         ngx_atomic_uint_t pid = s.pid;
 
         if (!alive(s, pid)) {
@@ -161,15 +161,15 @@ PoolFigures pool_total(Backend backend)
 static bool claim()
 {
     ngx_atomic_uint_t me = ngx_pid;
-    ngx_uint_t n = shm->nslots;
+    ngx_uint_t        n = shm->nslots;
 
     for (int pass = 0; pass < 2; pass++) {
         for (ngx_uint_t i = 0; i < n; i++) {
-            Slot &s = slots(shm)[i];
+            Slot             &s = slots(shm)[i];
             ngx_atomic_uint_t pid = s.pid;
 
-            bool take = pass == 0 ? pid == 0 || pid == me
-                                  : pid != 0 && !alive(s, pid);
+            bool take =
+                pass == 0 ? pid == 0 || pid == me : pid != 0 && !alive(s, pid);
 
             if (take && ngx_atomic_cmp_set(&s.pid, pid, me)) {
                 for (int b = 0; b < 2; b++) {
@@ -224,7 +224,8 @@ void metrics_attach(ngx_cycle_t *cycle, ngx_shm_zone_t *zone)
         ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                       "session_cache: %ui metrics slots for %i worker "
                       "processes: put worker_processes before the http "
-                      "block", n, ccf->worker_processes);
+                      "block",
+                      n, ccf->worker_processes);
     }
 
     if (claim()) {
@@ -234,12 +235,13 @@ void metrics_attach(ngx_cycle_t *cycle, ngx_shm_zone_t *zone)
     ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                   "session_cache: no free metrics slot (%ui slots): this "
                   "worker's pools are left out of the health document "
-                  "until one frees", n);
+                  "until one frees",
+                  n);
 
     ngx_memzero(&retry, sizeof(ngx_event_t));
     retry.handler = retry_claim;
     retry.log = cycle->log;
-    retry.cancelable = 1;    /* never delays a graceful exit */
+    retry.cancelable = 1; /* never delays a graceful exit */
     ngx_add_timer(&retry, kRetryMs);
 }
 
@@ -323,7 +325,7 @@ static MetricsShm *previous_zone(ngx_conf_t *cf, const ngx_str_t *name,
     }
 
     ngx_list_part_t *part = &old->shared_memory.part;
-    auto *z = static_cast<ngx_shm_zone_t *>(part->elts);
+    auto            *z = static_cast<ngx_shm_zone_t *>(part->elts);
 
     for (ngx_uint_t i = 0; /* void */; i++) {
         if (i >= part->nelts) {
@@ -339,24 +341,22 @@ static MetricsShm *previous_zone(ngx_conf_t *cf, const ngx_str_t *name,
             && z[i].shm.name.len == name->len
             && ngx_strncmp(z[i].shm.name.data, name->data, name->len) == 0)
         {
-            return z[i].shm.size == size
-                       ? nullptr
-                       : static_cast<MetricsShm *>(z[i].data);
+            return z[i].shm.size == size ? nullptr
+                                         : static_cast<MetricsShm *>(z[i].data);
         }
     }
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
-extern "C" ngx_shm_zone_t *
-ngx_http_session_cache_metrics_zone(ngx_conf_t *cf)
+extern "C" ngx_shm_zone_t *ngx_http_session_cache_metrics_zone(ngx_conf_t *cf)
 {
     using namespace session_cache;
 
     static ngx_str_t name = ngx_string("session_cache_metrics");
 
-    auto *mc = static_cast<MetricsConf *>(
-        ngx_pcalloc(cf->pool, sizeof(MetricsConf)));
+    auto *mc =
+        static_cast<MetricsConf *>(ngx_pcalloc(cf->pool, sizeof(MetricsConf)));
     if (mc == nullptr) {
         return nullptr;
     }
@@ -378,8 +378,8 @@ ngx_http_session_cache_metrics_zone(ngx_conf_t *cf)
 
     mc->previous = previous_zone(cf, &name, size);
 
-    ngx_shm_zone_t *zone = ngx_shared_memory_add(
-        cf, &name, size, &ngx_http_session_cache_module);
+    ngx_shm_zone_t *zone =
+        ngx_shared_memory_add(cf, &name, size, &ngx_http_session_cache_module);
     if (zone == nullptr) {
         return nullptr;
     }

@@ -36,11 +36,11 @@ void count(Counter c);
 void publish_pool(Backend backend, const PoolFigures &figures);
 
 /* Sums over every worker alive. */
-Counters counters_total();
+Counters    counters_total();
 PoolFigures pool_total(Backend backend);
 
 /* Per worker: claim a slot (init_process) and give it back (exit). */
 void metrics_attach(ngx_cycle_t *cycle, ngx_shm_zone_t *zone);
 void metrics_detach();
 
-}  // namespace session_cache
+} // namespace session_cache

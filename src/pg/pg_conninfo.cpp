@@ -27,14 +27,13 @@ struct ErrorFree {
  * The one fragment worth showing: the name in 'invalid connection option
  * "foo"', a keyword the user mistyped, never a value.
  */
-static bool
-option_name(const std::string &before, const char *start, const char *end)
+static bool option_name(const std::string &before, const char *start,
+                        const char *end)
 {
     static const char prefix[] = "invalid connection option ";
-    std::size_t n = sizeof(prefix) - 1;
+    std::size_t       n = sizeof(prefix) - 1;
 
-    if (before.size() < n
-        || before.compare(before.size() - n, n, prefix) != 0
+    if (before.size() < n || before.compare(before.size() - n, n, prefix) != 0
         || end - start < 1 || end - start > 32)
     {
         return false;
@@ -55,8 +54,7 @@ option_name(const std::string &before, const char *start, const char *end)
  * so every quoted fragment goes, but an option's name. An unterminated one
  * runs to the end.
  */
-std::string
-mask_quoted(const char *msg, bool input_has_quote)
+std::string mask_quoted(const char *msg, bool input_has_quote)
 {
     std::string s;
 
@@ -102,9 +100,8 @@ mask_quoted(const char *msg, bool input_has_quote)
         }
     }
 
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r'
-                          || s.back() == ' '))
-    {
+    while (!s.empty()
+           && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) {
         s.pop_back();
     }
 
@@ -126,8 +123,7 @@ mask_quoted(const char *msg, bool input_has_quote)
  * authority with '@' or ':' is marked so that its host and port are never
  * quoted.
  */
-std::string
-check_uri(std::string_view s, bool *secret_authority)
+std::string check_uri(std::string_view s, bool *secret_authority)
 {
     std::string_view rest;
 
@@ -141,7 +137,7 @@ check_uri(std::string_view s, bool *secret_authority)
 
     std::string_view body = rest.substr(0, rest.find('?'));
     std::string_view authority = body.substr(0, body.find('/'));
-    std::size_t at = authority.find('@');
+    std::size_t      at = authority.find('@');
 
     if (body.find('@', at == std::string_view::npos ? 0 : at + 1)
         != std::string_view::npos)
@@ -158,23 +154,22 @@ check_uri(std::string_view s, bool *secret_authority)
 }
 
 
-std::string
-parse(std::string_view conninfo, PgConninfo *out)
+std::string parse(std::string_view conninfo, PgConninfo *out)
 {
     /* libpq reads a C string: a NUL would silently cut the rest off */
     if (conninfo.find('\0') != std::string_view::npos) {
         return "connection string contains a NUL byte";
     }
 
-    bool secret_authority = false;
+    bool        secret_authority = false;
     std::string uri_error = check_uri(conninfo, &secret_authority);
 
     if (!uri_error.empty()) {
         return uri_error;
     }
 
-    std::string s(conninfo);
-    char *err = nullptr;
+    std::string                                    s(conninfo);
+    char                                          *err = nullptr;
     std::unique_ptr<PQconninfoOption, OptionsFree> opts(
         PQconninfoParse(s.c_str(), &err));
     std::unique_ptr<char, ErrorFree> err_guard(err);
@@ -200,8 +195,7 @@ parse(std::string_view conninfo, PgConninfo *out)
 
 
 /* Quote a value the way libpq reads it back, when it has to be. */
-void
-append_value(std::string_view v, std::string *out)
+void append_value(std::string_view v, std::string *out)
 {
     bool quote = v.empty();
 
@@ -231,8 +225,7 @@ append_value(std::string_view v, std::string *out)
 }
 
 
-bool
-in_list(std::string_view f, const std::string *list)
+bool in_list(std::string_view f, const std::string *list)
 {
     if (list == nullptr) {
         return false;
@@ -240,7 +233,7 @@ in_list(std::string_view f, const std::string *list)
 
     std::string_view l(*list);
 
-    for ( ;; ) {
+    for (;;) {
         std::size_t comma = l.find(',');
 
         if (l.substr(0, comma) == f) {
@@ -257,11 +250,10 @@ in_list(std::string_view f, const std::string *list)
 
 
 /* A unix socket's name as libpq shows it: DIR/.s.PGSQL.PORT */
-bool
-socket_name(std::string_view f)
+bool socket_name(std::string_view f)
 {
     static const char mark[] = "/.s.PGSQL.";
-    std::size_t m = f.rfind(mark);
+    std::size_t       m = f.rfind(mark);
 
     if (f.empty() || f[0] != '/' || m == std::string_view::npos
         || m + sizeof(mark) - 1 == f.size())
@@ -280,12 +272,10 @@ socket_name(std::string_view f)
 
 
 /* A quoted fragment worth repeating: a name the configuration holds. */
-bool
-known_name(std::string_view f, const PgConninfo &c, std::string_view query)
+bool known_name(std::string_view f, const PgConninfo &c, std::string_view query)
 {
-    static const char *const names[] = {
-        "host", "hostaddr", "port", "user", "dbname", "application_name"
-    };
+    static const char *const names[] = {"host", "hostaddr", "port",
+                                        "user", "dbname",   "application_name"};
 
     if (f.empty() || socket_name(f)) {
         return true;
@@ -305,12 +295,11 @@ known_name(std::string_view f, const PgConninfo &c, std::string_view query)
  * Where the peer's own text starts in bare: after libpq's
  * "connection to server ... failed: " and a severity ("FATAL:  ").
  */
-std::size_t
-peer_text(const std::string &bare)
+std::size_t peer_text(const std::string &bare)
 {
     static const char frame[] = "connection to server ";
     static const char failed[] = " failed: ";
-    std::size_t pos = 0;
+    std::size_t       pos = 0;
 
     if (bare.compare(0, sizeof(frame) - 1, frame) == 0) {
         std::size_t f = bare.find(failed);
@@ -334,14 +323,13 @@ peer_text(const std::string &bare)
 }
 
 
-std::string
-filter_message(std::string_view msg, const PgConninfo &c,
-               std::string_view query)
+std::string filter_message(std::string_view msg, const PgConninfo &c,
+                           std::string_view query)
 {
     msg = msg.substr(0, msg.find('\n'));
 
-    while (!msg.empty() && (msg.back() == ' ' || msg.back() == '\r'
-                            || msg.back() == '\t'))
+    while (!msg.empty()
+           && (msg.back() == ' ' || msg.back() == '\r' || msg.back() == '\t'))
     {
         msg.remove_suffix(1);
     }
@@ -349,7 +337,7 @@ filter_message(std::string_view msg, const PgConninfo &c,
     /* out: what is shown; bare: the unquoted text only (a quoted
      * fragment is one '\x01'), searched for the password; at[i] and
      * raw[i]: where bare[i] is in out and in msg */
-    std::string out, bare;
+    std::string              out, bare;
     std::vector<std::size_t> at, raw;
 
     for (std::size_t i = 0; i < msg.size(); i++) {
@@ -364,11 +352,11 @@ filter_message(std::string_view msg, const PgConninfo &c,
             continue;
         }
 
-        std::size_t end = msg.find('"', i + 1);
+        std::size_t      end = msg.find('"', i + 1);
         std::string_view f = msg.substr(i + 1, end == std::string_view::npos
-                                               ? std::string_view::npos
-                                               : end - i - 1);
-        bool control = false;
+                                                   ? std::string_view::npos
+                                                   : end - i - 1);
+        bool             control = false;
 
         for (char fc : f) {
             auto u = static_cast<unsigned char>(fc);
@@ -379,8 +367,7 @@ filter_message(std::string_view msg, const PgConninfo &c,
         bare.push_back('\x01');
 
         if (end != std::string_view::npos && !control
-            && known_name(f, c, query))
-        {
+            && known_name(f, c, query)) {
             out.push_back('"');
             out.append(f);
             out.push_back('"');
@@ -399,7 +386,7 @@ filter_message(std::string_view msg, const PgConninfo &c,
     raw.push_back(msg.size());
 
     const std::string *pw = c.get("password");
-    std::size_t peer = peer_text(bare);
+    std::size_t        peer = peer_text(bare);
 
     /* a password with a quote in it would be cut up by the quotes: look
      * for it in the peer's text as sent too */
@@ -419,11 +406,10 @@ filter_message(std::string_view msg, const PgConninfo &c,
     return out;
 }
 
-}  // namespace
+} // namespace
 
 
-const std::string *
-PgConninfo::get(std::string_view keyword) const noexcept
+const std::string *PgConninfo::get(std::string_view keyword) const noexcept
 {
     for (std::size_t i = 0; i < keywords.size() && i < values.size(); i++) {
         if (keywords[i] == keyword) {
@@ -435,13 +421,10 @@ PgConninfo::get(std::string_view keyword) const noexcept
 }
 
 
-bool
-PgConninfo::set(std::string_view keyword, std::string_view value) noexcept
+bool PgConninfo::set(std::string_view keyword, std::string_view value) noexcept
 {
     try {
-        for (std::size_t i = 0; i < keywords.size() && i < values.size();
-             i++)
-        {
+        for (std::size_t i = 0; i < keywords.size() && i < values.size(); i++) {
             if (keywords[i] == keyword) {
                 values[i].assign(value);
                 return true;
@@ -454,7 +437,7 @@ PgConninfo::set(std::string_view keyword, std::string_view value) noexcept
             values.emplace_back(value);
 
         } catch (...) {
-            keywords.pop_back();  /* keep the two vectors in step */
+            keywords.pop_back(); /* keep the two vectors in step */
             throw;
         }
 
@@ -466,14 +449,13 @@ PgConninfo::set(std::string_view keyword, std::string_view value) noexcept
 }
 
 
-std::string
-parse_pg_conninfo(std::string_view conninfo, PgConninfo *out)
+std::string parse_pg_conninfo(std::string_view conninfo, PgConninfo *out)
 {
     try {
         return parse(conninfo, out);
 
     } catch (const std::bad_alloc &) {
-        return "out of memory";  /* short enough to need no allocation */
+        return "out of memory"; /* short enough to need no allocation */
 
     } catch (...) {
         return "internal error";
@@ -481,12 +463,10 @@ parse_pg_conninfo(std::string_view conninfo, PgConninfo *out)
 }
 
 
-std::string
-mask_pg_conninfo(const PgConninfo &c)
+std::string mask_pg_conninfo(const PgConninfo &c)
 {
-    static const char *const shown[] = {
-        "host", "hostaddr", "port", "dbname", "user"
-    };
+    static const char *const shown[] = {"host", "hostaddr", "port", "dbname",
+                                        "user"};
 
     try {
         std::string s;
@@ -528,18 +508,17 @@ mask_pg_conninfo(const PgConninfo &c)
         return s;
 
     } catch (...) {
-        return {};  /* std::bad_alloc */
+        return {}; /* std::bad_alloc */
     }
 }
 
 
-std::vector<std::string>
-split_hosts(std::string_view hosts)
+std::vector<std::string> split_hosts(std::string_view hosts)
 {
     try {
         std::vector<std::string> parts;
 
-        for ( ;; ) {
+        for (;;) {
             std::size_t comma = hosts.find(',');
 
             parts.emplace_back(hosts.substr(0, comma));
@@ -552,19 +531,19 @@ split_hosts(std::string_view hosts)
         }
 
     } catch (...) {
-        return {};  /* std::bad_alloc */
+        return {}; /* std::bad_alloc */
     }
 }
 
-std::string
-pg_message(std::string_view msg, const PgConninfo &c, std::string_view query)
+std::string pg_message(std::string_view msg, const PgConninfo &c,
+                       std::string_view query)
 {
     try {
         return filter_message(msg, c, query);
 
     } catch (...) {
-        return "unknown error";  /* std::bad_alloc */
+        return "unknown error"; /* std::bad_alloc */
     }
 }
 
-}  // namespace session_cache
+} // namespace session_cache

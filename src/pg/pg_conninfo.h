@@ -79,4 +79,4 @@ std::string mask_pg_conninfo(const PgConninfo &c);
  */
 std::vector<std::string> split_hosts(std::string_view hosts);
 
-}  // namespace session_cache
+} // namespace session_cache

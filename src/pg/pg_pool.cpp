@@ -21,17 +21,17 @@ struct PgConn : PoolConn {
     PgPool           *pool;
     PGconn           *pg = nullptr;
     ngx_connection_t *c = nullptr;
-    ino_t             ino = 0;     /* identity of the socket c wraps */
+    ino_t             ino = 0; /* identity of the socket c wraps */
     State             state = Connecting;
     PGresult         *result = nullptr;
     bool              flushing = false;
-    bool              prepared = false;  /* kStatement exists on it */
-    bool              alerted = false;   /* its refusal was logged */
-    std::string       query_error;       /* why Postgres refused it */
+    bool              prepared = false; /* kStatement exists on it */
+    bool              alerted = false;  /* its refusal was logged */
+    std::string       query_error;      /* why Postgres refused it */
     ngx_event_t       connect_timer;
     /* for notice(), which libpq calls with this connection */
-    const ngx_http_session_cache_pg_conf_t  *conf = nullptr;
-    const std::string                       *query = nullptr;
+    const ngx_http_session_cache_pg_conf_t *conf = nullptr;
+    const std::string                      *query = nullptr;
 };
 
 /*
@@ -49,10 +49,9 @@ static std::string said(const ngx_http_session_cache_pg_conf_t *conf,
         PgConninfo c;
 
         for (const char **k = conf->keywords, **v = conf->values; k && *k;
-             k++, v++)
-        {
+             k++, v++) {
             if (!c.set(*k, *v)) {
-                return "unknown error";  /* out of memory */
+                return "unknown error"; /* out of memory */
             }
         }
 
@@ -75,8 +74,8 @@ static void enter(PgConn *pc, PgConn::State state, bool probe = false)
     };
 
     pc->state = state;
-    pc->log.action = const_cast<char *>(
-        probe ? "waiting for the probe's answer" : actions[state]);
+    pc->log.action = const_cast<char *>(probe ? "waiting for the probe's answer"
+                                              : actions[state]);
 }
 
 /* Server notices and errors on an idle connection: to the error log,
@@ -94,23 +93,20 @@ static void notice(void *arg, const char *message)
     }
 }
 
-PgPool::PgPool(ngx_cycle_t *cycle,
-               const ngx_http_session_cache_pg_conf_t *conf,
+PgPool::PgPool(ngx_cycle_t *cycle, const ngx_http_session_cache_pg_conf_t *conf,
                const ngx_str_t *query)
-    : Pool(cycle, &conf->backend, "postgres", Backend::Postgres),
-      conf_(conf),
+    : Pool(cycle, &conf->backend, "postgres", Backend::Postgres), conf_(conf),
       query_(view(*query))
-{
-}
+{}
 
 /* The callers waiting for one query (SPEC: at most one Postgres query
  * per token per worker at a time). */
 struct PgFlight {
-    PgPool      *pool;
-    PgJob     *query;     /* nullptr once answered */
-    std::string  token;     /* the key in flights_, when shared */
-    bool         shared;    /* in flights_ (a probe is not) */
-    ngx_queue_t  waiters;   /* PgWaiter */
+    PgPool     *pool;
+    PgJob      *query;   /* nullptr once answered */
+    std::string token;   /* the key in flights_, when shared */
+    bool        shared;  /* in flights_ (a probe is not) */
+    ngx_queue_t waiters; /* PgWaiter */
 };
 
 PgPool::~PgPool()
@@ -130,7 +126,7 @@ PgPool::~PgPool()
 }
 
 PgWaiter *PgPool::submit(std::string_view token, PgDone done, void *data,
-                      const char **error)
+                         const char **error)
 {
     auto it = flights_.find(token);
 
@@ -141,7 +137,8 @@ PgWaiter *PgPool::submit(std::string_view token, PgDone done, void *data,
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
                        "session_cache: postgres: joins call %p, already "
-                       "running for the same token", it->second->query);
+                       "running for the same token",
+                       it->second->query);
         return job;
     }
 
@@ -164,7 +161,7 @@ PgWaiter *PgPool::submit_probe(PgDone done, void *data, const char **error)
  * its token, for later callers to join. What is allocated here is freed
  * if a later allocation throws. */
 PgWaiter *PgPool::fly(std::unique_ptr<PgJob> q, bool shared, PgDone done,
-                   void *data, const char **error)
+                      void *data, const char **error)
 {
     std::unique_ptr<PgWaiter> job(new PgWaiter{done, data, nullptr, {}});
     std::unique_ptr<PgFlight> f(
@@ -204,8 +201,7 @@ void PgPool::cancel(PgWaiter *job)
     delete job;
 
     if (!ngx_queue_empty(&f->waiters) || f->query == nullptr
-        || !f->query->waiting)
-    {
+        || !f->query->waiting) {
         /* others still wait; or the answer is being handed out; or the
          * query is on the wire: flight_done() drops its answer */
         return;
@@ -236,8 +232,8 @@ void PgPool::flight_done(void *data, const PgRow *row, const char *error)
         ngx_queue_remove(q);
 
         PgWaiter *job = ngx_queue_data(q, PgWaiter, link);
-        PgDone done = job->done;
-        void *arg = job->data;
+        PgDone    done = job->done;
+        void     *arg = job->data;
         delete job;
 
         done(arg, row, error);
@@ -282,8 +278,7 @@ PgConn *PgPool::open(const char **error)
     }
 
     if (PQstatus(pc->pg) == CONNECTION_BAD) {
-        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
-                      "session_cache: postgres: %s",
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0, "session_cache: postgres: %s",
                       said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
         PQfinish(pc->pg);
         delete pc;
@@ -309,7 +304,8 @@ PgConn *PgPool::open(const char **error)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p connecting, "
-                   "fd %d", pc, PQsocket(pc->pg));
+                   "fd %d",
+                   pc, PQsocket(pc->pg));
 
     return pc;
 }
@@ -417,8 +413,8 @@ bool PgPool::want_write(PgConn *pc, bool on)
 /* Called by nginx: nothing may escape. */
 void PgPool::on_event(ngx_event_t *ev)
 {
-    auto *c = static_cast<ngx_connection_t *>(ev->data);
-    auto *pc = static_cast<PgConn *>(c->data);
+    auto   *c = static_cast<ngx_connection_t *>(ev->data);
+    auto   *pc = static_cast<PgConn *>(c->data);
     PgPool *pool = pc->pool;
 
     try {
@@ -434,7 +430,7 @@ void PgPool::on_event(ngx_event_t *ev)
 /* Called by nginx: nothing may escape. */
 void PgPool::on_connect_timeout(ngx_event_t *ev)
 {
-    auto *pc = static_cast<PgConn *>(ev->data);
+    auto   *pc = static_cast<PgConn *>(ev->data);
     PgPool *pool = pc->pool;
 
     try {
@@ -451,8 +447,7 @@ void PgPool::on_connect_timeout(ngx_event_t *ev)
  * close it, and let nothing more escape. */
 void PgPool::crashed(PgConn *pc, const char *what)
 {
-    ngx_log_error(NGX_LOG_ALERT, &log_, 0, "session_cache: postgres: %s",
-                  what);
+    ngx_log_error(NGX_LOG_ALERT, &log_, 0, "session_cache: postgres: %s", what);
 
     if (!owns(pc)) {
         return;
@@ -502,15 +497,17 @@ void PgPool::connecting(PgConn *pc)
 
     /* libpq may have moved to another socket (next address, SSL or GSS
      * fallback): follow it, even when the fd number was reused */
-    int fd = PQsocket(pc->pg);
+    int         fd = PQsocket(pc->pg);
     struct stat s;
 
-    if (fd >= 0 && (pc->c == nullptr || fd != pc->c->fd
-                    || fstat(fd, &s) == -1 || s.st_ino != pc->ino))
+    if (fd >= 0
+        && (pc->c == nullptr || fd != pc->c->fd || fstat(fd, &s) == -1
+            || s.st_ino != pc->ino))
     {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                        "session_cache: postgres: connection %p moves to "
-                       "fd %d", pc, fd);
+                       "fd %d",
+                       pc, fd);
 
         release(pc);
         if (!wrap(pc)) {
@@ -555,7 +552,8 @@ void PgPool::prepare(PgConn *pc)
 {
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p: preparing "
-                   "the session query", pc);
+                   "the session query",
+                   pc);
 
     if (!PQsendPrepare(pc->pg, kStatement, query_.c_str(), 1, nullptr)) {
         failed(pc, PQerrorMessage(pc->pg));
@@ -637,13 +635,12 @@ void PgPool::idle(PgConn *pc)
 
 void PgPool::send(PgConn *pc, PgJob *job)
 {
-    const char *values[1] = { job->token.c_str() };
+    const char *values[1] = {job->token.c_str()};
 
-    if (!(job->probe
-          ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr, nullptr,
-                              nullptr, nullptr, 0)
-          : PQsendQueryPrepared(pc->pg, kStatement, 1, values, nullptr,
-                                nullptr, 0)))
+    if (!(job->probe ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr,
+                                         nullptr, nullptr, nullptr, 0)
+                     : PQsendQueryPrepared(pc->pg, kStatement, 1, values,
+                                           nullptr, nullptr, 0)))
     {
         failed(pc, PQerrorMessage(pc->pg));
         return;
@@ -651,8 +648,8 @@ void PgPool::send(PgConn *pc, PgJob *job)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p: %s sent "
-                   "for call %p", pc,
-                   job->probe ? "SELECT 1" : "the session query", job);
+                   "for call %p",
+                   pc, job->probe ? "SELECT 1" : "the session query", job);
 
     enter(pc, PgConn::Querying, job->probe);
     pc->flushing = true;
@@ -668,8 +665,8 @@ void PgPool::send(PgConn *pc, PgJob *job)
  */
 static bool refused_by_query(const PGresult *res)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE)
-                            : nullptr;
+    const char *state =
+        res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
 
     if (state == nullptr || std::strlen(state) != 5) {
         return false;
@@ -698,10 +695,10 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
     bool ok = res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK;
 
     if (!ok && !refused_by_query(res)) {
-        std::string why = "cannot prepare the session query: "
-                          + said(conf_, query_,
-                                 res ? PQresultErrorMessage(res)
-                                     : PQerrorMessage(pc->pg));
+        std::string why =
+            "cannot prepare the session query: "
+            + said(conf_, query_,
+                   res ? PQresultErrorMessage(res) : PQerrorMessage(pc->pg));
         PQclear(res);
         fail(pc, why.c_str());
         return;
@@ -712,7 +709,8 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p: the session "
-                   "query %s", pc, ok ? "is prepared" : "was refused");
+                   "query %s",
+                   pc, ok ? "is prepared" : "was refused");
 
     if (ok) {
         pc->query_error.clear();
@@ -720,11 +718,10 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
     } else {
         /* the server's words without the severity: "column ... does not
          * exist" */
-        const char *why = res ? PQresultErrorField(res,
-                                                   PG_DIAG_MESSAGE_PRIMARY)
-                              : nullptr;
+        const char *why =
+            res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
         pc->query_error = said(conf_, query_,
-                               why ? why
+                               why   ? why
                                : res ? PQresultErrorMessage(res)
                                      : PQerrorMessage(pc->pg));
         if (!pc->alerted) {
@@ -733,7 +730,8 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
                           "session_cache: postgres refused to prepare the "
                           "session query (session_cache_query), a "
                           "configuration error: %s; requests that need "
-                          "postgres get 500", pc->query_error.c_str());
+                          "postgres get 500",
+                          pc->query_error.c_str());
         }
     }
 
@@ -782,11 +780,12 @@ void PgPool::completed(PgConn *pc)
     }
 
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
-                      "session_cache: postgres: session query failed: %s",
-                      said(conf_, query_,
-                           res ? PQresultErrorMessage(res)
-                               : PQerrorMessage(pc->pg)).c_str());
+        ngx_log_error(
+            NGX_LOG_ERR, &pc->log, 0,
+            "session_cache: postgres: session query failed: %s",
+            said(conf_, query_,
+                 res ? PQresultErrorMessage(res) : PQerrorMessage(pc->pg))
+                .c_str());
         PQclear(res);
         finish(job, nullptr, "query failed");
         dispatch();
@@ -796,7 +795,8 @@ void PgPool::completed(PgConn *pc)
     if (PQntuples(res) == 0 || PQnfields(res) < 1 || PQgetisnull(res, 0, 0)) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                        "session_cache: postgres: connection %p: no row "
-                       "for call %p", pc, job);
+                       "for call %p",
+                       pc, job);
         PQclear(res);
         finish(job, nullptr, nullptr);
         dispatch();
@@ -804,15 +804,14 @@ void PgPool::completed(PgConn *pc)
     }
 
     PgRow row;
-    row.user_id = std::string_view(PQgetvalue(res, 0, 0),
-                                   PQgetlength(res, 0, 0));
+    row.user_id =
+        std::string_view(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
     row.has_expiry = false;
     row.expires_at = 0;
 
     if (PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1)) {
         if (!parse_integer(std::string_view(PQgetvalue(res, 0, 1)),
-                           &row.expires_at))
-        {
+                           &row.expires_at)) {
             ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                           "session_cache: postgres: the session query's "
                           "second column is not unix seconds");
@@ -826,7 +825,8 @@ void PgPool::completed(PgConn *pc)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p: a row for "
-                   "call %p", pc, job);
+                   "call %p",
+                   pc, job);
 
     finish(job, &row, nullptr);
     PQclear(res);
@@ -839,10 +839,10 @@ void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1 || PQnfields(res) != 1)
     {
-        std::string error = "SELECT 1 failed: "
-                            + said(conf_, query_,
-                                   res ? PQresultErrorMessage(res)
-                                       : PQerrorMessage(pc->pg));
+        std::string error =
+            "SELECT 1 failed: "
+            + said(conf_, query_,
+                   res ? PQresultErrorMessage(res) : PQerrorMessage(pc->pg));
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                        "session_cache: postgres: connection %p: %s", pc,
@@ -856,8 +856,8 @@ void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
     const char *version = PQparameterStatus(pc->pg, "server_version");
 
     PgRow row;
-    row.user_id = std::string_view(PQgetvalue(res, 0, 0),
-                                   PQgetlength(res, 0, 0));
+    row.user_id =
+        std::string_view(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
     row.has_expiry = false;
     row.expires_at = 0;
     row.server_version = version ? version : "";
@@ -901,4 +901,4 @@ void PgPool::destroy(PgConn *pc)
     delete pc;
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -25,12 +25,12 @@ namespace session_cache {
 struct PgConn;
 
 struct PgRow {
-    std::string_view user_id;         /* a probe: SELECT 1's answer */
+    std::string_view user_id; /* a probe: SELECT 1's answer */
     bool             has_expiry;
     std::int64_t     expires_at;
-    std::string_view server_version;  /* a probe: the server's version */
-    std::string_view query_error;     /* a probe: why the session query
-                                       * cannot be prepared, or empty */
+    std::string_view server_version; /* a probe: the server's version */
+    std::string_view query_error;    /* a probe: why the session query
+                                      * cannot be prepared, or empty */
 };
 
 /* The error a session query gets when Postgres refuses to prepare it: a
@@ -41,7 +41,7 @@ extern const char kPgQueryUnprepared[];
  * for token, or the health probe (PoolJob::probe). done(data, row,
  * nullptr) with row == nullptr: the query found nothing. */
 struct PgJob : PoolJob<PgConn, PgRow> {
-    std::string  token;     /* unused by a probe */
+    std::string token; /* unused by a probe */
 };
 
 using PgDone = PgJob::Done;
@@ -51,10 +51,10 @@ struct PgFlight;
 /* A caller waiting for the answer for a token. Callers asking for the same
  * token while its query runs share that query ("single flight"). */
 struct PgWaiter {
-    PgDone       done;
-    void        *data;
-    PgFlight    *flight;
-    ngx_queue_t  link;
+    PgDone      done;
+    void       *data;
+    PgFlight   *flight;
+    ngx_queue_t link;
 };
 
 class PgPool : public Pool<PgPool, PgConn, PgJob> {
@@ -66,7 +66,7 @@ public:
     /* as RedisPool::submit: the session query's answer for token, from a
      * query of its own or one already running for the same token */
     PgWaiter *submit(std::string_view token, PgDone done, void *data,
-                  const char **error);
+                     const char **error);
 
     /* the health probe: SELECT 1 on a pooled connection, around the
      * breaker; done() gets a row with the answer and the server's
@@ -81,15 +81,15 @@ private:
     friend struct PgFlight;
 
     static void flight_done(void *data, const PgRow *row, const char *error);
-    PgWaiter *fly(std::unique_ptr<PgJob> q, bool shared, PgDone done,
-               void *data, const char **error);
+    PgWaiter   *fly(std::unique_ptr<PgJob> q, bool shared, PgDone done,
+                    void *data, const char **error);
 
-    PgConn *open(const char **error);
-    void assign(PgConn *pc, PgJob *job);
-    bool on_wire(const PgConn *pc) const;
+    PgConn    *open(const char **error);
+    void       assign(PgConn *pc, PgJob *job);
+    bool       on_wire(const PgConn *pc) const;
     ngx_uint_t depth() const { return 1; }
-    bool batching(const PgConn *) const { return false; }
-    void destroy(PgConn *pc);
+    bool       batching(const PgConn *) const { return false; }
+    void       destroy(PgConn *pc);
 
     bool wrap(PgConn *pc);
     void release(PgConn *pc);
@@ -109,9 +109,9 @@ private:
     static void on_event(ngx_event_t *ev);
     static void on_connect_timeout(ngx_event_t *ev);
 
-    const ngx_http_session_cache_pg_conf_t *conf_;
-    std::string  query_;
+    const ngx_http_session_cache_pg_conf_t          *conf_;
+    std::string                                      query_;
     std::unordered_map<std::string_view, PgFlight *> flights_;
 };
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -45,8 +45,8 @@ private:
         return i < s_.size() ? static_cast<unsigned char>(s_[i]) : 0;
     }
 
-    bool quoted(char quote, bool backslash);
-    bool comment();
+    bool        quoted(char quote, bool backslash);
+    bool        comment();
     std::size_t dollar_tag(std::size_t from) const;
 
     std::string_view s_;
@@ -126,7 +126,7 @@ SqlParamsCheck Scanner::run()
 
     while (i_ < s_.size()) {
         unsigned char c = at(i_);
-        std::size_t start = i_;
+        std::size_t   start = i_;
 
         if (c == '\'') {
             if (!quoted('\'', false)) {
@@ -191,12 +191,12 @@ SqlParamsCheck Scanner::run()
             std::size_t n = dollar_tag(i_);
 
             if (n == 0) {
-                i_++;       /* a lone $ */
+                i_++; /* a lone $ */
                 continue;
             }
 
             std::string_view tag = s_.substr(start, n);
-            std::size_t end = s_.find(tag, start + n);
+            std::size_t      end = s_.find(tag, start + n);
 
             if (end == std::string_view::npos) {
                 return {SqlParamsVerdict::Unterminated, tag};
@@ -216,11 +216,11 @@ SqlParamsCheck Scanner::run()
     return {SqlParamsVerdict::Ok, {}};
 }
 
-}  // namespace
+} // namespace
 
 SqlParamsCheck check_session_query(std::string_view sql)
 {
     return Scanner(sql).run();
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -11,18 +11,18 @@
 namespace session_cache {
 
 enum class SqlParamsVerdict {
-    Ok,             /* $1, one or more times, and no other placeholder */
-    NoToken,        /* no $1 */
-    OtherParam,     /* a placeholder other than $1: see `where` */
-    Junk,           /* $1x: a placeholder run into a name (Postgres 16
-                     * refuses it, earlier ones read two tokens) */
-    Unterminated    /* a string, identifier or comment left open */
+    Ok,          /* $1, one or more times, and no other placeholder */
+    NoToken,     /* no $1 */
+    OtherParam,  /* a placeholder other than $1: see `where` */
+    Junk,        /* $1x: a placeholder run into a name (Postgres 16
+                  * refuses it, earlier ones read two tokens) */
+    Unterminated /* a string, identifier or comment left open */
 };
 
 struct SqlParamsCheck {
-    SqlParamsVerdict  verdict;
-    std::string_view  where;    /* the placeholder, or the opening of what
-                                 * was left open; empty for Ok and NoToken */
+    SqlParamsVerdict verdict;
+    std::string_view where; /* the placeholder, or the opening of what
+                             * was left open; empty for Ok and NoToken */
 };
 
 /*
@@ -33,4 +33,4 @@ struct SqlParamsCheck {
  */
 SqlParamsCheck check_session_query(std::string_view sql);
 
-}  // namespace session_cache
+} // namespace session_cache

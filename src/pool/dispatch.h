@@ -54,9 +54,9 @@ public:
     LinkList(const LinkList &) = delete;
     LinkList &operator=(const LinkList &) = delete;
 
-    bool empty() const { return head_.next == &head_; }
-    Link *first() const { return empty() ? nullptr : head_.next; }
-    Link *first_link() const { return head_.next; }
+    bool        empty() const { return head_.next == &head_; }
+    Link       *first() const { return empty() ? nullptr : head_.next; }
+    Link       *first_link() const { return head_.next; }
     const Link *end() const { return &head_; }
 
     void push_back(Link *l)
@@ -80,8 +80,8 @@ private:
 
 /* What a connection carries; Conn derives from it. */
 struct DispatchConn : Link {
-    LinkList     jobs;       /* sent or to be sent, in order */
-    std::size_t  njobs = 0;
+    LinkList    jobs; /* sent or to be sent, in order */
+    std::size_t njobs = 0;
 };
 
 template <class Conn, class Result>
@@ -89,21 +89,20 @@ struct DispatchJob : Link {
     /* the result (valid during the call only), or nullptr and an error
      * naming the cause; for Postgres, nullptr and no error is "no row" */
     using result_type = Result;
-    using Done = void (*)(void *data, const Result *result,
-                          const char *error);
+    using Done = void (*)(void *data, const Result *result, const char *error);
 
-    Done   done = nullptr;    /* nullptr: nobody waits for the answer */
-    void  *data = nullptr;
-    Conn  *conn = nullptr;    /* the connection carrying it, if any */
-    bool   waiting = false;   /* in the wait queue */
+    Done  done = nullptr; /* nullptr: nobody waits for the answer */
+    void *data = nullptr;
+    Conn *conn = nullptr;  /* the connection carrying it, if any */
+    bool  waiting = false; /* in the wait queue */
 };
 
 /* What a job's deadline costs (see expiry()). */
 enum class Expiry {
-    Waiting,      /* it waited for a connection: it alone fails */
-    OnWire,       /* a reply is awaited: the connection and its jobs fail */
-    Connecting    /* its connection is being set up: it alone fails, the
-                   * connection stays for the next job */
+    Waiting,   /* it waited for a connection: it alone fails */
+    OnWire,    /* a reply is awaited: the connection and its jobs fail */
+    Connecting /* its connection is being set up: it alone fails, the
+                * connection stays for the next job */
 };
 
 template <class Host, class Conn, class Job>
@@ -197,7 +196,7 @@ protected:
 
         host()->job_ended(job, error == nullptr || answered);
 
-        Done done = job->done;
+        Done  done = job->done;
         void *data = job->data;
         delete job;
         host()->changed();
@@ -236,7 +235,7 @@ protected:
     void dispatch()
     {
         while (Link *l = queue_.first()) {
-            Job *job = static_cast<Job *>(l);
+            Job  *job = static_cast<Job *>(l);
             Conn *conn = pick();
 
             if (conn == nullptr && nconns_ < host()->conn_limit()) {
@@ -433,7 +432,7 @@ private:
      */
     Conn *pick()
     {
-        Conn *idle = nullptr;
+        Conn       *idle = nullptr;
         std::size_t depth = host()->conn_depth();
 
         for (Link *l = conns_.first_link(); l != conns_.end(); l = l->next) {
@@ -457,7 +456,7 @@ private:
      * least loaded one, if one has room. */
     Conn *least_loaded()
     {
-        Conn *best = nullptr;
+        Conn       *best = nullptr;
         std::size_t depth = host()->conn_depth();
 
         for (Link *l = conns_.first_link(); l != conns_.end(); l = l->next) {
@@ -472,11 +471,11 @@ private:
         return best;
     }
 
-    LinkList     conns_;
-    LinkList     queue_;          /* jobs waiting for a connection */
-    std::size_t  nconns_ = 0;
-    std::size_t  nidle_ = 0;      /* connections without a job */
-    std::size_t  nwaiting_ = 0;
+    LinkList    conns_;
+    LinkList    queue_; /* jobs waiting for a connection */
+    std::size_t nconns_ = 0;
+    std::size_t nidle_ = 0; /* connections without a job */
+    std::size_t nwaiting_ = 0;
 };
 
-}  // namespace session_cache
+} // namespace session_cache

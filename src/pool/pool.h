@@ -36,20 +36,20 @@ namespace session_cache {
 
 template <class Conn, class Result>
 struct PoolJob : DispatchJob<Conn, Result> {
-    void        *pool;     /* the Derived pool */
-    ngx_event_t  timer;    /* the deadline */
-    bool         trial;    /* the breaker's half-open trial call */
-    bool         probe;    /* a health probe: the breaker neither refuses
-                            * nor counts it */
+    void       *pool;  /* the Derived pool */
+    ngx_event_t timer; /* the deadline */
+    bool        trial; /* the breaker's half-open trial call */
+    bool        probe; /* a health probe: the breaker neither refuses
+                        * nor counts it */
 };
 
 /* What every connection has; Conn derives from it. */
 struct PoolConn : DispatchConn {
-    ngx_log_t    log {};          /* the pool's, with this connection's
-                                   * action ("connecting to ..."); set
-                                   * by the Derived or by add() */
-    ngx_event_t  idle_timer {};   /* set while it carries no job */
-    void        *owner = nullptr; /* the Pool, once init_conn() ran */
+    ngx_log_t   log{};           /* the pool's, with this connection's
+                                  * action ("connecting to ..."); set
+                                  * by the Derived or by add() */
+    ngx_event_t idle_timer{};    /* set while it carries no job */
+    void       *owner = nullptr; /* the Pool, once init_conn() ran */
 };
 
 template <class Derived, class Conn, class Job>
@@ -135,7 +135,8 @@ protected:
                        "session_cache: %s: breaker lets the call %p through%s",
                        name_, job,
                        job->probe ? " (a probe)"
-                                  : trial ? " (the half-open trial)" : "");
+                       : trial    ? " (the half-open trial)"
+                                  : "");
 
         job->pool = this;
         job->trial = trial;
@@ -162,16 +163,16 @@ protected:
     }
 
     const ngx_http_session_cache_backend_t *backend_;
-    const char   *name_;
-    Backend       which_;
-    ngx_log_t     log_;
-    char          timeout_text_[64];
-    char          connect_timeout_text_[64];
+    const char                             *name_;
+    Backend                                 which_;
+    ngx_log_t                               log_;
+    char                                    timeout_text_[64];
+    char                                    connect_timeout_text_[64];
 
 private:
     /* Dispatch's host: the protocol is Derived's */
     Conn *conn_open(const char **error) { return derived()->open(error); }
-    void conn_assign(Conn *conn, Job *job)
+    void  conn_assign(Conn *conn, Job *job)
     {
         ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &log_, 0,
                        "session_cache: %s: call %p on connection %p "
@@ -182,10 +183,7 @@ private:
     }
     bool conn_on_wire(const Conn *conn) { return derived()->on_wire(conn); }
     std::size_t conn_depth() { return derived()->depth(); }
-    bool conn_batching(const Conn *conn)
-    {
-        return derived()->batching(conn);
-    }
+    bool conn_batching(const Conn *conn) { return derived()->batching(conn); }
     void conn_destroy(Conn *conn) { derived()->destroy(conn); }
     std::size_t conn_limit() const { return backend_->pool; }
 
@@ -223,7 +221,8 @@ private:
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &log_, 0,
                        "session_cache: %s: call %p dropped before it was "
-                       "sent", name_, job);
+                       "sent",
+                       name_, job);
 
         if (job->trial) {
             breaker_give_back(which_);
@@ -253,12 +252,12 @@ private:
      * connection was doing */
     void conn_failing(Conn *conn, const char *error)
     {
-        PoolConn *pc = conn;
+        PoolConn  *pc = conn;
         ngx_log_t *log = pc->log.handler ? &pc->log : &log_;
 
         if (pc->njobs) {
-            ngx_log_error(NGX_LOG_ERR, log, 0, "session_cache: %s: %s",
-                          name_, error);
+            ngx_log_error(NGX_LOG_ERR, log, 0, "session_cache: %s: %s", name_,
+                          error);
         } else {
             ngx_log_error(NGX_LOG_INFO, log, 0,
                           "session_cache: idle %s connection dropped: %s",
@@ -290,8 +289,7 @@ private:
 
         } catch (const std::exception &e) {
             ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
-                          "session_cache: %s timer: %s", pool->name_,
-                          e.what());
+                          "session_cache: %s timer: %s", pool->name_, e.what());
         } catch (...) {
             ngx_log_error(NGX_LOG_ALERT, &pool->log_, 0,
                           "session_cache: %s timer: unknown exception",
@@ -326,7 +324,7 @@ private:
 
     static u_char *log_context(ngx_log_t *log, u_char *buf, size_t len)
     {
-        auto *pool = static_cast<Pool *>(log->data);
+        auto   *pool = static_cast<Pool *>(log->data);
         u_char *p = buf;
 
         if (log->action) {
@@ -334,9 +332,8 @@ private:
             len -= p - buf;
         }
 
-        return ngx_snprintf(p, len, ", backend: %V",
-                            &pool->backend_->display);
+        return ngx_snprintf(p, len, ", backend: %V", &pool->backend_->display);
     }
 };
 
-}  // namespace session_cache
+} // namespace session_cache

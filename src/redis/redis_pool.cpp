@@ -19,21 +19,21 @@ namespace session_cache {
  * Any failure: fail(), which ends every job on it and destroys it.
  */
 enum class RedisState : unsigned char {
-    Connecting,     /* TCP connect() in progress: the socket's writability */
-    TlsHandshake,   /* rediss://: nginx's SSL layer, until on_handshake */
-    Handshake,      /* AUTH/SELECT sent: their replies (jobs may follow) */
-    Ready,          /* jobs, and their replies in order */
+    Connecting,   /* TCP connect() in progress: the socket's writability */
+    TlsHandshake, /* rediss://: nginx's SSL layer, until on_handshake */
+    Handshake,    /* AUTH/SELECT sent: their replies (jobs may follow) */
+    Ready,        /* jobs, and their replies in order */
 };
 
 struct RedisConn : PoolConn {
-    RedisPool             *pool;
-    RedisState             state = RedisState::Connecting;
-    ngx_peer_connection_t  peer;
-    ReplyReader            reader;
-    std::string            out;       /* to send: commands in RESP */
-    std::size_t            out_pos = 0;
-    ngx_uint_t             out_cmds = 0;
-    ngx_uint_t             handshake_next = 0;  /* Handshake: which reply */
+    RedisPool            *pool;
+    RedisState            state = RedisState::Connecting;
+    ngx_peer_connection_t peer;
+    ReplyReader           reader;
+    std::string           out; /* to send: commands in RESP */
+    std::size_t           out_pos = 0;
+    ngx_uint_t            out_cmds = 0;
+    ngx_uint_t            handshake_next = 0; /* Handshake: which reply */
 };
 
 /* What the connection is doing, for error lines: "... while <action>". */
@@ -59,7 +59,7 @@ static void set_state(RedisConn *rc, RedisState state)
     rc->log.action = const_cast<char *>(action(state));
 }
 
-RedisPool::RedisPool(ngx_cycle_t *cycle,
+RedisPool::RedisPool(ngx_cycle_t                               *cycle,
                      const ngx_http_session_cache_redis_conf_t *conf)
     : Pool(cycle, &conf->backend, "redis", Backend::Redis), conf_(conf)
 {
@@ -84,8 +84,8 @@ RedisPool::~RedisPool()
 }
 
 /* Finished jobs kept for reuse (a worker is one thread), up to a bound. */
-static void *spare_jobs = nullptr;
-static ngx_uint_t nspare_jobs = 0;
+static void            *spare_jobs = nullptr;
+static ngx_uint_t       nspare_jobs = 0;
 static const ngx_uint_t kMaxSpareJobs = 1024;
 
 void *RedisJob::operator new(std::size_t size)
@@ -175,8 +175,7 @@ void RedisPool::unreachable()
 
 bool RedisPool::on_wire(const RedisConn *rc) const
 {
-    return rc->state == RedisState::Handshake
-           || rc->state == RedisState::Ready;
+    return rc->state == RedisState::Handshake || rc->state == RedisState::Ready;
 }
 
 /* Commands that are written but not yet sent go out in one send. */
@@ -198,7 +197,7 @@ RedisConn *RedisPool::open(const char **error)
         return nullptr;
     }
 
-    ngx_addr_t *addr = &conf_->addrs[next_addr_];
+    ngx_addr_t            *addr = &conf_->addrs[next_addr_];
     ngx_peer_connection_t *pc = &rc->peer;
     pc->sockaddr = addr->sockaddr;
     pc->socklen = addr->socklen;
@@ -208,8 +207,7 @@ RedisConn *RedisPool::open(const char **error)
     pc->log_error = NGX_ERROR_ERR;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
-                   "session_cache: redis connection %p to %V", rc,
-                   &addr->name);
+                   "session_cache: redis connection %p to %V", rc, &addr->name);
 
     ngx_int_t rv = ngx_event_connect_peer(pc);
 
@@ -258,16 +256,16 @@ void RedisPool::assign(RedisConn *rc, RedisJob *job)
  */
 void RedisPool::on_event(ngx_event_t *ev)
 {
-    auto *c = static_cast<ngx_connection_t *>(ev->data);
-    auto *rc = static_cast<RedisConn *>(c->data);
+    auto      *c = static_cast<ngx_connection_t *>(ev->data);
+    auto      *rc = static_cast<RedisConn *>(c->data);
     RedisPool *pool = rc->pool;
 
     try {
         pool->drive(rc, ev);
 
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
-                      "session_cache: redis: %s", e.what());
+        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0, "session_cache: redis: %s",
+                      e.what());
         pool->fail(rc, "internal error");
 
     } catch (...) {
@@ -281,7 +279,6 @@ void RedisPool::on_event(ngx_event_t *ev)
 void RedisPool::drive(RedisConn *rc, ngx_event_t *ev)
 {
     switch (rc->state) {
-
     case RedisState::Connecting:
         /* the write event says connect() is over; a read event, an error
          * or a hang-up: either way SO_ERROR tells */
@@ -331,18 +328,19 @@ void RedisPool::drive(RedisConn *rc, ngx_event_t *ev)
 bool RedisPool::connect_done(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
-    int err = 0;
-    socklen_t len = sizeof(int);
+    int               err = 0;
+    socklen_t         len = sizeof(int);
 
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR,
-                   reinterpret_cast<void *>(&err), &len) == -1)
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, reinterpret_cast<void *>(&err),
+                   &len)
+        == -1)
     {
         err = ngx_socket_errno;
     }
 
     if (err) {
         unreachable();
-        u_char text[NGX_MAX_ERROR_STR];
+        u_char  text[NGX_MAX_ERROR_STR];
         u_char *p = ngx_cpymem(text, "connect() failed: ", 18);
         *ngx_strerror(err, p, sizeof(text) - 19) = '\0';
         fail(rc, reinterpret_cast<char *>(text));
@@ -350,8 +348,8 @@ bool RedisPool::connect_done(RedisConn *rc)
     }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
-                   "session_cache: redis connection %p connected, fd:%d",
-                   rc, c->fd);
+                   "session_cache: redis connection %p connected, fd:%d", rc,
+                   c->fd);
     return true;
 }
 
@@ -383,8 +381,8 @@ void RedisPool::start_tls(RedisConn *rc)
 
     const ngx_str_t &name = conf_->tls_name;
     if (name.len && ngx_inet_addr(name.data, name.len) == INADDR_NONE
-        && name.data[0] != '[' && ngx_strlchr(name.data, name.data + name.len,
-                                              ':') == nullptr)
+        && name.data[0] != '['
+        && ngx_strlchr(name.data, name.data + name.len, ':') == nullptr)
     {
         SSL_set_tlsext_host_name(c->ssl->connection,
                                  reinterpret_cast<char *>(name.data));
@@ -403,15 +401,15 @@ void RedisPool::start_tls(RedisConn *rc)
 /* nginx's SSL layer calls this when the handshake is over, either way. */
 void RedisPool::on_handshake(ngx_connection_t *c)
 {
-    auto *rc = static_cast<RedisConn *>(c->data);
+    auto      *rc = static_cast<RedisConn *>(c->data);
     RedisPool *pool = rc->pool;
 
     try {
         pool->tls_done(rc);
 
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
-                      "session_cache: redis: %s", e.what());
+        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0, "session_cache: redis: %s",
+                      e.what());
         pool->fail(rc, "internal error");
 
     } catch (...) {
@@ -499,13 +497,13 @@ void RedisPool::flush(RedisConn *rc)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
                    "session_cache: redis connection %p send: %ui commands, "
-                   "%uz bytes", rc, rc->out_cmds,
-                   rc->out.size() - rc->out_pos);
+                   "%uz bytes",
+                   rc, rc->out_cmds, rc->out.size() - rc->out_pos);
 
     while (rc->out_pos < rc->out.size()) {
-        ssize_t n = c->send(c,
-                            reinterpret_cast<u_char *>(&rc->out[rc->out_pos]),
-                            rc->out.size() - rc->out_pos);
+        ssize_t n =
+            c->send(c, reinterpret_cast<u_char *>(&rc->out[rc->out_pos]),
+                    rc->out.size() - rc->out_pos);
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
@@ -536,8 +534,8 @@ void RedisPool::flush(RedisConn *rc)
 void RedisPool::read(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
-    char buf[kReadChunk];
-    std::size_t budget = kReadBudget;
+    char              buf[kReadChunk];
+    std::size_t       budget = kReadBudget;
 
     while (budget > 0) {
         ssize_t n = c->recv(c, reinterpret_cast<u_char *>(buf), sizeof(buf));
@@ -575,7 +573,8 @@ void RedisPool::read(RedisConn *rc)
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
                    "session_cache: redis connection %p: read budget spent, "
-                   "yielding", rc);
+                   "yielding",
+                   rc);
 
     ngx_post_event(c->read, &ngx_posted_next_events);
     dispatch();
@@ -587,7 +586,7 @@ bool RedisPool::replies(RedisConn *rc)
 {
     for (;;) {
         RedisJob *job = nullptr;
-        RedisCmd kind;
+        RedisCmd  kind;
 
         if (rc->state == RedisState::Handshake) {
             kind = handshake_[rc->handshake_next];
@@ -607,7 +606,7 @@ bool RedisPool::replies(RedisConn *rc)
             kind = job->kind;
         }
 
-        RedisReply reply;
+        RedisReply  reply;
         const char *error = nullptr;
 
         switch (rc->reader.next(kind, &reply, &error)) {
@@ -628,8 +627,8 @@ bool RedisPool::replies(RedisConn *rc)
                  * reader keeps it; Redis may have quoted the password */
                 *ngx_snprintf(reinterpret_cast<u_char *>(refused_),
                               sizeof(refused_) - 1, "%s refused: %*s",
-                              resp_command_name(kind), reply.len,
-                              reply.str) = '\0';
+                              resp_command_name(kind), reply.len, reply.str) =
+                    '\0';
                 fail(rc, refused_);
                 return false;
             }
@@ -642,8 +641,8 @@ bool RedisPool::replies(RedisConn *rc)
 
         ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
                        "session_cache: redis connection %p: reply to %s "
-                       "for job %p, type %d", rc, resp_command_name(kind),
-                       job, reply.type);
+                       "for job %p, type %d",
+                       rc, resp_command_name(kind), job, reply.type);
 
         /* the callback may submit more work to this pool; it never
          * destroys rc (see assign) */
@@ -674,4 +673,4 @@ void RedisPool::destroy(RedisConn *rc)
     delete rc;
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -28,7 +28,7 @@ struct RedisConn;
  */
 struct RedisJob : PoolJob<RedisConn, RedisReply> {
     void set_command(std::initializer_list<std::string_view> args);
-    void set_raw(std::string_view resp);  /* a command already in RESP */
+    void set_raw(std::string_view resp); /* a command already in RESP */
 
     std::string_view command() const
     {
@@ -37,21 +37,21 @@ struct RedisJob : PoolJob<RedisConn, RedisReply> {
     }
 
     static void *operator new(std::size_t size);
-    static void operator delete(void *p) noexcept;
+    static void  operator delete(void *p) noexcept;
 
-    RedisCmd     kind = RedisCmd::Other;  /* the reply shape it expects */
+    RedisCmd kind = RedisCmd::Other; /* the reply shape it expects */
 
 private:
-    char         inline_[176];  /* RESP, when it fits */
-    std::size_t  len_ = 0;
-    std::string  heap_;         /* RESP, when it does not */
+    char        inline_[176]; /* RESP, when it fits */
+    std::size_t len_ = 0;
+    std::string heap_; /* RESP, when it does not */
 };
 
 using RedisDone = RedisJob::Done;
 
 class RedisPool : public Pool<RedisPool, RedisConn, RedisJob> {
 public:
-    RedisPool(ngx_cycle_t *cycle,
+    RedisPool(ngx_cycle_t                               *cycle,
               const ngx_http_session_cache_redis_conf_t *conf);
     ~RedisPool();
 
@@ -71,11 +71,11 @@ private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
 
     RedisConn *open(const char **error);
-    void assign(RedisConn *rc, RedisJob *job);
-    bool on_wire(const RedisConn *rc) const;
-    bool batching(const RedisConn *rc) const;
+    void       assign(RedisConn *rc, RedisJob *job);
+    bool       on_wire(const RedisConn *rc) const;
+    bool       batching(const RedisConn *rc) const;
     ngx_uint_t depth() const { return kPipelineDepth; }
-    void destroy(RedisConn *rc);
+    void       destroy(RedisConn *rc);
 
     void unreachable();
     void drive(RedisConn *rc, ngx_event_t *ev);
@@ -85,8 +85,8 @@ private:
     void read(RedisConn *rc);
     bool replies(RedisConn *rc);
 #if (NGX_SSL)
-    void start_tls(RedisConn *rc);
-    void tls_done(RedisConn *rc);
+    void        start_tls(RedisConn *rc);
+    void        tls_done(RedisConn *rc);
     static void on_handshake(ngx_connection_t *c);
 #endif
 
@@ -99,7 +99,7 @@ private:
     /* Bytes read in one read event before yielding to the event loop (and
      * its timers): a server that keeps sending cannot hold the worker. */
     static constexpr std::size_t kReadBudget = 64 * 1024;
-    static constexpr std::size_t kReadChunk = 4096;   /* one recv() */
+    static constexpr std::size_t kReadChunk = 4096; /* one recv() */
 
     static_assert(kReadBudget % kReadChunk == 0,
                   "a read event ends on a whole chunk");
@@ -107,11 +107,11 @@ private:
     static constexpr ngx_uint_t kMaxHandshake = 4;
 
     const ngx_http_session_cache_redis_conf_t *conf_;
-    RedisCmd     handshake_[kMaxHandshake];  /* AUTH, SELECT: in order */
-    ngx_uint_t   nhandshake_ = 0;
-    char         refused_[128];   /* "AUTH refused: <code>", while fail()
+    RedisCmd   handshake_[kMaxHandshake]; /* AUTH, SELECT: in order */
+    ngx_uint_t nhandshake_ = 0;
+    char       refused_[128]; /* "AUTH refused: <code>", while fail()
                                    * runs */
-    ngx_uint_t   next_addr_ = 0;
+    ngx_uint_t next_addr_ = 0;
 };
 
-}  // namespace session_cache
+} // namespace session_cache

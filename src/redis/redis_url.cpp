@@ -23,8 +23,7 @@ constexpr char kExpected[] = "expected redis://, rediss:// or unix:";
 constexpr std::size_t kMaxSocketPath = 107;
 
 
-bool
-starts_with_nocase(std::string_view s, std::string_view prefix)
+bool starts_with_nocase(std::string_view s, std::string_view prefix)
 {
     if (s.size() < prefix.size()) {
         return false;
@@ -45,23 +44,20 @@ starts_with_nocase(std::string_view s, std::string_view prefix)
 }
 
 
-bool
-is_digit(char c)
+bool is_digit(char c)
 {
     return c >= '0' && c <= '9';
 }
 
 
-bool
-is_alpha(char c)
+bool is_alpha(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
 
 /* Decimal digits only (no sign, no spaces) into 0..max. */
-bool
-parse_decimal(std::string_view s, std::int64_t max, std::int64_t *out)
+bool parse_decimal(std::string_view s, std::int64_t max, std::int64_t *out)
 {
     std::int64_t v;
 
@@ -74,8 +70,7 @@ parse_decimal(std::string_view s, std::int64_t max, std::int64_t *out)
 }
 
 
-int
-hex_value(char c)
+int hex_value(char c)
 {
     if (is_digit(c)) {
         return c - '0';
@@ -90,8 +85,7 @@ hex_value(char c)
 }
 
 
-bool
-percent_decode(std::string_view s, std::string *out)
+bool percent_decode(std::string_view s, std::string *out)
 {
     out->clear();
 
@@ -122,16 +116,15 @@ percent_decode(std::string_view s, std::string *out)
 
 /* For display: keep what needs no escaping in a URL's userinfo or query,
  * percent-encode the rest, so the masked form still parses. */
-void
-percent_encode(std::string_view s, std::string *out)
+void percent_encode(std::string_view s, std::string *out)
 {
     static const char hex[] = "0123456789ABCDEF";
 
     for (char ch : s) {
         auto c = static_cast<unsigned char>(ch);
 
-        if (is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.'
-            || ch == '_' || ch == '~')
+        if (is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.' || ch == '_'
+            || ch == '~')
         {
             out->push_back(ch);
 
@@ -144,8 +137,7 @@ percent_encode(std::string_view s, std::string *out)
 }
 
 
-std::string
-quoted(std::string_view what, std::string_view value)
+std::string quoted(std::string_view what, std::string_view value)
 {
     std::string s(what);
 
@@ -159,25 +151,22 @@ quoted(std::string_view what, std::string_view value)
 
 /* The port is named, never quoted: in "redis://default:937162" (the host
  * forgotten) it is the password. */
-const char *
-port_error()
+const char *port_error()
 {
     return "invalid port (expected a decimal number 1..65535)";
 }
 
 
-const char *
-db_error()
+const char *db_error()
 {
     return "invalid database number (expected 0..2147483647)";
 }
 
 
-std::string
-parse_tcp(std::string_view rest, RedisUrl *u)
+std::string parse_tcp(std::string_view rest, RedisUrl *u)
 {
     std::string_view userinfo, hostport;
-    std::int64_t n;
+    std::int64_t     n;
 
     /* The last '@' ends the userinfo: host, port and db never hold one,
      * and an unescaped '@', '/' or '?' in a password stays in the
@@ -188,15 +177,14 @@ parse_tcp(std::string_view rest, RedisUrl *u)
         userinfo = rest.substr(0, at);
         hostport = rest.substr(at + 1);
 
-        std::size_t colon = userinfo.find(':');
+        std::size_t      colon = userinfo.find(':');
         std::string_view user = userinfo.substr(0, colon);
         std::string_view pass = colon == std::string_view::npos
-                                ? std::string_view()
-                                : userinfo.substr(colon + 1);
+                                    ? std::string_view()
+                                    : userinfo.substr(colon + 1);
 
         if (!percent_decode(user, &u->user)
-            || !percent_decode(pass, &u->password))
-        {
+            || !percent_decode(pass, &u->password)) {
             return "invalid percent-encoding in credentials";
         }
 
@@ -219,7 +207,7 @@ parse_tcp(std::string_view rest, RedisUrl *u)
         }
 
         std::string_view addr = hostport.substr(1, close - 1);
-        bool colon = false;
+        bool             colon = false;
 
         for (char c : addr) {
             if (c == ':') {
@@ -245,8 +233,7 @@ parse_tcp(std::string_view rest, RedisUrl *u)
             }
 
             if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '.'
-                && c != '_')
-            {
+                && c != '_') {
                 return "invalid character in host";
             }
         }
@@ -261,8 +248,8 @@ parse_tcp(std::string_view rest, RedisUrl *u)
     if (i < hostport.size() && hostport[i] == ':') {
         std::size_t start = ++i;
 
-        while (i < hostport.size() && hostport[i] != '/'
-               && hostport[i] != '?' && hostport[i] != '#')
+        while (i < hostport.size() && hostport[i] != '/' && hostport[i] != '?'
+               && hostport[i] != '#')
         {
             i++;
         }
@@ -283,8 +270,7 @@ parse_tcp(std::string_view rest, RedisUrl *u)
     if (i < hostport.size() && hostport[i] == '/') {
         std::size_t start = ++i;
 
-        while (i < hostport.size() && hostport[i] != '?'
-               && hostport[i] != '#')
+        while (i < hostport.size() && hostport[i] != '?' && hostport[i] != '#')
         {
             i++;
         }
@@ -315,8 +301,7 @@ parse_tcp(std::string_view rest, RedisUrl *u)
 
 /* A query key is echoed only when it looks like a key, not like a value
  * the user forgot to name. */
-std::string
-key_error(std::string_view what, std::string_view key)
+std::string key_error(std::string_view what, std::string_view key)
 {
     bool plain = !key.empty() && key.size() <= 32;
 
@@ -328,13 +313,12 @@ key_error(std::string_view what, std::string_view key)
 }
 
 
-std::string
-parse_unix(std::string_view rest, RedisUrl *u)
+std::string parse_unix(std::string_view rest, RedisUrl *u)
 {
-    std::size_t q = rest.find('?');
+    std::size_t      q = rest.find('?');
     std::string_view path = rest.substr(0, q);
-    std::string_view query = q == std::string_view::npos
-                             ? std::string_view() : rest.substr(q + 1);
+    std::string_view query =
+        q == std::string_view::npos ? std::string_view() : rest.substr(q + 1);
 
     /* unix:///path is a common spelling; unix://host/path is not a thing.
      * Extra leading slashes go too, so the masked form ("unix:" + path)
@@ -369,7 +353,7 @@ parse_unix(std::string_view rest, RedisUrl *u)
     bool seen_db = false, seen_user = false, seen_password = false;
 
     while (!query.empty()) {
-        std::size_t amp = query.find('&');
+        std::size_t      amp = query.find('&');
         std::string_view param = query.substr(0, amp);
 
         query = amp == std::string_view::npos ? std::string_view()
@@ -387,7 +371,7 @@ parse_unix(std::string_view rest, RedisUrl *u)
 
         std::string_view key = param.substr(0, eq);
         std::string_view val = param.substr(eq + 1);
-        bool *seen;
+        bool            *seen;
 
         if (key == "db") {
             seen = &seen_db;
@@ -414,9 +398,8 @@ parse_unix(std::string_view rest, RedisUrl *u)
             }
             u->db = static_cast<int>(n);
 
-        } else if (!percent_decode(val, key == "user" ? &u->user
-                                                      : &u->password))
-        {
+        } else if (!percent_decode(val,
+                                   key == "user" ? &u->user : &u->password)) {
             return "invalid percent-encoding in credentials";
         }
     }
@@ -425,10 +408,9 @@ parse_unix(std::string_view rest, RedisUrl *u)
 }
 
 
-std::string
-parse(std::string_view url, RedisUrl *out)
+std::string parse(std::string_view url, RedisUrl *out)
 {
-    RedisUrl u;
+    RedisUrl    u;
     std::string err;
 
     if (url.empty()) {
@@ -454,8 +436,8 @@ parse(std::string_view url, RedisUrl *out)
 
         for (std::size_t i = 0; scheme && i < sep; i++) {
             char c = url[i];
-            scheme = is_alpha(c) || is_digit(c) || c == '+' || c == '-'
-                     || c == '.';
+            scheme =
+                is_alpha(c) || is_digit(c) || c == '+' || c == '-' || c == '.';
         }
 
         if (scheme) {
@@ -474,17 +456,16 @@ parse(std::string_view url, RedisUrl *out)
     return {};
 }
 
-}  // namespace
+} // namespace
 
 
-std::string
-parse_redis_url(std::string_view url, RedisUrl *out)
+std::string parse_redis_url(std::string_view url, RedisUrl *out)
 {
     try {
         return parse(url, out);
 
     } catch (const std::bad_alloc &) {
-        return "out of memory";  /* short enough to need no allocation */
+        return "out of memory"; /* short enough to need no allocation */
 
     } catch (...) {
         return "internal error";
@@ -492,8 +473,7 @@ parse_redis_url(std::string_view url, RedisUrl *out)
 }
 
 
-std::string
-mask_redis_url(const RedisUrl &u)
+std::string mask_redis_url(const RedisUrl &u)
 {
     try {
         std::string s;
@@ -544,8 +524,8 @@ mask_redis_url(const RedisUrl &u)
         return s;
 
     } catch (...) {
-        return {};  /* std::bad_alloc: nothing sensible to show */
+        return {}; /* std::bad_alloc: nothing sensible to show */
     }
 }
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -18,14 +18,14 @@
 namespace session_cache {
 
 struct RedisUrl {
-    bool unix_socket = false;
-    bool tls = false;
-    std::string host;     /* without brackets for IPv6; empty for unix */
-    int port = 6379;      /* 1..65535 */
-    std::string path;     /* unix socket path; empty for TCP */
-    std::string user;     /* empty: AUTH with password only */
-    std::string password; /* empty: no AUTH */
-    int db = 0;           /* 0..2147483647 */
+    bool        unix_socket = false;
+    bool        tls = false;
+    std::string host;        /* without brackets for IPv6; empty for unix */
+    int         port = 6379; /* 1..65535 */
+    std::string path;        /* unix socket path; empty for TCP */
+    std::string user;        /* empty: AUTH with password only */
+    std::string password;    /* empty: no AUTH */
+    int         db = 0;      /* 0..2147483647 */
 
     /* The authority held an '@' or a ':' (redis://u:pw@h, redis://h:6379,
      * but also redis://default:937162 with the host forgotten): what was
@@ -52,4 +52,4 @@ std::string parse_redis_url(std::string_view url, RedisUrl *out);
  */
 std::string mask_redis_url(const RedisUrl &u);
 
-}  // namespace session_cache
+} // namespace session_cache

@@ -7,7 +7,7 @@ namespace session_cache {
 
 static void append_number(std::string *out, char mark, std::size_t n)
 {
-    char buf[24];
+    char  buf[24];
     char *p = buf + sizeof(buf);
 
     do {
@@ -83,7 +83,7 @@ char *resp_write(char *p, std::initializer_list<std::string_view> args)
     return p;
 }
 
-}  // namespace session_cache
+} // namespace session_cache
 
 namespace session_cache {
 
@@ -159,7 +159,7 @@ static bool read_number(std::string_view s, std::size_t *pos, char mark,
 RedisCmd resp_first_command(std::string_view resp, std::size_t *size) noexcept
 {
     std::size_t pos = 0, args, len;
-    RedisCmd kind = RedisCmd::Other;
+    RedisCmd    kind = RedisCmd::Other;
 
     *size = 0;
 
@@ -215,8 +215,9 @@ std::string_view redis_error_code(std::string_view t) noexcept
 
         std::size_t j = end + 1;
 
-        while (j < t.size()
-               && ((t[j] >= 'a' && t[j] <= 'z') || (t[j] >= 'A' && t[j] <= 'Z')))
+        while (
+            j < t.size()
+            && ((t[j] >= 'a' && t[j] <= 'z') || (t[j] >= 'A' && t[j] <= 'Z')))
         {
             j++;
         }
@@ -239,7 +240,7 @@ std::string_view redis_error_code(std::string_view t) noexcept
 static ReplyReader *reading;
 
 redisReplyObjectFunctions ReplyReader::functions_ = {
-    ReplyReader::create_string, ReplyReader::create_array,
+    ReplyReader::create_string,  ReplyReader::create_array,
     ReplyReader::create_integer, ReplyReader::create_nil,
     ReplyReader::free_object,
 };
@@ -247,24 +248,36 @@ redisReplyObjectFunctions ReplyReader::functions_ = {
 static const char *type_name(int type)
 {
     switch (type) {
-    case REDIS_REPLY_STRING:  return "a bulk string";
-    case REDIS_REPLY_ARRAY:   return "an array";
-    case REDIS_REPLY_INTEGER: return "an integer";
-    case REDIS_REPLY_NIL:     return "nil";
-    case REDIS_REPLY_STATUS:  return "a status";
-    default:                  return "an error";
+    case REDIS_REPLY_STRING:
+        return "a bulk string";
+    case REDIS_REPLY_ARRAY:
+        return "an array";
+    case REDIS_REPLY_INTEGER:
+        return "an integer";
+    case REDIS_REPLY_NIL:
+        return "nil";
+    case REDIS_REPLY_STATUS:
+        return "a status";
+    default:
+        return "an error";
     }
 }
 
 static int type_of(char c)
 {
     switch (c) {
-    case '$': return REDIS_REPLY_STRING;
-    case '*': return REDIS_REPLY_ARRAY;
-    case ':': return REDIS_REPLY_INTEGER;
-    case '+': return REDIS_REPLY_STATUS;
-    case '-': return REDIS_REPLY_ERROR;
-    default:  return -1;
+    case '$':
+        return REDIS_REPLY_STRING;
+    case '*':
+        return REDIS_REPLY_ARRAY;
+    case ':':
+        return REDIS_REPLY_INTEGER;
+    case '+':
+        return REDIS_REPLY_STATUS;
+    case '-':
+        return REDIS_REPLY_ERROR;
+    default:
+        return -1;
     }
 }
 
@@ -374,7 +387,7 @@ bool ReplyReader::bulk_too_large() const
     std::size_t len = 0, digits = 0;
 
     if (p < end && *p == '-') {
-        return false;   /* nil */
+        return false; /* nil */
     }
 
     for (; p < end && *p >= '0' && *p <= '9' && digits < 19; p++, digits++) {
@@ -382,7 +395,7 @@ bool ReplyReader::bulk_too_large() const
     }
 
     if (p == end || *p != '\r' || digits == 0) {
-        return false;   /* not all there yet, or hiredis will refuse it */
+        return false; /* not all there yet, or hiredis will refuse it */
     }
 
     return 1 + digits + 2 + len + 2 > max_bytes(kind_);
@@ -417,9 +430,8 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
         }
 
         if (!accept(type, true)) {
-            std::snprintf(error_, sizeof(error_),
-                          "unexpected reply: %s to %s", type_name(type),
-                          resp_command_name(kind));
+            std::snprintf(error_, sizeof(error_), "unexpected reply: %s to %s",
+                          type_name(type), resp_command_name(kind));
             refused_ = error_;
             *error = refused_;
             return Next::Refused;
@@ -438,7 +450,7 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
         return refuse("reply too large for", error);
     }
 
-    void *obj = nullptr;
+    void       *obj = nullptr;
     std::size_t before = buffered();
 
     reading = this;
@@ -479,7 +491,7 @@ void *ReplyReader::create_string(const redisReadTask *task, char *str,
                                  std::size_t len)
 {
     ReplyReader *self = reading;
-    bool top = task->parent == nullptr;
+    bool         top = task->parent == nullptr;
 
     if (!self->accept(task->type, top)) {
         std::snprintf(self->error_, sizeof(self->error_),
@@ -522,7 +534,7 @@ void *ReplyReader::create_string(const redisReadTask *task, char *str,
 void *ReplyReader::create_array(const redisReadTask *task, int elements)
 {
     ReplyReader *self = reading;
-    bool top = task->parent == nullptr;
+    bool         top = task->parent == nullptr;
 
     if (!self->accept(REDIS_REPLY_ARRAY, top)) {
         std::snprintf(self->error_, sizeof(self->error_),
@@ -553,7 +565,7 @@ void *ReplyReader::create_array(const redisReadTask *task, int elements)
 void *ReplyReader::create_integer(const redisReadTask *task, long long value)
 {
     ReplyReader *self = reading;
-    bool top = task->parent == nullptr;
+    bool         top = task->parent == nullptr;
 
     if (!self->accept(REDIS_REPLY_INTEGER, top)) {
         std::snprintf(self->error_, sizeof(self->error_),
@@ -574,7 +586,7 @@ void *ReplyReader::create_integer(const redisReadTask *task, long long value)
 void *ReplyReader::create_nil(const redisReadTask *task)
 {
     ReplyReader *self = reading;
-    bool top = task->parent == nullptr;
+    bool         top = task->parent == nullptr;
 
     if (!self->accept(REDIS_REPLY_NIL, top)) {
         std::snprintf(self->error_, sizeof(self->error_),
@@ -593,7 +605,6 @@ void *ReplyReader::create_nil(const redisReadTask *task)
 
 /* the objects are parts of the ReplyReader itself */
 void ReplyReader::free_object(void *)
-{
-}
+{}
 
-}  // namespace session_cache
+} // namespace session_cache

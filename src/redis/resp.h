@@ -20,12 +20,13 @@
 namespace session_cache {
 
 /* Append one command, e.g. {"GET", key}, to out. */
-void resp_append(std::string *out, std::initializer_list<std::string_view> args);
+void resp_append(std::string                            *out,
+                 std::initializer_list<std::string_view> args);
 
 /* The same command written to p, which has room for resp_length(args)
  * bytes; returns the end. */
 std::size_t resp_length(std::initializer_list<std::string_view> args);
-char *resp_write(char *p, std::initializer_list<std::string_view> args);
+char       *resp_write(char *p, std::initializer_list<std::string_view> args);
 
 /*
  * The commands the module sends, each with the one reply shape it expects
@@ -39,7 +40,14 @@ char *resp_write(char *p, std::initializer_list<std::string_view> args);
  *   Other   anything, within the element and byte bounds
  */
 enum class RedisCmd : unsigned char {
-    Get, Set, Ping, Info, DbSize, Auth, Select, Other
+    Get,
+    Set,
+    Ping,
+    Info,
+    DbSize,
+    Auth,
+    Select,
+    Other
 };
 
 /* The kind of a command by its name (any case): "get" -> Get. */
@@ -67,11 +75,11 @@ std::string_view redis_error_code(std::string_view text) noexcept;
  * to only. Field names follow hiredis's redisReply.
  */
 struct RedisReply {
-    int          type;      /* REDIS_REPLY_* */
-    long long    integer;   /* INTEGER */
-    const char  *str;       /* STRING, STATUS; ERROR: redis_error_code() */
-    std::size_t  len;
-    std::size_t  elements;  /* ARRAY (Other only): its length */
+    int         type;    /* REDIS_REPLY_* */
+    long long   integer; /* INTEGER */
+    const char *str;     /* STRING, STATUS; ERROR: redis_error_code() */
+    std::size_t len;
+    std::size_t elements; /* ARRAY (Other only): its length */
 };
 
 /*
@@ -99,7 +107,7 @@ public:
     ReplyReader &operator=(const ReplyReader &) = delete;
     ~ReplyReader();
 
-    bool init() noexcept;   /* false: out of memory */
+    bool init() noexcept; /* false: out of memory */
 
     bool feed(const char *data, std::size_t len) noexcept;
 
@@ -119,23 +127,23 @@ private:
     static void *create_array(const redisReadTask *task, int elements);
     static void *create_integer(const redisReadTask *task, long long value);
     static void *create_nil(const redisReadTask *task);
-    static void free_object(void *obj);
+    static void  free_object(void *obj);
     static redisReplyObjectFunctions functions_;
 
     bool accept(int type, bool top);
     bool bulk_too_large() const;
     Next refuse(const char *what, const char **error);
 
-    redisReader  *reader_ = nullptr;
-    RedisCmd      kind_ = RedisCmd::Other;
-    RedisReply    reply_{};
-    bool          boundary_ = true; /* the next byte starts a reply */
-    char          first_ = 0;      /* the current reply's first byte */
-    std::size_t   in_reply_ = 0;   /* its bytes hiredis has taken so far */
-    std::size_t   elements_ = 0;   /* announced in the current reply */
-    std::string   value_;          /* the current reply's string */
-    const char   *refused_ = nullptr;
-    char          error_[96];
+    redisReader *reader_ = nullptr;
+    RedisCmd     kind_ = RedisCmd::Other;
+    RedisReply   reply_{};
+    bool         boundary_ = true; /* the next byte starts a reply */
+    char         first_ = 0;       /* the current reply's first byte */
+    std::size_t  in_reply_ = 0;    /* its bytes hiredis has taken so far */
+    std::size_t  elements_ = 0;    /* announced in the current reply */
+    std::string  value_;           /* the current reply's string */
+    const char  *refused_ = nullptr;
+    char         error_[96];
 };
 
-}  // namespace session_cache
+} // namespace session_cache
