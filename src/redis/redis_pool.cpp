@@ -254,25 +254,31 @@ void RedisPool::assign(RedisConn *rc, RedisJob *job)
  * connection (the SSL layer aside: on_handshake). No exception gets past
  * it; the connection fails instead.
  */
-void RedisPool::on_event(ngx_event_t *ev)
+/* Runs step for rc, which fails rather than let an exception reach nginx. */
+template <class Step>
+void RedisPool::guarded(RedisConn *rc, Step step)
 {
-    auto      *c = static_cast<ngx_connection_t *>(ev->data);
-    auto      *rc = static_cast<RedisConn *>(c->data);
-    RedisPool *pool = rc->pool;
-
     try {
-        pool->drive(rc, ev);
+        step();
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, &rc->log, 0, "session_cache: redis: %s",
                       e.what());
-        pool->fail(rc, "internal error");
+        rc->pool->fail(rc, "internal error");
 
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
                       "session_cache: redis: unknown exception");
-        pool->fail(rc, "internal error");
+        rc->pool->fail(rc, "internal error");
     }
+}
+
+void RedisPool::on_event(ngx_event_t *ev)
+{
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *rc = static_cast<RedisConn *>(c->data);
+
+    guarded(rc, [&] { rc->pool->drive(rc, ev); });
 }
 
 /* The one dispatch: what an event means depends on what rc waits for. */
@@ -401,22 +407,9 @@ void RedisPool::start_tls(RedisConn *rc)
 /* nginx's SSL layer calls this when the handshake is over, either way. */
 void RedisPool::on_handshake(ngx_connection_t *c)
 {
-    auto      *rc = static_cast<RedisConn *>(c->data);
-    RedisPool *pool = rc->pool;
+    auto *rc = static_cast<RedisConn *>(c->data);
 
-    try {
-        pool->tls_done(rc);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0, "session_cache: redis: %s",
-                      e.what());
-        pool->fail(rc, "internal error");
-
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
-                      "session_cache: redis: unknown exception");
-        pool->fail(rc, "internal error");
-    }
+    guarded(rc, [&] { rc->pool->tls_done(rc); });
 }
 
 void RedisPool::tls_done(RedisConn *rc)

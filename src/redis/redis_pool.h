@@ -91,6 +91,8 @@ private:
 #endif
 
     static void on_event(ngx_event_t *ev);
+    template <class Step>
+    static void guarded(RedisConn *rc, Step step);
 
     /* Redis answers in order; a deeper pipeline only delays the requests
      * at its tail behind a slow one */
