@@ -5,32 +5,6 @@
 
 namespace session_cache {
 
-static void append_number(std::string *out, char mark, std::size_t n)
-{
-    char  buf[24];
-    char *p = buf + sizeof(buf);
-
-    do {
-        *--p = static_cast<char>('0' + n % 10);
-        n /= 10;
-    } while (n);
-
-    out->push_back(mark);
-    out->append(p, buf + sizeof(buf) - p);
-    out->append("\r\n", 2);
-}
-
-void resp_append(std::string *out, std::initializer_list<std::string_view> args)
-{
-    append_number(out, '*', args.size());
-
-    for (std::string_view a : args) {
-        append_number(out, '$', a.size());
-        out->append(a.data(), a.size());
-        out->append("\r\n", 2);
-    }
-}
-
 static std::size_t digits(std::size_t n)
 {
     std::size_t d = 1;
@@ -81,6 +55,15 @@ char *resp_write(char *p, std::initializer_list<std::string_view> args)
     }
 
     return p;
+}
+
+/* The one encoder is resp_write, the hot path's: this sizes out for it. */
+void resp_append(std::string *out, std::initializer_list<std::string_view> args)
+{
+    std::size_t at = out->size();
+
+    out->resize(at + resp_length(args));
+    resp_write(&(*out)[at], args);
 }
 
 } // namespace session_cache
