@@ -701,11 +701,12 @@ static ngx_int_t start(ngx_http_request_t                       *r,
                    "session_cache: token of %uz bytes, %s", token.len,
                    plausible ? "plausible" : "not plausible");
 
+    /* L1 (SPEC §8) takes its place between the plausibility check and
+     * Redis: an entry found sets ctx->layer = Layer::L1 and answers (HIT
+     * or NEGATIVE) without asking Redis */
+
     if (!plausible) {
         rc = deny(ctx, kRejected);
-
-        /* L1 (SPEC §8) goes here: an entry found sets ctx->layer to
-         * Layer::L1 and answers before Redis is asked */
 
     } else if (RedisPool *redis = redis_pool()) {
         const char *error = nullptr;
