@@ -1,5 +1,5 @@
 # ngx_session_cache: make build | test | unit | demo | bench | clean
-#                    | test-asan | fuzz | test-valgrind
+#                    | test-asan | fuzz | test-valgrind | test-rules
 # Every target installs the Debian packages it needs (through build.sh).
 
 PROVE ?= prove
@@ -18,7 +18,7 @@ ASAN_ENV = SESSION_CACHE_MODULE=$(ASAN_DIR)/ngx_http_session_cache_module.so \
 FUZZ_TIME ?= 30
 
 .PHONY: all build deps test unit integration demo bench clean \
-        build-asan test-asan fuzz test-valgrind
+        build-asan test-asan fuzz test-valgrind test-rules
 
 all: build
 
@@ -34,10 +34,12 @@ unit: deps
 integration: build
 	$(PROVE) -I t/lib t/
 
-# Everything: the unit tests, the fuzz corpus replay and the integration
-# tests, then the same again with the sanitizer build. .ci/run is this.
+# Everything: the unit tests, the alert rules' tests, the fuzz corpus
+# replay and the integration tests, then the same again with the sanitizer
+# build. .ci/run is this.
 test: build
 	$(MAKE) -C t/unit
+	$(MAKE) test-rules
 	$(MAKE) -C t/fuzz replay
 	$(PROVE) -I t/lib t/
 	$(MAKE) test-asan
@@ -49,6 +51,12 @@ build-asan: deps
 test-asan: build-asan
 	$(MAKE) -C t/unit BUILD=build/asan CXXFLAGS_EXTRA="$(SAN_FLAGS)"
 	$(ASAN_ENV) $(PROVE) -I t/lib t/
+
+# The Prometheus alert rules (contrib/prometheus/): valid, and their
+# promtool unit tests pass. A second or two.
+test-rules: deps
+	promtool check rules contrib/prometheus/session-cache.rules.yml
+	cd contrib/prometheus && promtool test rules session-cache.rules.test.yml
 
 fuzz: deps
 	$(MAKE) -C t/fuzz fuzz FUZZ_TIME=$(FUZZ_TIME)

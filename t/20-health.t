@@ -234,6 +234,9 @@ sub prometheus_shape ($body, $what) {
         if ($line =~ /^# HELP (\S+) \S/) { $help{$1} = 1; next }
         if ($line =~ /^# TYPE (\S+) (\S+)$/) { $type{$1} = $2; next }
         my ($name) = $line =~ /^([a-zA-Z_:][a-zA-Z0-9_:]*)/ or next;
+        # a histogram's samples carry its name plus _bucket, _sum, _count
+        $name = $1 if $name =~ /^(.*)_(?:bucket|sum|count)$/
+                      && ($type{$1} // '') eq 'histogram';
         push @problems, "$name has no HELP" unless $help{$name};
         push @problems, "$name has no TYPE" unless $type{$name};
     }

@@ -88,7 +88,7 @@ sub steady ($d) {
         }
         return 'VOLATILE'
             if $key =~ /time|_at$|^now|latency|_ms$|uptime|memory|rss|
-                        version|^(ping|set|get|postgres)$/xi
+                        version|^(ping|set|get|postgres)$|^p\d+$/xi
                && !ref $v;
         return $v;
     };

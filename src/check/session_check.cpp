@@ -15,6 +15,11 @@
  * callback records the outcome and restarts the phase engine, which calls
  * the handler again to collect it.
  *
+ * Each check's duration, from the handler's first call to the outcome, is
+ * counted in the latency histogram (metrics.h) under the layer that
+ * answered: redis, postgres, or none (refused before any lookup, or no
+ * store answered).
+ *
  * Every step is traced at debug level (NGX_LOG_DEBUG_HTTP) on the
  * request's log, so that debug_connection follows one request from its
  * token (its length only, never its bytes) to its outcome.
@@ -46,7 +51,9 @@ struct Ctx {
     ngx_str_t                                 key; /* prefix + token */
     RedisJob                                 *redis_job;
     PgWaiter                                 *pg_waiter;
-    std::uint64_t                             get_seq; /* 0: no GET */
+    std::uint64_t                             get_seq;    /* 0: no GET */
+    std::uint64_t                             started_ns; /* monotonic */
+    Layer                                     layer;      /* who answered */
     ngx_int_t                                 rc;
     bool                                      done;
     bool                                      redis_failed;
@@ -387,13 +394,20 @@ static ngx_int_t ask_postgres(Ctx *ctx)
                        "session_cache: no postgres: redis alone decides");
 
         /* Redis alone: it is the source of truth */
-        return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
+        if (ctx->redis_failed) {
+            return unavailable(ctx);
+        }
+        ctx->layer = Layer::Redis;
+        return deny(ctx, kMiss);
     }
 
     if (const Session *f = fills.lookup(view(ctx->token), ctx->get_seq,
                                         ctx->redis_failed, ngx_time()))
     {
         const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
+
+        /* Postgres's answer, on its way into the cache */
+        ctx->layer = Layer::Postgres;
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
                        "session_cache: answer taken from the cache fill "
@@ -466,10 +480,12 @@ static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
     {
     case Decoded::Valid:
         trace_redis(ctx, "session");
+        ctx->layer = Layer::Redis;
         return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
 
     case Decoded::Negative:
         trace_redis(ctx, "negative entry");
+        ctx->layer = Layer::Redis;
         return deny(ctx, kNegative);
 
     case Decoded::Malformed:
@@ -516,6 +532,8 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
 
     const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
+    ctx->layer = Layer::Postgres;
+
     if (row == nullptr) {
         trace_postgres(ctx, "no row");
         if (ctx->smcf->negative_ttl > 0) {
@@ -554,6 +572,8 @@ static void finish(Ctx *ctx, ngx_int_t rc)
 {
     ctx->rc = rc;
     ctx->done = true;
+
+    observe(ctx->layer, monotonic_ns() - ctx->started_ns);
 
 #if (NGX_DEBUG)
     static const ngx_str_t none = ngx_string("none");
@@ -634,7 +654,8 @@ static ngx_int_t start(ngx_http_request_t                       *r,
                        const ngx_http_session_cache_main_conf_t *smcf,
                        const ngx_http_session_cache_loc_conf_t  *slcf)
 {
-    ngx_str_t token;
+    std::uint64_t started = monotonic_ns();
+    ngx_str_t     token;
 
     if (ngx_http_complex_value(r, slcf->token, &token) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -654,6 +675,8 @@ static ngx_int_t start(ngx_http_request_t                       *r,
     ctx->smcf = smcf;
     ctx->slcf = slcf;
     ctx->token = token;
+    ctx->started_ns = started;
+    ctx->layer = Layer::None;
 
     /* the Redis key, built once, from the request pool */
     const ngx_str_t &prefix = smcf->key_prefix;
@@ -677,6 +700,10 @@ static ngx_int_t start(ngx_http_request_t                       *r,
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "session_cache: token of %uz bytes, %s", token.len,
                    plausible ? "plausible" : "not plausible");
+
+    /* L1 (SPEC §8) takes its place between the plausibility check and
+     * Redis: an entry found sets ctx->layer = Layer::L1 and answers (HIT
+     * or NEGATIVE) without asking Redis */
 
     if (!plausible) {
         rc = deny(ctx, kRejected);

@@ -10,7 +10,8 @@
  *
  * Each command is also bounded by its backend's own timeout= (the pool's
  * deadline). The figures that are not probed come from shared memory
- * (counters, pool gauges of every worker) and the breaker zone. The
+ * (counters, pool gauges of every worker, the check's latency histogram)
+ * and the breaker zone. The
  * document itself is built by the pure code in health_render.cpp.
  */
 #include "nginx_cpp.h"
@@ -144,6 +145,10 @@ ngx_int_t send(HealthCtx *ctx)
     rep.ttl = smcf->ttl;
     rep.threshold_ms = static_cast<double>(ctx->slcf->health_threshold);
     rep.counters = counters_total();
+
+    for (int l = 0; l < kLayers; l++) {
+        rep.check[l] = latency_total(static_cast<Layer>(l));
+    }
 
     rep.redis.configured = smcf->redis.backend.configured;
     rep.postgres.configured = smcf->pg.backend.configured;

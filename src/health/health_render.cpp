@@ -2,6 +2,7 @@
 
 #include "integer.h"
 
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 
@@ -229,6 +230,13 @@ private:
     bool         first_ = true;
 };
 
+/* A quantile in milliseconds, null when nothing was counted. */
+static std::string quantile_ms(const Latency &h, double q)
+{
+    double s = latency_quantile(h, q);
+    return std::isnan(s) ? std::string("null") : number(s * 1e3, 3);
+}
+
 static std::string iso8601(std::int64_t ms)
 {
     std::time_t sec = static_cast<std::time_t>(ms / 1000);
@@ -321,6 +329,20 @@ std::string render_json(const Report &r)
         p.opt_num("get", r.redis.get_ms);
         p.opt_num("postgres", r.postgres.query_ms);
         p.raw("threshold", number(r.threshold_ms));
+
+        /* the check's latency by layer, estimated from the histogram as
+         * Prometheus' histogram_quantile() would */
+        Object check(p.key("check"));
+        for (int l = 0; l < kLayers; l++) {
+            const Latency &h = r.check[l];
+            Object         o(check.key(layer_name(static_cast<Layer>(l))));
+            o.num("count", h.count());
+            o.raw("p50", quantile_ms(h, 0.5));
+            o.raw("p99", quantile_ms(h, 0.99));
+            o.close();
+        }
+        check.close();
+
         p.close();
     }
 
@@ -377,9 +399,11 @@ public:
         out_->append("# TYPE " + name_ + " " + type + "\n");
     }
 
-    void sample(const std::string &value, const std::string &labels = "")
+    void sample(const std::string &value, const std::string &labels = "",
+                const char *suffix = "")
     {
         out_->append(name_);
+        out_->append(suffix);
         if (!labels.empty()) {
             out_->append("{" + labels + "}");
         }
@@ -522,6 +546,29 @@ std::string render_prometheus(const Report &r)
             x.sample(number(**p.ms / 1000.0, 6),
                      std::string("probe=\"") + p.probe + "\"");
         }
+    }
+
+    x.family("check_duration_seconds", "histogram",
+             "Time from the access handler's first call to the check's "
+             "outcome, by the layer that answered (none: refused before "
+             "any lookup, or no store answered).");
+    for (int l = 0; l < kLayers; l++) {
+        const Latency &h = r.check[l];
+        std::string    layer =
+            std::string("layer=\"") + layer_name(static_cast<Layer>(l)) + "\"";
+        std::uint64_t cumulative = 0;
+
+        for (int i = 0; i < kLatencyBuckets; i++) {
+            cumulative += h.buckets[i];
+            std::string le =
+                i < kFiniteBuckets
+                    ? number(static_cast<double>(kLatencyBounds[i]) / 1e9, 6)
+                    : std::string("+Inf");
+            x.sample(number(cumulative), layer + ",le=\"" + le + "\"",
+                     "_bucket");
+        }
+        x.sample(number(static_cast<double>(h.sum_ns) / 1e9, 9), layer, "_sum");
+        x.sample(number(cumulative), layer, "_count");
     }
 
     x.family("redis_keys", "gauge", "Keys in the Redis database (DBSIZE).");

@@ -15,6 +15,7 @@
 
 #include "breaker/breaker_state.h"
 #include "metrics/figures.h"
+#include "metrics/latency.h"
 
 namespace session_cache::health {
 
@@ -58,6 +59,7 @@ struct Report {
     Redis        redis;
     Postgres     postgres;
     Counters     counters;
+    Latency      check[kLayers];     /* the check's duration, by Layer */
     std::int64_t ttl = 0;            /* session_cache_ttl, seconds */
     double       threshold_ms = 100; /* a probe slower than this: degraded */
 

@@ -25,9 +25,16 @@ struct Gauges {
     ngx_atomic_t max;
 };
 
+/* One layer's histogram in shared memory: the per-bucket counts (as in
+ * Latency), then the sum of the durations in nanoseconds. */
+constexpr int kSumNs = kLatencyBuckets;
+
+using Histogram = ngx_atomic_t[kLatencyBuckets + 1];
+
 struct Slot {
     ngx_atomic_t pid;      /* 0: free */
     Gauges       pools[2]; /* by Backend */
+    Histogram    latency[kLayers];
 };
 
 /* The zone: this header, then `capacity` slots, of which the first
@@ -36,6 +43,7 @@ struct MetricsShm {
     ngx_atomic_t counters[static_cast<int>(Counter::Count)];
     ngx_atomic_t nslots;
     ngx_uint_t   capacity;
+    Histogram    spare[kLayers]; /* for workers without a slot */
 };
 
 static_assert(sizeof(MetricsShm) % alignof(Slot) == 0,
@@ -65,6 +73,47 @@ void count(Counter c)
     if (shm) {
         (void) ngx_atomic_fetch_add(&shm->counters[static_cast<int>(c)], 1);
     }
+}
+
+void observe(Layer layer, std::uint64_t ns)
+{
+    int l = static_cast<int>(layer);
+
+    if (shm == nullptr || l < 0 || l >= kLayers) {
+        return;
+    }
+
+    ngx_atomic_t *h = own ? own->latency[l] : shm->spare[l];
+
+    (void) ngx_atomic_fetch_add(&h[latency_bucket(ns)], 1);
+    (void) ngx_atomic_fetch_add(&h[kSumNs], static_cast<ngx_atomic_int_t>(ns));
+}
+
+static void add(Latency *to, const Histogram &h)
+{
+    for (int i = 0; i < kLatencyBuckets; i++) {
+        to->buckets[i] += h[i];
+    }
+    to->sum_ns += h[kSumNs];
+}
+
+Latency latency_total(Layer layer)
+{
+    Latency t;
+    int     l = static_cast<int>(layer);
+
+    if (shm == nullptr || l < 0 || l >= kLayers) {
+        return t;
+    }
+
+    /* every slot, in use or not: a slot keeps the counts of the workers
+     * that had it */
+    add(&t, shm->spare[l]);
+    for (ngx_uint_t i = 0; i < shm->capacity; i++) {
+        add(&t, slots(shm)[i].latency[l]);
+    }
+
+    return t;
 }
 
 static void store(Gauges *g, const PoolFigures &f)
@@ -303,8 +352,21 @@ static ngx_int_t init_zone(ngx_shm_zone_t *zone, void *data)
     if (mc->previous) {
         /* worker_processes changed the zone's size: a new zone, the same
          * counters (the old zone is still mapped, in the master) */
+        MetricsShm *old = mc->previous;
+
         for (int i = 0; i < static_cast<int>(Counter::Count); i++) {
-            m->counters[i] = mc->previous->counters[i];
+            m->counters[i] = old->counters[i];
+        }
+
+        /* and the histograms, summed into the spare ones */
+        for (int l = 0; l < kLayers; l++) {
+            for (int i = 0; i <= kLatencyBuckets; i++) {
+                ngx_atomic_uint_t v = old->spare[l][i];
+                for (ngx_uint_t k = 0; k < old->capacity; k++) {
+                    v += slots(old)[k].latency[l][i];
+                }
+                m->spare[l][i] = v;
+            }
         }
     }
 

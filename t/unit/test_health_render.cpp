@@ -17,6 +17,7 @@ extern "C" {
 using namespace session_cache::health;
 using session_cache::BreakerState;
 using session_cache::Counters;
+using session_cache::Layer;
 
 namespace {
 
@@ -346,6 +347,92 @@ test_prometheus(void **)
 }
 
 
+/* Redis: 3 checks, 2 in (100µs, 250µs], 1 in (1ms, 2.5ms]; Postgres: 1
+ * in +Inf; none: 1 in the first bucket; L1: nothing yet. */
+Report
+with_latency()
+{
+    Report r = good();
+    auto  &redis = r.check[static_cast<int>(Layer::Redis)];
+    redis.buckets[1] = 2;
+    redis.buckets[4] = 1;
+    redis.sum_ns = 2100000;
+    auto &pg = r.check[static_cast<int>(Layer::Postgres)];
+    pg.buckets[session_cache::kFiniteBuckets] = 1;
+    pg.sum_ns = 1500000000;
+    auto &none = r.check[static_cast<int>(Layer::None)];
+    none.buckets[0] = 1;
+    none.sum_ns = 1234;
+    evaluate(&r);
+    return r;
+}
+
+
+void
+test_prometheus_histogram(void **)
+{
+    std::string p = render_prometheus(with_latency());
+    const char *b = "nginx_session_cache_check_duration_seconds_bucket";
+
+    assert_true(contains(p, "# TYPE nginx_session_cache_check_duration_seconds "
+                            "histogram\n"));
+    /* cumulative, every bound written in full */
+    assert_true(contains(p, std::string(b) + "{layer=\"redis\",le=\"0.0001\"} 0\n"
+                            + b + "{layer=\"redis\",le=\"0.00025\"} 2\n"
+                            + b + "{layer=\"redis\",le=\"0.0005\"} 2\n"
+                            + b + "{layer=\"redis\",le=\"0.001\"} 2\n"
+                            + b + "{layer=\"redis\",le=\"0.0025\"} 3\n"));
+    assert_true(contains(p, std::string(b) + "{layer=\"redis\",le=\"1\"} 3\n"
+                            + b + "{layer=\"redis\",le=\"+Inf\"} 3\n"
+                            "nginx_session_cache_check_duration_seconds_sum"
+                            "{layer=\"redis\"} 0.0021\n"
+                            "nginx_session_cache_check_duration_seconds_count"
+                            "{layer=\"redis\"} 3\n"));
+    assert_true(contains(p, std::string(b) + "{layer=\"postgres\",le=\"1\"} 0\n"
+                            + b + "{layer=\"postgres\",le=\"+Inf\"} 1\n"
+                            "nginx_session_cache_check_duration_seconds_sum"
+                            "{layer=\"postgres\"} 1.5\n"));
+    assert_true(contains(p, "nginx_session_cache_check_duration_seconds_sum"
+                            "{layer=\"none\"} 0.000001234\n"));
+    /* L1 is there, counted 0, until it exists */
+    assert_true(contains(p, std::string(b) + "{layer=\"l1\",le=\"+Inf\"} 0\n"
+                            "nginx_session_cache_check_duration_seconds_sum"
+                            "{layer=\"l1\"} 0\n"
+                            "nginx_session_cache_check_duration_seconds_count"
+                            "{layer=\"l1\"} 0\n"));
+
+    /* 14 buckets per layer, 4 layers */
+    std::size_t n = 0, pos = 0;
+    while ((pos = p.find(std::string(b) + "{", pos)) != std::string::npos) {
+        n++;
+        pos++;
+    }
+    assert_int_equal(n, 4 * 14);
+}
+
+
+void
+test_json_check_latency(void **)
+{
+    std::string j = render_json(with_latency());
+
+    /* the existing figures first, unchanged */
+    assert_true(contains(j, "\"performance\": {\"ping\": 0.4, "));
+    /* p50: rank 1.5 of 2 in (0.1, 0.25] ms, 0.2125 (0.21249..., in binary)
+     * to three places; p99: rank 2.97, 0.97 of 1 in
+     * (1, 2.5] ms */
+    assert_true(contains(j, "\"check\": {"
+                            "\"l1\": {\"count\": 0, \"p50\": null, "
+                            "\"p99\": null}, "
+                            "\"redis\": {\"count\": 3, \"p50\": 0.212, "
+                            "\"p99\": 2.455}, "
+                            "\"postgres\": {\"count\": 1, \"p50\": 1000, "
+                            "\"p99\": 1000}, "
+                            "\"none\": {\"count\": 1, \"p50\": 0.05, "
+                            "\"p99\": 0.099}}}"));
+}
+
+
 void
 test_redis_info(void **)
 {
@@ -398,6 +485,8 @@ main(void)
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_json_unknowns_and_escaping),
         cmocka_unit_test(test_prometheus),
+        cmocka_unit_test(test_prometheus_histogram),
+        cmocka_unit_test(test_json_check_latency),
         cmocka_unit_test(test_redis_info),
         cmocka_unit_test(test_short_version),
     };
