@@ -488,8 +488,83 @@ bool Reader::value(int depth)
 }
 
 
+/*
+ * The members of "attrs" after its '{': each name into its slot of
+ * kMaxAttrNameLength bytes at the front of buf, each value into its slot
+ * of kMaxAttrValueLength bytes after the names.
+ */
+bool read_attrs(Reader &r, SessionView *s, char *buf)
+{
+    char *values = buf + kMaxAttrs * kMaxAttrNameLength;
+
+    r.skip_ws();
+
+    if (r.eat('}')) {
+        return true;
+    }
+
+    for (;;) {
+        std::size_t i = s->nattrs;
+
+        if (i == kMaxAttrs) {
+            return false;
+        }
+
+        Sink name(buf + i * kMaxAttrNameLength, kMaxAttrNameLength);
+
+        if (!r.string(&name) || name.full()
+            || !attr_name_acceptable(name.view())) {
+            return false;
+        }
+
+        for (std::size_t j = 0; j < i; j++) {
+            if (s->attrs[j].name == name.view()) {
+                return false; /* a duplicate */
+            }
+        }
+
+        r.skip_ws();
+        if (!r.eat(':')) {
+            return false;
+        }
+        r.skip_ws();
+
+        if (r.peek() == 'n') {
+            /* null: as if it were not there */
+            if (!r.value(2)) {
+                return false;
+            }
+
+        } else {
+            Sink value(values + i * kMaxAttrValueLength, kMaxAttrValueLength);
+
+            if (!r.string(&value) || value.full()
+                || !attr_value_acceptable(value.view())) {
+                return false;
+            }
+
+            s->attrs[i].name = name.view();
+            s->attrs[i].value = value.view();
+            s->nattrs++;
+        }
+
+        r.skip_ws();
+
+        if (r.eat('}')) {
+            return true;
+        }
+
+        if (!r.eat(',')) {
+            return false;
+        }
+
+        r.skip_ws();
+    }
+}
+
+
 Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
-               char *user_id)
+               char *user_id, char *attrs)
 {
     if (value == std::string_view(kNegativeMarker)) {
         return Decoded::Negative;
@@ -498,6 +573,7 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
     Reader      r(value);
     SessionView s;
     bool        have_user_id = false;
+    bool        have_attrs = false;
     char        key_buf[16];
     Sink        key(key_buf, sizeof(key_buf));
     Sink        id(user_id, kMaxUserIdLength);
@@ -536,6 +612,12 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
                 }
                 s.has_expiry = true;
 
+            } else if (!key.full() && key.view() == "attrs") {
+                if (have_attrs || !r.eat('{') || !read_attrs(r, &s, attrs)) {
+                    return Decoded::Malformed;
+                }
+                have_attrs = true;
+
             } else if (!r.value(1)) {
                 return Decoded::Malformed;
             }
@@ -570,7 +652,14 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
                                                            : Decoded::Valid;
 
     if (out) {
-        *out = s;
+        /* the attributes in use only: the hit path copies no more */
+        out->user_id = s.user_id;
+        out->has_expiry = s.has_expiry;
+        out->expires_at = s.expires_at;
+        out->nattrs = s.nattrs;
+        for (std::size_t i = 0; i < s.nattrs; i++) {
+            out->attrs[i] = s.attrs[i];
+        }
     }
 
     return result;
@@ -586,9 +675,9 @@ std::string_view negative_marker() noexcept
 
 
 Decoded decode_session(std::string_view value, std::int64_t now,
-                       SessionView *out, char *user_id) noexcept
+                       SessionView *out, char *user_id, char *attrs) noexcept
 {
-    return decode(value, now, out, user_id);
+    return decode(value, now, out, user_id, attrs);
 }
 
 
@@ -596,12 +685,18 @@ Decoded decode_session(std::string_view value, std::int64_t now,
                        Session *out) noexcept
 {
     char        user_id[kMaxUserIdLength];
+    char        attrs[kAttrBufferSize];
     SessionView s;
-    Decoded     d = decode(value, now, &s, user_id);
+    Decoded     d = decode(value, now, &s, user_id, attrs);
 
     if (out && (d == Decoded::Valid || d == Decoded::Expired)) {
         try {
             out->user_id.assign(s.user_id.data(), s.user_id.size());
+            out->attrs.resize(s.nattrs);
+            for (std::size_t i = 0; i < s.nattrs; i++) {
+                out->attrs[i].name.assign(s.attrs[i].name);
+                out->attrs[i].value.assign(s.attrs[i].value);
+            }
         } catch (...) {
             /* only std::bad_alloc can get here; the caller treats
              * Malformed as a cache miss and asks Postgres, which is the
@@ -616,36 +711,54 @@ Decoded decode_session(std::string_view value, std::int64_t now,
 }
 
 
-bool encode_session(const Session &s, std::string *out) noexcept
+namespace {
+
+/* A JSON string: ", \\ and control characters escaped. */
+void put_string(std::string &v, std::string_view str)
 {
     static const char hex[] = "0123456789abcdef";
 
+    v.push_back('"');
+
+    for (char ch : str) {
+        auto c = static_cast<unsigned char>(ch);
+
+        if (c == '"' || c == '\\') {
+            v.push_back('\\');
+            v.push_back(ch);
+
+        } else if (c < 0x20 || c == 0x7f) {
+            v += "\\u00";
+            v.push_back(hex[c >> 4]);
+            v.push_back(hex[c & 0xf]);
+
+        } else {
+            v.push_back(ch);
+        }
+    }
+
+    v.push_back('"');
+}
+
+} // namespace
+
+
+bool encode_session(const Session &s, std::string *out) noexcept
+{
     try {
         std::string v;
+        std::size_t size = sizeof("{\"user_id\":\"\",\"expires_at\":,"
+                                  "\"attrs\":{}}")
+                           + 20 + s.user_id.size();
 
-        v.reserve(sizeof("{\"user_id\":\"\",\"expires_at\":}") + 20
-                  + s.user_id.size());
-
-        v += "{\"user_id\":\"";
-
-        for (char ch : s.user_id) {
-            auto c = static_cast<unsigned char>(ch);
-
-            if (c == '"' || c == '\\') {
-                v.push_back('\\');
-                v.push_back(ch);
-
-            } else if (c < 0x20 || c == 0x7f) {
-                v += "\\u00";
-                v.push_back(hex[c >> 4]);
-                v.push_back(hex[c & 0xf]);
-
-            } else {
-                v.push_back(ch);
-            }
+        for (const Attr &a : s.attrs) {
+            size += a.name.size() + a.value.size() + 6;
         }
 
-        v.push_back('"');
+        v.reserve(size);
+
+        v += "{\"user_id\":";
+        put_string(v, s.user_id);
 
         if (s.has_expiry) {
             char buf[24];
@@ -653,6 +766,21 @@ bool encode_session(const Session &s, std::string *out) noexcept
 
             v += ",\"expires_at\":";
             v.append(buf, res.ptr);
+        }
+
+        if (!s.attrs.empty()) {
+            v += ",\"attrs\":{";
+
+            for (std::size_t i = 0; i < s.attrs.size(); i++) {
+                if (i > 0) {
+                    v.push_back(',');
+                }
+                put_string(v, s.attrs[i].name);
+                v.push_back(':');
+                put_string(v, s.attrs[i].value);
+            }
+
+            v.push_back('}');
         }
 
         v.push_back('}');
@@ -676,6 +804,31 @@ bool user_id_acceptable(std::string_view id) noexcept
         auto c = static_cast<unsigned char>(ch);
 
         if (c < 0x20 || c == 0x7f) {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+bool attr_value_acceptable(std::string_view value) noexcept
+{
+    return value.empty() || user_id_acceptable(value);
+}
+
+
+bool attr_name_acceptable(std::string_view name) noexcept
+{
+    if (name.empty() || name.size() > kMaxAttrNameLength || name == "user_id") {
+        return false;
+    }
+
+    for (std::size_t i = 0; i < name.size(); i++) {
+        char c = name[i];
+
+        if (!((c >= 'a' && c <= 'z') || c == '_'
+              || (i > 0 && c >= '0' && c <= '9'))) {
             return false;
         }
     }

@@ -1,31 +1,59 @@
 /*
- * The cached session value (SPEC §3): the JSON object
- *   {"user_id":"<id>","expires_at":<unix seconds>}
- * stored under prefix+token, and the negative entry that marks an unknown
- * token. Pure logic: no nginx types.
+ * The cached session value (SPEC §3, §12): the JSON object
+ *   {"user_id":"<id>","expires_at":<unix seconds>,"attrs":{"role":"admin"}}
+ * stored under prefix+token ("expires_at" and "attrs" optional), and the
+ * negative entry that marks an unknown token. Pure logic: no nginx types.
  */
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace session_cache {
-
-struct Session {
-    std::string  user_id;
-    bool         has_expiry = false;
-    std::int64_t expires_at = 0; /* unix seconds, valid if has_expiry */
-};
 
 /* The longest user id accepted (see user_id_acceptable). */
 constexpr std::size_t kMaxUserIdLength = 256;
 
-/* A decoded session whose user id lives in the caller's buffer. */
+/* Attributes (SPEC §12): at most this many per session, names that are
+ * plain identifiers of at most kMaxAttrNameLength bytes (see
+ * attr_name_acceptable), values as user ids but possibly empty (see
+ * attr_value_acceptable). */
+constexpr std::size_t kMaxAttrs = 16;
+constexpr std::size_t kMaxAttrNameLength = 63; /* Postgres's NAMEDATALEN-1 */
+constexpr std::size_t kMaxAttrValueLength = 256;
+
+/* Room for every attribute's name and value, unescaped: the size of the
+ * buffer decode_session() takes for them. */
+constexpr std::size_t kAttrBufferSize =
+    kMaxAttrs * (kMaxAttrNameLength + kMaxAttrValueLength);
+
+struct Attr {
+    std::string name;
+    std::string value;
+};
+
+struct Session {
+    std::string       user_id;
+    bool              has_expiry = false;
+    std::int64_t      expires_at = 0; /* unix seconds, valid if has_expiry */
+    std::vector<Attr> attrs;          /* SQL NULL: not there */
+};
+
+struct AttrView {
+    std::string_view name;
+    std::string_view value;
+};
+
+/* A decoded session whose user id and attributes live in the caller's
+ * buffers. */
 struct SessionView {
     std::string_view user_id;
     bool             has_expiry = false;
     std::int64_t     expires_at = 0;
+    std::size_t      nattrs = 0;
+    AttrView         attrs[kMaxAttrs];
 };
 
 enum class Decoded {
@@ -47,7 +75,11 @@ std::string_view negative_marker() noexcept;
  * user_id_acceptable() after unescaping; "expires_at", if present, must be
  * an integer (no fraction, no exponent) that fits in int64. Unknown keys
  * are ignored (their values are still validated as JSON, nesting depth is
- * limited to 16). Duplicate "user_id"/"expires_at" keys are Malformed.
+ * limited to 16). Duplicate "user_id"/"expires_at"/"attrs" keys are
+ * Malformed. "attrs", if present, must be an object of at most kMaxAttrs
+ * members, each named by a distinct acceptable name, each a string that
+ * passes attr_value_acceptable() after unescaping, or null (as if it were
+ * not there); anything else there is Malformed.
  * Never throws; never reads past value.end().
  */
 Decoded decode_session(std::string_view value, std::int64_t now,
@@ -56,14 +88,15 @@ Decoded decode_session(std::string_view value, std::int64_t now,
 /*
  * The same, allocating nothing (the cache-hit path): the user id is
  * unescaped into user_id, which has room for kMaxUserIdLength bytes, and
- * out->user_id points into it.
+ * out->user_id points into it; the attributes into attrs, which has room
+ * for kAttrBufferSize bytes, and out->attrs point into it.
  */
 Decoded decode_session(std::string_view value, std::int64_t now,
-                       SessionView *out, char *user_id) noexcept;
+                       SessionView *out, char *user_id, char *attrs) noexcept;
 
 /*
  * Encode a session as the JSON object above; "expires_at" is omitted when
- * !has_expiry. user_id is escaped as JSON (", \, control characters as
+ * !has_expiry, "attrs" when there are none. Strings are escaped as JSON (", \, control characters as
  * \u00XX). Returns false only on allocation failure.
  */
 bool encode_session(const Session &s, std::string *out) noexcept;
@@ -74,6 +107,17 @@ bool encode_session(const Session &s, std::string *out) noexcept;
  * X-User-Id, so CR/LF must never get through. Bytes >= 0x80 are allowed.
  */
 bool user_id_acceptable(std::string_view id) noexcept;
+
+/* An attribute value: as a user id, but it may be empty. */
+bool attr_value_acceptable(std::string_view value) noexcept;
+
+/*
+ * An attribute name: a plain lower-case identifier, [a-z_][a-z0-9_]*, of
+ * at most kMaxAttrNameLength bytes, and not "user_id" (auth_session_require
+ * names the user id so). nginx lowercases variable names: a name with
+ * upper case could never be read as $session_attr_<name>.
+ */
+bool attr_name_acceptable(std::string_view name) noexcept;
 
 /*
  * Seconds a valid session may stay cached: min(ttl, expires_at - now) when
