@@ -9,6 +9,7 @@
 #include "integer.h"
 
 #include <charconv>
+#include <cstring>
 #include <new>
 
 namespace session_cache {
@@ -23,6 +24,41 @@ constexpr int kMaxDepth = 16;
 
 static_assert(kMaxUserIdLength == 256, "SPEC: user ids of 1..256 bytes");
 
+/* The bytes a JSON string holds as they are: printable ASCII but " and \.
+ * One load per byte in the reader's inner loop. */
+struct PlainTable {
+    bool plain[256];
+
+    constexpr PlainTable() : plain()
+    {
+        for (int c = 0x20; c < 0x7f; c++) {
+            plain[c] = c != '"' && c != '\\';
+        }
+    }
+
+    constexpr bool operator[](unsigned char c) const { return plain[c]; }
+};
+
+constexpr PlainTable kPlain;
+
+/* [a-z0-9_]: one load per byte of an attribute name */
+struct NameTable {
+    bool ok[256];
+
+    constexpr NameTable() : ok()
+    {
+        for (int c = 'a'; c <= 'z'; c++) {
+            ok[c] = true;
+        }
+        for (int c = '0'; c <= '9'; c++) {
+            ok[c] = true;
+        }
+        ok['_'] = true;
+    }
+};
+
+constexpr NameTable kName;
+
 
 /*
  * Where a string is unescaped to: a buffer of fixed size, so that decoding
@@ -36,6 +72,12 @@ public:
 
     void push_back(char c)
     {
+        auto u = static_cast<unsigned char>(c);
+
+        if (u < 0x20 || u == 0x7f) {
+            control_ = true;
+        }
+
         if (len_ < size_) {
             buf_[len_++] = c;
         } else {
@@ -49,18 +91,23 @@ public:
             n = size_ - len_;
             full_ = true;
         }
-        for (std::size_t i = 0; i < n; i++) {
-            buf_[len_++] = p[i];
-        }
+        std::memcpy(buf_ + len_, p, n);
+        len_ += n;
     }
 
     void clear()
     {
         len_ = 0;
         full_ = false;
+        control_ = false;
     }
 
-    bool             full() const { return full_; }
+    bool full() const { return full_; }
+
+    /* A control character was unescaped into it (a raw one never gets
+     * this far: see Reader::string and kPlain), so that the acceptable
+     * checks need not look at every byte again. */
+    bool             control() const { return control_; }
     std::string_view view() const { return std::string_view(buf_, len_); }
 
 private:
@@ -68,6 +115,7 @@ private:
     std::size_t size_;
     std::size_t len_ = 0;
     bool        full_ = false;
+    bool        control_ = false;
 };
 
 
@@ -101,6 +149,16 @@ public:
 
     /* A JSON string, unescaped into *out (appended) unless out is null. */
     bool string(Sink *out);
+
+    /* An attribute name: a JSON string of [a-z0-9_] written without
+     * escapes (a plain identifier never needs one); *out points into the
+     * value read. */
+    bool name(std::string_view *out);
+
+    /* An attribute value, acceptable (attr_value_acceptable()): in place
+     * when it holds no escape, the usual case, else unescaped into
+     * *sink; *out points to one or the other. */
+    bool attr_value(Sink *sink, std::string_view *out);
 
     /* Any JSON value found inside a container at depth `depth`. */
     bool value(int depth);
@@ -245,11 +303,13 @@ bool Reader::string(Sink *out)
     for (;;) {
         /* a run of plain ASCII, the usual case: appended in one go */
         const unsigned char *run = p_;
+        const unsigned char *p = p_;
 
-        while (p_ < end_ && *p_ >= 0x20 && *p_ < 0x80 && *p_ != '"'
-               && *p_ != '\\') {
-            p_++;
+        while (p < end_ && kPlain[*p]) {
+            p++;
         }
+
+        p_ = p;
 
         if (out && p_ > run) {
             out->append(reinterpret_cast<const char *>(run), p_ - run);
@@ -352,6 +412,64 @@ bool Reader::string(Sink *out)
 
         put_utf8(cp, out);
     }
+}
+
+
+bool Reader::name(std::string_view *out)
+{
+    if (!eat('"')) {
+        return false;
+    }
+
+    const unsigned char *start = p_;
+    const unsigned char *p = p_;
+
+    while (p < end_ && kName.ok[*p]) {
+        p++;
+    }
+
+    if (p == end_ || *p != '"') {
+        return false;
+    }
+
+    *out = std::string_view(reinterpret_cast<const char *>(start), p - start);
+    p_ = p + 1;
+    return true;
+}
+
+
+bool Reader::attr_value(Sink *sink, std::string_view *out)
+{
+    const unsigned char *open = p_;
+
+    if (!eat('"')) {
+        return false;
+    }
+
+    const unsigned char *p = p_;
+
+    while (p < end_ && kPlain[*p]) {
+        p++;
+    }
+
+    if (p < end_ && *p == '"') {
+        /* no escape, no control character (kPlain has none) */
+        if (static_cast<std::size_t>(p - p_) > kMaxAttrValueLength) {
+            return false;
+        }
+        *out = std::string_view(reinterpret_cast<const char *>(p_), p - p_);
+        p_ = p + 1;
+        return true;
+    }
+
+    p_ = open;
+
+    if (!string(sink) || sink->full() || sink->control()) {
+        return false;
+    }
+
+    *out = sink->view();
+    return true;
 }
 
 
@@ -489,14 +607,12 @@ bool Reader::value(int depth)
 
 
 /*
- * The members of "attrs" after its '{': each name into its slot of
- * kMaxAttrNameLength bytes at the front of buf, each value into its slot
- * of kMaxAttrValueLength bytes after the names.
+ * The members of "attrs" after its '{'. Names, and values without
+ * escapes, stay where they are in the value read; a value with escapes is
+ * unescaped into its slot of kMaxAttrValueLength bytes in buf.
  */
 bool read_attrs(Reader &r, SessionView *s, char *buf)
 {
-    char *values = buf + kMaxAttrs * kMaxAttrNameLength;
-
     r.skip_ws();
 
     if (r.eat('}')) {
@@ -510,15 +626,17 @@ bool read_attrs(Reader &r, SessionView *s, char *buf)
             return false;
         }
 
-        Sink name(buf + i * kMaxAttrNameLength, kMaxAttrNameLength);
+        std::string_view name;
 
-        if (!r.string(&name) || name.full()
-            || !attr_name_acceptable(name.view())) {
+        /* attr_name_acceptable(), the scan having done the rest */
+        if (!r.name(&name) || name.empty() || name.size() > kMaxAttrNameLength
+            || (name[0] >= '0' && name[0] <= '9') || name == "user_id")
+        {
             return false;
         }
 
         for (std::size_t j = 0; j < i; j++) {
-            if (s->attrs[j].name == name.view()) {
+            if (s->attrs[j].name == name) {
                 return false; /* a duplicate */
             }
         }
@@ -536,15 +654,15 @@ bool read_attrs(Reader &r, SessionView *s, char *buf)
             }
 
         } else {
-            Sink value(values + i * kMaxAttrValueLength, kMaxAttrValueLength);
+            Sink sink(buf + i * kMaxAttrValueLength, kMaxAttrValueLength);
+            std::string_view value;
 
-            if (!r.string(&value) || value.full()
-                || !attr_value_acceptable(value.view())) {
+            if (!r.attr_value(&sink, &value)) {
                 return false;
             }
 
-            s->attrs[i].name = name.view();
-            s->attrs[i].value = value.view();
+            s->attrs[i].name = name;
+            s->attrs[i].value = value;
             s->nattrs++;
         }
 
@@ -644,7 +762,8 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
 
     s.user_id = id.view();
 
-    if (!have_user_id || !user_id_acceptable(s.user_id)) {
+    /* user_id_acceptable(), without reading the id again */
+    if (!have_user_id || s.user_id.empty() || id.control()) {
         return Decoded::Malformed;
     }
 
@@ -820,15 +939,14 @@ bool attr_value_acceptable(std::string_view value) noexcept
 
 bool attr_name_acceptable(std::string_view name) noexcept
 {
-    if (name.empty() || name.size() > kMaxAttrNameLength || name == "user_id") {
+    if (name.empty() || name.size() > kMaxAttrNameLength
+        || (name[0] >= '0' && name[0] <= '9') || name == "user_id")
+    {
         return false;
     }
 
-    for (std::size_t i = 0; i < name.size(); i++) {
-        char c = name[i];
-
-        if (!((c >= 'a' && c <= 'z') || c == '_'
-              || (i > 0 && c >= '0' && c <= '9'))) {
+    for (char c : name) {
+        if (!kName.ok[static_cast<unsigned char>(c)]) {
             return false;
         }
     }

@@ -24,10 +24,9 @@ constexpr std::size_t kMaxAttrs = 16;
 constexpr std::size_t kMaxAttrNameLength = 63; /* Postgres's NAMEDATALEN-1 */
 constexpr std::size_t kMaxAttrValueLength = 256;
 
-/* Room for every attribute's name and value, unescaped: the size of the
- * buffer decode_session() takes for them. */
-constexpr std::size_t kAttrBufferSize =
-    kMaxAttrs * (kMaxAttrNameLength + kMaxAttrValueLength);
+/* Room for every attribute's value, unescaped: the size of the buffer
+ * decode_session() takes for them. */
+constexpr std::size_t kAttrBufferSize = kMaxAttrs * kMaxAttrValueLength;
 
 struct Attr {
     std::string name;
@@ -47,7 +46,7 @@ struct AttrView {
 };
 
 /* A decoded session whose user id and attributes live in the caller's
- * buffers. */
+ * buffers or in the value decoded (see decode_session()). */
 struct SessionView {
     std::string_view user_id;
     bool             has_expiry = false;
@@ -88,8 +87,10 @@ Decoded decode_session(std::string_view value, std::int64_t now,
 /*
  * The same, allocating nothing (the cache-hit path): the user id is
  * unescaped into user_id, which has room for kMaxUserIdLength bytes, and
- * out->user_id points into it; the attributes into attrs, which has room
- * for kAttrBufferSize bytes, and out->attrs point into it.
+ * out->user_id points into it. out->attrs point into value itself (names,
+ * and values written without escapes) or into attrs, which has room for
+ * kAttrBufferSize bytes (values with escapes, unescaped): out is good
+ * while both are.
  */
 Decoded decode_session(std::string_view value, std::int64_t now,
                        SessionView *out, char *user_id, char *attrs) noexcept;

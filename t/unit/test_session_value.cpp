@@ -728,6 +728,8 @@ test_attrs(void **)
            Malformed);
     EXPECT(valid_with("\"attrs\":{\"Role\":\"x\"}"), Malformed);
     EXPECT(valid_with("\"attrs\":{\"1a\":\"x\"}"), Malformed);
+    /* a name is written plainly: a plain identifier needs no escape */
+    EXPECT(valid_with("\"attrs\":{\"\\u0072ole\":\"x\"}"), Malformed);
     EXPECT(valid_with("\"attrs\":{\"a-b\":\"x\"}"), Malformed);
     EXPECT(valid_with("\"attrs\":{\"\":\"x\"}"), Malformed);
     EXPECT(valid_with("\"attrs\":{\"user_id\":\"x\"}"), Malformed);
