@@ -36,6 +36,8 @@ static ngx_str_t  ngx_http_session_cache_threshold = ngx_string("threshold");
 static ngx_int_t ngx_http_session_cache_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_session_cache_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_session_cache_attr_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static char *ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_session_cache_postgres(ngx_conf_t *cf,
@@ -47,6 +49,9 @@ static char *ngx_http_session_cache_read_source(ngx_conf_t *cf,
     ngx_str_t *arg, ngx_str_t *source);
 static char *ngx_http_session_cache_auth_session(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_require(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_session_cache_require_name(ngx_str_t *name);
 static char *ngx_http_session_cache_enum(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_session_cache_breaker(ngx_conf_t *cf,
@@ -101,6 +106,13 @@ static ngx_command_t  ngx_http_session_cache_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_session_cache_loc_conf_t, fail),
       &ngx_http_session_cache_fail_modes },
+
+    { ngx_string("auth_session_require"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_session_cache_require,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("session_cache_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -213,6 +225,11 @@ static ngx_http_variable_t  ngx_http_session_cache_vars[] = {
     { ngx_string("session_cache_status"), NULL,
       ngx_http_session_cache_variable,
       ngx_http_session_cache_var_status, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    /* $session_attr_<name>, as $cookie_<name> */
+    { ngx_string("session_attr_"), NULL,
+      ngx_http_session_cache_attr_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE|NGX_HTTP_VAR_PREFIX, 0 },
 
       ngx_http_null_variable
 };
@@ -572,6 +589,44 @@ ngx_http_session_cache_read_source(ngx_conf_t *cf, ngx_str_t *arg,
 }
 
 
+/* $session_attr_<name>: the attribute's value, empty when it is not there
+ * (a column not in the query, SQL NULL, a session cached without it) */
+static ngx_int_t
+ngx_http_session_cache_attr_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t *var = (ngx_str_t *) data;
+
+    ngx_str_t                         name;
+    ngx_uint_t                        i;
+    ngx_http_session_cache_result_t  *res;
+
+    name.len = var->len - (sizeof("session_attr_") - 1);
+    name.data = var->data + sizeof("session_attr_") - 1;
+
+    res = ngx_http_session_cache_result(r);
+
+    if (res != NULL) {
+        for (i = 0; i < res->nattrs; i++) {
+            if (res->attr_name[i].len == name.len
+                && ngx_strncmp(res->attr_name[i].data, name.data, name.len)
+                   == 0)
+            {
+                v->len = res->attr_value[i].len;
+                v->data = res->attr_value[i].data;
+                v->valid = 1;
+                v->no_cacheable = 1;
+                v->not_found = 0;
+                return NGX_OK;
+            }
+        }
+    }
+
+    v->not_found = 1;
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
@@ -612,6 +667,159 @@ ngx_http_session_cache_auth_session(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * auth_session_require NAME=VALUE[,VALUE...] ... | off: what the names mean
+ * is known only when Postgres describes the session query, so nginx -t
+ * checks their form alone.
+ */
+static char *
+ngx_http_session_cache_require(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_session_cache_loc_conf_t *slcf = conf;
+
+    u_char                            *p, *last, *comma;
+    ngx_str_t                         *value, v;
+    ngx_uint_t                         i, j;
+    ngx_http_complex_value_t          *cv;
+    ngx_http_compile_complex_value_t   ccv;
+    ngx_http_session_cache_require_t  *rule, *rules;
+
+    if (slcf->require != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        slcf->require = NULL;
+        return NGX_CONF_OK;
+    }
+
+    slcf->require = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                     sizeof(ngx_http_session_cache_require_t));
+    if (slcf->require == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        p = value[i].data;
+        last = p + value[i].len;
+
+        rule = ngx_array_push(slcf->require);
+        if (rule == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        rule->name.data = p;
+        p = ngx_strlchr(p, last, '=');
+
+        if (p == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%V: \"%V\" is not NAME=VALUE[,VALUE...]",
+                               &cmd->name, &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        rule->name.len = p - rule->name.data;
+
+        if (ngx_http_session_cache_require_name(&rule->name) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%V: \"%V\" is not user_id or an attribute "
+                               "name (a lower-case identifier: "
+                               "[a-z_][a-z0-9_]*, at most 63 bytes)",
+                               &cmd->name, &rule->name);
+            return NGX_CONF_ERROR;
+        }
+
+        rules = slcf->require->elts;
+
+        for (j = 0; j + 1 < slcf->require->nelts; j++) {
+            if (rules[j].name.len == rule->name.len
+                && ngx_strncmp(rules[j].name.data, rule->name.data,
+                               rule->name.len) == 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: \"%V\" is named twice: list its "
+                                   "values once, separated by commas",
+                                   &cmd->name, &rule->name);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        if (ngx_array_init(&rule->values, cf->pool, 2,
+                           sizeof(ngx_http_complex_value_t))
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        for (p++; /* void */; p = comma + 1) {
+            comma = ngx_strlchr(p, last, ',');
+
+            v.data = p;
+            v.len = (comma ? comma : last) - p;
+
+            if (v.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: \"%V\" has an empty value",
+                                   &cmd->name, &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            cv = ngx_array_push(&rule->values);
+            if (cv == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+            ccv.cf = cf;
+            ccv.value = &v;
+            ccv.complex_value = cv;
+
+            if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid value \"%V\"",
+                                   &cmd->name, &v);
+                return NGX_CONF_ERROR;
+            }
+
+            if (comma == NULL) {
+                break;
+            }
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "user_id", or an attribute name as session_value.h's
+ * attr_name_acceptable() takes it */
+static ngx_int_t
+ngx_http_session_cache_require_name(ngx_str_t *name)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (name->len == 0 || name->len > 63) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < name->len; i++) {
+        c = name->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || c == '_'
+              || (i > 0 && c >= '0' && c <= '9')))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1001,6 +1209,7 @@ ngx_http_session_cache_create_loc_conf(ngx_conf_t *cf)
 
     slcf->token = NGX_CONF_UNSET_PTR;
     slcf->fail = NGX_CONF_UNSET_UINT;
+    slcf->require = NGX_CONF_UNSET_PTR;
     slcf->health_threshold = NGX_CONF_UNSET_MSEC;
     slcf->health_timeout = NGX_CONF_UNSET_MSEC;
 
@@ -1020,6 +1229,7 @@ ngx_http_session_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_ptr_value(conf->token, prev->token, NULL);
     ngx_conf_merge_uint_value(conf->fail, prev->fail,
                               NGX_HTTP_SESSION_CACHE_FAIL_CLOSED);
+    ngx_conf_merge_ptr_value(conf->require, prev->require, NULL);
 
     ngx_conf_merge_msec_value(conf->health_threshold, prev->health_threshold,
                               NGX_HTTP_SESSION_CACHE_HEALTH_THRESHOLD);

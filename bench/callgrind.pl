@@ -11,7 +11,9 @@
 #
 #   perl bench/callgrind.pl            # after ./build.sh and bench/setup.sh
 #
-# Environment: BENCH_REQUESTS (2000), SESSION_CACHE_MODULE.
+# Environment: BENCH_REQUESTS (2000), SESSION_CACHE_MODULE; BENCH_ATTRS=1
+# adds a run whose cached sessions carry two attributes (role, tenant_id:
+# Redis database 1 holds them) and what they cost over the plain hit.
 
 use v5.36;
 use FindBin ();
@@ -30,10 +32,16 @@ my $expires = time + 86400;
     my $file = "$redis->{dir}/seed.resp";
     open my $fh, '>', $file or die "$file: $!";
     # every token a run may use: the warm-up's 500 and the runs' 2N
-    for my $i (1 .. ($N < 250 ? 500 : 2 * $N)) {
-        my @a = ('SET', sprintf('session:bench%027d', $i),
-                 sprintf('{"user_id":"%08x-7d1e-4c2a-9f00-%012d","expires_at":%d}', $i, $i, $expires));
+    my $resp = sub (@a) {
         print {$fh} '*' . @a . "\r\n", map { '$' . length($_) . "\r\n$_\r\n" } @a;
+    };
+    for my $db (0, $ENV{BENCH_ATTRS} ? 1 : ()) {
+        $resp->('SELECT', $db);
+        for my $i (1 .. ($N < 250 ? 500 : 2 * $N)) {
+            my $attrs = $db ? sprintf(',"attrs":{"role":"admin","tenant_id":"%d"}', $i % 1000) : '';
+            $resp->('SET', sprintf('session:bench%027d', $i),
+                    sprintf('{"user_id":"%08x-7d1e-4c2a-9f00-%012d","expires_at":%d%s}', $i, $i, $expires, $attrs));
+        }
     }
     close $fh;
     system("redis-cli -h 127.0.0.1 -p $redis->{port} --pipe < $file >/dev/null") == 0
@@ -45,7 +53,7 @@ my $expires = time + 86400;
 my %by_caller;    # path => run (1: N, 2: 2N) => calling function => calls
 my $N2;
 
-sub total ($path, $n) {
+sub total ($path, $n, $db = 0) {
     $N2 = $n > $N;
     my $nginx = new_nginx(workers => 1);
     my $out = "$nginx->{dir}/callgrind.out";
@@ -59,7 +67,7 @@ sub total ($path, $n) {
     $nginx->write_html("$_/index.html", "ok\n") for qw(static app);
     # root: the worker writes its callgrind file into the root-owned dir
     $nginx->start(workers => 1, main => "user root;", http => <<~"NGX");
-        session_cache_redis ${\ $redis->url } pool=10 timeout=5s;
+        session_cache_redis ${\ $redis->url(db => $db) } pool=10 timeout=5s;
         server {
             listen 127.0.0.1:%%PORT%%;
             access_log off;
@@ -126,9 +134,9 @@ sub run ($nginx, $path, $n) {
 
 # The difference between N and 2N requests: start-up, warm-up and
 # shutdown cancel out.
-sub per_request ($name, $path) {
-    my ($ir2, $alloc2) = total($path, 2 * $N);
-    my ($ir1, $alloc1) = total($path, $N);
+sub per_request ($name, $path, $db = 0) {
+    my ($ir2, $alloc2) = total($path, 2 * $N, $db);
+    my ($ir1, $alloc1) = total($path, $N, $db);
     my ($ir, $allocs) = (($ir2 - $ir1) / $N, ($alloc2 - $alloc1) / $N);
     printf "%-30s %8.0f instructions, %6.3f allocations per request\n",
         $name, $ir, $allocs;
@@ -149,6 +157,11 @@ my ($a, $a_allocs) = per_request('static file, no check', '/static/index.html');
 my ($b, $b_allocs) = per_request('module, session cached', '/app/index.html');
 printf "%-30s %8.0f instructions, %6.3f allocations per request\n",
     'the check costs', $b - $a, $b_allocs - $a_allocs;
+if ($ENV{BENCH_ATTRS}) {
+    my ($c, $c_allocs) = per_request('cached, with 2 attributes', '/app/index.html', 1);
+    printf "%-30s %8.0f instructions, %6.3f allocations per request (%+.1f%% of the hit)\n",
+        'the 2 attributes cost', $c - $b, $c_allocs - $b_allocs, 100 * ($c - $b) / $b;
+}
 if ($ENV{BENCH_ALLOC_CALLERS}) {
     print "allocations, 2N run minus N run, by calling function:\n";
     for my $path ('/static/index.html', '/app/index.html') {

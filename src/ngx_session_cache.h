@@ -83,9 +83,17 @@ typedef struct {
 } ngx_http_session_cache_main_conf_t;
 
 
+/* auth_session_require: one NAME=VALUE[,VALUE...] */
+typedef struct {
+    ngx_str_t                   name;            /* "user_id" or attr */
+    ngx_array_t                 values;          /* complex values */
+} ngx_http_session_cache_require_t;
+
+
 typedef struct {
     ngx_http_complex_value_t   *token;           /* NULL: off */
     ngx_uint_t                  fail;
+    ngx_array_t                *require;         /* NULL: off */
 
     /* session_cache_health */
     ngx_flag_t                  health;          /* this location serves it */
@@ -94,11 +102,18 @@ typedef struct {
 } ngx_http_session_cache_loc_conf_t;
 
 
+/* at most this many attributes per session (SPEC §12) */
+#define NGX_HTTP_SESSION_CACHE_MAX_ATTRS  16
+
+
 /* what the variables show; filled by the check, read by the C side */
 typedef struct {
     ngx_str_t                   status;
     ngx_str_t                   user_id;
     ngx_str_t                   expires_at;
+    ngx_uint_t                  nattrs;
+    ngx_str_t                   attr_name[NGX_HTTP_SESSION_CACHE_MAX_ATTRS];
+    ngx_str_t                   attr_value[NGX_HTTP_SESSION_CACHE_MAX_ATTRS];
 } ngx_http_session_cache_result_t;
 
 

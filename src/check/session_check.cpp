@@ -153,33 +153,70 @@ static Ctx *get_ctx(ngx_http_request_t *r)
     return nullptr;
 }
 
+static_assert(kMaxAttrs == NGX_HTTP_SESSION_CACHE_MAX_ATTRS,
+              "one bound on attributes");
+
+/* A valid session: its user id and attributes copied into the request's
+ * pool, in one allocation, for the variables. */
 static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status,
                        std::string_view user_id, bool has_expiry,
-                       std::int64_t expires_at)
+                       std::int64_t expires_at, const AttrView *attrs,
+                       std::size_t nattrs)
 {
-    ngx_http_request_t *r = ctx->r;
+    ngx_http_request_t              *r = ctx->r;
+    ngx_http_session_cache_result_t &res = ctx->result;
 
-    ctx->result.status = status;
+    res.status = status;
     count(counter_of(status));
 
-    u_char *p = static_cast<u_char *>(ngx_pnalloc(r->pool, user_id.size()));
+    std::size_t size = user_id.size();
+    for (std::size_t i = 0; i < nattrs; i++) {
+        size += attrs[i].name.size() + attrs[i].value.size();
+    }
+
+    u_char *p = static_cast<u_char *>(ngx_pnalloc(r->pool, size));
     if (p == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    ngx_memcpy(p, user_id.data(), user_id.size());
-    ctx->result.user_id.data = p;
-    ctx->result.user_id.len = user_id.size();
+
+    auto put = [&p](ngx_str_t *to, std::string_view from) {
+        to->data = p;
+        to->len = from.size();
+        p = ngx_cpymem(p, from.data(), from.size());
+    };
+
+    put(&res.user_id, user_id);
+
+    for (std::size_t i = 0; i < nattrs; i++) {
+        put(&res.attr_name[i], attrs[i].name);
+        put(&res.attr_value[i], attrs[i].value);
+    }
+    res.nattrs = nattrs;
 
     if (has_expiry) {
         p = static_cast<u_char *>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
         if (p == nullptr) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-        ctx->result.expires_at.data = p;
-        ctx->result.expires_at.len = ngx_sprintf(p, "%L", expires_at) - p;
+        res.expires_at.data = p;
+        res.expires_at.len = ngx_sprintf(p, "%L", expires_at) - p;
     }
 
     return NGX_OK;
+}
+
+/* The same for a session held in full (a cache fill on its way). */
+static ngx_int_t allow(Ctx *ctx, const ngx_str_t &status, const Session &s)
+{
+    AttrView    attrs[kMaxAttrs];
+    std::size_t n = s.attrs.size() < kMaxAttrs ? s.attrs.size() : kMaxAttrs;
+
+    for (std::size_t i = 0; i < n; i++) {
+        attrs[i].name = s.attrs[i].name;
+        attrs[i].value = s.attrs[i].value;
+    }
+
+    return allow(ctx, status, s.user_id, s.has_expiry, s.expires_at, attrs, n);
 }
 
 static ngx_int_t deny(Ctx *ctx, const ngx_str_t &status)
@@ -418,7 +455,7 @@ static ngx_int_t ask_postgres(Ctx *ctx)
             return deny(ctx, status);
         }
 
-        return allow(ctx, status, f->user_id, f->has_expiry, f->expires_at);
+        return allow(ctx, status, *f);
     }
 
     const char *error = nullptr;
@@ -470,18 +507,21 @@ static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
         return ask_postgres(ctx);
     }
 
-    /* nothing allocated: the user id goes from the reply to user_id, and
-     * allow() copies it once into the request's pool */
+    /* nothing allocated: the user id and the attributes go from the reply
+     * to these buffers, and allow() copies them once into the request's
+     * pool */
     SessionView s;
     char        user_id[kMaxUserIdLength];
+    char        attrs[kAttrBufferSize];
 
     switch (decode_session(std::string_view(reply->str, reply->len), ngx_time(),
-                           &s, user_id))
+                           &s, user_id, attrs))
     {
     case Decoded::Valid:
         trace_redis(ctx, "session");
         ctx->layer = Layer::Redis;
-        return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
+        return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at, s.attrs,
+                     s.nattrs);
 
     case Decoded::Negative:
         trace_redis(ctx, "negative entry");
@@ -551,12 +591,31 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
         return deny(ctx, status);
     }
 
+    /* a value that may never reach a header: the column is named, the
+     * value and the token are not */
+    for (std::size_t i = 0; i < row->nattrs; i++) {
+        if (!attr_value_acceptable(row->attrs[i].value)) {
+            trace_postgres(ctx, "a row with an unacceptable attribute");
+            ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
+                          "session_cache: postgres returned a value for "
+                          "the attribute column \"%*s\" that is too long "
+                          "or holds control characters",
+                          row->attrs[i].name.size(), row->attrs[i].name.data());
+            return deny(ctx, status);
+        }
+    }
+
     trace_postgres(ctx, "a row");
 
     Session s;
     s.user_id.assign(row->user_id.data(), row->user_id.size());
     s.has_expiry = row->has_expiry;
     s.expires_at = row->expires_at;
+    s.attrs.resize(row->nattrs);
+    for (std::size_t i = 0; i < row->nattrs; i++) {
+        s.attrs[i].name.assign(row->attrs[i].name);
+        s.attrs[i].value.assign(row->attrs[i].value);
+    }
 
     std::string value;
     if (encode_session(s, &value)) {
@@ -564,7 +623,7 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
                     &s);
     }
 
-    return allow(ctx, status, row->user_id, row->has_expiry, row->expires_at);
+    return allow(ctx, status, s);
 }
 
 /* The outcome is known: keep it for the handler's next call. */
@@ -749,6 +808,84 @@ static ngx_int_t start(ngx_http_request_t                       *r,
     return rc;
 }
 
+/* A rule's value: an empty one (an attribute not there, a variable that
+ * evaluates to nothing) never matches. */
+static bool rule_met(ngx_http_request_t                     *r,
+                     const ngx_http_session_cache_require_t *rule,
+                     const ngx_str_t &have, ngx_int_t *rc)
+{
+    if (have.len == 0) {
+        return false;
+    }
+
+    auto *cv = static_cast<ngx_http_complex_value_t *>(rule->values.elts);
+
+    for (ngx_uint_t i = 0; i < rule->values.nelts; i++) {
+        ngx_str_t want;
+
+        if (ngx_http_complex_value(r, &cv[i], &want) != NGX_OK) {
+            *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return false;
+        }
+
+        if (want.len == have.len
+            && ngx_memcmp(want.data, have.data, have.len) == 0) {
+            return true;
+        }
+    }
+
+    return false;
+}
+
+/*
+ * auth_session_require, after the check let the request through: every
+ * rule must be met, else 403. Without a session (auth_session_fail open)
+ * no rule is met.
+ */
+static ngx_int_t require(ngx_http_request_t *r, const Ctx *ctx,
+                         const ngx_http_session_cache_loc_conf_t *slcf)
+{
+    static const ngx_str_t kEmpty = ngx_null_string;
+
+    const ngx_http_session_cache_result_t &res = ctx->result;
+    auto                                  *rule =
+        static_cast<ngx_http_session_cache_require_t *>(slcf->require->elts);
+
+    for (ngx_uint_t i = 0; i < slcf->require->nelts; i++) {
+        const ngx_str_t *have = &kEmpty;
+
+        if (view(rule[i].name) == "user_id") {
+            have = &res.user_id;
+        } else {
+            for (ngx_uint_t a = 0; a < res.nattrs; a++) {
+                if (view(res.attr_name[a]) == view(rule[i].name)) {
+                    have = &res.attr_value[a];
+                    break;
+                }
+            }
+        }
+
+        ngx_int_t rc = NGX_OK;
+
+        if (!rule_met(r, &rule[i], *have, &rc)) {
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "session_cache: access forbidden by "
+                          "auth_session_require: %V",
+                          &rule[i].name);
+            return NGX_HTTP_FORBIDDEN;
+        }
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "session_cache: auth_session_require met");
+
+    return NGX_OK;
+}
+
 } // namespace session_cache
 
 extern "C" ngx_int_t
@@ -759,13 +896,22 @@ ngx_http_session_cache_check(ngx_http_request_t                 *r,
     using namespace session_cache;
 
     try {
-        Ctx *ctx = get_ctx(r);
+        Ctx      *ctx = get_ctx(r);
+        ngx_int_t rc;
 
         if (ctx != nullptr) {
-            return ctx->done ? ctx->rc : NGX_AGAIN;
+            rc = ctx->done ? ctx->rc : NGX_AGAIN;
+        } else {
+            rc = start(r, smcf, slcf);
+            ctx = get_ctx(r);
         }
 
-        return start(r, smcf, slcf);
+        /* the location's rules, after any internal redirect too */
+        if (rc == NGX_OK && slcf->require != nullptr && ctx != nullptr) {
+            rc = require(r, ctx, slcf);
+        }
+
+        return rc;
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0, "session_cache: %s",

@@ -9,6 +9,7 @@
 #include "integer.h"
 
 #include <charconv>
+#include <cstring>
 #include <new>
 
 namespace session_cache {
@@ -23,6 +24,41 @@ constexpr int kMaxDepth = 16;
 
 static_assert(kMaxUserIdLength == 256, "SPEC: user ids of 1..256 bytes");
 
+/* The bytes a JSON string holds as they are: printable ASCII but " and \.
+ * One load per byte in the reader's inner loop. */
+struct PlainTable {
+    bool plain[256];
+
+    constexpr PlainTable() : plain()
+    {
+        for (int c = 0x20; c < 0x7f; c++) {
+            plain[c] = c != '"' && c != '\\';
+        }
+    }
+
+    constexpr bool operator[](unsigned char c) const { return plain[c]; }
+};
+
+constexpr PlainTable kPlain;
+
+/* [a-z0-9_]: one load per byte of an attribute name */
+struct NameTable {
+    bool ok[256];
+
+    constexpr NameTable() : ok()
+    {
+        for (int c = 'a'; c <= 'z'; c++) {
+            ok[c] = true;
+        }
+        for (int c = '0'; c <= '9'; c++) {
+            ok[c] = true;
+        }
+        ok['_'] = true;
+    }
+};
+
+constexpr NameTable kName;
+
 
 /*
  * Where a string is unescaped to: a buffer of fixed size, so that decoding
@@ -36,6 +72,12 @@ public:
 
     void push_back(char c)
     {
+        auto u = static_cast<unsigned char>(c);
+
+        if (u < 0x20 || u == 0x7f) {
+            control_ = true;
+        }
+
         if (len_ < size_) {
             buf_[len_++] = c;
         } else {
@@ -49,18 +91,23 @@ public:
             n = size_ - len_;
             full_ = true;
         }
-        for (std::size_t i = 0; i < n; i++) {
-            buf_[len_++] = p[i];
-        }
+        std::memcpy(buf_ + len_, p, n);
+        len_ += n;
     }
 
     void clear()
     {
         len_ = 0;
         full_ = false;
+        control_ = false;
     }
 
-    bool             full() const { return full_; }
+    bool full() const { return full_; }
+
+    /* A control character was unescaped into it (a raw one never gets
+     * this far: see Reader::string and kPlain), so that the acceptable
+     * checks need not look at every byte again. */
+    bool             control() const { return control_; }
     std::string_view view() const { return std::string_view(buf_, len_); }
 
 private:
@@ -68,6 +115,7 @@ private:
     std::size_t size_;
     std::size_t len_ = 0;
     bool        full_ = false;
+    bool        control_ = false;
 };
 
 
@@ -101,6 +149,16 @@ public:
 
     /* A JSON string, unescaped into *out (appended) unless out is null. */
     bool string(Sink *out);
+
+    /* An attribute name: a JSON string of [a-z0-9_] written without
+     * escapes (a plain identifier never needs one); *out points into the
+     * value read. */
+    bool name(std::string_view *out);
+
+    /* An attribute value, acceptable (attr_value_acceptable()): in place
+     * when it holds no escape, the usual case, else unescaped into
+     * *sink; *out points to one or the other. */
+    bool attr_value(Sink *sink, std::string_view *out);
 
     /* Any JSON value found inside a container at depth `depth`. */
     bool value(int depth);
@@ -245,11 +303,13 @@ bool Reader::string(Sink *out)
     for (;;) {
         /* a run of plain ASCII, the usual case: appended in one go */
         const unsigned char *run = p_;
+        const unsigned char *p = p_;
 
-        while (p_ < end_ && *p_ >= 0x20 && *p_ < 0x80 && *p_ != '"'
-               && *p_ != '\\') {
-            p_++;
+        while (p < end_ && kPlain[*p]) {
+            p++;
         }
+
+        p_ = p;
 
         if (out && p_ > run) {
             out->append(reinterpret_cast<const char *>(run), p_ - run);
@@ -352,6 +412,64 @@ bool Reader::string(Sink *out)
 
         put_utf8(cp, out);
     }
+}
+
+
+bool Reader::name(std::string_view *out)
+{
+    if (!eat('"')) {
+        return false;
+    }
+
+    const unsigned char *start = p_;
+    const unsigned char *p = p_;
+
+    while (p < end_ && kName.ok[*p]) {
+        p++;
+    }
+
+    if (p == end_ || *p != '"') {
+        return false;
+    }
+
+    *out = std::string_view(reinterpret_cast<const char *>(start), p - start);
+    p_ = p + 1;
+    return true;
+}
+
+
+bool Reader::attr_value(Sink *sink, std::string_view *out)
+{
+    const unsigned char *open = p_;
+
+    if (!eat('"')) {
+        return false;
+    }
+
+    const unsigned char *p = p_;
+
+    while (p < end_ && kPlain[*p]) {
+        p++;
+    }
+
+    if (p < end_ && *p == '"') {
+        /* no escape, no control character (kPlain has none) */
+        if (static_cast<std::size_t>(p - p_) > kMaxAttrValueLength) {
+            return false;
+        }
+        *out = std::string_view(reinterpret_cast<const char *>(p_), p - p_);
+        p_ = p + 1;
+        return true;
+    }
+
+    p_ = open;
+
+    if (!string(sink) || sink->full() || sink->control()) {
+        return false;
+    }
+
+    *out = sink->view();
+    return true;
 }
 
 
@@ -488,8 +606,83 @@ bool Reader::value(int depth)
 }
 
 
+/*
+ * The members of "attrs" after its '{'. Names, and values without
+ * escapes, stay where they are in the value read; a value with escapes is
+ * unescaped into its slot of kMaxAttrValueLength bytes in buf.
+ */
+bool read_attrs(Reader &r, SessionView *s, char *buf)
+{
+    r.skip_ws();
+
+    if (r.eat('}')) {
+        return true;
+    }
+
+    for (;;) {
+        std::size_t i = s->nattrs;
+
+        if (i == kMaxAttrs) {
+            return false;
+        }
+
+        std::string_view name;
+
+        /* attr_name_acceptable(), the scan having done the rest */
+        if (!r.name(&name) || name.empty() || name.size() > kMaxAttrNameLength
+            || (name[0] >= '0' && name[0] <= '9') || name == "user_id")
+        {
+            return false;
+        }
+
+        for (std::size_t j = 0; j < i; j++) {
+            if (s->attrs[j].name == name) {
+                return false; /* a duplicate */
+            }
+        }
+
+        r.skip_ws();
+        if (!r.eat(':')) {
+            return false;
+        }
+        r.skip_ws();
+
+        if (r.peek() == 'n') {
+            /* null: as if it were not there */
+            if (!r.value(2)) {
+                return false;
+            }
+
+        } else {
+            Sink sink(buf + i * kMaxAttrValueLength, kMaxAttrValueLength);
+            std::string_view value;
+
+            if (!r.attr_value(&sink, &value)) {
+                return false;
+            }
+
+            s->attrs[i].name = name;
+            s->attrs[i].value = value;
+            s->nattrs++;
+        }
+
+        r.skip_ws();
+
+        if (r.eat('}')) {
+            return true;
+        }
+
+        if (!r.eat(',')) {
+            return false;
+        }
+
+        r.skip_ws();
+    }
+}
+
+
 Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
-               char *user_id)
+               char *user_id, char *attrs)
 {
     if (value == std::string_view(kNegativeMarker)) {
         return Decoded::Negative;
@@ -498,6 +691,7 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
     Reader      r(value);
     SessionView s;
     bool        have_user_id = false;
+    bool        have_attrs = false;
     char        key_buf[16];
     Sink        key(key_buf, sizeof(key_buf));
     Sink        id(user_id, kMaxUserIdLength);
@@ -536,6 +730,12 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
                 }
                 s.has_expiry = true;
 
+            } else if (!key.full() && key.view() == "attrs") {
+                if (have_attrs || !r.eat('{') || !read_attrs(r, &s, attrs)) {
+                    return Decoded::Malformed;
+                }
+                have_attrs = true;
+
             } else if (!r.value(1)) {
                 return Decoded::Malformed;
             }
@@ -562,7 +762,8 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
 
     s.user_id = id.view();
 
-    if (!have_user_id || !user_id_acceptable(s.user_id)) {
+    /* user_id_acceptable(), without reading the id again */
+    if (!have_user_id || s.user_id.empty() || id.control()) {
         return Decoded::Malformed;
     }
 
@@ -570,7 +771,14 @@ Decoded decode(std::string_view value, std::int64_t now, SessionView *out,
                                                            : Decoded::Valid;
 
     if (out) {
-        *out = s;
+        /* the attributes in use only: the hit path copies no more */
+        out->user_id = s.user_id;
+        out->has_expiry = s.has_expiry;
+        out->expires_at = s.expires_at;
+        out->nattrs = s.nattrs;
+        for (std::size_t i = 0; i < s.nattrs; i++) {
+            out->attrs[i] = s.attrs[i];
+        }
     }
 
     return result;
@@ -586,9 +794,9 @@ std::string_view negative_marker() noexcept
 
 
 Decoded decode_session(std::string_view value, std::int64_t now,
-                       SessionView *out, char *user_id) noexcept
+                       SessionView *out, char *user_id, char *attrs) noexcept
 {
-    return decode(value, now, out, user_id);
+    return decode(value, now, out, user_id, attrs);
 }
 
 
@@ -596,12 +804,18 @@ Decoded decode_session(std::string_view value, std::int64_t now,
                        Session *out) noexcept
 {
     char        user_id[kMaxUserIdLength];
+    char        attrs[kAttrBufferSize];
     SessionView s;
-    Decoded     d = decode(value, now, &s, user_id);
+    Decoded     d = decode(value, now, &s, user_id, attrs);
 
     if (out && (d == Decoded::Valid || d == Decoded::Expired)) {
         try {
             out->user_id.assign(s.user_id.data(), s.user_id.size());
+            out->attrs.resize(s.nattrs);
+            for (std::size_t i = 0; i < s.nattrs; i++) {
+                out->attrs[i].name.assign(s.attrs[i].name);
+                out->attrs[i].value.assign(s.attrs[i].value);
+            }
         } catch (...) {
             /* only std::bad_alloc can get here; the caller treats
              * Malformed as a cache miss and asks Postgres, which is the
@@ -616,36 +830,54 @@ Decoded decode_session(std::string_view value, std::int64_t now,
 }
 
 
-bool encode_session(const Session &s, std::string *out) noexcept
+namespace {
+
+/* A JSON string: ", \\ and control characters escaped. */
+void put_string(std::string &v, std::string_view str)
 {
     static const char hex[] = "0123456789abcdef";
 
+    v.push_back('"');
+
+    for (char ch : str) {
+        auto c = static_cast<unsigned char>(ch);
+
+        if (c == '"' || c == '\\') {
+            v.push_back('\\');
+            v.push_back(ch);
+
+        } else if (c < 0x20 || c == 0x7f) {
+            v += "\\u00";
+            v.push_back(hex[c >> 4]);
+            v.push_back(hex[c & 0xf]);
+
+        } else {
+            v.push_back(ch);
+        }
+    }
+
+    v.push_back('"');
+}
+
+} // namespace
+
+
+bool encode_session(const Session &s, std::string *out) noexcept
+{
     try {
         std::string v;
+        std::size_t size = sizeof("{\"user_id\":\"\",\"expires_at\":,"
+                                  "\"attrs\":{}}")
+                           + 20 + s.user_id.size();
 
-        v.reserve(sizeof("{\"user_id\":\"\",\"expires_at\":}") + 20
-                  + s.user_id.size());
-
-        v += "{\"user_id\":\"";
-
-        for (char ch : s.user_id) {
-            auto c = static_cast<unsigned char>(ch);
-
-            if (c == '"' || c == '\\') {
-                v.push_back('\\');
-                v.push_back(ch);
-
-            } else if (c < 0x20 || c == 0x7f) {
-                v += "\\u00";
-                v.push_back(hex[c >> 4]);
-                v.push_back(hex[c & 0xf]);
-
-            } else {
-                v.push_back(ch);
-            }
+        for (const Attr &a : s.attrs) {
+            size += a.name.size() + a.value.size() + 6;
         }
 
-        v.push_back('"');
+        v.reserve(size);
+
+        v += "{\"user_id\":";
+        put_string(v, s.user_id);
 
         if (s.has_expiry) {
             char buf[24];
@@ -653,6 +885,21 @@ bool encode_session(const Session &s, std::string *out) noexcept
 
             v += ",\"expires_at\":";
             v.append(buf, res.ptr);
+        }
+
+        if (!s.attrs.empty()) {
+            v += ",\"attrs\":{";
+
+            for (std::size_t i = 0; i < s.attrs.size(); i++) {
+                if (i > 0) {
+                    v.push_back(',');
+                }
+                put_string(v, s.attrs[i].name);
+                v.push_back(':');
+                put_string(v, s.attrs[i].value);
+            }
+
+            v.push_back('}');
         }
 
         v.push_back('}');
@@ -663,24 +910,6 @@ bool encode_session(const Session &s, std::string *out) noexcept
     } catch (...) {
         return false;
     }
-}
-
-
-bool user_id_acceptable(std::string_view id) noexcept
-{
-    if (id.empty() || id.size() > kMaxUserIdLength) {
-        return false;
-    }
-
-    for (char ch : id) {
-        auto c = static_cast<unsigned char>(ch);
-
-        if (c < 0x20 || c == 0x7f) {
-            return false;
-        }
-    }
-
-    return true;
 }
 
 

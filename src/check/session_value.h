@@ -1,31 +1,50 @@
 /*
- * The cached session value (SPEC §3): the JSON object
- *   {"user_id":"<id>","expires_at":<unix seconds>}
- * stored under prefix+token, and the negative entry that marks an unknown
- * token. Pure logic: no nginx types.
+ * The cached session value (SPEC §3, §12): the JSON object
+ *   {"user_id":"<id>","expires_at":<unix seconds>,"attrs":{"role":"admin"}}
+ * stored under prefix+token ("expires_at" and "attrs" optional), and the
+ * negative entry that marks an unknown token. Pure logic: no nginx types.
  */
 #pragma once
+
+#include "identity.h"
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace session_cache {
 
-struct Session {
-    std::string  user_id;
-    bool         has_expiry = false;
-    std::int64_t expires_at = 0; /* unix seconds, valid if has_expiry */
+
+/* Room for every attribute's value, unescaped: the size of the buffer
+ * decode_session() takes for them. */
+constexpr std::size_t kAttrBufferSize = kMaxAttrs * kMaxAttrValueLength;
+
+struct Attr {
+    std::string name;
+    std::string value;
 };
 
-/* The longest user id accepted (see user_id_acceptable). */
-constexpr std::size_t kMaxUserIdLength = 256;
+struct Session {
+    std::string       user_id;
+    bool              has_expiry = false;
+    std::int64_t      expires_at = 0; /* unix seconds, valid if has_expiry */
+    std::vector<Attr> attrs;          /* SQL NULL: not there */
+};
 
-/* A decoded session whose user id lives in the caller's buffer. */
+struct AttrView {
+    std::string_view name;
+    std::string_view value;
+};
+
+/* A decoded session whose user id and attributes live in the caller's
+ * buffers or in the value decoded (see decode_session()). */
 struct SessionView {
     std::string_view user_id;
     bool             has_expiry = false;
     std::int64_t     expires_at = 0;
+    std::size_t      nattrs = 0;
+    AttrView         attrs[kMaxAttrs];
 };
 
 enum class Decoded {
@@ -47,7 +66,11 @@ std::string_view negative_marker() noexcept;
  * user_id_acceptable() after unescaping; "expires_at", if present, must be
  * an integer (no fraction, no exponent) that fits in int64. Unknown keys
  * are ignored (their values are still validated as JSON, nesting depth is
- * limited to 16). Duplicate "user_id"/"expires_at" keys are Malformed.
+ * limited to 16). Duplicate "user_id"/"expires_at"/"attrs" keys are
+ * Malformed. "attrs", if present, must be an object of at most kMaxAttrs
+ * members, each named by a distinct acceptable name, each a string that
+ * passes attr_value_acceptable() after unescaping, or null (as if it were
+ * not there); anything else there is Malformed.
  * Never throws; never reads past value.end().
  */
 Decoded decode_session(std::string_view value, std::int64_t now,
@@ -56,24 +79,21 @@ Decoded decode_session(std::string_view value, std::int64_t now,
 /*
  * The same, allocating nothing (the cache-hit path): the user id is
  * unescaped into user_id, which has room for kMaxUserIdLength bytes, and
- * out->user_id points into it.
+ * out->user_id points into it. out->attrs point into value itself (names,
+ * and values written without escapes) or into attrs, which has room for
+ * kAttrBufferSize bytes (values with escapes, unescaped): out is good
+ * while both are.
  */
 Decoded decode_session(std::string_view value, std::int64_t now,
-                       SessionView *out, char *user_id) noexcept;
+                       SessionView *out, char *user_id, char *attrs) noexcept;
 
 /*
  * Encode a session as the JSON object above; "expires_at" is omitted when
- * !has_expiry. user_id is escaped as JSON (", \, control characters as
+ * !has_expiry, "attrs" when there are none. Strings are escaped as JSON (", \, control characters as
  * \u00XX). Returns false only on allocation failure.
  */
 bool encode_session(const Session &s, std::string *out) noexcept;
 
-/*
- * A user id is acceptable when it is 1..256 bytes and holds no ASCII control
- * character (0x00..0x1f, 0x7f): it ends up in request headers such as
- * X-User-Id, so CR/LF must never get through. Bytes >= 0x80 are allowed.
- */
-bool user_id_acceptable(std::string_view id) noexcept;
 
 /*
  * Seconds a valid session may stay cached: min(ttl, expires_at - now) when

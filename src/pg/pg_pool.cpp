@@ -3,6 +3,9 @@
 #include "integer.h"
 #include "pg/pg_conninfo.h"
 
+/* the data contract's rule for attribute names, pure */
+#include "identity.h"
+
 #include <sys/stat.h>
 
 #include <cstring>
@@ -15,8 +18,14 @@ static const char kStatement[] = "ngx_session_cache_check";
 
 const char kPgQueryUnprepared[] = "the session query cannot be prepared";
 
+const char kPgAttrsRefused[] = "the session query's attribute columns are "
+                               "refused";
+
+static_assert(kMaxAttrs == NGX_HTTP_SESSION_CACHE_MAX_ATTRS,
+              "one bound on attributes");
+
 struct PgConn : PoolConn {
-    enum State { Connecting, Preparing, Idle, Querying };
+    enum State { Connecting, Preparing, Describing, Idle, Querying };
 
     PgPool           *pool;
     PGconn           *pg = nullptr;
@@ -25,9 +34,10 @@ struct PgConn : PoolConn {
     State             state = Connecting;
     PGresult         *result = nullptr;
     bool              flushing = false;
-    bool              prepared = false; /* kStatement exists on it */
-    bool              alerted = false;  /* its refusal was logged */
-    std::string       query_error;      /* why Postgres refused it */
+    bool              prepared = false;      /* kStatement exists on it */
+    bool              alerted = false;       /* its refusal was logged */
+    std::string       query_error;           /* why Postgres refused it */
+    bool              attrs_refused = false; /* see described() */
     ngx_event_t       connect_timer;
     /* for notice(), which libpq calls with this connection */
     const ngx_http_session_cache_pg_conf_t *conf = nullptr;
@@ -69,6 +79,7 @@ static void enter(PgConn *pc, PgConn::State state, bool probe = false)
     static const char *const actions[] = {
         "connecting to postgres",
         "preparing the session query",
+        "describing the session query",
         nullptr,
         "waiting for the session query's answer",
     };
@@ -482,6 +493,7 @@ void PgPool::drive(PgConn *pc)
         connecting(pc);
         return;
     case PgConn::Preparing:
+    case PgConn::Describing:
     case PgConn::Querying:
         busy(pc);
         return;
@@ -611,6 +623,11 @@ void PgPool::idle(PgConn *pc)
          * query again where Postgres refused it (the schema may have been
          * fixed since) */
         if (pc->prepared) {
+            if (pc->attrs_refused && !job->probe) {
+                finish(job, nullptr, kPgAttrsRefused, true);
+                dispatch();
+                return;
+            }
             send(pc, job);
         } else {
             prepare(pc);
@@ -704,38 +721,139 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
         return;
     }
 
-    enter(pc, PgConn::Idle);
-    pc->prepared = ok;
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
-                   "session_cache: postgres: connection %p: the session "
-                   "query %s",
-                   pc, ok ? "is prepared" : "was refused");
-
     if (ok) {
-        pc->query_error.clear();
+        PQclear(res);
 
-    } else {
-        /* the server's words without the severity: "column ... does not
-         * exist" */
-        const char *why =
-            res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
-        pc->query_error = said(conf_, query_,
-                               why   ? why
-                               : res ? PQresultErrorMessage(res)
-                                     : PQerrorMessage(pc->pg));
-        if (!pc->alerted) {
-            pc->alerted = true;
-            ngx_log_error(NGX_LOG_ALERT, &pc->log, 0,
-                          "session_cache: postgres refused to prepare the "
-                          "session query (session_cache_query), a "
-                          "configuration error: %s; requests that need "
-                          "postgres get 500",
-                          pc->query_error.c_str());
+        /* the names of the attribute columns, before any query runs */
+        if (!PQsendDescribePrepared(pc->pg, kStatement)) {
+            failed(pc, PQerrorMessage(pc->pg));
+            return;
+        }
+
+        enter(pc, PgConn::Describing);
+        pc->flushing = true;
+        busy(pc);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: the session "
+                   "query was refused",
+                   pc);
+
+    /* the server's words without the severity: "column ... does not
+     * exist" */
+    const char *why =
+        res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
+    pc->query_error = said(conf_, query_,
+                           why   ? why
+                           : res ? PQresultErrorMessage(res)
+                                 : PQerrorMessage(pc->pg));
+    if (!pc->alerted) {
+        pc->alerted = true;
+        ngx_log_error(NGX_LOG_ALERT, &pc->log, 0,
+                      "session_cache: postgres refused to prepare the "
+                      "session query (session_cache_query), a "
+                      "configuration error: %s; requests that need "
+                      "postgres get 500",
+                      pc->query_error.c_str());
+    }
+
+    PQclear(res);
+    ready(pc, false);
+}
+
+/* A column name for the error log: a name that is not printable ASCII is
+ * left out. */
+static std::string printable_name(const char *name)
+{
+    std::string out = "\"";
+
+    for (const char *p = name; *p; p++) {
+        if (*p < 0x20 || *p > 0x7e || p - name >= 64) {
+            return "";
+        }
+        out.push_back(*p);
+    }
+
+    return out + "\" ";
+}
+
+/*
+ * The prepared session query's description: columns after the second are
+ * attributes, named by their column names (SPEC §12). A name that is not
+ * a plain lower-case identifier, a name used twice, or more than
+ * kMaxAttrs of them: an error in the log (once per connection) and in the
+ * health document, and every session query on the connection fails with
+ * kPgAttrsRefused, which the check answers as if Postgres had failed.
+ */
+void PgPool::described(PgConn *pc, PGresult *res)
+{
+    if (res == nullptr || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        std::string why =
+            "cannot describe the session query: "
+            + said(conf_, query_,
+                   res ? PQresultErrorMessage(res) : PQerrorMessage(pc->pg));
+        PQclear(res);
+        fail(pc, why.c_str());
+        return;
+    }
+
+    int         n = PQnfields(res);
+    std::string error;
+
+    if (n - 2 > static_cast<int>(kMaxAttrs)) {
+        error = "the session query has " + std::to_string(n - 2)
+                + " attribute columns, at most " + std::to_string(kMaxAttrs);
+    }
+
+    for (int i = 2; i < n && error.empty(); i++) {
+        const char *name = PQfname(res, i);
+
+        if (!attr_name_acceptable(name)) {
+            error = "the name of its column " + std::to_string(i + 1) + " "
+                    + printable_name(name)
+                    + "is not a plain lower-case identifier (an attribute "
+                      "name: [a-z_][a-z0-9_]*, at most 63 bytes, not "
+                      "user_id)";
+        }
+
+        for (int j = 2; j < i && error.empty(); j++) {
+            if (std::strcmp(name, PQfname(res, j)) == 0) {
+                error = "its columns " + std::to_string(j + 1) + " and "
+                        + std::to_string(i + 1) + " have the same name";
+            }
         }
     }
 
     PQclear(res);
+
+    pc->query_error = error;
+    pc->attrs_refused = !error.empty();
+
+    if (pc->attrs_refused && !pc->alerted) {
+        pc->alerted = true;
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
+                      "session_cache: session_cache_query: %s; requests "
+                      "that need postgres are answered as if it had "
+                      "failed",
+                      error.c_str());
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: postgres: connection %p: the session "
+                   "query is prepared, %d attribute columns%s",
+                   pc, n > 2 ? n - 2 : 0, pc->attrs_refused ? ", refused" : "");
+
+    ready(pc, true);
+}
+
+/* The session query's preparation is over (ok: it is prepared): the
+ * call waiting on pc, if any, goes on. */
+void PgPool::ready(PgConn *pc, bool ok)
+{
+    enter(pc, PgConn::Idle);
+    pc->prepared = ok;
 
     PgJob *job = front(pc);
 
@@ -744,12 +862,12 @@ void PgPool::prepared(PgConn *pc, PGresult *res)
         return;
     }
 
-    if (ok || job->probe) {
+    if (job->probe || (ok && !pc->attrs_refused)) {
         send(pc, job);
         return;
     }
 
-    finish(job, nullptr, kPgQueryUnprepared, true);
+    finish(job, nullptr, ok ? kPgAttrsRefused : kPgQueryUnprepared, true);
     dispatch();
 }
 
@@ -760,6 +878,11 @@ void PgPool::completed(PgConn *pc)
 
     if (pc->state == PgConn::Preparing) {
         prepared(pc, res);
+        return;
+    }
+
+    if (pc->state == PgConn::Describing) {
+        described(pc, res);
         return;
     }
 
@@ -821,6 +944,17 @@ void PgPool::completed(PgConn *pc)
             return;
         }
         row.has_expiry = true;
+    }
+
+    /* described() checked the names; the bound again, against the result
+     * itself */
+    for (int i = 2; i < PQnfields(res) && row.nattrs < kMaxAttrs; i++) {
+        if (!PQgetisnull(res, 0, i)) {
+            row.attrs[row.nattrs].name = PQfname(res, i);
+            row.attrs[row.nattrs].value =
+                std::string_view(PQgetvalue(res, 0, i), PQgetlength(res, 0, i));
+            row.nattrs++;
+        }
     }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,

@@ -2,7 +2,8 @@
  * Per-worker pool of non-blocking libpq connections, driven by nginx's
  * event loop (PQconnectStartParams, PQsendQueryPrepared, PQconsumeInput).
  * The session query is prepared once per connection (again before each
- * query where Postgres refused it: see prepared()). One query in flight
+ * query where Postgres refused it: see prepared()), and described, for
+ * the names of its attribute columns (see described()). One query in flight
  * per connection (depth 1); requests beyond the pool wait in a queue until a
  * connection frees or their timeout passes. libpq owns the sockets: the
  * nginx connection around one is released with ngx_free_connection, never
@@ -24,10 +25,18 @@ namespace session_cache {
 
 struct PgConn;
 
+/* An attribute: a column after the second, named by its column name. */
+struct PgAttr {
+    std::string_view name;
+    std::string_view value;
+};
+
 struct PgRow {
     std::string_view user_id; /* a probe: SELECT 1's answer */
     bool             has_expiry;
     std::int64_t     expires_at;
+    std::size_t      nattrs = 0; /* SQL NULLs left out */
+    PgAttr           attrs[NGX_HTTP_SESSION_CACHE_MAX_ATTRS];
     std::string_view server_version; /* a probe: the server's version */
     std::string_view query_error;    /* a probe: why the session query
                                       * cannot be prepared, or empty */
@@ -36,6 +45,11 @@ struct PgRow {
 /* The error a session query gets when Postgres refuses to prepare it: a
  * configuration error, not an outage (compare the address). */
 extern const char kPgQueryUnprepared[];
+
+/* The error a session query gets when its attribute columns are refused
+ * (a name that is not a plain identifier, more than 16): the check
+ * answers as if Postgres had failed. */
+extern const char kPgAttrsRefused[];
 
 /* One query on the pool, as a RedisJob is one command: the session query
  * for token, or the health probe (PoolJob::probe). done(data, row,
@@ -100,6 +114,8 @@ private:
     void prepare(PgConn *pc);
     void send(PgConn *pc, PgJob *job);
     void prepared(PgConn *pc, PGresult *res);
+    void described(PgConn *pc, PGresult *res);
+    void ready(PgConn *pc, bool ok);
     void completed(PgConn *pc);
     void probed(PgConn *pc, PgJob *job, PGresult *res);
     bool want_write(PgConn *pc, bool on);

@@ -76,10 +76,11 @@ classify(const RedisReply &r)
 {
     std::string_view value(r.str, r.len);
     char buf[kMaxUserIdLength];
+    char attrs[kAttrBufferSize];
     SessionView v;
     Session s;
 
-    Decoded a = decode_session(value, 1700000000, &v, buf);
+    Decoded a = decode_session(value, 1700000000, &v, buf, attrs);
     Decoded b = decode_session(value, 1700000000, &s);
 
     if (a != b) {
@@ -88,7 +89,8 @@ classify(const RedisReply &r)
 
     if ((a == Decoded::Valid || a == Decoded::Expired)
         && (v.user_id != s.user_id || v.has_expiry != s.has_expiry
-            || v.expires_at != s.expires_at))
+            || v.expires_at != s.expires_at
+            || v.nattrs != s.attrs.size()))
     {
         abort();
     }

@@ -33,8 +33,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
 
-    if (!user_id_acceptable(s.user_id)) {
+    if (!user_id_acceptable(s.user_id) || s.attrs.size() > kMaxAttrs) {
         abort();
+    }
+
+    for (const Attr &a : s.attrs) {
+        if (!attr_name_acceptable(a.name) || !attr_value_acceptable(a.value)) {
+            abort();
+        }
     }
 
     if (d == Decoded::Expired && !(s.has_expiry && s.expires_at <= now)) {
@@ -57,6 +63,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         || back.expires_at != s.expires_at)
     {
         abort();
+    }
+
+    for (std::size_t i = 0; i < s.attrs.size(); i++) {
+        if (back.attrs[i].name != s.attrs[i].name
+            || back.attrs[i].value != s.attrs[i].value) {
+            abort();
+        }
     }
 
     /* the cache lifetime never exceeds the ttl nor outlives the session */

@@ -1,5 +1,5 @@
 /*
- * The cached session value codec (SPEC §3): strict decoding of whatever
+ * The cached session value codec (SPEC §3, §12): strict decoding of whatever
  * Redis holds, encoding, the negative marker and cache_seconds().
  */
 #include <stdarg.h>
@@ -24,6 +24,13 @@ using session_cache::encode_session;
 using session_cache::negative_marker;
 using session_cache::Session;
 using session_cache::user_id_acceptable;
+using session_cache::attr_name_acceptable;
+using session_cache::attr_value_acceptable;
+using session_cache::Attr;
+using session_cache::SessionView;
+using session_cache::kAttrBufferSize;
+using session_cache::kMaxAttrs;
+using session_cache::kMaxUserIdLength;
 
 namespace {
 
@@ -667,6 +674,168 @@ test_cache_seconds(void **)
     assert_true(cache_seconds(300, s, max) <= 0);
 }
 
+
+/* ---- attributes (SPEC §12) ---- */
+
+void
+test_attrs(void **)
+{
+    Session s;
+
+    assert_int_equal(decode(valid_with("\"attrs\":{\"role\":\"admin\","
+                                       "\"tenant_id\":\"42\"}"), &s),
+                     Decoded::Valid);
+    assert_int_equal(s.attrs.size(), 2);
+    assert_string_equal(s.attrs[0].name.c_str(), "role");
+    assert_string_equal(s.attrs[0].value.c_str(), "admin");
+    assert_string_equal(s.attrs[1].name.c_str(), "tenant_id");
+    assert_string_equal(s.attrs[1].value.c_str(), "42");
+
+    /* none, an empty object, null (as if not there), an empty string */
+    assert_int_equal(decode("{\"user_id\":\"u1\",\"expires_at\":1900000000}",
+                            &s),
+                     Decoded::Valid);
+    assert_int_equal(s.attrs.size(), 0);
+    assert_int_equal(decode(valid_with("\"attrs\":{}"), &s), Decoded::Valid);
+    assert_int_equal(s.attrs.size(), 0);
+    assert_int_equal(decode(valid_with("\"attrs\":{\"a\":null,\"b\":\"\"}"),
+                            &s),
+                     Decoded::Valid);
+    assert_int_equal(s.attrs.size(), 1);
+    assert_string_equal(s.attrs[0].name.c_str(), "b");
+    assert_string_equal(s.attrs[0].value.c_str(), "");
+
+    /* escapes are unescaped; whitespace is fine */
+    assert_int_equal(
+        decode(valid_with("\"attrs\" : { \"e\" : \"a\\u00e9\\\"\" }"), &s),
+        Decoded::Valid);
+    assert_string_equal(s.attrs[0].value.c_str(), "a\xc3\xa9\"");
+
+    /* hostile or malformed: the whole value is unreadable */
+    EXPECT(valid_with("\"attrs\":{\"role\":\"a\\r\\nX-Evil: 1\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"a\\nb\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"a\\u0000b\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"a\\u007fb\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"a\rb\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"" + std::string(256, 'x')
+                      + "\"}"),
+           Valid);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"" + std::string(257, 'x')
+                      + "\"}"),
+           Malformed);
+    EXPECT(valid_with("\"attrs\":{\"role\":\"" + std::string(1 << 20, 'x')
+                      + "\"}"),
+           Malformed);
+    EXPECT(valid_with("\"attrs\":{\"Role\":\"x\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"1a\":\"x\"}"), Malformed);
+    /* a name is written plainly: a plain identifier needs no escape */
+    EXPECT(valid_with("\"attrs\":{\"\\u0072ole\":\"x\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a-b\":\"x\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"\":\"x\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"user_id\":\"x\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"" + std::string(64, 'a') + "\":\"x\"}"),
+           Malformed);
+    EXPECT(valid_with("\"attrs\":{\"" + std::string(63, 'a') + "\":\"x\"}"),
+           Valid);
+    EXPECT(valid_with("\"attrs\":{\"a\":\"x\",\"a\":\"y\"}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a\":42}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a\":true}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a\":[\"x\"]}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a\":{}}"), Malformed);
+    EXPECT(valid_with("\"attrs\":[]"), Malformed);
+    EXPECT(valid_with("\"attrs\":\"role\""), Malformed);
+    EXPECT(valid_with("\"attrs\":null"), Malformed);
+    EXPECT(valid_with("\"attrs\":{},\"attrs\":{}"), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a\":\"x\""), Malformed);
+    EXPECT(valid_with("\"attrs\":{\"a\":\"x\",}"), Malformed);
+
+    /* at most 16 kept; a 17th member is refused unless it is null */
+    std::string many;
+    for (std::size_t i = 0; i < kMaxAttrs; i++) {
+        many += (i ? ",\"a" : "\"a") + std::to_string(i) + "\":\"v\"";
+    }
+    EXPECT(valid_with("\"attrs\":{" + many + "}"), Valid);
+    EXPECT(valid_with("\"attrs\":{" + many + ",\"z\":\"v\"}"), Malformed);
+}
+
+/* The hit path's decoder: names and values in the caller's buffer; 16 of
+ * the longest fit. */
+void
+test_attrs_in_place(void **)
+{
+    std::string obj;
+    for (std::size_t i = 0; i < kMaxAttrs; i++) {
+        std::string name(63, 'a');
+        name[62] = static_cast<char>('a' + i);
+        obj += (i ? "," : "") + ("\"" + name + "\":\"")
+               + std::string(256, static_cast<char>('A' + i)) + "\"";
+    }
+    std::string v = valid_with("\"attrs\":{" + obj + "}");
+
+    char        id[kMaxUserIdLength];
+    char        attrs[kAttrBufferSize];
+    SessionView view;
+
+    assert_int_equal(decode_session(v, kNow, &view, id, attrs), Decoded::Valid);
+    assert_int_equal(view.nattrs, kMaxAttrs);
+    for (std::size_t i = 0; i < kMaxAttrs; i++) {
+        assert_int_equal(view.attrs[i].name.size(), 63);
+        assert_int_equal(view.attrs[i].name[62], 'a' + i);
+        assert_true(view.attrs[i].value
+                    == std::string(256, static_cast<char>('A' + i)));
+    }
+}
+
+void
+test_attrs_round_trip(void **)
+{
+    Session in, back;
+    std::string v;
+
+    in.user_id = "u1";
+    in.attrs = {Attr{"role", "admin"}, Attr{"email", "a\"b\\c@x"},
+                Attr{"empty", ""}};
+
+    assert_true(encode_session(in, &v));
+    assert_string_equal(v.c_str(),
+                        "{\"user_id\":\"u1\",\"attrs\":{\"role\":\"admin\","
+                        "\"email\":\"a\\\"b\\\\c@x\",\"empty\":\"\"}}");
+    assert_int_equal(decode(v, &back), Decoded::Valid);
+    assert_int_equal(back.attrs.size(), 3);
+    for (std::size_t i = 0; i < 3; i++) {
+        assert_true(back.attrs[i].name == in.attrs[i].name);
+        assert_true(back.attrs[i].value == in.attrs[i].value);
+    }
+
+    /* none: no "attrs" member, the value of version 1 */
+    in.attrs.clear();
+    assert_true(encode_session(in, &v));
+    assert_string_equal(v.c_str(), "{\"user_id\":\"u1\"}");
+}
+
+void
+test_attr_acceptable(void **)
+{
+    assert_true(attr_name_acceptable("role"));
+    assert_true(attr_name_acceptable("_x9"));
+    assert_true(attr_name_acceptable("tenant_id"));
+    assert_false(attr_name_acceptable(""));
+    assert_false(attr_name_acceptable("9a"));
+    assert_false(attr_name_acceptable("Role"));
+    assert_false(attr_name_acceptable("a b"));
+    assert_false(attr_name_acceptable("a-b"));
+    assert_false(attr_name_acceptable("user_id"));
+    assert_false(attr_name_acceptable(std::string(64, 'a')));
+
+    assert_true(attr_value_acceptable(""));
+    assert_true(attr_value_acceptable("admin"));
+    assert_true(attr_value_acceptable(std::string(256, 'x')));
+    assert_false(attr_value_acceptable(std::string(257, 'x')));
+    assert_false(attr_value_acceptable("a\r\nb"));
+    assert_false(attr_value_acceptable(std::string("a\0b", 3)));
+    assert_false(attr_value_acceptable("a\x7f"));
+}
+
 }  // namespace
 
 int
@@ -688,6 +857,10 @@ main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_user_id_acceptable),
         cmocka_unit_test(test_cache_seconds),
+        cmocka_unit_test(test_attrs),
+        cmocka_unit_test(test_attrs_in_place),
+        cmocka_unit_test(test_attrs_round_trip),
+        cmocka_unit_test(test_attr_acceptable),
     };
 
     return cmocka_run_group_tests_name("session_value", tests, nullptr,
