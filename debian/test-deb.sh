@@ -17,8 +17,9 @@
 #
 # The machine is left as it was found: the package must not be installed
 # before (the test refuses to run then), it is purged at the end, also on
-# failure, and the system's nginx service is never started or reloaded
-# (policy-rc.d, as build.sh does, for the nginx-reload trigger).
+# failure, the temporary directories nginx -t creates are removed, and the
+# system's nginx service is never started or reloaded (policy-rc.d, as
+# build.sh does, for the nginx-reload trigger).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -63,6 +64,13 @@ for f in "$link" "$link.removed"; do
     absent "$f" || fail "$f exists before the install"
 done
 
+# nginx -t creates the temporary directories the system's configuration
+# names (/var/lib/nginx/body, proxy, ...) when they are missing, as they
+# are until the service first starts: remove those it made (empty; rmdir
+# leaves alone any that is not).
+temp_root=/var/lib/nginx
+temp_before=$(printf '%s\n' "$temp_root"/*)
+
 policy_created=
 cleanup() {
     local rc=$?
@@ -72,6 +80,11 @@ cleanup() {
         $sudo dpkg --purge "$pkg" >/dev/null
     fi
     [ -z "$policy_created" ] || $sudo rm -f /usr/sbin/policy-rc.d
+    local d
+    for d in "$temp_root"/*; do
+        [ -d "$d" ] || continue
+        grep -qxF "$d" <<<"$temp_before" || $sudo rmdir "$d"
+    done
     [ "$rc" -eq 0 ] && say PASS
     exit "$rc"
 }
