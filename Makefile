@@ -1,5 +1,6 @@
 # ngx_session_cache: make build | test | unit | demo | bench | clean
 #                    | test-asan | fuzz | test-valgrind | test-rules
+#                    | deb | test-deb
 # Every target installs the Debian packages it needs (through build.sh).
 
 PROVE ?= prove
@@ -18,7 +19,7 @@ ASAN_ENV = SESSION_CACHE_MODULE=$(ASAN_DIR)/ngx_http_session_cache_module.so \
 FUZZ_TIME ?= 30
 
 .PHONY: all build deps test unit integration demo bench clean \
-        build-asan test-asan fuzz test-valgrind test-rules
+        build-asan test-asan fuzz test-valgrind test-rules deb test-deb
 
 all: build
 
@@ -43,6 +44,7 @@ test: build
 	$(MAKE) -C t/fuzz replay
 	$(PROVE) -I t/lib t/
 	$(MAKE) test-asan
+	$(MAKE) test-deb
 
 build-asan: deps
 	BUILD_DIR=$(ASAN_DIR) SESSION_CACHE_CFLAGS="$(SAN_FLAGS)" \
@@ -63,6 +65,27 @@ fuzz: deps
 
 test-valgrind: build
 	perl t/valgrind/run.pl
+
+# The Debian package libnginx-mod-http-session-cache (debian/, built with
+# dh-sequence-nginx) into build/deb/: the .deb, its -dbgsym, the native
+# source package and the .changes. dpkg-buildpackage writes next to the
+# sources (obj-*/, debian/<package>/), so it runs in a copy of the tree.
+DEB_DIR = build/deb
+
+deb: deps
+	rm -rf $(DEB_DIR)
+	set -e; \
+	src=$(DEB_DIR)/libnginx-mod-http-session-cache-$$(dpkg-parsechangelog -S Version); \
+	mkdir -p $$src; \
+	tar -cf - --exclude=./build --exclude=./.git --exclude='./t/*/build' . \
+	    | tar -xf - -C $$src; \
+	cd $$src && dpkg-buildpackage -us -uc -jauto
+	@ls -1 $(DEB_DIR)/*.deb
+
+# lintian, dpkg -i, nginx -t, the autopkgtest script, dpkg -r and --purge
+# (debian/test-deb.sh); the machine is left as it was.
+test-deb: deb
+	debian/test-deb.sh
 
 demo: build
 	perl demo/demo.pl

@@ -17,7 +17,8 @@ build=${BUILD_DIR:-$root/build}
 packages=(build-essential nginx nginx-dev libhiredis-dev libpq-dev
           libcmocka-dev libssl-dev libpcre2-dev zlib1g-dev
           redis-server postgresql perl procps openssl prometheus jq
-          clang libclang-rt-14-dev valgrind)  # make fuzz, make test-valgrind
+          clang libclang-rt-14-dev valgrind   # make fuzz, make test-valgrind
+          debhelper dpkg-dev lintian curl)    # make deb, make test-deb
 
 install_missing() {
     local missing=() p
