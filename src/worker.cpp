@@ -1,5 +1,6 @@
 #include "worker.h"
 
+#include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 
 #include <new>
@@ -29,6 +30,7 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
 
     breaker_start(&smcf->breaker);
     metrics_attach(cycle, smcf->metrics_zone);
+    l1::start(smcf);
 
     try {
         if (smcf->redis.backend.configured) {
@@ -66,4 +68,5 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     breaker_stop();
     metrics_detach();
+    l1::stop();
 }

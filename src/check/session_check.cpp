@@ -11,6 +11,11 @@
  *                       -- error --> 503 + Retry-After, or FAIL_OPEN
  *                       -- query refused by Postgres --> 500, always
  *
+ * With session_cache_l1, L1 (shared memory) is asked first while it is
+ * usable: an entry answers HIT or NEGATIVE with no I/O; answers read from
+ * Redis or Postgres fill it (l1/l1_zone.h), subject to the GET race's mark
+ * taken before the GET.
+ *
  * The handler returns NGX_AGAIN while a backend works; the completion
  * callback records the outcome and restarts the phase engine, which calls
  * the handler again to collect it.
@@ -24,6 +29,7 @@
 #include <new>
 #include <string>
 
+#include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 #include "redis/resp.h"
 #include "check/fill_tracker.h"
@@ -47,6 +53,7 @@ struct Ctx {
     RedisJob                                 *redis_job;
     PgWaiter                                 *pg_waiter;
     std::uint64_t                             get_seq; /* 0: no GET */
+    l1::Mark                                  l1_mark; /* before the GET */
     ngx_int_t                                 rc;
     bool                                      done;
     bool                                      redis_failed;
@@ -63,6 +70,11 @@ static const ngx_str_t kBypass = STATUS("BYPASS");
 static const ngx_str_t kRejected = STATUS("REJECTED");
 static const ngx_str_t kFailOpen = STATUS("FAIL_OPEN");
 static const ngx_str_t kError = STATUS("ERROR");
+
+/* $session_cache_layer: which store answered */
+static const ngx_str_t kLayerL1 = STATUS("l1");
+static const ngx_str_t kLayerRedis = STATUS("redis");
+static const ngx_str_t kLayerPostgres = STATUS("postgres");
 
 /* The counter for an outcome: statuses are always the constants above, so
  * their addresses tell them apart without comparing text. */
@@ -376,6 +388,59 @@ static void cache_write(Ctx *ctx, std::string_view value, std::int64_t seconds,
     send_fill(ctx, fill, value, seconds);
 }
 
+/*
+ * L1 first (SPEC §8): NGX_DECLINED when it has no answer, after taking
+ * the mark that decides whether the answer found further on may be stored.
+ */
+static ngx_int_t from_l1(Ctx *ctx)
+{
+    if (!l1::usable()) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_t value;
+
+    switch (l1::lookup(view(ctx->token), ctx->r->pool, &value)) {
+    case l1::Found::Negative:
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: l1 answer: negative entry");
+        ctx->result.layer = kLayerL1;
+        l1::count_answer(true);
+        return deny(ctx, kNegative);
+
+    case l1::Found::Session: {
+        SessionView sv;
+        char        user_id[kMaxUserIdLength];
+
+        if (decode_session(view(value), ngx_time(), &sv, user_id)
+            == Decoded::Valid) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                           "session_cache: l1 answer: session");
+            ctx->result.layer = kLayerL1;
+            l1::count_answer(false);
+            return allow(ctx, kHit, sv.user_id, sv.has_expiry, sv.expires_at);
+        }
+        break;
+    }
+
+    case l1::Found::None:
+        break;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: l1 has no answer");
+    ctx->l1_mark = l1::mark(view(ctx->token));
+    return NGX_DECLINED;
+}
+
+/* An answer from Redis or Postgres into L1, if the mark still holds. */
+static void l1_fill(Ctx *ctx, bool negative, std::string_view value,
+                    bool has_expiry, std::int64_t expires_at)
+{
+    l1::store(view(ctx->token), ctx->l1_mark, negative, value, has_expiry,
+              expires_at);
+}
+
 static void on_postgres(void *data, const PgRow *row, const char *error);
 
 static ngx_int_t ask_postgres(Ctx *ctx)
@@ -387,7 +452,11 @@ static ngx_int_t ask_postgres(Ctx *ctx)
                        "session_cache: no postgres: redis alone decides");
 
         /* Redis alone: it is the source of truth */
-        return ctx->redis_failed ? unavailable(ctx) : deny(ctx, kMiss);
+        if (ctx->redis_failed) {
+            return unavailable(ctx);
+        }
+        ctx->result.layer = kLayerRedis;
+        return deny(ctx, kMiss);
     }
 
     if (const Session *f = fills.lookup(view(ctx->token), ctx->get_seq,
@@ -399,6 +468,8 @@ static ngx_int_t ask_postgres(Ctx *ctx)
                        "session_cache: answer taken from the cache fill "
                        "on its way: %s",
                        f->user_id.empty() ? "no such session" : "session");
+
+        ctx->result.layer = kLayerPostgres;
 
         if (f->user_id.empty()) {
             return deny(ctx, status);
@@ -466,10 +537,15 @@ static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
     {
     case Decoded::Valid:
         trace_redis(ctx, "session");
+        ctx->result.layer = kLayerRedis;
+        l1_fill(ctx, false, std::string_view(reply->str, reply->len),
+                s.has_expiry, s.expires_at);
         return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at);
 
     case Decoded::Negative:
         trace_redis(ctx, "negative entry");
+        ctx->result.layer = kLayerRedis;
+        l1_fill(ctx, true, std::string_view(), false, 0);
         return deny(ctx, kNegative);
 
     case Decoded::Malformed:
@@ -516,8 +592,11 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
 
     const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
+    ctx->result.layer = kLayerPostgres;
+
     if (row == nullptr) {
         trace_postgres(ctx, "no row");
+        l1_fill(ctx, true, std::string_view(), false, 0);
         if (ctx->smcf->negative_ttl > 0) {
             cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl,
                         nullptr);
@@ -544,6 +623,7 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
     if (encode_session(s, &value)) {
         cache_write(ctx, value, cache_seconds(ctx->smcf->ttl, s, ngx_time()),
                     &s);
+        l1_fill(ctx, false, value, s.has_expiry, s.expires_at);
     }
 
     return allow(ctx, status, row->user_id, row->has_expiry, row->expires_at);
@@ -680,6 +760,9 @@ static ngx_int_t start(ngx_http_request_t                       *r,
 
     if (!plausible) {
         rc = deny(ctx, kRejected);
+
+    } else if ((rc = from_l1(ctx)) != NGX_DECLINED) {
+        /* L1 answered */
 
     } else if (RedisPool *redis = redis_pool()) {
         const char *error = nullptr;
