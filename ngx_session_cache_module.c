@@ -881,17 +881,6 @@ ngx_http_session_cache_l1(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_conf_init_msec_value(lc->ttl, NGX_HTTP_SESSION_CACHE_L1_TTL);
     ngx_conf_init_value(lc->tracking, 1);
 
-    if (lc->tracking) {
-        /* never trust entries that nothing invalidates: until the listener
-         * exists, ttl= must be chosen as the revocation bound knowingly */
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%V: tracking=on (the default) is not available "
-                           "in this build; write tracking=off to trust "
-                           "entries for ttl= (the revocation bound)",
-                           &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
     return NGX_CONF_OK;
 }
 
@@ -1109,6 +1098,29 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_value(smcf->l1.enabled, 0);
+
+    if (smcf->l1.enabled && smcf->l1.tracking) {
+        /* never trust entries that nothing invalidates */
+        if (!smcf->redis.backend.configured) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "session_cache_l1: tracking=on (the default) "
+                               "needs session_cache_redis; without Redis "
+                               "write tracking=off (ttl= is then the "
+                               "revocation bound)");
+            return NGX_CONF_ERROR;
+        }
+
+#if (NGX_SSL)
+        if (smcf->redis.ssl) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "session_cache_l1: tracking=on (the default) "
+                               "is not available with rediss:// in this "
+                               "build; write tracking=off (ttl= is then the "
+                               "revocation bound)");
+            return NGX_CONF_ERROR;
+        }
+#endif
+    }
 
     return ngx_http_session_cache_l1_zone(cf, smcf);
 }

@@ -75,6 +75,7 @@ typedef struct {
     size_t                      size;
     ngx_msec_t                  ttl;
     ngx_flag_t                  tracking;        /* NGX_CONF_UNSET: on */
+    ngx_uint_t                  generation;      /* of the listener lease */
     ngx_shm_zone_t             *zone;
     void                       *shared;          /* in the zone */
 } ngx_http_session_cache_l1_conf_t;

@@ -2,6 +2,7 @@
 
 #include "l1/l1_zone.h"
 #include "metrics/metrics.h"
+#include "redis/redis_listener.h"
 
 #include <new>
 
@@ -41,6 +42,8 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
             pg = new PgPool(cycle, &smcf->pg, &smcf->query);
         }
 
+        listener_start(cycle, smcf);
+
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "session_cache: cannot create the pools: %s", e.what());
@@ -55,6 +58,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
     using namespace session_cache;
 
     try {
+        listener_stop();
         delete redis;
         delete pg;
 

@@ -1,6 +1,6 @@
-# session_cache_l1 (SPEC §8), stage 1: the zone in shared memory with
-# tracking=off. The directive's errors (tracking=on is refused in this
-# build); a warm L1 answers without Redis (0 GETs over many requests, two
+# session_cache_l1 (SPEC §8): the zone in shared memory, with
+# tracking=off (t/44-l1-tracking.t has the listener). The directive's
+# errors; a warm L1 answers without Redis (0 GETs over many requests, two
 # workers); answers from Redis and Postgres fill it, negatives too; a full
 # zone evicts and never fails a request; entries survive a reload; ttl is
 # the revocation bound; $session_cache_layer; the health document's "l1"
@@ -36,8 +36,6 @@ sub check ($token) {
 
 {
     my %bad = (
-        'size=32m'                  => qr/session_cache_l1: tracking=on \(the default\) is not available in this build; write tracking=off/,
-        'size=32m tracking=on'      => qr/tracking=on .* not available/,
         'ttl=30s tracking=off'      => qr/session_cache_l1: size= is required/,
         'size=10k tracking=off'     => qr/session_cache_l1: invalid size "10k" \(expected at least 256k\)/,
         'size=1m ttl=0 tracking=off' => qr/session_cache_l1: invalid ttl "0"/,
@@ -48,7 +46,17 @@ sub check ($token) {
         ok($rc != 0 && $out =~ $bad{$args}, "nginx -t refuses session_cache_l1 $args")
             or diag $out;
     }
-    my ($rc, $out) = check_config(http => site('size=1m tracking=off')
+    # tracking=on (the default) needs Redis: nothing else invalidates
+    for my $args ('size=1m', 'size=1m tracking=on') {
+        my ($rc, $out) = check_config(http => protected_site(
+            postgres => $PG, http => "session_cache_l1 $args;"));
+        ok($rc != 0 && $out =~ /session_cache_l1: tracking=on \(the default\) needs session_cache_redis; without Redis write tracking=off/,
+           "nginx -t refuses session_cache_l1 $args without Redis") or diag $out;
+    }
+    my ($rc, $out) = check_config(http => site('size=1m'));
+    is($rc, 0, 'session_cache_l1 size=1m (tracking=on) with Redis is accepted')
+        or diag $out;
+    ($rc, $out) = check_config(http => site('size=1m tracking=off')
                                          . "session_cache_l1 off;\n");
     ok($rc != 0 && $out =~ /"session_cache_l1" directive is duplicate/,
        'nginx -t refuses a second session_cache_l1') or diag $out;

@@ -149,10 +149,15 @@ void l1_report(health::L1Report *l)
         l->flushes[i] = f.flushes[i];
     }
 
+    if (f.tracking && f.listener != 0) {
+        l->listener = f.listener;
+    }
+
     if (!f.configured) {
         l->reason = "session_cache_l1 is off";
     } else if (!l->armed) {
-        l->reason = "the listener is not armed";
+        l->reason = f.reason[0] ? std::string(f.reason)
+                                : std::string("the listener is not armed");
     }
 }
 

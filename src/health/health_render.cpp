@@ -277,6 +277,7 @@ static void l1_json(Object *doc, const L1Report &l)
     }
 
     o.opt_str("reason", l.reason);
+    o.opt_num("listener", l.listener);
     o.close();
 }
 

@@ -67,7 +67,8 @@ struct L1Report {
     std::uint64_t invalidations = 0;
     std::uint64_t evictions = 0;
     std::uint64_t flushes[l1::kFlushReasons] = {};
-    std::optional<std::string> reason; /* why not armed; none while armed */
+    std::optional<std::string>  reason;   /* why not armed; none while armed */
+    std::optional<std::int64_t> listener; /* pid of the listening worker */
 };
 
 struct Report {

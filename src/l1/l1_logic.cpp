@@ -61,4 +61,27 @@ std::uint64_t deadline(const Lifetimes &l, std::uint64_t now_ms, bool negative,
     return d > now_ms ? d : 0;
 }
 
+LeaseAction lease_decide(const Lease &l, std::int64_t me,
+                         std::uint64_t generation, std::uint64_t now) noexcept
+{
+    if (l.owner == me && l.generation == generation) {
+        return LeaseAction::Hold;
+    }
+
+    if (l.owner == 0 || l.generation < generation) {
+        return LeaseAction::Take;
+    }
+
+    if (l.generation > generation) {
+        /* a retired worker never takes it back */
+        return LeaseAction::Wait;
+    }
+
+    if (now > l.heartbeat && now - l.heartbeat >= kHeartbeatTimeout) {
+        return LeaseAction::Take;
+    }
+
+    return LeaseAction::Wait;
+}
+
 } // namespace session_cache::l1

@@ -96,4 +96,40 @@ inline bool usable(bool tracking, bool armed) noexcept
     return !tracking || armed;
 }
 
+/* The listener's heartbeat (SPEC §8): a PING every second; armed only
+ * while the last one was answered within 3 s. The same span ends a lease
+ * whose holder stopped renewing it (a worker killed). Milliseconds of
+ * nginx's monotonic clock, the same in every worker. */
+constexpr std::uint64_t kPingInterval = 1000;
+constexpr std::uint64_t kHeartbeatTimeout = 3000;
+
+/* Armed: the subscription confirmed, and a PONG within the timeout. */
+inline bool armed_now(bool subscribed, std::uint64_t last_pong,
+                      std::uint64_t now) noexcept
+{
+    return subscribed
+           && (now < last_pong || now - last_pong < kHeartbeatTimeout);
+}
+
+/*
+ * The lease that makes one worker per nginx instance the listener: its
+ * owner's pid (0: none), the configuration generation it was started
+ * under (a reload starts a newer one) and when it last renewed it.
+ */
+struct Lease {
+    std::int64_t  owner = 0;
+    std::uint64_t generation = 0;
+    std::uint64_t heartbeat = 0;
+};
+
+enum class LeaseAction {
+    Hold, /* mine: renew it */
+    Take, /* free, abandoned, or held by a retired generation: take it */
+    Wait  /* another live worker of this generation or a newer one has it */
+};
+
+/* What the worker me, started under generation, does with the lease now. */
+LeaseAction lease_decide(const Lease &l, std::int64_t me,
+                         std::uint64_t generation, std::uint64_t now) noexcept;
+
 } // namespace session_cache::l1

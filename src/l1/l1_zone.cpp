@@ -34,8 +34,13 @@ struct Shared {
     std::uint64_t     invalidations;
     std::uint64_t     evictions;
     std::uint64_t     flushes[kFlushReasons];
-    ngx_atomic_t      armed; /* the listener's, with tracking=on */
-    std::uint32_t     race[kRaceBuckets];
+    /* the listener's, with tracking=on */
+    ngx_atomic_t  armed;     /* subscribed */
+    ngx_atomic_t  last_pong; /* ngx_current_msec */
+    Lease         lease;
+    ngx_atomic_t  generations; /* configuration cycles seen */
+    char          reason[160];
+    std::uint32_t race[kRaceBuckets];
 };
 
 /* The longest token is 512 bytes (token.h); the node's length field is
@@ -181,9 +186,14 @@ void stop()
     sh = nullptr;
 }
 
+static bool armed()
+{
+    return armed_now(sh->armed != 0, sh->last_pong, ngx_current_msec);
+}
+
 bool usable()
 {
-    return sh != nullptr && l1::usable(conf->tracking == 1, sh->armed != 0);
+    return sh != nullptr && l1::usable(conf->tracking == 1, armed());
 }
 
 Found lookup(std::string_view token, ngx_pool_t *pool, ngx_str_t *value)
@@ -358,6 +368,117 @@ void flush(FlushReason reason, ngx_log_t *log)
     (void) log;
 }
 
+LeaseAction lease_tick(ngx_pid_t me, ngx_log_t *log)
+{
+    if (sh == nullptr) {
+        return LeaseAction::Wait;
+    }
+
+    std::uint64_t now = ngx_current_msec;
+    std::int64_t  previous;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    LeaseAction a = lease_decide(sh->lease, me, conf->generation, now);
+    previous = sh->lease.owner;
+
+    if (a == LeaseAction::Hold) {
+        sh->lease.heartbeat = now;
+
+    } else if (a == LeaseAction::Take) {
+        sh->lease.owner = me;
+        sh->lease.generation = conf->generation;
+        sh->lease.heartbeat = now;
+        sh->armed = 0;
+
+        /* what the old listener missed, or what was cached before any
+         * listener (a reload from tracking=off): drop everything; counted
+         * as a takeover when another worker held the lease */
+        sh->epoch++;
+        sh->entries = 0;
+
+        if (previous != 0) {
+            sh->flushes[static_cast<std::size_t>(FlushReason::Takeover)]++;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (a == LeaseAction::Take) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "session_cache: l1 listener lease taken%s%L",
+                       previous ? " over from pid " : ", it was free",
+                       previous);
+        if (previous != 0) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                           "session_cache: l1 flushed (%s)",
+                           flush_reason_name(FlushReason::Takeover));
+        }
+    }
+    (void) log;
+
+    return a;
+}
+
+void lease_release(ngx_pid_t me)
+{
+    if (sh == nullptr) {
+        return;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    if (sh->lease.owner == me && sh->lease.generation == conf->generation) {
+        sh->lease.owner = 0;
+        sh->armed = 0;
+    }
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+void set_armed(ngx_pid_t me, bool on)
+{
+    if (sh == nullptr) {
+        return;
+    }
+
+    /* only the lease's holder: a retired listener that has not noticed
+     * yet must not disarm (or arm) its successor's */
+    ngx_shmtx_lock(&shpool->mutex);
+    if (sh->lease.owner == me && sh->lease.generation == conf->generation) {
+        if (on) {
+            sh->last_pong = ngx_current_msec;
+        }
+        sh->armed = on ? 1 : 0;
+    }
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+void pong(ngx_pid_t me)
+{
+    if (sh == nullptr) {
+        return;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    if (sh->lease.owner == me && sh->lease.generation == conf->generation) {
+        sh->last_pong = ngx_current_msec;
+    }
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+void set_reason(std::string_view reason)
+{
+    if (sh == nullptr) {
+        return;
+    }
+
+    std::size_t n = ngx_min(reason.size(), sizeof(sh->reason) - 1);
+
+    ngx_shmtx_lock(&shpool->mutex);
+    ngx_memcpy(sh->reason, reason.data(), n);
+    sh->reason[n] = '\0';
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
 void count_answer(bool negative)
 {
     if (sh == nullptr) {
@@ -383,7 +504,7 @@ Figures figures()
 
     f.configured = true;
     f.tracking = conf->tracking == 1;
-    f.armed = sh->armed != 0;
+    f.armed = armed();
     f.capacity = conf->size;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -396,7 +517,10 @@ Figures figures()
     for (std::size_t i = 0; i < kFlushReasons; i++) {
         f.flushes[i] = sh->flushes[i];
     }
+    ngx_memcpy(f.reason, sh->reason, sizeof(f.reason));
+    f.listener = sh->lease.owner;
     ngx_shmtx_unlock(&shpool->mutex);
+    f.reason[sizeof(f.reason) - 1] = '\0';
 
     return f;
 }
@@ -410,14 +534,14 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
     auto *lc = static_cast<ngx_http_session_cache_l1_conf_t *>(shm_zone->data);
     auto *pool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
 
-    if (old != nullptr) {
+    if (old != nullptr || shm_zone->shm.exists) {
         lc->shared =
-            static_cast<ngx_http_session_cache_l1_conf_t *>(old)->shared;
-        return NGX_OK;
-    }
+            old ? static_cast<ngx_http_session_cache_l1_conf_t *>(old)->shared
+                : pool->data;
 
-    if (shm_zone->shm.exists) {
-        lc->shared = pool->data;
+        /* a new configuration cycle: its workers take the listener over */
+        auto *s = static_cast<Shared *>(lc->shared);
+        lc->generation = ngx_atomic_fetch_add(&s->generations, 1) + 1;
         return NGX_OK;
     }
 
@@ -427,6 +551,8 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
     }
 
     ngx_rbtree_init(&s->rbtree, &s->sentinel, insert_value);
+    s->generations = 1;
+    lc->generation = 1;
     ngx_queue_init(&s->lru);
 
     pool->data = s;

@@ -47,6 +47,23 @@ void flush(FlushReason reason, ngx_log_t *log);
 /* An answer served from L1. */
 void count_answer(bool negative);
 
+/*
+ * The listener's side (tracking=on; src/redis/redis_listener.cpp), all in
+ * the zone so that every worker sees one listener per nginx instance.
+ *
+ * lease_tick(): each worker, every second. Hold: this worker is the
+ * listener (lease renewed). Take: it has just become the listener; when
+ * it took the lease from another worker (failover, reload), L1 has been
+ * flushed (takeover) and disarmed. Wait: another worker is.
+ */
+LeaseAction lease_tick(ngx_pid_t me, ngx_log_t *log);
+void        lease_release(ngx_pid_t me); /* exit, or the lease is lost */
+
+/* Armed (subscribed) or not; a PONG; why L1 is not armed (health). */
+void set_armed(ngx_pid_t me, bool armed); /* only while me holds the lease */
+void pong(ngx_pid_t me);
+void set_reason(std::string_view reason);
+
 /* The health document's figures. */
 struct Figures {
     bool          configured = false;
@@ -60,6 +77,8 @@ struct Figures {
     std::uint64_t invalidations = 0;
     std::uint64_t evictions = 0;
     std::uint64_t flushes[kFlushReasons] = {};
+    char          reason[160] = {}; /* why not armed, "" if none known */
+    std::int64_t  listener = 0;     /* the lease holder's pid, 0: none */
 };
 
 Figures figures();

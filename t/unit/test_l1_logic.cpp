@@ -137,6 +137,52 @@ void usable_only_when_exact(void **)
     assert_true(usable(true, true));
 }
 
+void armed_only_with_a_recent_pong(void **)
+{
+    std::uint64_t t = 5000000;
+
+    assert_false(armed_now(false, t, t));
+    assert_true(armed_now(true, t, t));
+    assert_true(armed_now(true, t, t + kHeartbeatTimeout - 1));
+    assert_false(armed_now(true, t, t + kHeartbeatTimeout));
+    /* a PONG recorded by a worker whose clock read a little later */
+    assert_true(armed_now(true, t + 5, t));
+}
+
+void lease_one_listener(void **)
+{
+    std::uint64_t t = 5000000;
+    Lease         l;
+
+    /* free: the first worker takes it, the second waits */
+    assert_int_equal(lease_decide(l, 100, 1, t), LeaseAction::Take);
+    l.owner = 100;
+    l.generation = 1;
+    l.heartbeat = t;
+    assert_int_equal(lease_decide(l, 100, 1, t + 500), LeaseAction::Hold);
+    assert_int_equal(lease_decide(l, 101, 1, t + 500), LeaseAction::Wait);
+
+    /* the holder stopped renewing (killed): taken over after 3 s */
+    assert_int_equal(lease_decide(l, 101, 1, t + kHeartbeatTimeout - 1),
+                     LeaseAction::Wait);
+    assert_int_equal(lease_decide(l, 101, 1, t + kHeartbeatTimeout),
+                     LeaseAction::Take);
+
+    /* a reload: the new generation takes it at once; the old one, which
+     * finds it taken, never takes it back */
+    assert_int_equal(lease_decide(l, 200, 2, t + 1), LeaseAction::Take);
+    l.owner = 200;
+    l.generation = 2;
+    assert_int_equal(lease_decide(l, 100, 1, t + 1), LeaseAction::Wait);
+    assert_int_equal(lease_decide(l, 100, 1, t + 10 * kHeartbeatTimeout),
+                     LeaseAction::Wait);
+
+    /* a pid reused by a newer generation is not the old holder */
+    l.owner = 300;
+    l.generation = 3;
+    assert_int_equal(lease_decide(l, 300, 2, t + 1), LeaseAction::Wait);
+}
+
 void flush_reason_names(void **)
 {
     const char *names[] = {"flush",    "listener_lost", "heartbeat",
@@ -161,6 +207,8 @@ int main(void)
         cmocka_unit_test(mark_decides_the_store),
         cmocka_unit_test(hash_and_bucket),
         cmocka_unit_test(usable_only_when_exact),
+        cmocka_unit_test(armed_only_with_a_recent_pong),
+        cmocka_unit_test(lease_one_listener),
         cmocka_unit_test(flush_reason_names),
     };
 
