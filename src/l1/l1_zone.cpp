@@ -485,13 +485,9 @@ void count_answer(bool negative)
         return;
     }
 
-    ngx_shmtx_lock(&shpool->mutex);
-    if (negative) {
-        sh->negatives++;
-    } else {
-        sh->hits++;
-    }
-    ngx_shmtx_unlock(&shpool->mutex);
+    /* the hit path: no lock */
+    __atomic_fetch_add(negative ? &sh->negatives : &sh->hits, 1,
+                       __ATOMIC_RELAXED);
 }
 
 Figures figures()
@@ -510,8 +506,8 @@ Figures figures()
     ngx_shmtx_lock(&shpool->mutex);
     f.entries = sh->entries;
     f.used_bytes = sh->used_bytes;
-    f.hits = sh->hits;
-    f.negatives = sh->negatives;
+    f.hits = __atomic_load_n(&sh->hits, __ATOMIC_RELAXED);
+    f.negatives = __atomic_load_n(&sh->negatives, __ATOMIC_RELAXED);
     f.invalidations = sh->invalidations;
     f.evictions = sh->evictions;
     for (std::size_t i = 0; i < kFlushReasons; i++) {
