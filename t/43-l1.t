@@ -53,6 +53,18 @@ sub check ($token) {
         ok($rc != 0 && $out =~ /session_cache_l1: tracking=on \(the default\) needs session_cache_redis; without Redis write tracking=off/,
            "nginx -t refuses session_cache_l1 $args without Redis") or diag $out;
     }
+    # rediss://: the listener has no TLS in this build
+    {
+        my ($rc, $out) = check_config(http => protected_site(
+            redis => 'rediss://127.0.0.1:' . $redis->port . '/0 tls_verify=off',
+            postgres => $PG, http => 'session_cache_l1 size=1m;'));
+        ok($rc != 0 && $out =~ /session_cache_l1: tracking=on \(the default\) is not available with rediss:\/\/ in this build; write tracking=off/,
+           'nginx -t refuses tracking=on with rediss://') or diag $out;
+        ($rc, $out) = check_config(http => protected_site(
+            redis => 'rediss://127.0.0.1:' . $redis->port . '/0 tls_verify=off',
+            postgres => $PG, http => 'session_cache_l1 size=1m tracking=off;'));
+        is($rc, 0, 'tracking=off with rediss:// is accepted') or diag $out;
+    }
     my ($rc, $out) = check_config(http => site('size=1m'));
     is($rc, 0, 'session_cache_l1 size=1m (tracking=on) with Redis is accepted')
         or diag $out;

@@ -641,6 +641,12 @@ void listener_start(ngx_cycle_t                              *cycle,
         return;
     }
 
+    /* workers only: not the cache manager or loader */
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return;
+    }
+
     self = new Listener();
     self->smcf = smcf;
     self->log = cycle->log;
