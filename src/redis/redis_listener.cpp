@@ -59,7 +59,8 @@ struct Listener {
     ngx_msec_t                                ping_sent = 0;
     ngx_msec_t                                started = 0;
     ngx_msec_t                                next_connect = 0;
-    std::string                               refused; /* logged once */
+    ngx_uint_t  failures = 0; /* connections lost since last armed */
+    std::string refused;      /* logged once */
 };
 
 Listener *self;
@@ -129,7 +130,12 @@ void fail(Listener *l, const char *why, l1::FlushReason reason, bool logged)
 
     l1::set_reason(std::string("listener: ") + why);
     close_connection(l);
-    l->next_connect = ngx_current_msec + l1::kPingInterval;
+
+    /* again in 1 s, backing off to 8 s while Redis stays away: a
+     * listener that cannot connect is not worth a log line a second */
+    ngx_msec_t delay = l1::kPingInterval << ngx_min(l->failures, 3);
+    l->failures++;
+    l->next_connect = ngx_current_msec + delay;
 }
 
 /* Redis refused tracking: L1 stays unused; said once at error. */
@@ -241,6 +247,7 @@ void arm(Listener *l)
 
     l1::set_reason("");
     l1::set_armed(ngx_pid, true);
+    l->failures = 0;
     l->refused.clear();
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, l->log, 0,
@@ -420,7 +427,9 @@ bool connected(Listener *l)
     }
 
     if (err != 0) {
-        ngx_log_error(NGX_LOG_ERR, l->log, err,
+        /* said once until the listener is armed again */
+        ngx_uint_t level = l->failures ? NGX_LOG_DEBUG : NGX_LOG_ERR;
+        ngx_log_error(level, l->log, err,
                       "session_cache: l1 listener: connect() to redis failed");
         fail(l, "connect failed", l1::FlushReason::ListenerLost, true);
         return false;
