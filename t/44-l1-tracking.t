@@ -56,7 +56,8 @@ sub until_l1 ($token) {
 my @tokens = map { "tok-trk-$_-c0de" } 1 .. 4;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
 
-my $nginx = start_nginx(workers => 2, http => site($redis->url));
+my $nginx = start_nginx(workers => 2, http => site($redis->url),
+                        main => 'error_log %%TMP%%/debug.log debug;');
 
 ok(armed($nginx), 'tracking=on: the listener arms');
 {
@@ -170,7 +171,12 @@ sub flushes ($reason) { l1($nginx)->{flushes}{$reason} // 0 }
 {
     my $t = $tokens[3];
     like(until_l1($t), qr/^200 HIT l1 /, 'cached in l1');
+    my $start = invalidations();
     $redis->cli('EVAL', "for i=1,10000 do redis.call('SET','session:bulk-'..i,'x') end", 0);
+    # the SETs' own invalidations first (10,000 keys), so that the count
+    # below can only be reached by the UNLINK's
+    ok(wait_until(sub { invalidations() >= $start + 10000 }, 10),
+       '10,000 SETs: their invalidations arrive');
     my $before = invalidations();
     $redis->cli('UNLINK', "session:$t", map { "session:bulk-$_" } 1 .. 10000);
     ok(wait_until(sub { invalidations() >= $before + 10001 }, 10),
@@ -204,6 +210,17 @@ sub flushes ($reason) { l1($nginx)->{flushes}{$reason} // 0 }
         ok(wait_until(sub { listeners() == 1 }, 10), "reload $i: exactly one listener");
     }
     like(until_l1($tokens[1]), qr/^200 HIT l1 /, 'after the reloads: l1 answers');
+}
+
+{
+    my $debug = SessionCache::Test::_slurp($nginx->dir . '/debug.log');
+    for my $line ('l1 listener armed', 'l1 listener disarmed: ',
+                  'l1 flushed (flush)', 'l1 flushed (listener_lost)',
+                  'l1 flushed (heartbeat)', 'l1 flushed (takeover)',
+                  'l1 listener lease taken over from pid ',
+                  'l1 invalidation of 10001 keys') {
+        ok(index($debug, "session_cache: $line") >= 0, "debug log: $line");
+    }
 }
 
 SessionCache::Test::only_alerts($nginx, qr/exited on signal 9/, 'tracking: no alerts but the killed worker');
