@@ -15,6 +15,8 @@
 #define NGX_HTTP_SESSION_CACHE_MAX_POOL  1024
 #define NGX_HTTP_SESSION_CACHE_IDLE_TIMEOUT  60000   /* ms, both backends */
 #define NGX_HTTP_SESSION_CACHE_MAX_BUCKETS  100   /* kBreakerMaxBuckets */
+#define NGX_HTTP_SESSION_CACHE_L1_MIN_SIZE  (256 * 1024)  /* race counters */
+#define NGX_HTTP_SESSION_CACHE_L1_TTL       30000  /* ms */
 
 
 /* the names of time parameters, for ngx_http_session_cache_time_param() */
@@ -26,6 +28,7 @@ static ngx_str_t  ngx_http_session_cache_idle_timeout =
 static ngx_str_t  ngx_http_session_cache_window = ngx_string("window");
 static ngx_str_t  ngx_http_session_cache_cooldown = ngx_string("cooldown");
 static ngx_str_t  ngx_http_session_cache_threshold = ngx_string("threshold");
+static ngx_str_t  ngx_http_session_cache_ttl_name = ngx_string("ttl");
 
 #define NGX_HTTP_SESSION_CACHE_DEFAULT_QUERY                                 \
     "SELECT user_id, extract(epoch FROM expires_at)::bigint"                 \
@@ -56,6 +59,8 @@ static char *ngx_http_session_cache_enum(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_session_cache_breaker(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_l1(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_session_cache_time_param(ngx_conf_t *cf,
     ngx_command_t *cmd, ngx_str_t *value, ngx_str_t *name, ngx_uint_t zero,
     ngx_msec_t *ms);
@@ -156,6 +161,13 @@ static ngx_command_t  ngx_http_session_cache_commands[] = {
       0,
       NULL },
 
+    { ngx_string("session_cache_l1"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_session_cache_l1,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("session_cache_key_prefix"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -208,7 +220,8 @@ ngx_module_t  ngx_http_session_cache_module = {
 enum {
     ngx_http_session_cache_var_user_id = 0,
     ngx_http_session_cache_var_expires_at,
-    ngx_http_session_cache_var_status
+    ngx_http_session_cache_var_status,
+    ngx_http_session_cache_var_layer
 };
 
 
@@ -225,6 +238,10 @@ static ngx_http_variable_t  ngx_http_session_cache_vars[] = {
     { ngx_string("session_cache_status"), NULL,
       ngx_http_session_cache_variable,
       ngx_http_session_cache_var_status, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("session_cache_layer"), NULL,
+      ngx_http_session_cache_variable,
+      ngx_http_session_cache_var_layer, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     /* $session_attr_<name>, as $cookie_<name> */
     { ngx_string("session_attr_"), NULL,
@@ -273,6 +290,9 @@ ngx_http_session_cache_variable(ngx_http_request_t *r,
         break;
     case ngx_http_session_cache_var_expires_at:
         s = &res->expires_at;
+        break;
+    case ngx_http_session_cache_var_layer:
+        s = &res->layer;
         break;
     default:
         s = &res->status;
@@ -984,6 +1004,96 @@ ngx_http_session_cache_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
 
 
 /*
+ * session_cache_l1 off
+ * session_cache_l1 size=SIZE [ttl=T] [tracking=on|off]
+ */
+static char *
+ngx_http_session_cache_l1(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    ssize_t      size;
+    ngx_int_t    rc;
+    ngx_str_t   *value, s;
+    ngx_uint_t   i;
+
+    ngx_http_session_cache_l1_conf_t  *lc = &smcf->l1;
+
+    if (lc->enabled != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        lc->enabled = 0;
+        return NGX_CONF_OK;
+    }
+
+    lc->enabled = 1;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "size=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            size = ngx_parse_size(&s);
+
+            if (size == NGX_ERROR
+                || size < NGX_HTTP_SESSION_CACHE_L1_MIN_SIZE)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid size \"%V\" "
+                                   "(expected at least 256k)",
+                                   &cmd->name, &s);
+                return NGX_CONF_ERROR;
+            }
+
+            lc->size = size;
+            continue;
+        }
+
+        rc = ngx_http_session_cache_time_param(cf, cmd, &value[i],
+                 &ngx_http_session_cache_ttl_name, 0, &lc->ttl);
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+        if (rc == NGX_OK) {
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "tracking=on") == 0) {
+            lc->tracking = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "tracking=off") == 0) {
+            lc->tracking = 0;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: unknown parameter \"%V\"",
+                           &cmd->name, &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (lc->size == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: size= is required (e.g. size=32m)",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(lc->ttl, NGX_HTTP_SESSION_CACHE_L1_TTL);
+    ngx_conf_init_value(lc->tracking, 1);
+
+    return NGX_CONF_OK;
+}
+
+
+/*
  * session_cache_health [threshold=time] [timeout=time]: the location
  * answers the health document. threshold: a probe slower than this makes
  * the status degraded (default 100ms); timeout: the longest a backend's
@@ -1143,6 +1253,10 @@ ngx_http_session_cache_create_main_conf(ngx_conf_t *cf)
     smcf->breaker.cooldown = NGX_CONF_UNSET_MSEC;
     smcf->breaker.min_requests = NGX_CONF_UNSET_UINT;
 
+    smcf->l1.enabled = NGX_CONF_UNSET;
+    smcf->l1.ttl = NGX_CONF_UNSET_MSEC;
+    smcf->l1.tracking = NGX_CONF_UNSET;
+
     return smcf;
 }
 
@@ -1187,7 +1301,36 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    return ngx_http_session_cache_breaker_zone(cf, smcf);
+    if (ngx_http_session_cache_breaker_zone(cf, smcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_value(smcf->l1.enabled, 0);
+
+    if (smcf->l1.enabled && smcf->l1.tracking) {
+        /* never trust entries that nothing invalidates */
+        if (!smcf->redis.backend.configured) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "session_cache_l1: tracking=on (the default) "
+                               "needs session_cache_redis; without Redis "
+                               "write tracking=off (ttl= is then the "
+                               "revocation bound)");
+            return NGX_CONF_ERROR;
+        }
+
+#if (NGX_SSL)
+        if (smcf->redis.ssl) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "session_cache_l1: tracking=on (the default) "
+                               "is not available with rediss:// in this "
+                               "build; write tracking=off (ttl= is then the "
+                               "revocation bound)");
+            return NGX_CONF_ERROR;
+        }
+#endif
+    }
+
+    return ngx_http_session_cache_l1_zone(cf, smcf);
 }
 
 

@@ -69,10 +69,23 @@ typedef struct {
 } ngx_http_session_cache_breaker_conf_t;
 
 
+/* session_cache_l1 (SPEC §8): sessions in shared memory */
+typedef struct {
+    ngx_flag_t                  enabled;         /* NGX_CONF_UNSET: off */
+    size_t                      size;
+    ngx_msec_t                  ttl;
+    ngx_flag_t                  tracking;        /* NGX_CONF_UNSET: on */
+    ngx_uint_t                  generation;      /* of the listener lease */
+    ngx_shm_zone_t             *zone;
+    void                       *shared;          /* in the zone */
+} ngx_http_session_cache_l1_conf_t;
+
+
 typedef struct {
     ngx_http_session_cache_redis_conf_t  redis;
     ngx_http_session_cache_pg_conf_t     pg;
     ngx_http_session_cache_breaker_conf_t breaker;
+    ngx_http_session_cache_l1_conf_t     l1;
 
     ngx_str_t                   query;
     time_t                      ttl;
@@ -114,6 +127,7 @@ typedef struct {
     ngx_uint_t                  nattrs;
     ngx_str_t                   attr_name[NGX_HTTP_SESSION_CACHE_MAX_ATTRS];
     ngx_str_t                   attr_value[NGX_HTTP_SESSION_CACHE_MAX_ATTRS];
+    ngx_str_t                   layer;           /* l1, redis, postgres */
 } ngx_http_session_cache_result_t;
 
 
@@ -137,6 +151,10 @@ char *ngx_http_session_cache_check_query(ngx_conf_t *cf, ngx_str_t *sql);
 
 /* the breakers' shared memory zone (src/breaker_zone.cpp) */
 char *ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
+    ngx_http_session_cache_main_conf_t *smcf);
+
+/* the L1 zone (src/l1/l1_zone.cpp) */
+char *ngx_http_session_cache_l1_zone(ngx_conf_t *cf,
     ngx_http_session_cache_main_conf_t *smcf);
 
 /* per worker (src/worker.cpp) */

@@ -1,6 +1,8 @@
 #include "worker.h"
 
+#include "l1/l1_zone.h"
 #include "metrics/metrics.h"
+#include "redis/redis_listener.h"
 
 #include <new>
 
@@ -29,6 +31,7 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
 
     breaker_start(&smcf->breaker);
     metrics_attach(cycle, smcf->metrics_zone);
+    l1::start(smcf);
 
     try {
         if (smcf->redis.backend.configured) {
@@ -38,6 +41,8 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
         if (smcf->pg.backend.configured) {
             pg = new PgPool(cycle, &smcf->pg, &smcf->query);
         }
+
+        listener_start(cycle, smcf);
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -53,6 +58,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
     using namespace session_cache;
 
     try {
+        listener_stop();
         delete redis;
         delete pg;
 
@@ -66,4 +72,5 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     breaker_stop();
     metrics_detach();
+    l1::stop();
 }

@@ -11,6 +11,11 @@
  *                       -- error --> 503 + Retry-After, or FAIL_OPEN
  *                       -- query refused by Postgres --> 500, always
  *
+ * With session_cache_l1, L1 (shared memory) is asked first while it is
+ * usable: an entry answers HIT or NEGATIVE with no I/O; answers read from
+ * Redis or Postgres fill it (l1/l1_zone.h), subject to the GET race's mark
+ * taken before the GET.
+ *
  * The handler returns NGX_AGAIN while a backend works; the completion
  * callback records the outcome and restarts the phase engine, which calls
  * the handler again to collect it.
@@ -29,6 +34,7 @@
 #include <new>
 #include <string>
 
+#include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 #include "redis/resp.h"
 #include "check/fill_tracker.h"
@@ -54,6 +60,7 @@ struct Ctx {
     std::uint64_t                             get_seq;    /* 0: no GET */
     std::uint64_t                             started_ns; /* monotonic */
     Layer                                     layer;      /* who answered */
+    l1::Mark                                  l1_mark;    /* before the GET */
     ngx_int_t                                 rc;
     bool                                      done;
     bool                                      redis_failed;
@@ -70,6 +77,23 @@ static const ngx_str_t kBypass = STATUS("BYPASS");
 static const ngx_str_t kRejected = STATUS("REJECTED");
 static const ngx_str_t kFailOpen = STATUS("FAIL_OPEN");
 static const ngx_str_t kError = STATUS("ERROR");
+
+/* $session_cache_layer: which store answered, by Layer */
+static const ngx_str_t kLayerNames[] = {STATUS("l1"), STATUS("redis"),
+                                        STATUS("postgres")};
+
+static_assert(static_cast<int>(Layer::L1) == 0
+                  && static_cast<int>(Layer::Redis) == 1
+                  && static_cast<int>(Layer::Postgres) == 2,
+              "kLayerNames follows Layer");
+
+/* A store answered: the latency histogram's layer and
+ * $session_cache_layer say which. */
+static void answered_by(Ctx *ctx, Layer layer)
+{
+    ctx->layer = layer;
+    ctx->result.layer = kLayerNames[static_cast<int>(layer)];
+}
 
 /* The counter for an outcome: statuses are always the constants above, so
  * their addresses tell them apart without comparing text. */
@@ -420,6 +444,62 @@ static void cache_write(Ctx *ctx, std::string_view value, std::int64_t seconds,
     send_fill(ctx, fill, value, seconds);
 }
 
+/*
+ * L1 first (SPEC §8): NGX_DECLINED when it has no answer, after taking
+ * the mark that decides whether the answer found further on may be stored.
+ */
+static ngx_int_t from_l1(Ctx *ctx)
+{
+    if (!l1::usable()) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_t value;
+
+    switch (l1::lookup(view(ctx->token), ctx->r->pool, &value)) {
+    case l1::Found::Negative:
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: l1 answer: negative entry");
+        answered_by(ctx, Layer::L1);
+        l1::count_answer(true);
+        return deny(ctx, kNegative);
+
+    case l1::Found::Session: {
+        SessionView sv;
+        char        user_id[kMaxUserIdLength];
+        char        attrs[kAttrBufferSize];
+
+        if (decode_session(view(value), ngx_time(), &sv, user_id, attrs)
+            == Decoded::Valid)
+        {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                           "session_cache: l1 answer: session");
+            answered_by(ctx, Layer::L1);
+            l1::count_answer(false);
+            return allow(ctx, kHit, sv.user_id, sv.has_expiry, sv.expires_at,
+                         sv.attrs, sv.nattrs);
+        }
+        break;
+    }
+
+    case l1::Found::None:
+        break;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                   "session_cache: l1 has no answer");
+    ctx->l1_mark = l1::mark(view(ctx->token));
+    return NGX_DECLINED;
+}
+
+/* An answer from Redis or Postgres into L1, if the mark still holds. */
+static void l1_fill(Ctx *ctx, bool negative, std::string_view value,
+                    bool has_expiry, std::int64_t expires_at)
+{
+    l1::store(view(ctx->token), ctx->l1_mark, negative, value, has_expiry,
+              expires_at);
+}
+
 static void on_postgres(void *data, const PgRow *row, const char *error);
 
 static ngx_int_t ask_postgres(Ctx *ctx)
@@ -434,7 +514,7 @@ static ngx_int_t ask_postgres(Ctx *ctx)
         if (ctx->redis_failed) {
             return unavailable(ctx);
         }
-        ctx->layer = Layer::Redis;
+        answered_by(ctx, Layer::Redis);
         return deny(ctx, kMiss);
     }
 
@@ -444,12 +524,12 @@ static ngx_int_t ask_postgres(Ctx *ctx)
         const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
         /* Postgres's answer, on its way into the cache */
-        ctx->layer = Layer::Postgres;
-
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
                        "session_cache: answer taken from the cache fill "
                        "on its way: %s",
                        f->user_id.empty() ? "no such session" : "session");
+
+        answered_by(ctx, Layer::Postgres);
 
         if (f->user_id.empty()) {
             return deny(ctx, status);
@@ -519,13 +599,16 @@ static ngx_int_t redis_answered(Ctx *ctx, const RedisReply *reply,
     {
     case Decoded::Valid:
         trace_redis(ctx, "session");
-        ctx->layer = Layer::Redis;
+        answered_by(ctx, Layer::Redis);
+        l1_fill(ctx, false, std::string_view(reply->str, reply->len),
+                s.has_expiry, s.expires_at);
         return allow(ctx, kHit, s.user_id, s.has_expiry, s.expires_at, s.attrs,
                      s.nattrs);
 
     case Decoded::Negative:
         trace_redis(ctx, "negative entry");
-        ctx->layer = Layer::Redis;
+        answered_by(ctx, Layer::Redis);
+        l1_fill(ctx, true, std::string_view(), false, 0);
         return deny(ctx, kNegative);
 
     case Decoded::Malformed:
@@ -572,10 +655,11 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
 
     const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
-    ctx->layer = Layer::Postgres;
+    answered_by(ctx, Layer::Postgres);
 
     if (row == nullptr) {
         trace_postgres(ctx, "no row");
+        l1_fill(ctx, true, std::string_view(), false, 0);
         if (ctx->smcf->negative_ttl > 0) {
             cache_write(ctx, negative_marker(), ctx->smcf->negative_ttl,
                         nullptr);
@@ -621,6 +705,7 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
     if (encode_session(s, &value)) {
         cache_write(ctx, value, cache_seconds(ctx->smcf->ttl, s, ngx_time()),
                     &s);
+        l1_fill(ctx, false, value, s.has_expiry, s.expires_at);
     }
 
     return allow(ctx, status, s);
@@ -760,12 +845,11 @@ static ngx_int_t start(ngx_http_request_t                       *r,
                    "session_cache: token of %uz bytes, %s", token.len,
                    plausible ? "plausible" : "not plausible");
 
-    /* L1 (SPEC §8) takes its place between the plausibility check and
-     * Redis: an entry found sets ctx->layer = Layer::L1 and answers (HIT
-     * or NEGATIVE) without asking Redis */
-
     if (!plausible) {
         rc = deny(ctx, kRejected);
+
+    } else if ((rc = from_l1(ctx)) != NGX_DECLINED) {
+        /* L1 answered */
 
     } else if (RedisPool *redis = redis_pool()) {
         const char *error = nullptr;

@@ -23,6 +23,7 @@
 
 #include "breaker/breaker_zone.h"
 #include "health/health_render.h"
+#include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 #include "redis/resp.h"
 #include "worker.h"
@@ -130,6 +131,37 @@ ngx_int_t add_header(ngx_http_request_t *r, const char *key,
     return NGX_OK;
 }
 
+/* The L1 zone's figures, and why it is not consulted. */
+void l1_report(health::L1Report *l)
+{
+    l1::Figures f = l1::figures();
+
+    l->enabled = f.configured;
+    l->tracking = f.tracking;
+    l->armed = f.configured && l1::usable();
+    l->entries = f.entries;
+    l->capacity = f.capacity;
+    l->used_bytes = f.used_bytes;
+    l->hits = f.hits;
+    l->negatives = f.negatives;
+    l->invalidations = f.invalidations;
+    l->evictions = f.evictions;
+    for (std::size_t i = 0; i < l1::kFlushReasons; i++) {
+        l->flushes[i] = f.flushes[i];
+    }
+
+    if (f.tracking && f.listener != 0) {
+        l->listener = f.listener;
+    }
+
+    if (!f.configured) {
+        l->reason = "session_cache_l1 is off";
+    } else if (!l->armed) {
+        l->reason = f.reason[0] ? std::string(f.reason)
+                                : std::string("the listener is not armed");
+    }
+}
+
 /* Everything known: fill in the shared figures, render, send. */
 ngx_int_t send(HealthCtx *ctx)
 {
@@ -162,6 +194,8 @@ ngx_int_t send(HealthCtx *ctx)
         rep.postgres.breaker = breaker_state(Backend::Postgres);
         rep.postgres.pool = pool_total(Backend::Postgres);
     }
+
+    l1_report(&rep.l1);
 
     health::evaluate(&rep);
 

@@ -260,6 +260,35 @@ static void pool_json(Object *o, std::string_view k, const PoolFigures &p)
     pool.close();
 }
 
+/* The top-level "l1" object (SPEC §8). */
+static void l1_json(Object *doc, const L1Report &l)
+{
+    Object o(doc->key("l1"));
+    o.boolean("enabled", l.enabled);
+    o.boolean("tracking", l.tracking);
+    o.boolean("armed", l.armed);
+    o.num("entries", l.entries);
+    o.num("capacity", l.capacity);
+    o.num("usedBytes", l.used_bytes);
+    o.num("hits", l.hits);
+    o.num("negatives", l.negatives);
+    o.num("invalidations", l.invalidations);
+    o.num("evictions", l.evictions);
+
+    {
+        Object f(o.key("flushes"));
+        for (std::size_t i = 0; i < l1::kFlushReasons; i++) {
+            f.num(l1::flush_reason_name(static_cast<l1::FlushReason>(i)),
+                  l.flushes[i]);
+        }
+        f.close();
+    }
+
+    o.opt_str("reason", l.reason);
+    o.opt_num("listener", l.listener);
+    o.close();
+}
+
 std::string render_json(const Report &r)
 {
     std::string out;
@@ -346,6 +375,8 @@ std::string render_json(const Report &r)
         p.close();
     }
 
+    l1_json(&doc, r.l1);
+
     std::string *e = doc.key("errors");
     e->push_back('[');
     for (std::size_t i = 0; i < r.errors.size(); i++) {
@@ -418,6 +449,51 @@ private:
 static std::string backend_label(const char *b)
 {
     return std::string("backend=\"") + b + "\"";
+}
+
+/* The L1 figures (SPEC §8): nginx_session_cache_l1_*. */
+static void l1_prometheus(Exposition *x, const L1Report &l)
+{
+    x->family("l1_enabled", "gauge", "1 if session_cache_l1 is configured.");
+    x->sample(l.enabled ? "1" : "0");
+
+    x->family("l1_armed", "gauge", "1 while L1 is consulted.");
+    x->sample(l.armed ? "1" : "0");
+
+    x->family("l1_entries", "gauge", "Entries in L1.");
+    x->sample(number(l.entries));
+
+    x->family("l1_capacity_bytes", "gauge", "Size of the L1 zone.");
+    x->sample(number(l.capacity));
+
+    x->family("l1_used_bytes", "gauge", "Bytes held by L1 entries.");
+    x->sample(number(l.used_bytes));
+
+    struct {
+        const char   *name;
+        const char   *help;
+        std::uint64_t value;
+    } counters[] = {
+        {"l1_hits_total", "Sessions found valid in L1.", l.hits},
+        {"l1_negatives_total", "Tokens refused by a negative entry in L1.",
+         l.negatives},
+        {"l1_invalidations_total", "Keys invalidated by Redis.",
+         l.invalidations},
+        {"l1_evictions_total", "Entries evicted from a full L1.", l.evictions},
+    };
+
+    for (const auto &k : counters) {
+        x->family(k.name, "counter", k.help);
+        x->sample(number(k.value));
+    }
+
+    x->family("l1_flushes_total", "counter", "Drops of the whole L1.");
+    for (std::size_t i = 0; i < l1::kFlushReasons; i++) {
+        x->sample(number(l.flushes[i]),
+                  std::string("reason=\"")
+                      + l1::flush_reason_name(static_cast<l1::FlushReason>(i))
+                      + "\"");
+    }
 }
 
 std::string render_prometheus(const Report &r)
@@ -590,6 +666,8 @@ std::string render_prometheus(const Report &r)
     x.family("session_ttl_seconds", "gauge",
              "session_cache_ttl: how long a valid session stays cached.");
     x.sample(number(r.ttl));
+
+    l1_prometheus(&x, r.l1);
 
     return out;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "breaker/breaker_state.h"
+#include "l1/l1_logic.h"
 #include "metrics/figures.h"
 #include "metrics/latency.h"
 
@@ -54,6 +55,23 @@ struct Postgres : BackendReport {
     std::string query_error;
 };
 
+/* The L1 cache (SPEC §8): the top-level "l1" object. */
+struct L1Report {
+    bool          enabled = false;  /* session_cache_l1 configured */
+    bool          tracking = false; /* tracking=on */
+    bool          armed = false;    /* consulted now */
+    std::uint64_t entries = 0;
+    std::uint64_t capacity = 0; /* bytes */
+    std::uint64_t used_bytes = 0;
+    std::uint64_t hits = 0;
+    std::uint64_t negatives = 0;
+    std::uint64_t invalidations = 0;
+    std::uint64_t evictions = 0;
+    std::uint64_t flushes[l1::kFlushReasons] = {};
+    std::optional<std::string>  reason;   /* why not armed; none while armed */
+    std::optional<std::int64_t> listener; /* pid of the listening worker */
+};
+
 struct Report {
     std::int64_t now_ms = 0; /* Unix time, milliseconds */
     Redis        redis;
@@ -62,6 +80,7 @@ struct Report {
     Latency      check[kLayers];     /* the check's duration, by Layer */
     std::int64_t ttl = 0;            /* session_cache_ttl, seconds */
     double       threshold_ms = 100; /* a probe slower than this: degraded */
+    L1Report     l1;
 
     /* set by evaluate() */
     Status                   status = Status::Unhealthy;

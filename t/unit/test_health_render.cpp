@@ -467,6 +467,60 @@ test_short_version(void **)
 }  // namespace
 
 
+/* The top-level "l1" object and its Prometheus figures (SPEC §8). */
+void
+test_l1(void **)
+{
+    Report r;
+    r.redis.configured = true;
+    r.redis.connected = true;
+
+    /* off */
+    r.l1.reason = "session_cache_l1 is off";
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"l1\": {\"enabled\": false, "
+                            "\"tracking\": false, \"armed\": false, "
+                            "\"entries\": 0"));
+    assert_true(contains(j, "\"reason\": \"session_cache_l1 is off\", "
+                            "\"listener\": null}"));
+
+    /* armed, with figures and flushes by reason */
+    r.l1.enabled = true;
+    r.l1.tracking = true;
+    r.l1.armed = true;
+    r.l1.entries = 12;
+    r.l1.capacity = 1048576;
+    r.l1.used_bytes = 4096;
+    r.l1.hits = 7;
+    r.l1.invalidations = 3;
+    r.l1.flushes[static_cast<int>(
+        session_cache::l1::FlushReason::Heartbeat)] = 2;
+    r.l1.reason.reset();
+    r.l1.listener = 4242;
+    j = render_json(r);
+    assert_true(contains(j, "\"armed\": true, \"entries\": 12, "
+                            "\"capacity\": 1048576, \"usedBytes\": 4096, "
+                            "\"hits\": 7"));
+    assert_true(contains(j, "\"flushes\": {\"flush\": 0, "
+                            "\"listener_lost\": 0, \"heartbeat\": 2, "
+                            "\"takeover\": 0, \"reconnect\": 0, "
+                            "\"topology\": 0}"));
+    assert_true(contains(j, "\"reason\": null, \"listener\": 4242}"));
+
+    std::string p = render_prometheus(r);
+    assert_true(contains(p, "\nnginx_session_cache_l1_armed 1\n"));
+    assert_true(contains(p, "\nnginx_session_cache_l1_entries 12\n"));
+    assert_true(contains(p, "\nnginx_session_cache_l1_hits_total 7\n"));
+    assert_true(contains(p,
+                         "\nnginx_session_cache_l1_invalidations_total 3\n"));
+    assert_true(contains(p, "# TYPE nginx_session_cache_l1_flushes_total "
+                            "counter\n"));
+    assert_true(contains(p, "\nnginx_session_cache_l1_flushes_total"
+                            "{reason=\"heartbeat\"} 2\n"));
+    assert_true(contains(p, "\nnginx_session_cache_l1_flushes_total"
+                            "{reason=\"topology\"} 0\n"));
+}
+
 int
 main(void)
 {
@@ -489,6 +543,7 @@ main(void)
         cmocka_unit_test(test_json_check_latency),
         cmocka_unit_test(test_redis_info),
         cmocka_unit_test(test_short_version),
+        cmocka_unit_test(test_l1),
     };
 
     return cmocka_run_group_tests_name("health_render", tests, NULL, NULL);
