@@ -115,6 +115,11 @@ my $nginx = start_nginx(workers => 2, http => site('size=1m ttl=60s tracking=off
     is($l1->{entries}, scalar @tokens, 'health: one entry per token');
     ok($l1->{usedBytes} > 0 && $l1->{usedBytes} < $l1->{capacity},
        'health: usedBytes within capacity');
+    my $lat = $d->{performance}{check}{l1};
+    ok($lat->{count} >= 200,
+       "latency histogram: the L1 answers counted under layer l1 ($lat->{count})");
+    ok(defined $lat->{p50} && defined $lat->{p99},
+       'latency histogram: p50 and p99 for layer l1');
 }
 
 # --- answers from Redis fill it; negatives too ------------------------------------
