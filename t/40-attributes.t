@@ -216,6 +216,50 @@ is_deeply($doc->{errors}, [], 'health: no errors');
 
 no_alerts($nginx);
 
+# --- through L1: Postgres -> L1 -> variable, and Redis -> L1 -> variable --
+
+{
+    my $site = site($QUERY);
+    $site =~ s/^(session_cache_query .*\n)/$1session_cache_l1 size=1m tracking=on;\n/m
+        or die 'no session_cache_query line';
+    $site =~ s/(add_header X-Status )/add_header X-Layer \$session_cache_layer always;\n                $1/
+        or die 'no X-Status line';
+    my $l1 = start_nginx(workers => 1, http => $site);
+    ok(wait_until(sub { ($l1->health)[1]{l1}{armed} }),
+       'L1: the listener is armed');
+
+    $pg->add_session('tok-l1', 'u-l1', 3600);
+    attrs('tok-l1', 'editor', '7');
+    my $want = "user=[u-l1] role=[editor] tenant=[7] none=[]\n";
+
+    my $a = $l1->get('/app/', cookie => 'session=tok-l1');
+    is("$a->{status} $a->{headers}{'x-layer'}", '200 postgres',
+       'L1: the first answer is Postgres\'s');
+    # the module's own SET of the fill is broadcast back and drops the
+    # entry (SPEC §8): a later answer, from Redis, fills L1 again
+    my $b;
+    ok(wait_until(sub {
+           $b = $l1->get('/app/', cookie => 'session=tok-l1');
+           ($b->{headers}{'x-layer'} // '') eq 'l1' }),
+       'L1: a later answer is L1\'s');
+    is("$b->{status} $b->{headers}{'x-status'}", '200 HIT', 'L1: 200 HIT');
+    is($b->{body}, $want, 'from L1: the attributes reach the upstream');
+    is($b->{headers}{'x-role'}, 'editor', 'from L1: add_header too');
+
+    # a session cached in Redis before (tok-admin): Redis fills L1
+    my $c = $l1->get('/app/', cookie => 'session=tok-admin');
+    is($c->{headers}{'x-layer'}, 'redis', 'L1: a session cached in Redis');
+    my $d;
+    ok(wait_until(sub {
+           $d = $l1->get('/app/', cookie => 'session=tok-admin');
+           ($d->{headers}{'x-layer'} // '') eq 'l1' }),
+       'L1: filled from Redis, then answers');
+    is($d->{body}, "user=[u-alice] role=[admin] tenant=[42] none=[]\n",
+       'from L1 filled by Redis: the attributes reach the upstream');
+
+    no_alerts($l1, 'L1: no alerts');
+}
+
 # --- attribute columns refused: as if Postgres had failed ---------------
 
 $pg->add_session('tok-fresh', 'u-fresh', 3600);
