@@ -4,7 +4,7 @@
 # session is cached in Redis (Postgres already says revoked, as after an
 # application's logout), read into L1 (answered with layer l1), then its
 # key is deleted or overwritten with an expired session; the test asks
-# until the first 401. It checks:
+# until the first 401 (`prove -v` prints the lags). It checks:
 #   - every token is refused, soon (the invalidation reached L1, not the
 #     entry's 60 s ttl): the lag from the DEL to the first 401 is reported
 #     (p50/p99/max) and bounded;
