@@ -455,6 +455,9 @@ if ($A && $E) {
                  . '%.2f us (<= 1.10; the bench\'s own processes: %.2f x)',
            $E->{machine_cpu_us}, $cpu, $A->{machine_cpu_us},
            $E->{own_cpu_us} / ($A->{own_cpu_us} || 1));
+    printf "  (L1 held %d entries in %d bytes: %.0f bytes an entry, its index included)\n",
+        $l1_health->{entries} // 0, $l1_health->{usedBytes} // 0,
+        ($l1_health->{usedBytes} // 0) / ($l1_health->{entries} || 1);
     target($E->{status} == 0 && $E->{errors} == 0,
            "(e) every request answered 200 ($E->{status} non-2xx, $E->{errors} socket errors)");
 }

@@ -170,10 +170,21 @@ sub load ($edges, $d) {
     return \%sum;
 }
 
+# The health probes' keys, deleted once no listener is there: left to
+# expire (5 s, found late by Redis's sampling among the sessions' keys),
+# they would be sent to the next run's listeners.
+sub clear_probes () {
+    my @k = grep { /\S/ } split /\n/,
+        $redis->cli('--scan', '--pattern', 'session:health-probe:*');
+    $redis->cli('DEL', @k) if @k;
+}
+
 # Keys invalidated in L1 since the edges started, over all edges: read
 # from their health documents at the end of a run, one after the other;
 # each health probe SETs a key under the prefix that the edges read after
-# it have been sent too: the j-th edge's count is corrected by j - 1.
+# it have been sent too: the j-th edge's count is corrected by j - 1 (its
+# own probe may or may not be in its count: up to one key per edge too
+# many).
 sub invalidated (@edges) {
     my $n = 0;
     for my $j (0 .. $#edges) {
@@ -205,6 +216,7 @@ for my $e (@EDGES) {
         my @alerts = map { grep { /\[(alert|emerg|crit)\]/ } split /\n/, $_->error_log } @edges;
         my @flushes = map { values %{ (($_->health)[1]{l1} // {})->{flushes} // {} } } @edges;
         $_->stop for @edges;
+        clear_probes();
         my $dt = $t1 - $t0;
         my %d;
         $d{$_} = ($r1->{cmd}{$_} // 0) - ($r0->{cmd}{$_} // 0)
