@@ -455,7 +455,7 @@ if ($A && $E) {
                  . '%.2f us (<= 1.10; the bench\'s own processes: %.2f x)',
            $E->{machine_cpu_us}, $cpu, $A->{machine_cpu_us},
            $E->{own_cpu_us} / ($A->{own_cpu_us} || 1));
-    printf "  (L1 held %d entries in %d bytes: %.0f bytes an entry, its index included)\n",
+    printf "  (L1 held %d entries in %d bytes: %.0f bytes an entry, node, token and value)\n",
         $l1_health->{entries} // 0, $l1_health->{usedBytes} // 0,
         ($l1_health->{usedBytes} // 0) / ($l1_health->{entries} || 1);
     target($E->{status} == 0 && $E->{errors} == 0,
