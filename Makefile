@@ -1,4 +1,5 @@
 # ngx_session_cache: make build | test | unit | demo | bench | clean
+#                    | bench-revocation | bench-fleet
 #                    | test-asan | fuzz | test-valgrind | test-rules
 #                    | deb | test-deb
 # Every target installs the Debian packages it needs (through build.sh).
@@ -19,6 +20,7 @@ ASAN_ENV = SESSION_CACHE_MODULE=$(ASAN_DIR)/ngx_http_session_cache_module.so \
 FUZZ_TIME ?= 30
 
 .PHONY: all build deps test unit integration demo bench clean \
+        bench-revocation bench-fleet \
         build-asan test-asan fuzz test-valgrind test-rules deb test-deb
 
 all: build
@@ -90,10 +92,21 @@ test-deb: deb
 demo: build
 	perl demo/demo.pl
 
-# Performance, side by side with the ceiling and auth_request (bench/).
+# Performance, side by side with the ceiling and auth_request (bench/),
+# then L1's revocation lag and the fleet simulation (issue 12).
 bench: build
 	./bench/setup.sh
 	perl bench/bench.pl
+	perl bench/revocation.pl
+	perl bench/fleet.pl
+
+bench-revocation: build
+	./bench/setup.sh
+	perl bench/revocation.pl
+
+bench-fleet: build
+	./bench/setup.sh
+	perl bench/fleet.pl
 
 clean:
 	rm -rf build

@@ -7,7 +7,13 @@
 #       unknown  the module, a fresh unknown token on every request
 #   (d) alt      auth_request to a Node.js validate service doing the same
 #                Redis-then-Postgres lookup (bench/validate/server.js)
-# It prints a table, the ratios and whether each target of issue 6 is met.
+#   (e) l1       the module with L1 (session_cache_l1, tracking=on), every
+#                session in L1: a second nginx (one worker), the same
+#                configuration plus the L1 zone (its context is http{})
+# It prints a table, the ratios and whether each target of issues 6 and 12
+# is met, with the CPU per request of (a), (b) and (e): the whole
+# machine's (/proc/stat) and that of the bench's own processes (the nginx
+# worker, Redis, wrk).
 # It reports; it does not fail on a missed target.
 #
 #   make bench                       # installs wrk, node and the service's
@@ -17,7 +23,10 @@
 # Environment: BENCH_SESSIONS (10000), BENCH_DURATION (seconds per wrk run,
 # 5), BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_ROUNDS (2: a, b and
 # d alternate this many times; the best run of each counts),
-# BENCH_ONLY (comma list of a,b,d,cold,unknown), BENCH_CPU=1 (perf stat:
+# BENCH_ONLY (comma list of a,b,d,l1,cold,unknown), BENCH_L1_TTL (300s:
+# longer than the whole run, so that the runs measure L1's hit path; the
+# cost of expiry, sessions/ttl GETs per second, is bench/fleet.pl's),
+# BENCH_CPU=1 (perf stat:
 # the worker's CPU time per request), BENCH_PERF=<a|b|d>
 # (perf record the worker during that run), plus the harness's
 # (SESSION_CACHE_MODULE, NGINX_BIN, TEST_KEEP).
@@ -35,7 +44,8 @@ my $DURATION = $ENV{BENCH_DURATION}    // 5;
 my $CONNS    = $ENV{BENCH_CONNECTIONS} // 32;
 my $THREADS  = $ENV{BENCH_THREADS}     // 2;
 my $ROUNDS   = $ENV{BENCH_ROUNDS}      // 2;
-my %ONLY = map { $_ => 1 } split /,/, ($ENV{BENCH_ONLY} // 'a,b,d,cold,unknown');
+my %ONLY = map { $_ => 1 } split /,/, ($ENV{BENCH_ONLY} // 'a,b,d,l1,cold,unknown');
+my $L1_TTL = $ENV{BENCH_L1_TTL} // '300s';
 my $REDIS_POOL = 10;
 my $PG_POOL    = 4;
 my $dir = $FindBin::Bin;
@@ -93,9 +103,7 @@ END {
 wait_until(sub { SessionCache::Test::_port_accepts($node_port) }, 10)
     or die "validate service did not start:\n" . SessionCache::Test::_slurp($node_log);
 
-my $nginx = new_nginx(workers => 1);
-$nginx->write_html("$_/index.html", "ok\n") for qw(static app alt);
-$nginx->start(workers => 1, http => <<~"NGX");
+my $HTTP = <<~"NGX";
     session_cache_redis    ${\ $redis->url } pool=$REDIS_POOL connect_timeout=1s timeout=200ms;
     session_cache_postgres "${\ $pg->dsn }" pool=$PG_POOL connect_timeout=2s timeout=1s;
     session_cache_ttl      300s;
@@ -129,26 +137,49 @@ $nginx->start(workers => 1, http => <<~"NGX");
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
         }
+
+        location /probe/ {                             # where answers come from
+            auth_session \$cookie_session;
+            add_header X-Session-Layer \$session_cache_layer always;
+            alias %%HTML%%/app/;
+        }
+
+        location = /health { session_cache_health; }
     }
     NGX
 
+my $nginx = new_nginx(workers => 1);
+$nginx->write_html("$_/index.html", "ok\n") for qw(static app alt);
+$nginx->start(workers => 1, http => $HTTP);
+
+# (e): the same server with L1, on its own port
+my $nginx_l1 = new_nginx(workers => 1);
+$nginx_l1->write_html("$_/index.html", "ok\n") for qw(static app alt);
+$nginx_l1->start(workers => 1,
+                 http => "session_cache_l1 size=32m ttl=$L1_TTL;\n$HTTP");
+
 # Every location answers as it should before anything is measured.
 my $tok = sprintf 'bench%027d', 1;
-for my $p (qw(/static/ /app/ /alt/)) {
-    my $r = get("${p}index.html", cookie => "session=$tok");
-    die "GET ${p}index.html: $r->{status} $r->{error}\n" . $nginx->error_log
-        unless $r->{status} == 200;
+for my $n ($nginx, $nginx_l1) {
+    for my $p (qw(/static/ /app/ /alt/)) {
+        my $r = $n->get("${p}index.html", cookie => "session=$tok");
+        die "GET ${p}index.html: $r->{status} $r->{error}\n" . $n->error_log
+            unless $r->{status} == 200;
+    }
+    die "the module does not refuse an unknown token\n"
+        unless $n->get('/app/index.html', cookie => 'session=nope')->{status} == 401;
 }
-die "the module does not refuse an unknown token\n"
-    unless get('/app/index.html', cookie => 'session=nope')->{status} == 401;
+wait_until(sub { (($nginx_l1->health)[1]{l1} // {})->{armed} }, 10, 0.05)
+    or die "(e): the L1 listener did not arm\n" . $nginx_l1->error_log;
 
 # ---------------------------------------------------------------- helpers
 
 sub wrk_run ($path, $mode, %o) {
+    my $port = ($o{nginx} // $nginx)->port;
     my @cmd = ($wrk, '-t', $THREADS, '-c', $o{conns} // $CONNS,
                '-d', ($o{duration} // $DURATION) . 's', '--timeout', '5s',
                '-s', "$dir/tokens.lua",
-               'http://127.0.0.1:' . $nginx->port . $path);
+               "http://127.0.0.1:$port$path");
     local $ENV{BENCH_MODE} = $mode;
     local $ENV{BENCH_PATH} = $path;
     local $ENV{BENCH_TOKENS} = $N;
@@ -160,11 +191,37 @@ sub wrk_run ($path, $mode, %o) {
     return \%r;
 }
 
+# Every command Redis ran but the bench's own INFO (the L1 listener's
+# PINGs count).
 sub redis_calls () {
-    my $s = $redis->commandstats;
+    my %s;
+    for (split /\n/, $redis->cli('INFO', 'commandstats')) {
+        $s{$1} = $2 if /^cmdstat_([^:]+):calls=(\d+)/ && $1 ne 'info';
+    }
     my $total = 0;
-    $total += $_ for values %$s;
-    return ($total, $s);
+    $total += $_ for values %s;
+    return ($total, \%s);
+}
+
+# CPU time in clock ticks: the whole machine's (busy: all but idle and
+# iowait, from /proc/stat) and the bench's own (the nginx worker and Redis
+# from /proc/PID/stat, wrk as a reaped child of this process).
+my $TCK = POSIX::sysconf(POSIX::_SC_CLK_TCK());
+sub cpu_now ($n) {
+    my (undef, @f) = split ' ', (split /\n/, SessionCache::Test::_slurp('/proc/stat'))[0];
+    my $busy = 0;
+    $busy += $f[$_] // 0 for 0 .. 7;
+    $busy -= $f[3] + $f[4];
+    my $own = 0;
+    for my $pid ($n->worker_pids, $redis->pid) {
+        my $st = SessionCache::Test::_slurp("/proc/$pid/stat") or next;
+        $st =~ s/^.*\)\s+//s;
+        my @p = split ' ', $st;
+        $own += $p[11] + $p[12];    # utime, stime
+    }
+    my @t = times;
+    $own += ($t[2] + $t[3]) * $TCK;  # reaped children: wrk
+    return { busy => $busy, own => $own };
 }
 
 sub pg_log_size () { -s "$pg->{dir}/postgres.log" // 0 }
@@ -195,12 +252,12 @@ sub pg_queries_since ($from) {
 my %best;     # scenario => best wrk result (by requests/s)
 my %redis_per_req;
 
-sub measure ($name, $path) {
+sub measure ($name, $path, $n = $nginx) {
     my ($before) = redis_calls();
     # BENCH_PERF=b: perf record the nginx worker while (b) runs
     my $perf;
     if (($ENV{BENCH_PERF} // '') eq $name) {
-        my ($worker) = $nginx->worker_pids;
+        my ($worker) = $n->worker_pids;
         $perf = "$dir/../build/perf-$name.data";
         SessionCache::Test::_spawn(
             cmd => ['perf', 'record', '-F', '2000', '-g', '-o', $perf,
@@ -212,13 +269,20 @@ sub measure ($name, $path) {
     # counters, e.g. instructions, are not there on a virtual machine.)
     my ($stat_pid, $stat_file);
     if ($ENV{BENCH_CPU}) {
-        my ($worker) = $nginx->worker_pids;
-        $stat_file = "$nginx->{dir}/perf-stat-$name.txt";
+        my ($worker) = $n->worker_pids;
+        $stat_file = "$n->{dir}/perf-stat-$name.txt";
         $stat_pid = SessionCache::Test::_spawn(
             cmd => ['perf', 'stat', '-x', ',', '-e', 'task-clock',
                     '-p', $worker, '-o', $stat_file]);
     }
-    my $r = wrk_run($path, 'rotate');
+    my $c0 = cpu_now($n);
+    my $r = wrk_run($path, 'rotate', nginx => $n);
+    my $c1 = cpu_now($n);
+    my $reqs = $r->{requests} || 1;
+    $r->{machine_cpu_us} = ($c1->{busy} - $c0->{busy}) / $TCK * 1e6 / $reqs;
+    $r->{own_cpu_us} = ($c1->{own} - $c0->{own}) / $TCK * 1e6 / $reqs;
+    $r->{other_cpu} = (($c1->{busy} - $c0->{busy}) - ($c1->{own} - $c0->{own}))
+                    / $TCK / ($r->{duration_us} / 1e6);    # cores
     if ($stat_pid) {
         kill 'INT', $stat_pid;
         waitpid $stat_pid, 0;
@@ -236,21 +300,34 @@ sub measure ($name, $path) {
     }
     my ($after) = redis_calls();
     $r->{redis_per_req} = ($after - $before) / ($r->{requests} || 1);
-    printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d\n",
+    printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d  "
+         . "redis %.4f/req  cpu %.2f us/req (bench's own %.2f; others %.2f cores)\n",
         $name, $r->{rps}, $r->{p50_us} / 1000, $r->{p99_us} / 1000,
-        $r->{status}, $r->{errors};
+        $r->{status}, $r->{errors}, $r->{redis_per_req}, $r->{machine_cpu_us},
+        $r->{own_cpu_us}, $r->{other_cpu};
     $best{$name} = $r if !$best{$name} || $r->{rps} > $best{$name}{rps};
 }
 
 say 'warm-up (1s each)...';
 wrk_run("/$_/index.html", 'rotate', duration => 1) for qw(static app alt);
+if ($ONLY{l1}) {
+    # fills L1 with every session (each one is asked for several times)
+    wrk_run('/app/index.html', 'rotate', duration => 1, nginx => $nginx_l1);
+    my $r = $nginx_l1->get('/probe/index.html',
+                           cookie => 'session=' . sprintf('bench%027d', 2));
+    die "(e): L1 does not answer after the warm-up: "
+      . ($r->{headers}{'x-session-layer'} // '') . "\n"
+        unless ($r->{headers}{'x-session-layer'} // '') eq 'l1';
+}
 
 for my $round (1 .. $ROUNDS) {
     say "round $round:";
     measure('a', '/static/index.html') if $ONLY{a};
     measure('b', '/app/index.html')    if $ONLY{b};
     measure('d', '/alt/index.html')    if $ONLY{d};
+    measure('l1', '/app/index.html', $nginx_l1) if $ONLY{l1};
 }
+my $l1_health = ($nginx_l1->health)[1]{l1} // {};
 
 my ($cold, $cold_pg, $unknown, $unknown_pg, $cold_redis, $unknown_redis);
 if ($ONLY{cold}) {
@@ -285,7 +362,9 @@ if ($ONLY{unknown}) {
 }
 
 my @alerts = grep { /\[(alert|emerg|crit)\]/ } split /\n/, $nginx->error_log;
+push @alerts, grep { /\[(alert|emerg|crit)\]/ } split /\n/, $nginx_l1->error_log;
 my $stop_ok = $nginx->stop;
+$stop_ok = $nginx_l1->stop && $stop_ok;
 
 # ----------------------------------------------------------------- report
 
@@ -299,11 +378,14 @@ my %label = (
     a => '(a) static file, no check (ceiling)',
     b => '(b) module, all sessions cached',
     d => '(d) auth_request to Node.js validate service',
+    l1 => '(e) module with L1 (tracking=on), all sessions in L1',
 );
-for my $k (qw(a b d)) {
+for my $k (qw(a b d l1)) {
     my $r = $best{$k} or next;
-    printf "| %s | %.0f | %.3f | %.3f | %.2f | - |\n", $label{$k}, $r->{rps},
-        $r->{p50_us} / 1000, $r->{p99_us} / 1000, $r->{redis_per_req};
+    printf "| %s | %.0f | %.3f | %.3f | %s | - |\n", $label{$k}, $r->{rps},
+        $r->{p50_us} / 1000, $r->{p99_us} / 1000,
+        $k eq 'l1' ? sprintf('%.4f', $r->{redis_per_req})
+                   : sprintf('%.2f', $r->{redis_per_req});
 }
 if ($cold) {
     printf "| (c) module, cold cache (%d requests, %d tokens) | %.0f | %.3f | %.3f | %.2f | %.3f per token |\n",
@@ -316,6 +398,20 @@ if ($unknown) {
         $unknown_redis, $unknown_pg->{queries} / ($unknown->{requests} || 1);
 }
 say '';
+if (grep { $best{$_} } qw(a b l1)) {
+    say 'CPU per request in the runs above (whole machine: /proc/stat, all but '
+      . 'idle; the bench\'s own: nginx worker + Redis + wrk; other load: the '
+      . 'rest of the machine, in cores):';
+    say '';
+    say '| scenario | whole machine us/req | bench\'s own us/req | other load (cores) |';
+    say '|---|---:|---:|---:|';
+    for my $k (qw(a b l1)) {
+        my $r = $best{$k} or next;
+        printf "| %s | %.2f | %.2f | %.2f |\n", $label{$k}, $r->{machine_cpu_us},
+            $r->{own_cpu_us}, $r->{other_cpu};
+    }
+    say '';
+}
 
 my @targets;
 sub target ($ok, $text) {
@@ -343,6 +439,27 @@ if ($B) {
     target(abs($B->{redis_per_req} - 1) < 0.01,
            sprintf '(b) Redis commands per cached request = %.3f (exactly 1)',
            $B->{redis_per_req});
+}
+my $E = $best{l1};
+if ($A && $E) {
+    my $ratio = $E->{rps} / $A->{rps};
+    target($ratio >= 0.95, sprintf '(e)/(a) = %.2f (>= 0.95)', $ratio);
+    target($E->{redis_per_req} <= 0.01,
+           sprintf '(e) Redis commands per checked request = %.4f (<= 0.01; '
+                 . 'L1 hits %d, flushes %d)', $E->{redis_per_req},
+           $l1_health->{hits} // 0,
+           eval { my $s = 0; $s += $_ for values %{ $l1_health->{flushes} // {} }; $s } // 0);
+    my $cpu = $E->{machine_cpu_us} / ($A->{machine_cpu_us} || 1);
+    target($cpu <= 1.10,
+           sprintf '(e) whole-machine CPU per request = %.2f us, %.2f x (a)\'s '
+                 . '%.2f us (<= 1.10; the bench\'s own processes: %.2f x)',
+           $E->{machine_cpu_us}, $cpu, $A->{machine_cpu_us},
+           $E->{own_cpu_us} / ($A->{own_cpu_us} || 1));
+    printf "  (L1 held %d entries in %d bytes: %.0f bytes an entry, node, token and value)\n",
+        $l1_health->{entries} // 0, $l1_health->{usedBytes} // 0,
+        ($l1_health->{usedBytes} // 0) / ($l1_health->{entries} || 1);
+    target($E->{status} == 0 && $E->{errors} == 0,
+           "(e) every request answered 200 ($E->{status} non-2xx, $E->{errors} socket errors)");
 }
 if ($cold) {
     my $per = $cold_pg->{queries} / $N;

@@ -4,11 +4,16 @@
 --                      stops after N responses (so the threads' misses for a
 --                      token come close together: what single flight is for)
 --   BENCH_MODE=random  a fresh random token on every request (unknown)
--- BENCH_PATH (the URL path), BENCH_TOKENS (N). done() prints one line that
--- bench.pl parses.
+-- BENCH_PATH (the URL path), BENCH_TOKENS (N), BENCH_PREFIX (the tokens'
+-- prefix, "bench"). BENCH_RATE (requests/s per wrk thread, 0: as fast as
+-- the connections go) paces the thread's requests on a fixed schedule
+-- (wrk's delay(); a thread that falls behind does not catch up), for
+-- bench/fleet.pl. done() prints one line that the bench scripts parse.
 local mode = os.getenv("BENCH_MODE") or "rotate"
 local n = tonumber(os.getenv("BENCH_TOKENS") or "10000")
 local path = os.getenv("BENCH_PATH") or "/"
+local prefix = os.getenv("BENCH_PREFIX") or "bench"
+local rate = tonumber(os.getenv("BENCH_RATE") or "0")
 local threads = {}
 local i, answered = 0, 0
 -- wrk's own duration is the -d time even when threads stop early: in
@@ -44,11 +49,37 @@ local function token()
                            math.random(0, 0x7fffffff), id)
    end
    i = i + 1
-   return string.format("bench%027d", (i - 1) % n + 1)
+   return string.format("%s%0" .. (32 - #prefix) .. "d", prefix,
+                        (i - 1) % n + 1)
 end
 
 function request()
    return wrk.format("GET", path, { ["Cookie"] = "session=" .. token() })
+end
+
+if rate > 0 then
+   local ffi = require("ffi")
+   ffi.cdef[[
+      typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+      int clock_gettime(int clock, bench_timespec *ts);
+   ]]
+   local ts = ffi.new("bench_timespec")
+   local gap = 1000 / rate     -- milliseconds between two requests
+   local next_slot
+
+   local function now_ms()
+      ffi.C.clock_gettime(1, ts)    -- CLOCK_MONOTONIC
+      return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+   end
+
+   -- called before each request of any of the thread's connections: the
+   -- next free slot of the schedule, in whole milliseconds from now
+   function delay()
+      local now = now_ms()
+      local slot = math.max(next_slot or now, now)
+      next_slot = slot + gap
+      return math.floor(slot - now + 0.5)
+   end
 end
 
 if mode == "once" then
