@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <ctime>
 
 namespace session_cache::health {
@@ -441,6 +442,21 @@ public:
         out_->append(" " + value + "\n");
     }
 
+    /* Unlabelled counters, each its own family. */
+    struct Counter {
+        const char   *name;
+        const char   *help;
+        std::uint64_t value;
+    };
+
+    void counters(std::initializer_list<Counter> list)
+    {
+        for (const Counter &k : list) {
+            family(k.name, "counter", k.help);
+            sample(number(k.value));
+        }
+    }
+
 private:
     std::string *out_;
     std::string  name_;
@@ -469,23 +485,14 @@ static void l1_prometheus(Exposition *x, const L1Report &l)
     x->family("l1_used_bytes", "gauge", "Bytes held by L1 entries.");
     x->sample(number(l.used_bytes));
 
-    struct {
-        const char   *name;
-        const char   *help;
-        std::uint64_t value;
-    } counters[] = {
+    x->counters({
         {"l1_hits_total", "Sessions found valid in L1.", l.hits},
         {"l1_negatives_total", "Tokens refused by a negative entry in L1.",
          l.negatives},
         {"l1_invalidations_total", "Keys invalidated by Redis.",
          l.invalidations},
         {"l1_evictions_total", "Entries evicted from a full L1.", l.evictions},
-    };
-
-    for (const auto &k : counters) {
-        x->family(k.name, "counter", k.help);
-        x->sample(number(k.value));
-    }
+    });
 
     x->family("l1_flushes_total", "counter", "Drops of the whole L1.");
     for (std::size_t i = 0; i < l1::kFlushReasons; i++) {
@@ -503,11 +510,7 @@ std::string render_prometheus(const Report &r)
     Exposition x(&out);
 
     const Counters &c = r.counters;
-    struct {
-        const char   *name;
-        const char   *help;
-        std::uint64_t value;
-    } counters[] = {
+    x.counters({
         {"hits_total", "Sessions found valid in Redis.", c.hits},
         {"misses_total", "Sessions not in Redis, checked in Postgres.",
          c.misses},
@@ -525,12 +528,7 @@ std::string render_prometheus(const Report &r)
          "Postgres.",
          c.invalidations},
         {"requests_total", "Requests checked, every outcome.", total(c)},
-    };
-
-    for (const auto &k : counters) {
-        x.family(k.name, "counter", k.help);
-        x.sample(number(k.value));
-    }
+    });
 
     x.family("hit_ratio", "gauge",
              "Share of cache lookups answered by Redis (hits and negatives "
