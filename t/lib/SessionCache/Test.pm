@@ -488,33 +488,20 @@ sub _dechunk ($b) {
 # left in connection" are caught), then checks its error log for alerts,
 # emergencies, critical errors and sanitizer reports.
 sub no_alerts ($nginx, $name = 'no alerts, crits or sanitizer reports in the error log') {
-    my @problems;
-    if ($nginx->running) {
-        push @problems, 'nginx did not exit within 10s of SIGQUIT'
-            unless $nginx->stop;
-    }
-    my $log = $nginx->error_log;
-    for my $line (split /\n/, $log) {
-        push @problems, $line
-            if $line =~ /\[(?:alert|emerg|crit)\]/
-            || $line =~ /AddressSanitizer|LeakSanitizer|runtime error:/;
-    }
-    # Sanitizer reports may also land on nginx's stderr.
-    my $stderr = _slurp($nginx->dir . '/nginx.stderr');
-    push @problems, grep { /AddressSanitizer|LeakSanitizer|runtime error:/ }
-        split /\n/, $stderr;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
-    my $ok = Test::More::ok(!@problems, $name);
-    Test::More::diag(join "\n", @problems[0 .. ($#problems < 19 ? $#problems : 19)])
-        if @problems;
-    return $ok;
+    return _alerts($nginx, undef, $name);
 }
 
-# no_alerts for a test that provokes alerts on purpose: stops $nginx as
-# no_alerts does; every [alert], [emerg] or [crit] line must match
-# $expected, at least one must, and no sanitizer report may appear. Call
-# it as SessionCache::Test::only_alerts($nginx, qr/.../).
+# no_alerts for a test that provokes alerts on purpose: every [alert],
+# [emerg] or [crit] line must match $expected, at least one must, and no
+# sanitizer report may appear. Call it as
+# SessionCache::Test::only_alerts($nginx, qr/.../).
 sub only_alerts ($nginx, $expected, $name = 'only the expected alerts, no sanitizer reports') {
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    return _alerts($nginx, $expected, $name);
+}
+
+sub _alerts ($nginx, $expected, $name) {
     my @problems;
     if ($nginx->running) {
         push @problems, 'nginx did not exit within 10s of SIGQUIT'
@@ -523,12 +510,15 @@ sub only_alerts ($nginx, $expected, $name = 'only the expected alerts, no saniti
     my $seen = 0;
     for my $line (split /\n/, $nginx->error_log) {
         if ($line =~ /\[(?:alert|emerg|crit)\]/) {
-            if ($line =~ $expected) { $seen++ } else { push @problems, $line }
+            if (defined $expected && $line =~ $expected) { $seen++ }
+            else { push @problems, $line }
         }
         push @problems, $line
             if $line =~ /AddressSanitizer|LeakSanitizer|runtime error:/;
     }
-    push @problems, "no alert matching $expected" unless $seen;
+    push @problems, "no alert matching $expected"
+        if defined $expected && !$seen;
+    # Sanitizer reports may also land on nginx's stderr.
     my $stderr = _slurp($nginx->dir . '/nginx.stderr');
     push @problems, grep { /AddressSanitizer|LeakSanitizer|runtime error:/ }
         split /\n/, $stderr;
