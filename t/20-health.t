@@ -6,7 +6,6 @@
 use v5.36;
 use Test::More;
 use JSON::PP ();
-use File::Temp qw(tempdir);
 use SessionCache::Test;
 
 my $REDIS_PW = 'redis-S3cret-pw';
@@ -215,18 +214,6 @@ is_deeply($after->{sessionCache}{pool}, $after->{redis}{pool},
           'sessionCache.pool is the Redis pool');
 
 # --- Prometheus ---------------------------------------------------------
-
-sub promtool_ok ($body, $what) {
-    my $dir = tempdir(CLEANUP => 1);
-    open my $fh, '>', "$dir/metrics" or die $!;
-    print {$fh} $body;
-    close $fh;
-    my $rc = system('sh', '-c', 'promtool check metrics < "$1" > "$2" 2>&1',
-                    'sh', "$dir/metrics", "$dir/out");
-    my $out = do { local (@ARGV, $/) = "$dir/out"; <> } // '';
-    ok($rc == 0 && $out !~ /\S/, "$what: promtool check metrics accepts it")
-        or diag "rc=$rc: $out";
-}
 
 sub prometheus_shape ($body, $what) {
     my (%help, %type, @problems);

@@ -39,6 +39,7 @@ use Time::HiRes qw(time sleep);
 use Test::More ();
 
 our @EXPORT = qw(
+    promtool_ok
     start_redis start_postgres start_nginx new_nginx check_config
     get get_many send_many collect
     no_alerts wait_until free_port repo_dir module_path
@@ -499,6 +500,20 @@ sub no_alerts ($nginx, $name = 'no alerts, crits or sanitizer reports in the err
 sub only_alerts ($nginx, $expected, $name = 'only the expected alerts, no sanitizer reports') {
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     return _alerts($nginx, $expected, $name);
+}
+
+# promtool check metrics accepts a Prometheus exposition, silently.
+sub promtool_ok ($body, $what) {
+    my $dir = tempdir(CLEANUP => 1, TMPDIR => 1);
+    open my $fh, '>', "$dir/metrics" or die $!;
+    print {$fh} $body;
+    close $fh;
+    my $rc = system('sh', '-c', 'promtool check metrics < "$1" > "$2" 2>&1',
+                    'sh', "$dir/metrics", "$dir/out");
+    my $out = do { local (@ARGV, $/) = "$dir/out"; <> } // '';
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    Test::More::ok($rc == 0 && $out !~ /\S/, "$what: promtool check metrics accepts it")
+        or Test::More::diag "rc=$rc: $out";
 }
 
 sub _alerts ($nginx, $expected, $name) {
