@@ -66,6 +66,8 @@ static ngx_int_t ngx_http_session_cache_time_param(ngx_conf_t *cf,
     ngx_msec_t *ms);
 static char *ngx_http_session_cache_health(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_session_cache_revocation(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_session_cache_query(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_session_cache_positive(ngx_conf_t *cf, void *post,
@@ -173,6 +175,13 @@ static ngx_command_t  ngx_http_session_cache_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_session_cache_main_conf_t, key_prefix),
+      NULL },
+
+    { ngx_string("session_cache_revocation"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_session_cache_revocation,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("session_cache_health"),
@@ -1094,6 +1103,61 @@ ngx_http_session_cache_l1(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
+ * session_cache_revocation channel=NAME | off (SPEC §9): NAME must be a
+ * lowercase Postgres identifier; session_cache_postgres is required (its
+ * presence is checked in init_main_conf, whatever the order).
+ */
+static char *
+ngx_http_session_cache_revocation(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_session_cache_main_conf_t *smcf = conf;
+
+    ngx_str_t                                 *value, name;
+    const char                                *problem;
+    ngx_http_session_cache_revocation_conf_t  *rv = &smcf->revocation;
+
+    if (rv->enabled != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        rv->enabled = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (value[1].len < sizeof("channel=") - 1
+        || ngx_strncmp(value[1].data, "channel=", sizeof("channel=") - 1)
+           != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: expected channel=NAME or off, not \"%V\"",
+                           &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data + sizeof("channel=") - 1;
+    name.len = value[1].len - (sizeof("channel=") - 1);
+
+    problem = ngx_http_session_cache_channel_problem(&name);
+
+    if (problem != NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: invalid channel \"%V\": the name %s",
+                           &cmd->name, &name, problem);
+        return NGX_CONF_ERROR;
+    }
+
+    rv->enabled = 1;
+    rv->channel = name;    /* ends with the argument's own '\0' */
+
+    return NGX_CONF_OK;
+}
+
+
+/*
  * session_cache_health [threshold=time] [timeout=time]: the location
  * answers the health document. threshold: a probe slower than this makes
  * the status degraded (default 100ms); timeout: the longest a backend's
@@ -1257,6 +1321,8 @@ ngx_http_session_cache_create_main_conf(ngx_conf_t *cf)
     smcf->l1.ttl = NGX_CONF_UNSET_MSEC;
     smcf->l1.tracking = NGX_CONF_UNSET;
 
+    smcf->revocation.enabled = NGX_CONF_UNSET;
+
     return smcf;
 }
 
@@ -1330,7 +1396,21 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
 #endif
     }
 
-    return ngx_http_session_cache_l1_zone(cf, smcf);
+    if (ngx_http_session_cache_l1_zone(cf, smcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_value(smcf->revocation.enabled, 0);
+
+    if (smcf->revocation.enabled && !smcf->pg.backend.configured) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "session_cache_revocation needs "
+                           "session_cache_postgres: it listens on that "
+                           "server");
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_session_cache_revocation_zone(cf, smcf);
 }
 
 

@@ -81,6 +81,16 @@ typedef struct {
 } ngx_http_session_cache_l1_conf_t;
 
 
+/* session_cache_revocation (SPEC §9): LISTEN on a Postgres channel */
+typedef struct {
+    ngx_flag_t                  enabled;         /* NGX_CONF_UNSET: off */
+    ngx_str_t                   channel;         /* checked, null-terminated */
+    ngx_uint_t                  generation;      /* of the listener lease */
+    ngx_shm_zone_t             *zone;
+    void                       *shared;          /* in the zone */
+} ngx_http_session_cache_revocation_conf_t;
+
+
 typedef struct {
     ngx_http_session_cache_redis_conf_t  redis;
     ngx_http_session_cache_pg_conf_t     pg;
@@ -93,6 +103,8 @@ typedef struct {
     ngx_str_t                   key_prefix;
 
     ngx_shm_zone_t             *metrics_zone;    /* src/metrics.cpp */
+
+    ngx_http_session_cache_revocation_conf_t  revocation;
 } ngx_http_session_cache_main_conf_t;
 
 
@@ -155,6 +167,12 @@ char *ngx_http_session_cache_breaker_zone(ngx_conf_t *cf,
 
 /* the L1 zone (src/l1/l1_zone.cpp) */
 char *ngx_http_session_cache_l1_zone(ngx_conf_t *cf,
+    ngx_http_session_cache_main_conf_t *smcf);
+
+/* session_cache_revocation (src/pg/pg_listener.cpp): NULL if channel is
+ * a usable channel name, else what is wrong with it; and its zone */
+const char *ngx_http_session_cache_channel_problem(ngx_str_t *channel);
+char *ngx_http_session_cache_revocation_zone(ngx_conf_t *cf,
     ngx_http_session_cache_main_conf_t *smcf);
 
 /* per worker (src/worker.cpp) */

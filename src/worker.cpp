@@ -2,6 +2,7 @@
 
 #include "l1/l1_zone.h"
 #include "metrics/metrics.h"
+#include "pg/pg_listener.h"
 #include "redis/redis_listener.h"
 
 #include <new>
@@ -43,6 +44,7 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
         }
 
         listener_start(cycle, smcf);
+        revocation_start(cycle, smcf);
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -59,6 +61,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     try {
         listener_stop();
+        revocation_stop(); /* before the pools: it sends through Redis's */
         delete redis;
         delete pg;
 

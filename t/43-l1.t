@@ -91,7 +91,8 @@ my $nginx = start_nginx(workers => 2, http => site('size=1m ttl=60s tracking=off
     is($l1->{reason}, undef, 'health: no reason while consulted');
     is($l1->{capacity}, 1024 * 1024, 'health: capacity is the zone size');
     is_deeply([ sort keys %{ $l1->{flushes} // {} } ],
-              [qw(flush heartbeat listener_lost reconnect takeover topology)],
+              [qw(flush heartbeat listener_lost reconnect revocation
+                   revocation_lost takeover topology)],
               'health: flushes by reason');
 
     my @first = map { [ check($_) ] } @tokens;

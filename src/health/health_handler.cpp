@@ -24,6 +24,7 @@
 #include "breaker/breaker_zone.h"
 #include "health/health_render.h"
 #include "l1/l1_zone.h"
+#include "pg/pg_listener.h"
 #include "metrics/metrics.h"
 #include "redis/resp.h"
 #include "worker.h"
@@ -162,6 +163,34 @@ void l1_report(health::L1Report *l)
     }
 }
 
+/* The revocation listener's figures (SPEC §9). */
+void revocation_report(health::RevocationReport *v)
+{
+    RevocationFigures f = revocation_figures();
+
+    v->enabled = f.configured;
+    v->state = f.state;
+    v->listening = f.listening;
+    v->notifications = f.notifications;
+    v->revoked = f.revoked;
+    v->flushes = f.flushes;
+    v->ignored = f.ignored;
+    v->reconnects = f.reconnects;
+
+    if (!f.configured) {
+        v->reason = "session_cache_revocation is off";
+        return;
+    }
+
+    v->channel = f.channel;
+    if (!f.listening) {
+        v->reason = f.reason;
+    }
+    if (f.listener != 0) {
+        v->listener = f.listener;
+    }
+}
+
 /* Everything known: fill in the shared figures, render, send. */
 ngx_int_t send(HealthCtx *ctx)
 {
@@ -196,6 +225,7 @@ ngx_int_t send(HealthCtx *ctx)
     }
 
     l1_report(&rep.l1);
+    revocation_report(&rep.revocation);
 
     health::evaluate(&rep);
 

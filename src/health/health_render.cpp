@@ -290,6 +290,26 @@ static void l1_json(Object *doc, const L1Report &l)
     o.close();
 }
 
+/* The top-level "revocation" object (SPEC §9). */
+static void revocation_json(Object *doc, const RevocationReport &v)
+{
+    Object o(doc->key("revocation"));
+    o.boolean("enabled", v.enabled);
+    if (v.enabled) {
+        o.str("channel", v.channel);
+    }
+    o.str("state", v.state);
+    o.boolean("listening", v.listening);
+    o.num("notifications", v.notifications);
+    o.num("revoked", v.revoked);
+    o.num("flushes", v.flushes);
+    o.num("ignored", v.ignored);
+    o.num("reconnects", v.reconnects);
+    o.opt_str("reason", v.reason);
+    o.opt_num("listener", v.listener);
+    o.close();
+}
+
 std::string render_json(const Report &r)
 {
     std::string out;
@@ -377,6 +397,7 @@ std::string render_json(const Report &r)
     }
 
     l1_json(&doc, r.l1);
+    revocation_json(&doc, r.revocation);
 
     std::string *e = doc.key("errors");
     e->push_back('[');
@@ -501,6 +522,33 @@ static void l1_prometheus(Exposition *x, const L1Report &l)
                       + l1::flush_reason_name(static_cast<l1::FlushReason>(i))
                       + "\"");
     }
+}
+
+/* Revocation from Postgres (SPEC §9): nginx_session_cache_revocation_*. */
+static void revocation_prometheus(Exposition *x, const RevocationReport &v)
+{
+    x->family("revocation_enabled", "gauge",
+              "1 if session_cache_revocation is configured.");
+    x->sample(v.enabled ? "1" : "0");
+
+    x->family("revocation_listening", "gauge",
+              "1 while the revocation listener listens on its channel.");
+    x->sample(v.listening ? "1" : "0");
+
+    x->counters({
+        {"revocation_notifications_total",
+         "Notifications received on the revocation channel.", v.notifications},
+        {"revocation_revoked_total",
+         "Tokens revoked by a notification (L1 entry and Redis key dropped).",
+         v.revoked},
+        {"revocation_flushes_total", "Notifications \"*\": all of L1 dropped.",
+         v.flushes},
+        {"revocation_ignored_total",
+         "Notifications ignored: their payload is not a token.", v.ignored},
+        {"revocation_reconnects_total",
+         "Times the revocation listener listened again after a loss.",
+         v.reconnects},
+    });
 }
 
 std::string render_prometheus(const Report &r)
@@ -666,6 +714,7 @@ std::string render_prometheus(const Report &r)
     x.sample(number(r.ttl));
 
     l1_prometheus(&x, r.l1);
+    revocation_prometheus(&x, r.revocation);
 
     return out;
 }

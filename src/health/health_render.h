@@ -72,6 +72,22 @@ struct L1Report {
     std::optional<std::int64_t> listener; /* pid of the listening worker */
 };
 
+/* Revocation from Postgres (SPEC §9): the top-level "revocation" object. */
+struct RevocationReport {
+    bool          enabled = false;   /* session_cache_revocation on */
+    std::string   channel;           /* the channel's name */
+    std::string   state = "off";     /* closed, connecting, subscribing,
+                                      * listening */
+    bool          listening = false; /* LISTEN on, heartbeat answered */
+    std::uint64_t notifications = 0;
+    std::uint64_t revoked = 0;
+    std::uint64_t flushes = 0; /* "*" */
+    std::uint64_t ignored = 0;
+    std::uint64_t reconnects = 0;
+    std::optional<std::string>  reason;   /* why not listening */
+    std::optional<std::int64_t> listener; /* pid of the listening worker */
+};
+
 struct Report {
     std::int64_t now_ms = 0; /* Unix time, milliseconds */
     Redis        redis;
@@ -81,6 +97,7 @@ struct Report {
     std::int64_t ttl = 0;            /* session_cache_ttl, seconds */
     double       threshold_ms = 100; /* a probe slower than this: degraded */
     L1Report     l1;
+    RevocationReport revocation;
 
     /* set by evaluate() */
     Status                   status = Status::Unhealthy;

@@ -19,6 +19,10 @@ const char *flush_reason_name(FlushReason r) noexcept
         return "reconnect";
     case FlushReason::Topology:
         return "topology";
+    case FlushReason::Revocation:
+        return "revocation";
+    case FlushReason::RevocationLost:
+        return "revocation_lost";
     case FlushReason::Count:
         break;
     }
@@ -64,7 +68,7 @@ std::uint64_t deadline(const Lifetimes &l, std::uint64_t now_ms, bool negative,
 LeaseAction lease_decide(const Lease &l, std::int64_t me,
                          std::uint64_t generation, std::uint64_t now) noexcept
 {
-    if (l.owner == me && l.generation == generation) {
+    if (lease_held(l, me, generation)) {
         return LeaseAction::Hold;
     }
 

@@ -31,12 +31,15 @@ constexpr std::uint32_t kRaceBuckets = 16384;
 
 /* Why the whole L1 was dropped (SPEC §8), in the health document's order. */
 enum class FlushReason : std::uint8_t {
-    Flush,        /* the null message: FLUSHALL, FLUSHDB */
-    ListenerLost, /* the listener's connection closed */
-    Heartbeat,    /* a PING left unanswered for 3 s */
-    Takeover,     /* another worker took the listener over */
-    Reconnect,    /* the listener connected again */
-    Topology,     /* the Redis master changed */
+    Flush,          /* the null message: FLUSHALL, FLUSHDB */
+    ListenerLost,   /* the listener's connection closed */
+    Heartbeat,      /* a PING left unanswered for 3 s */
+    Takeover,       /* another worker took the listener over */
+    Reconnect,      /* the listener connected again */
+    Topology,       /* the Redis master changed */
+    Revocation,     /* a revocation notification "*" (SPEC §9) */
+    RevocationLost, /* the revocation listener connected again after a
+                     * loss, or took over: notifications were missed */
     Count
 };
 
@@ -112,7 +115,9 @@ inline bool armed_now(bool subscribed, std::uint64_t last_pong,
 }
 
 /*
- * The lease that makes one worker per nginx instance the listener: its
+ * The lease that makes one worker per nginx instance the listener (of
+ * Redis invalidations, of Postgres revocations: one lease each, see
+ * lease_slot.h): its
  * owner's pid (0: none), the configuration generation it was started
  * under (a reload starts a newer one) and when it last renewed it.
  */
@@ -131,5 +136,12 @@ enum class LeaseAction {
 /* What the worker me, started under generation, does with the lease now. */
 LeaseAction lease_decide(const Lease &l, std::int64_t me,
                          std::uint64_t generation, std::uint64_t now) noexcept;
+
+/* me, started under generation, holds the lease now. */
+inline bool lease_held(const Lease &l, std::int64_t me,
+                       std::uint64_t generation) noexcept
+{
+    return l.owner == me && l.generation == generation;
+}
 
 } // namespace session_cache::l1

@@ -6,6 +6,8 @@
  */
 #include "l1/l1_zone.h"
 
+#include "l1/lease_slot.h"
+
 #include <cstddef>
 
 namespace session_cache::l1 {
@@ -368,27 +370,25 @@ void flush(FlushReason reason, ngx_log_t *log)
     (void) log;
 }
 
+/* The listener's lease, in this zone, under its mutex. */
+static LeaseSlot slot()
+{
+    LeaseSlot s;
+    s.mutex = &shpool->mutex;
+    s.lease = &sh->lease;
+    s.generation = conf->generation;
+    return s;
+}
+
 LeaseAction lease_tick(ngx_pid_t me, ngx_log_t *log)
 {
     if (sh == nullptr) {
         return LeaseAction::Wait;
     }
 
-    std::uint64_t now = ngx_current_msec;
-    std::int64_t  previous;
+    std::int64_t previous;
 
-    ngx_shmtx_lock(&shpool->mutex);
-
-    LeaseAction a = lease_decide(sh->lease, me, conf->generation, now);
-    previous = sh->lease.owner;
-
-    if (a == LeaseAction::Hold) {
-        sh->lease.heartbeat = now;
-
-    } else if (a == LeaseAction::Take) {
-        sh->lease.owner = me;
-        sh->lease.generation = conf->generation;
-        sh->lease.heartbeat = now;
+    LeaseAction a = slot().step(me, &previous, [](std::int64_t prev) {
         sh->armed = 0;
 
         /* what the old listener missed, or what was cached before any
@@ -397,12 +397,10 @@ LeaseAction lease_tick(ngx_pid_t me, ngx_log_t *log)
         sh->epoch++;
         sh->entries = 0;
 
-        if (previous != 0) {
+        if (prev != 0) {
             sh->flushes[static_cast<std::size_t>(FlushReason::Takeover)]++;
         }
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
+    });
 
     if (a == LeaseAction::Take) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
@@ -426,12 +424,7 @@ void lease_release(ngx_pid_t me)
         return;
     }
 
-    ngx_shmtx_lock(&shpool->mutex);
-    if (sh->lease.owner == me && sh->lease.generation == conf->generation) {
-        sh->lease.owner = 0;
-        sh->armed = 0;
-    }
-    ngx_shmtx_unlock(&shpool->mutex);
+    slot().release(me, [] { sh->armed = 0; });
 }
 
 void set_armed(ngx_pid_t me, bool on)
@@ -440,16 +433,12 @@ void set_armed(ngx_pid_t me, bool on)
         return;
     }
 
-    /* only the lease's holder: a retired listener that has not noticed
-     * yet must not disarm (or arm) its successor's */
-    ngx_shmtx_lock(&shpool->mutex);
-    if (sh->lease.owner == me && sh->lease.generation == conf->generation) {
+    slot().if_holder(me, [on] {
         if (on) {
             sh->last_pong = ngx_current_msec;
         }
         sh->armed = on ? 1 : 0;
-    }
-    ngx_shmtx_unlock(&shpool->mutex);
+    });
 }
 
 void pong(ngx_pid_t me)
@@ -458,11 +447,7 @@ void pong(ngx_pid_t me)
         return;
     }
 
-    ngx_shmtx_lock(&shpool->mutex);
-    if (sh->lease.owner == me && sh->lease.generation == conf->generation) {
-        sh->last_pong = ngx_current_msec;
-    }
-    ngx_shmtx_unlock(&shpool->mutex);
+    slot().if_holder(me, [] { sh->last_pong = ngx_current_msec; });
 }
 
 void set_reason(std::string_view reason)
@@ -537,7 +522,7 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
 
         /* a new configuration cycle: its workers take the listener over */
         auto *s = static_cast<Shared *>(lc->shared);
-        lc->generation = ngx_atomic_fetch_add(&s->generations, 1) + 1;
+        lc->generation = lease_generation(&s->generations, false);
         return NGX_OK;
     }
 
@@ -547,8 +532,7 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
     }
 
     ngx_rbtree_init(&s->rbtree, &s->sentinel, insert_value);
-    s->generations = 1;
-    lc->generation = 1;
+    lc->generation = lease_generation(&s->generations, true);
     ngx_queue_init(&s->lru);
 
     pool->data = s;

@@ -504,7 +504,8 @@ test_l1(void **)
     assert_true(contains(j, "\"flushes\": {\"flush\": 0, "
                             "\"listener_lost\": 0, \"heartbeat\": 2, "
                             "\"takeover\": 0, \"reconnect\": 0, "
-                            "\"topology\": 0}"));
+                            "\"topology\": 0, \"revocation\": 0, "
+                            "\"revocation_lost\": 0}"));
     assert_true(contains(j, "\"reason\": null, \"listener\": 4242}"));
 
     std::string p = render_prometheus(r);

@@ -186,7 +186,8 @@ void lease_one_listener(void **)
 void flush_reason_names(void **)
 {
     const char *names[] = {"flush",    "listener_lost", "heartbeat",
-                           "takeover", "reconnect",     "topology"};
+                           "takeover", "reconnect",     "topology",
+                           "revocation", "revocation_lost"};
 
     assert_int_equal(kFlushReasons, sizeof(names) / sizeof(names[0]));
     for (std::size_t i = 0; i < kFlushReasons; i++) {
