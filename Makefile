@@ -1,5 +1,5 @@
 # ngx_session_cache: make build | test | unit | demo | bench | clean
-#                    | bench-revocation | bench-fleet
+#                    | bench-revocation | bench-revocation-pg | bench-fleet
 #                    | test-asan | fuzz | test-valgrind | test-rules
 #                    | deb | test-deb
 # Every target installs the Debian packages it needs (through build.sh).
@@ -20,7 +20,7 @@ ASAN_ENV = SESSION_CACHE_MODULE=$(ASAN_DIR)/ngx_http_session_cache_module.so \
 FUZZ_TIME ?= 30
 
 .PHONY: all build deps test unit integration demo bench clean \
-        bench-revocation bench-fleet \
+        bench-revocation bench-revocation-pg bench-fleet \
         build-asan test-asan fuzz test-valgrind test-rules deb test-deb
 
 all: build
@@ -98,11 +98,16 @@ bench: build
 	./bench/setup.sh
 	perl bench/bench.pl
 	perl bench/revocation.pl
+	perl bench/revocation-pg.pl
 	perl bench/fleet.pl
 
 bench-revocation: build
 	./bench/setup.sh
 	perl bench/revocation.pl
+
+bench-revocation-pg: build
+	./bench/setup.sh
+	perl bench/revocation-pg.pl
 
 bench-fleet: build
 	./bench/setup.sh

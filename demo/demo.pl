@@ -1,6 +1,7 @@
 #!/usr/bin/env perl
-# ngx_session_cache demo: Redis, Postgres (with three sample sessions) and
-# nginx with the module protecting /app/, all on free 127.0.0.1 ports.
+# ngx_session_cache demo: Redis, Postgres (with four sample sessions and
+# contrib/revocation.sql's trigger) and nginx with the module protecting
+# /app/ (revocation from Postgres on), all on free 127.0.0.1 ports.
 # Prints curl commands to try, runs them once itself, then waits for
 # Ctrl-C and stops everything it started.
 #
@@ -14,6 +15,7 @@ use v5.36;
 use FindBin ();
 use lib "$FindBin::Bin/../t/lib";
 use SessionCache::Test;
+use Time::HiRes qw(time);
 
 $| = 1;
 my $stop = 0;
@@ -30,8 +32,11 @@ my %sessions = (
     valid   => ['demo-valid-token',   'alice', 3600],
     revoked => ['demo-revoked-token', 'bob',   3600, revoked => 1],
     expired => ['demo-expired-token', 'carol', -3600],
+    logout  => ['demo-logout-token',  'dave',  3600],
 );
 $pg->add_session(@$_) for values %sessions;
+say '  installing contrib/revocation.sql (the trigger that sends revoked tokens)...';
+$pg->psql(SessionCache::Test::_slurp("$FindBin::Bin/../contrib/revocation.sql"));
 
 say '  starting nginx with the module...';
 my $H = session_headers();
@@ -43,6 +48,7 @@ $nginx->start(http => <<~"NGX");
     session_cache_ttl      300s;
     session_cache_negative_ttl 10s;
     session_cache_breaker  errors=50% window=10s cooldown=5s;
+    session_cache_revocation channel=session_cache_revoke;
 
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -77,6 +83,7 @@ say 'Sessions in platform.user_sessions:';
 say "  demo-valid-token    alice  valid for an hour";
 say "  demo-revoked-token  bob    revoked";
 say "  demo-expired-token  carol  expired an hour ago";
+say "  demo-logout-token   dave   valid, revoked by the self-check below (in Postgres only)";
 say '';
 say 'Try:';
 say "  curl -i --cookie 'session=demo-valid-token' $url     # 200, X-Session-User: alice, MISS then HIT";
@@ -87,6 +94,10 @@ say "  curl -s http://127.0.0.1:$port/health | jq .               # health, metr
 say "  curl -s 'http://127.0.0.1:$port/health?format=prometheus'  # the same for Prometheus";
 say "  kill -STOP ${\ $redis->pid }; curl -i --cookie 'session=demo-valid-token' $url; kill -CONT ${\ $redis->pid }";
 say "                                         # Redis hung: 200 BYPASS through Postgres, after the 200ms Redis timeout";
+say "  psql -h ${\ $pg->{sock} } -p ${\ $pg->port } -U postgres sessions \\";
+say "       -c \"UPDATE platform.user_sessions SET revoked_at = now() WHERE token = 'demo-valid-token'\"";
+say "                                         # revoked in Postgres alone: the next request is 401 (the trigger";
+say "                                         # notifies, nginx drops the cached session from Redis)";
 say '';
 
 # --- self-check ----------------------------------------------------------
@@ -117,6 +128,28 @@ for my $c (@checks) {
         $ok ? '' : "   (expected $want" . (defined $want_status ? " $want_status" : '') . ')';
     # Let the cache fill land before the next request for the same token.
     $redis->wait_for_key("session:$token", 1) if defined $token && $r->{status} != 0;
+}
+# revocation from Postgres: dave's session, cached, revoked in the database
+# alone; the listener deletes the Redis key, the next request is refused
+{
+    my $listening = wait_until(sub { get('/health')->{body} =~ /"listening":\s*true/ }, 10, 0.05);
+    my $r1 = get('/app/', cookie => 'session=demo-logout-token');
+    $redis->wait_for_key('session:demo-logout-token', 1);
+    my $r2 = get('/app/', cookie => 'session=demo-logout-token');
+    my $t0 = time;
+    $pg->psql("UPDATE platform.user_sessions SET revoked_at = now() "
+            . "WHERE token = 'demo-logout-token'");
+    my $r3;
+    my $refused = wait_until(sub {
+        ($r3 = get('/app/', cookie => 'session=demo-logout-token'))->{status} == 401
+    }, 2, 0.005);
+    my $ms = (time - $t0) * 1000;
+    my $ok = $listening && $r1->{status} == 200 && $r2->{status} == 200
+          && ($r2->{headers}{'x-session-status'} // '') eq 'HIT' && $refused;
+    $failures++ unless $ok;
+    printf "  %-4s %-22s %-28s %s\n", $ok ? 'ok' : 'FAIL', 'revoked in Postgres',
+        $r3->{status_line} // "no response ($r3->{error})",
+        sprintf('200 HIT before; refused %.0f ms after the UPDATE (psql included)', $ms);
 }
 {
     my $r = get('/health');
