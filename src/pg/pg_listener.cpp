@@ -336,7 +336,15 @@ bool send_query(Listener *l, const char *sql, Query q)
     l->sent = ngx_current_msec;
     l->query_error.clear();
 
-    return flush_out(l);
+    if (!flush_out(l)) {
+        return false;
+    }
+
+    /* PQflush may have read what the server sent meanwhile (it reads
+     * when it cannot write): have consume() look, this turn of the
+     * event loop, rather than wait for a socket that may not signal */
+    ngx_post_event(l->c->read, &ngx_posted_events);
+    return true;
 }
 
 /* LISTEN answered: notifications flow from here on. */
