@@ -335,7 +335,17 @@ bool Cluster::on_redirect(void *data, RedisPool *from, RedisJob *job,
         }
     }
 
-    if (job->redirected || job->done == nullptr || r.host.empty()) {
+    if (job->redirected) {
+        /* at most one redirection per command: its caller goes to
+         * postgres, and the map is on its way */
+        ngx_log_error(NGX_LOG_INFO, &self->log_, 0,
+                      "session_cache: redis cluster: a second redirection "
+                      "(%s slot %ui to %s) not followed",
+                      r.ask ? "ASK" : "MOVED", r.slot, address.c_str());
+        return false;
+    }
+
+    if (job->done == nullptr || r.host.empty()) {
         return false;
     }
 

@@ -36,6 +36,13 @@ class SlotMap {
 public:
     static constexpr std::uint16_t kNone = 0xffff;
 
+    SlotMap() noexcept
+    {
+        for (unsigned s = 0; s < kClusterSlots; s++) {
+            slots_[s] = kNone;
+        }
+    }
+
     /* From CLUSTER SLOTS' ranges. false and *error (in the module's
      * words) when the reply cannot be a slot map: a range out of
      * 0..16383 or reversed, a master without a usable address, more
@@ -64,7 +71,7 @@ public:
     static constexpr std::size_t kMaxNodes = 1000;
 
 private:
-    std::uint16_t            slots_[kClusterSlots] = {};
+    std::uint16_t            slots_[kClusterSlots];
     std::vector<std::string> nodes_;
     std::size_t              covered_ = 0;
 };

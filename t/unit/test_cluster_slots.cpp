@@ -21,8 +21,7 @@ using namespace session_cache;
 
 namespace {
 
-void
-test_crc16(void **)
+void test_crc16(void **)
 {
     /* the check value of CRC16/XMODEM, and the cluster spec's examples */
     assert_int_equal(crc16("123456789", 9), 0x31c3);
@@ -31,8 +30,7 @@ test_crc16(void **)
     assert_int_equal(key_slot(""), 0);
 }
 
-void
-test_hash_tags(void **)
+void test_hash_tags(void **)
 {
     assert_int_equal(key_slot("{user1000}.following"),
                      key_slot("{user1000}.followers"));
@@ -40,8 +38,7 @@ test_hash_tags(void **)
     /* the first { and the next }: "bar" */
     assert_int_equal(key_slot("foo{bar}{zap}"), key_slot("bar"));
     /* an empty tag: the whole key */
-    assert_int_equal(key_slot("foo{}{bar}"),
-                     crc16("foo{}{bar}", 10) & 16383);
+    assert_int_equal(key_slot("foo{}{bar}"), crc16("foo{}{bar}", 10) & 16383);
     /* "{bar" is the tag */
     assert_int_equal(key_slot("foo{{bar}}zap"), key_slot("{bar"));
     /* no closing brace: the whole key */
@@ -51,8 +48,7 @@ test_hash_tags(void **)
 
 /* A CLUSTER SLOTS reply as Redis 7 writes it (a node: ip, port, id,
  * metadata), fed to the reader in pieces of every size. */
-std::string
-slots_reply()
+std::string slots_reply()
 {
     return "*3\r\n"
            "*4\r\n:0\r\n:5460\r\n"
@@ -65,8 +61,7 @@ slots_reply()
            "*3\r\n$3\r\n::1\r\n:7002\r\n$4\r\nid-c\r\n";
 }
 
-void
-test_reader_slots(void **)
+void test_reader_slots(void **)
 {
     std::string text = slots_reply();
 
@@ -74,13 +69,13 @@ test_reader_slots(void **)
         ReplyReader r;
         assert_true(r.init());
 
-        RedisReply                 reply{};
-        const char                *error = nullptr;
-        ReplyReader::Next          next = ReplyReader::Next::More;
+        RedisReply        reply{};
+        const char       *error = nullptr;
+        ReplyReader::Next next = ReplyReader::Next::More;
 
         for (std::size_t at = 0; at < text.size(); at += step) {
-            assert_true(r.feed(text.data() + at,
-                               std::min(step, text.size() - at)));
+            assert_true(
+                r.feed(text.data() + at, std::min(step, text.size() - at)));
             next = r.next(RedisCmd::ClusterSlots, &reply, &error);
             if (next != ReplyReader::Next::More) {
                 break;
@@ -112,8 +107,7 @@ test_reader_slots(void **)
     }
 }
 
-void
-test_reader_refuses(void **)
+void test_reader_refuses(void **)
 {
     struct {
         const char *text;
@@ -154,11 +148,16 @@ test_reader_refuses(void **)
     assert_int_equal(reply.nranges, 0);
 }
 
-void
-test_map_errors(void **)
+void test_map_errors(void **)
 {
     SlotMap     map;
     std::string err;
+
+    /* no map yet: no slot is served */
+    assert_true(map.empty());
+    assert_int_equal(map.node_of(0), SlotMap::kNone);
+    assert_int_equal(map.node_of(16383), SlotMap::kNone);
+    assert_int_equal(map.covered(), 0);
 
     ClusterSlotRange bad[1];
     bad[0].start = 10;
@@ -197,8 +196,7 @@ test_map_errors(void **)
     assert_int_equal(map.covered(), 100); /* unchanged */
 }
 
-void
-test_redirects(void **)
+void test_redirects(void **)
 {
     Redirect r;
 
@@ -233,8 +231,8 @@ test_redirects(void **)
     assert_string_equal(
         std::string(redis_error_code("ASK 3999 127.0.0.1:6381")).c_str(),
         "ASK 3999 127.0.0.1:6381");
-    assert_string_equal(
-        std::string(redis_error_code("MOVED 1 'x' pw")).c_str(), "MOVED");
+    assert_string_equal(std::string(redis_error_code("MOVED 1 'x' pw")).c_str(),
+                        "MOVED");
     assert_string_equal(
         std::string(redis_error_code("CLUSTERDOWN The cluster is down"))
             .c_str(),
@@ -243,8 +241,7 @@ test_redirects(void **)
 
 } // namespace
 
-int
-main(void)
+int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc16),
