@@ -5,18 +5,38 @@
 
 namespace session_cache {
 
+namespace {
+
+/* The table of CRC16-XMODEM for each byte, built at compile time. */
+struct Crc16Table {
+    std::uint16_t v[256];
+
+    constexpr Crc16Table() : v()
+    {
+        for (unsigned b = 0; b < 256; b++) {
+            std::uint16_t crc = static_cast<std::uint16_t>(b << 8);
+            for (int i = 0; i < 8; i++) {
+                crc = (crc & 0x8000)
+                          ? static_cast<std::uint16_t>((crc << 1) ^ 0x1021)
+                          : static_cast<std::uint16_t>(crc << 1);
+            }
+            v[b] = crc;
+        }
+    }
+};
+
+constexpr Crc16Table kCrc16;
+
+} // namespace
+
 std::uint16_t crc16(const char *data, std::size_t len) noexcept
 {
     std::uint16_t crc = 0;
 
     for (std::size_t i = 0; i < len; i++) {
-        crc ^= static_cast<std::uint16_t>(static_cast<unsigned char>(data[i])
-                                          << 8);
-        for (int b = 0; b < 8; b++) {
-            crc = (crc & 0x8000)
-                      ? static_cast<std::uint16_t>((crc << 1) ^ 0x1021)
-                      : static_cast<std::uint16_t>(crc << 1);
-        }
+        auto byte = static_cast<unsigned char>(data[i]);
+        crc = static_cast<std::uint16_t>(
+            (crc << 8) ^ kCrc16.v[((crc >> 8) ^ byte) & 0xff]);
     }
 
     return crc;
