@@ -92,14 +92,15 @@ static bool same_name(std::string_view a, const char *b) noexcept
 }
 
 static const char *const kNames[] = {
-    "GET",  "SET",    "PING",    "INFO",   "DBSIZE",
-    "AUTH", "SELECT", "CLUSTER", "ASKING",
+    "GET",     "SET",    "PING",   "INFO",
+    "DBSIZE",  "AUTH",   "SELECT", nullptr, /* Other */
+    "CLUSTER", "ASKING",
 };
 
 RedisCmd resp_command_kind(std::string_view name) noexcept
 {
     for (std::size_t i = 0; i < sizeof(kNames) / sizeof(kNames[0]); i++) {
-        if (same_name(name, kNames[i])) {
+        if (kNames[i] != nullptr && same_name(name, kNames[i])) {
             return static_cast<RedisCmd>(i);
         }
     }
@@ -111,7 +112,9 @@ const char *resp_command_name(RedisCmd kind) noexcept
 {
     auto i = static_cast<std::size_t>(kind);
 
-    return i < sizeof(kNames) / sizeof(kNames[0]) ? kNames[i] : "command";
+    return i < sizeof(kNames) / sizeof(kNames[0]) && kNames[i] != nullptr
+               ? kNames[i]
+               : "command";
 }
 
 /* "<mark><digits>\r\n" at s[*pos]; false when it is not there whole. */
@@ -189,7 +192,7 @@ std::string_view redis_error_code(std::string_view t) noexcept
     /* Redis Cluster's redirections: "MOVED 3999 127.0.0.1:6381", a slot
      * and an address, nothing the client sent */
     if ((t.substr(0, i) == "MOVED" || t.substr(0, i) == "ASK")
-        && t.size() <= 128) {
+        && t.size() <= 64) {
         std::size_t j = i;
 
         while (j < t.size()

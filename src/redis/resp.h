@@ -51,9 +51,9 @@ enum class RedisCmd : unsigned char {
     DbSize,
     Auth,
     Select,
-    ClusterSlots,
-    Asking,
-    Other
+    Other,
+    ClusterSlots, /* after Other: the kinds above keep their numbers */
+    Asking
 };
 
 /* The kind of a command by its name (any case): "get" -> Get. */
