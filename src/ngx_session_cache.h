@@ -43,6 +43,10 @@ typedef struct {
     ngx_ssl_t                  *ssl;
 #endif
     ngx_str_t                   handshake;       /* AUTH/SELECT, as RESP */
+
+    /* redis-cluster:// (SPEC §10): addrs are the seeds' addresses; the
+     * nodes are learned at run time (src/redis/cluster.cpp) */
+    ngx_uint_t                  cluster;
 } ngx_http_session_cache_redis_conf_t;
 
 

@@ -3,6 +3,7 @@
 #include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 #include "pg/pg_listener.h"
+#include "redis/cluster.h"
 #include "redis/redis_listener.h"
 
 #include <new>
@@ -11,10 +12,21 @@ namespace session_cache {
 
 static RedisPool *redis;
 static PgPool    *pg;
+static Cluster   *cluster;
 
 RedisPool *redis_pool()
 {
     return redis;
+}
+
+RedisPool *redis_pool_for(std::string_view key)
+{
+    return cluster ? cluster->pool_for(key) : redis;
+}
+
+Cluster *redis_cluster()
+{
+    return cluster;
 }
 
 PgPool *pg_pool()
@@ -35,7 +47,12 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
     l1::start(smcf);
 
     try {
-        if (smcf->redis.backend.configured) {
+        if (smcf->redis.backend.configured && smcf->redis.cluster) {
+            cluster = new Cluster(cycle, &smcf->redis);
+            redis = cluster->seeds();
+            cluster->start();
+
+        } else if (smcf->redis.backend.configured) {
             redis = new RedisPool(cycle, &smcf->redis);
         }
 
@@ -62,7 +79,11 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
     try {
         listener_stop();
         revocation_stop(); /* before the pools: it sends through Redis's */
-        delete redis;
+        if (cluster) {
+            delete cluster; /* and its seeds' pool, redis */
+        } else {
+            delete redis;
+        }
         delete pg;
 
     } catch (const std::exception &e) {
@@ -72,6 +93,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     redis = nullptr;
     pg = nullptr;
+    cluster = nullptr;
 
     breaker_stop();
     metrics_detach();

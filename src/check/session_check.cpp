@@ -129,7 +129,8 @@ static void cleanup(void *data)
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
                            "session_cache: request gone, "
                            "its redis GET dropped");
-            redis_pool()->cancel(ctx->redis_job);
+            /* the pool it runs on: a cluster's node, maybe redirected */
+            RedisPool::of(ctx->redis_job)->cancel(ctx->redis_job);
         }
 
         if (ctx->pg_waiter && pg_pool()) {
@@ -381,9 +382,13 @@ static void send_fill(Ctx *ctx, FillTracker::Fill *fill, std::string_view value,
         }
 #endif
 
-        job = redis_pool()->submit(
-            {"SET", view(ctx->key), value, "EX", std::to_string(seconds)}, done,
-            data, &error);
+        if (RedisPool *pool = redis_pool_for(view(ctx->key))) {
+            job = pool->submit(
+                {"SET", view(ctx->key), value, "EX", std::to_string(seconds)},
+                done, data, &error);
+        } else {
+            error = "no redis node serves the key's slot";
+        }
 
     } catch (const std::exception &e) {
         /* not sent, as if it had failed */
@@ -851,10 +856,12 @@ static ngx_int_t start(ngx_http_request_t                       *r,
     } else if ((rc = from_l1(ctx)) != NGX_DECLINED) {
         /* L1 answered */
 
-    } else if (RedisPool *redis = redis_pool()) {
-        const char *error = nullptr;
-        ctx->redis_job =
-            redis->submit({"GET", view(ctx->key)}, on_redis, ctx, &error);
+    } else if (redis_pool()) {
+        RedisPool  *redis = redis_pool_for(view(ctx->key));
+        const char *error = "no redis node serves the key's slot";
+        ctx->redis_job = redis ? redis->submit({"GET", view(ctx->key)},
+                                               on_redis, ctx, &error)
+                               : nullptr;
 
         if (ctx->redis_job != nullptr) {
             ctx->get_seq = fills.get_sent();

@@ -160,6 +160,61 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 #endif
 }
 
+/*
+ * redis-cluster://: every seed resolved here, their addresses one list
+ * (a name may give several); the nodes themselves come from CLUSTER
+ * SLOTS at run time.
+ */
+static char *cluster_seeds(ngx_conf_t *cf, const RedisUrl &url,
+                           ngx_http_session_cache_redis_conf_t *rcf)
+{
+    if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
+        return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
+    }
+
+    std::vector<ngx_addr_t> addrs;
+
+    for (const RedisUrl::Seed &seed : url.cluster_seeds) {
+        ngx_url_t   u;
+        std::string err =
+            resolve(cf, seed.host, seed.port, !url.secret_authority, &u);
+        if (!err.empty()) {
+            return conf_error(cf, err);
+        }
+
+        addrs.insert(addrs.end(), u.addrs, u.addrs + u.naddrs);
+    }
+
+    auto *a = static_cast<ngx_addr_t *>(
+        ngx_palloc(cf->pool, addrs.size() * sizeof(ngx_addr_t)));
+    if (a == nullptr) {
+        return const_cast<char *>("out of memory");
+    }
+    ngx_memcpy(a, addrs.data(), addrs.size() * sizeof(ngx_addr_t));
+
+    rcf->addrs = a;
+    rcf->naddrs = addrs.size();
+    rcf->cluster = 1;
+
+    std::string hs;
+
+    if (!url.password.empty()) {
+        if (url.user.empty()) {
+            resp_append(&hs, {"AUTH", url.password});
+        } else {
+            resp_append(&hs, {"AUTH", url.user, url.password});
+        }
+    }
+
+    if (!copy_str(cf, hs, &rcf->handshake)
+        || !copy_str(cf, mask_redis_url(url), &rcf->backend.display))
+    {
+        return const_cast<char *>("out of memory");
+    }
+
+    return NGX_CONF_OK;
+}
+
 static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
                          ngx_http_session_cache_redis_conf_t *rcf)
 {
@@ -168,6 +223,10 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
 
     if (!err.empty()) {
         return conf_error(cf, err);
+    }
+
+    if (url.cluster) {
+        return cluster_seeds(cf, url, rcf);
     }
 
     if (url.tls) {

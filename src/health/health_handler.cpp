@@ -26,6 +26,7 @@
 #include "l1/l1_zone.h"
 #include "pg/pg_listener.h"
 #include "metrics/metrics.h"
+#include "redis/cluster.h"
 #include "redis/resp.h"
 #include "worker.h"
 
@@ -86,11 +87,40 @@ double now_ms()
            + static_cast<double>(ts.tv_nsec) / 1e6;
 }
 
+/* Redis Cluster: this worker's map and node pools. */
+void cluster_report(health::ClusterReport *out)
+{
+    const Cluster *c = redis_cluster();
+
+    if (c == nullptr) {
+        return;
+    }
+
+    out->enabled = true;
+    out->error = c->error();
+    if (!c->mapped() && out->error.empty()) {
+        out->error = "no slot map yet";
+    }
+    out->slots_covered = c->covered();
+
+    for (const auto &n : c->nodes()) {
+        health::ClusterNodeReport node;
+        node.address = n->address;
+        node.slots = n->slots;
+        node.error = n->error;
+        if (n->pool) {
+            node.pool = PoolFigures{n->pool->connections(), n->pool->idle(),
+                                    n->pool->waiting(), n->conf.backend.pool};
+        }
+        out->nodes.push_back(std::move(node));
+    }
+}
+
 /* Stop whatever still runs for ctx: the answers are no longer wanted. */
 void stop(HealthCtx *ctx)
 {
     if (ctx->redis_job && redis_pool()) {
-        redis_pool()->cancel(ctx->redis_job);
+        RedisPool::of(ctx->redis_job)->cancel(ctx->redis_job);
     }
 
     if (ctx->pg_waiter && pg_pool()) {
@@ -217,6 +247,7 @@ ngx_int_t send(HealthCtx *ctx)
     if (rep.redis.configured) {
         rep.redis.breaker = breaker_state(Backend::Redis);
         rep.redis.pool = pool_total(Backend::Redis);
+        cluster_report(&rep.redis.cluster);
     }
 
     if (rep.postgres.configured) {
@@ -317,9 +348,16 @@ void redis_send(HealthCtx *ctx)
     }
 
     const char *error = "no connection";
+    RedisPool  *pool = redis_pool_for(ctx->probe_key);
     ctx->redis_sent = now_ms();
-    ctx->redis_job =
-        redis_pool()->submit_probe(std::move(cmd), on_redis, ctx, &error);
+    ctx->redis_job = nullptr;
+
+    if (pool == nullptr) {
+        error = "no redis cluster node serves the probe key's slot";
+    } else {
+        ctx->redis_job =
+            pool->submit_probe(std::move(cmd), on_redis, ctx, &error);
+    }
 
     if (ctx->redis_job == nullptr) {
         ctx->report.redis.error =
@@ -528,7 +566,9 @@ ngx_int_t start(ngx_http_request_t *r)
         static ngx_uint_t seq;
         std::string n = std::to_string(ngx_pid) + ":" + std::to_string(++seq);
         ctx->probe_key =
-            std::string(view(ctx->smcf->key_prefix)) + "health-probe:" + n;
+            std::string(view(ctx->smcf->key_prefix))
+            /* a cluster: one slot, so that every probe asks one node */
+            + (redis_cluster() ? "{health-probe}:" : "health-probe:") + n;
         ctx->probe_value = "ngx_session_cache health probe " + n;
         ctx->redis_done = false;
         redis_send(ctx);

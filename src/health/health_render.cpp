@@ -115,6 +115,31 @@ static bool assess(Report *r, const BackendReport &b, const char *name)
     return usable;
 }
 
+/* A cluster without a fresh map, or with slots no master serves: those
+ * sessions go to Postgres, the others are still checked (degraded). */
+static void cluster_assess(Report *r, const ClusterReport &c)
+{
+    if (!c.enabled) {
+        return;
+    }
+
+    if (!c.error.empty()) {
+        r->errors.push_back("redis cluster: " + c.error);
+    }
+
+    if (c.slots_covered < 16384) {
+        r->errors.push_back("redis cluster: " + std::to_string(c.slots_covered)
+                            + " of 16384 slots served");
+    }
+
+    for (const ClusterNodeReport &n : c.nodes) {
+        if (!n.error.empty() && n.slots) {
+            r->errors.push_back("redis cluster: node " + n.address + " "
+                                + n.error);
+        }
+    }
+}
+
 void evaluate(Report *r)
 {
     r->errors.clear();
@@ -126,6 +151,8 @@ void evaluate(Report *r)
     slow(r, "redis", "SET", r->redis.set_ms);
     slow(r, "redis", "GET", r->redis.get_ms);
     slow(r, "postgres", "SELECT 1", r->postgres.query_ms);
+
+    cluster_assess(r, r->redis.cluster);
 
     if (!r->redis.configured && !r->postgres.configured) {
         r->errors.push_back("no backend configured");
@@ -310,6 +337,44 @@ static void revocation_json(Object *doc, const RevocationReport &v)
     o.close();
 }
 
+/* "redis": {"mode": "cluster", "cluster": {...}} (SPEC §10) */
+static void cluster_json(Object *redis, const ClusterReport &c,
+                         const Counters &k)
+{
+    redis->str("mode", "cluster");
+
+    Object o(redis->key("cluster"));
+    o.str("state",
+          c.error.empty() && c.slots_covered == 16384 ? "ok" : "degraded");
+    if (c.error.empty()) {
+        o.raw("error", "null");
+    } else {
+        o.str("error", c.error);
+    }
+    o.num("slotsCovered", c.slots_covered);
+    o.num("moved", k.moved);
+    o.num("ask", k.asks);
+
+    std::string *out = o.key("nodes");
+    out->push_back('[');
+    for (std::size_t i = 0; i < c.nodes.size(); i++) {
+        if (i) {
+            out->append(", ");
+        }
+        const ClusterNodeReport &n = c.nodes[i];
+        Object                   node(out);
+        node.str("address", n.address);
+        node.num("slots", n.slots);
+        if (!n.error.empty()) {
+            node.str("error", n.error);
+        }
+        pool_json(&node, "pool", n.pool);
+        node.close();
+    }
+    out->push_back(']');
+    o.close();
+}
+
 std::string render_json(const Report &r)
 {
     std::string out;
@@ -330,6 +395,9 @@ std::string render_json(const Report &r)
         o.opt_num("totalKeys", b.total_keys);
         o.str("breaker", breaker_state_name(b.breaker));
         pool_json(&o, "pool", b.pool);
+        if (b.cluster.enabled) {
+            cluster_json(&o, b.cluster, r.counters);
+        }
         o.close();
     }
 
@@ -551,6 +619,34 @@ static void revocation_prometheus(Exposition *x, const RevocationReport &v)
     });
 }
 
+/* Redis Cluster (SPEC §10): nginx_session_cache_redis_cluster_*. */
+static void cluster_prometheus(Exposition *x, const ClusterReport &c,
+                               const Counters &k)
+{
+    x->family("redis_cluster_slots_covered", "gauge",
+              "Hash slots a reachable master serves, of 16384.");
+    x->sample(number(c.slots_covered));
+
+    x->family("redis_cluster_redirects_total", "counter",
+              "MOVED and ASK replies followed or counted, over all workers.");
+    x->sample(number(k.moved), "type=\"moved\"");
+    x->sample(number(k.asks), "type=\"ask\"");
+
+    x->family("redis_cluster_node_slots", "gauge",
+              "Hash slots each master serves.");
+    for (const ClusterNodeReport &n : c.nodes) {
+        x->sample(number(n.slots), "node=\"" + label_value(n.address) + "\"");
+    }
+
+    x->family("redis_cluster_node_pool_size", "gauge",
+              "Connections open to each master, in the worker that "
+              "answered.");
+    for (const ClusterNodeReport &n : c.nodes) {
+        x->sample(number(n.pool.size),
+                  "node=\"" + label_value(n.address) + "\"");
+    }
+}
+
 std::string render_prometheus(const Report &r)
 {
     std::string out;
@@ -712,6 +808,10 @@ std::string render_prometheus(const Report &r)
     x.family("session_ttl_seconds", "gauge",
              "session_cache_ttl: how long a valid session stays cached.");
     x.sample(number(r.ttl));
+
+    if (r.redis.cluster.enabled) {
+        cluster_prometheus(&x, r.redis.cluster, r.counters);
+    }
 
     l1_prometheus(&x, r.l1);
     revocation_prometheus(&x, r.revocation);

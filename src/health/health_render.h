@@ -40,12 +40,29 @@ struct BackendReport {
     std::optional<std::string> version;
 };
 
+/* Redis Cluster (SPEC §10): "redis.cluster", as the worker that answers
+ * sees it (its node pools; the redirections are summed over workers). */
+struct ClusterNodeReport {
+    std::string   address; /* "127.0.0.1:7000" */
+    std::uint64_t slots = 0;
+    std::string   error; /* why it has no pool; empty if it has one */
+    PoolFigures   pool;  /* this worker's */
+};
+
+struct ClusterReport {
+    bool                           enabled = false; /* redis-cluster:// */
+    std::string                    error; /* why the map is not fresh */
+    std::uint64_t                  slots_covered = 0;
+    std::vector<ClusterNodeReport> nodes;
+};
+
 struct Redis : BackendReport {
     std::optional<std::int64_t>  uptime;      /* seconds */
     std::optional<std::string>   used_memory; /* "1.75M" */
     std::optional<std::uint64_t> used_memory_bytes;
     std::optional<std::int64_t>  total_keys; /* DBSIZE */
     std::optional<double>        ping_ms, set_ms, get_ms;
+    ClusterReport                cluster;
 };
 
 struct Postgres : BackendReport {

@@ -19,6 +19,8 @@ struct Counters {
     std::uint64_t rejected = 0;
     std::uint64_t errors = 0;        /* ERROR and FAIL_OPEN */
     std::uint64_t invalidations = 0; /* not an outcome: see README */
+    std::uint64_t moved = 0;         /* Redis Cluster: MOVED replies */
+    std::uint64_t asks = 0;          /* Redis Cluster: ASK replies */
 };
 
 /* One backend's pools: one worker's, or summed over all workers. */

@@ -154,6 +154,8 @@ Counters counters_total()
     c.rejected = get(Counter::Rejected);
     c.errors = get(Counter::Errors);
     c.invalidations = get(Counter::Invalidations);
+    c.moved = get(Counter::Moved);
+    c.asks = get(Counter::Asks);
     return c;
 }
 

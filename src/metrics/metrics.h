@@ -36,6 +36,8 @@ enum class Counter {
     Rejected,
     Errors,
     Invalidations,
+    Moved, /* Redis Cluster redirections (SPEC §10) */
+    Asks,
     Count
 };
 

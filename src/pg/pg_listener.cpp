@@ -403,10 +403,12 @@ void notified(Listener *l, const PGnotify *n)
         count(&l->sh->revoked);
         l1::invalidate(payload);
 
-        if (RedisPool *redis = redis_pool()) {
+        std::string key = l->prefix;
+        key.append(payload);
+
+        /* with redis-cluster://, the pool of the master serving the key */
+        if (RedisPool *redis = redis_pool_for(key)) {
             const char *error = nullptr;
-            std::string key = l->prefix;
-            key.append(payload);
 
             /* nobody waits: a DEL repeated by every edge is harmless */
             if (redis->submit({"DEL", key}, nullptr, nullptr, &error)

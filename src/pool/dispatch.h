@@ -206,6 +206,23 @@ protected:
         }
     }
 
+    /* The job leaves this pool unanswered, to be started on another
+     * (Redis Cluster's MOVED and ASK): off its connection, its deadline
+     * stopped, counted as answered; nobody is told, nothing is freed. */
+    void release(Job *job)
+    {
+        if (job->conn) {
+            detach(job);
+        }
+
+        if (job->waiting) {
+            unqueue(job);
+        }
+
+        host()->job_ended(job, true);
+        host()->changed();
+    }
+
     /* The connection is broken: every job on it fails with error, it
      * goes. (A reply still to come could not be told apart from the next
      * one: no job may stay on it.) Waiting jobs then get a connection. */

@@ -169,6 +169,11 @@ protected:
     char                                    timeout_text_[64];
     char                                    connect_timeout_text_[64];
 
+    /* set: told of every change instead of publishing the figures (a
+     * Redis Cluster sums its nodes' pools) */
+    void (*observer_)(void *data) = nullptr;
+    void *observer_data_ = nullptr;
+
 private:
     /* Dispatch's host: the protocol is Derived's */
     Conn *conn_open(const char **error) { return derived()->open(error); }
@@ -269,6 +274,11 @@ private:
      * slot). Available: open connections without a job. */
     void changed()
     {
+        if (observer_ != nullptr) {
+            observer_(observer_data_);
+            return;
+        }
+
         publish_pool(which_, PoolFigures{this->connections(), this->idle(),
                                          this->waiting(), backend_->pool});
     }

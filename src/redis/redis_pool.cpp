@@ -166,6 +166,47 @@ RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
     return start(job, error) ? job : nullptr;
 }
 
+void RedisPool::set_cluster(Redirect redirect, void (*observe)(void *),
+                            void    *data)
+{
+    redirect_ = redirect;
+    cluster_ = data;
+    observer_ = observe;
+    observer_data_ = data;
+}
+
+RedisPool *RedisPool::of(RedisJob *job)
+{
+    return static_cast<RedisPool *>(
+        static_cast<Pool<RedisPool, RedisConn, RedisJob> *>(job->pool));
+}
+
+void RedisPool::release(RedisJob *job)
+{
+    Pool::release(job);
+}
+
+bool RedisPool::resume(RedisJob *job, const char **error)
+{
+    return start(job, error);
+}
+
+/* A job released and not resumed: its caller learns why, it goes. */
+void RedisPool::end(RedisJob *job, const char *error)
+{
+    RedisDone done = job->done;
+    void     *data = job->data;
+
+    delete job;
+
+    if (done) {
+        done(data, nullptr, error);
+    }
+}
+
+/* ASKING, in RESP: before a command an ASK redirection sent elsewhere */
+static const char kAsking[] = "*1\r\n$6\r\nASKING\r\n";
+
 /* The address in use did not answer: the next connection tries the next
  * address the host name resolved to, as nginx's upstreams would. */
 void RedisPool::unreachable()
@@ -240,6 +281,10 @@ RedisConn *RedisPool::open(const char **error)
 void RedisPool::assign(RedisConn *rc, RedisJob *job)
 {
     if (on_wire(rc)) {
+        if (job->asking) {
+            rc->out.append(kAsking, sizeof(kAsking) - 1);
+            rc->out_cmds++;
+        }
         rc->out += job->command();
         rc->out_cmds++;
         /* sent from the posted write event, never from within submit() */
@@ -472,6 +517,10 @@ void RedisPool::start_session(RedisConn *rc)
 
     /* jobs that came while connecting, in order */
     each_job(rc, [rc](RedisJob *job) {
+        if (job->asking) {
+            rc->out.append(kAsking, sizeof(kAsking) - 1);
+            rc->out_cmds++;
+        }
         rc->out += job->command();
         rc->out_cmds++;
     });
@@ -596,7 +645,8 @@ bool RedisPool::replies(RedisConn *rc)
                 return true;
             }
 
-            kind = job->kind;
+            /* ASKING's reply comes before the command's */
+            kind = job->asking ? RedisCmd::Asking : job->kind;
         }
 
         RedisReply  reply;
@@ -629,6 +679,20 @@ bool RedisPool::replies(RedisConn *rc)
             if (++rc->handshake_next == nhandshake_) {
                 set_state(rc, RedisState::Ready);
             }
+            continue;
+        }
+
+        if (job->asking) {
+            /* its error, if any, is the command's to meet */
+            job->asking = false;
+            continue;
+        }
+
+        if (reply.type == REDIS_REPLY_ERROR && redirect_ != nullptr
+            && redirect_(cluster_, this, job,
+                         std::string_view(reply.str, reply.len)))
+        {
+            /* MOVED or ASK: the job runs on elsewhere */
             continue;
         }
 

@@ -41,6 +41,12 @@ struct RedisJob : PoolJob<RedisConn, RedisReply> {
 
     RedisCmd kind = RedisCmd::Other; /* the reply shape it expects */
 
+    /* Redis Cluster (redis/cluster.h): followed a MOVED or ASK already
+     * (at most one redirection per command); asking: ASKING goes before
+     * the command, and its reply comes first */
+    bool redirected = false;
+    bool asking = false;
+
 private:
     char        inline_[176]; /* RESP, when it fits */
     std::size_t len_ = 0;
@@ -66,6 +72,23 @@ public:
     /* as submit, for the health probe: around the breaker */
     RedisJob *submit_probe(std::string command, RedisDone done, void *data,
                            const char **error);
+
+    /*
+     * Redis Cluster (redis/cluster.h). A node's pool hands every error
+     * reply to redirect() before the job's done(); true: redirect() took
+     * the job (after release()), to resume() it on another node's pool or
+     * end() it. The node pools' figures go to observe() instead of the
+     * health document.
+     */
+    using Redirect = bool (*)(void *data, RedisPool *from, RedisJob *job,
+                              std::string_view error);
+    void set_cluster(Redirect redirect, void (*observe)(void *), void *data);
+    void release(RedisJob *job);
+    bool resume(RedisJob *job, const char **error);
+    static void end(RedisJob *job, const char *error);
+
+    /* the pool a job runs on */
+    static RedisPool *of(RedisJob *job);
 
 private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
@@ -114,6 +137,9 @@ private:
     char       refused_[128]; /* "AUTH refused: <code>", while fail()
                                    * runs */
     ngx_uint_t next_addr_ = 0;
+
+    Redirect redirect_ = nullptr;
+    void    *cluster_ = nullptr;
 };
 
 } // namespace session_cache

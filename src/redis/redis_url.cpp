@@ -408,6 +408,81 @@ std::string parse_unix(std::string_view rest, RedisUrl *u)
 }
 
 
+/*
+ * redis-cluster://[userinfo@]seed[,seed...]: the userinfo as in
+ * redis://, each seed a host[:port] read by parse_tcp; an optional /0
+ * after the last (a cluster has database 0 only).
+ */
+std::string parse_cluster(std::string_view rest, RedisUrl *u)
+{
+    std::size_t      at = rest.rfind('@');
+    std::string_view seeds = rest;
+
+    u->cluster = true;
+
+    if (at != std::string_view::npos) {
+        /* the credentials, read once with the first seed */
+        seeds = rest.substr(at + 1);
+    }
+
+    if (seeds.empty()) {
+        return "missing host";
+    }
+
+    std::size_t start = 0;
+
+    for (;;) {
+        std::size_t      comma = seeds.find(',', start);
+        std::string_view seed = seeds.substr(
+            start, comma == std::string_view::npos ? std::string_view::npos
+                                                   : comma - start);
+        RedisUrl    one;
+        std::string err;
+
+        if (seed.empty()) {
+            return "empty seed in the redis-cluster:// list";
+        }
+
+        if (u->cluster_seeds.empty() && at != std::string_view::npos) {
+            err = parse_tcp(rest.substr(0, at + 1 + seed.size()), &one);
+            u->user = one.user;
+            u->password = one.password;
+
+        } else {
+            err = parse_tcp(seed, &one);
+        }
+
+        if (!err.empty()) {
+            return err;
+        }
+
+        if (one.db != 0) {
+            return "invalid database number (Redis Cluster has database 0 "
+                   "only)";
+        }
+
+        if (comma != std::string_view::npos
+            && seed.find('/') != std::string_view::npos) {
+            return "invalid character after host";
+        }
+
+        u->secret_authority = u->secret_authority || one.secret_authority;
+        u->cluster_seeds.push_back({one.host, one.port});
+
+        if (comma == std::string_view::npos) {
+            break;
+        }
+
+        start = comma + 1;
+    }
+
+    u->host = u->cluster_seeds[0].host;
+    u->port = u->cluster_seeds[0].port;
+
+    return {};
+}
+
+
 std::string parse(std::string_view url, RedisUrl *out)
 {
     RedisUrl    u;
@@ -426,6 +501,9 @@ std::string parse(std::string_view url, RedisUrl *out)
 
     } else if (starts_with_nocase(url, "unix:")) {
         err = parse_unix(url.substr(5), &u);
+
+    } else if (starts_with_nocase(url, "redis-cluster://")) {
+        err = parse_cluster(url.substr(16), &u);
 
     } else {
         /* Name the scheme only if it is one (RFC 3986 syntax): in
@@ -473,6 +551,51 @@ std::string parse_redis_url(std::string_view url, RedisUrl *out)
 }
 
 
+namespace {
+
+void append_host(std::string *s, const std::string &host, int port)
+{
+    bool ipv6 = host.find(':') != std::string::npos;
+
+    if (ipv6) {
+        *s += '[';
+    }
+    *s += host;
+    if (ipv6) {
+        *s += ']';
+    }
+
+    *s += ':';
+    *s += std::to_string(port);
+}
+
+
+/* redis-cluster://default:***@10.0.0.1:7000,10.0.0.2:7000 */
+std::string mask_cluster(const RedisUrl &u)
+{
+    std::string s = "redis-cluster://";
+
+    if (!u.user.empty() || !u.password.empty()) {
+        percent_encode(u.user, &s);
+        if (!u.password.empty()) {
+            s += ":***";
+        }
+        s += '@';
+    }
+
+    for (std::size_t i = 0; i < u.cluster_seeds.size(); i++) {
+        if (i) {
+            s += ',';
+        }
+        append_host(&s, u.cluster_seeds[i].host, u.cluster_seeds[i].port);
+    }
+
+    return s;
+}
+
+} // namespace
+
+
 std::string mask_redis_url(const RedisUrl &u)
 {
     try {
@@ -494,6 +617,10 @@ std::string mask_redis_url(const RedisUrl &u)
             }
 
             return s;
+        }
+
+        if (u.cluster) {
+            return mask_cluster(u);
         }
 
         s = u.tls ? "rediss://" : "redis://";

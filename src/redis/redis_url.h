@@ -5,6 +5,8 @@
  *   rediss://...                 (TLS)
  *   unix:/path/to.sock           (optionally unix:/path.sock?db=N&password=P
  *                                 &user=U, query keys in any order)
+ *   redis-cluster://[user[:password]@]host[:port][,host[:port]...]
+ *                                (Redis Cluster seeds, SPEC §10; db 0 only)
  *
  * host may be a name, an IPv4 address or a bracketed IPv6 address
  * ([::1]). user and password are percent-decoded. Defaults: port 6379,
@@ -14,6 +16,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace session_cache {
 
@@ -32,6 +35,15 @@ struct RedisUrl {
      * read as host or port may be a piece of a password, so messages name
      * those fields and never quote their values. */
     bool secret_authority = false;
+
+    /* redis-cluster://: every seed, in order (host and port above are the
+     * first one's); empty for any other scheme */
+    struct Seed {
+        std::string host;
+        int         port = 6379;
+    };
+    bool              cluster = false;
+    std::vector<Seed> cluster_seeds;
 };
 
 /*
@@ -47,7 +59,8 @@ std::string parse_redis_url(std::string_view url, RedisUrl *out);
 /*
  * The URL for logs and the health document, password replaced by ***:
  *   redis://default:***@127.0.0.1:6379/0, redis://127.0.0.1:6379/0,
- *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0
+ *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0,
+ *   redis-cluster://default:***@10.0.0.1:7000,10.0.0.2:7000
  * The user is shown (it is not secret); a password is always "***".
  */
 std::string mask_redis_url(const RedisUrl &u);

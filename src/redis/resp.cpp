@@ -92,13 +92,15 @@ static bool same_name(std::string_view a, const char *b) noexcept
 }
 
 static const char *const kNames[] = {
-    "GET", "SET", "PING", "INFO", "DBSIZE", "AUTH", "SELECT",
+    "GET",     "SET",    "PING",   "INFO",
+    "DBSIZE",  "AUTH",   "SELECT", nullptr, /* Other */
+    "CLUSTER", "ASKING",
 };
 
 RedisCmd resp_command_kind(std::string_view name) noexcept
 {
     for (std::size_t i = 0; i < sizeof(kNames) / sizeof(kNames[0]); i++) {
-        if (same_name(name, kNames[i])) {
+        if (kNames[i] != nullptr && same_name(name, kNames[i])) {
             return static_cast<RedisCmd>(i);
         }
     }
@@ -110,7 +112,9 @@ const char *resp_command_name(RedisCmd kind) noexcept
 {
     auto i = static_cast<std::size_t>(kind);
 
-    return i < sizeof(kNames) / sizeof(kNames[0]) ? kNames[i] : "command";
+    return i < sizeof(kNames) / sizeof(kNames[0]) && kNames[i] != nullptr
+               ? kNames[i]
+               : "command";
 }
 
 /* "<mark><digits>\r\n" at s[*pos]; false when it is not there whole. */
@@ -183,6 +187,24 @@ std::string_view redis_error_code(std::string_view t) noexcept
 
     if (i == 0 || i > 32 || (i < t.size() && t[i] != ' ')) {
         return "error";
+    }
+
+    /* Redis Cluster's redirections: "MOVED 3999 127.0.0.1:6381", a slot
+     * and an address, nothing the client sent */
+    if ((t.substr(0, i) == "MOVED" || t.substr(0, i) == "ASK")
+        && t.size() <= 64) {
+        std::size_t j = i;
+
+        while (j < t.size()
+               && ((t[j] >= '0' && t[j] <= '9') || (t[j] >= 'a' && t[j] <= 'z')
+                   || (t[j] >= 'A' && t[j] <= 'Z') || t[j] == ' ' || t[j] == '.'
+                   || t[j] == ':' || t[j] == '-' || t[j] == '_' || t[j] == '['
+                   || t[j] == ']'))
+        {
+            j++;
+        }
+
+        return t.substr(0, j == t.size() ? j : i);
     }
 
     if (t.substr(0, i) != "ERR") {
@@ -286,6 +308,8 @@ static std::size_t max_bytes(RedisCmd kind)
     case RedisCmd::Info:
     case RedisCmd::Other:
         return bulk_size(ReplyReader::kMaxInfo);
+    case RedisCmd::ClusterSlots:
+        return ReplyReader::kMaxSlotsBytes;
     default:
         return ReplyReader::kMaxLine;
     }
@@ -341,7 +365,10 @@ bool ReplyReader::accept(int type, bool top)
     case RedisCmd::Ping:
     case RedisCmd::Auth:
     case RedisCmd::Select:
+    case RedisCmd::Asking:
         return type == REDIS_REPLY_STATUS;
+    case RedisCmd::ClusterSlots:
+        return type == REDIS_REPLY_ARRAY;
     case RedisCmd::Other:
         return true;
     }
@@ -425,6 +452,7 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
         elements_ = 0;
         reply_ = RedisReply{};
         reply_.type = -1;
+        ranges_.clear();
     }
 
     /* a bulk string that would be too long is refused once its length
@@ -466,6 +494,12 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
     }
 
     boundary_ = true;
+
+    if (kind == RedisCmd::ClusterSlots && reply_.type == REDIS_REPLY_ARRAY) {
+        reply_.ranges = ranges_.data();
+        reply_.nranges = ranges_.size();
+    }
+
     *reply = reply_;
     return Next::Reply;
 }
@@ -485,7 +519,8 @@ void *ReplyReader::create_string(const redisReadTask *task, char *str,
     }
 
     if (!top) {
-        return &self->reply_;
+        self->slots_element(task, str, len, 0);
+        return self->refused_ ? nullptr : &self->reply_;
     }
 
     std::string_view text(str, len);
@@ -529,7 +564,10 @@ void *ReplyReader::create_array(const redisReadTask *task, int elements)
 
     self->elements_ += static_cast<std::size_t>(elements < 0 ? 0 : elements);
 
-    if (self->elements_ > kMaxElements) {
+    std::size_t max = self->kind_ == RedisCmd::ClusterSlots ? kMaxSlotsElements
+                                                            : kMaxElements;
+
+    if (self->elements_ > max) {
         std::snprintf(self->error_, sizeof(self->error_),
                       "reply with too many elements to %s",
                       resp_command_name(self->kind_));
@@ -540,6 +578,12 @@ void *ReplyReader::create_array(const redisReadTask *task, int elements)
     if (top) {
         self->reply_.type = REDIS_REPLY_ARRAY;
         self->reply_.elements = static_cast<std::size_t>(elements);
+
+    } else {
+        self->slots_element(task, nullptr, 0, 0);
+        if (self->refused_) {
+            return nullptr;
+        }
     }
 
     return &self->reply_;
@@ -561,6 +605,12 @@ void *ReplyReader::create_integer(const redisReadTask *task, long long value)
     if (top) {
         self->reply_.type = REDIS_REPLY_INTEGER;
         self->reply_.integer = value;
+
+    } else {
+        self->slots_element(task, nullptr, 0, value);
+        if (self->refused_) {
+            return nullptr;
+        }
     }
 
     return &self->reply_;
@@ -584,6 +634,61 @@ void *ReplyReader::create_nil(const redisReadTask *task)
     }
 
     return &self->reply_;
+}
+
+/*
+ * An element inside a CLUSTER SLOTS reply (other kinds keep none):
+ *   depth 1  a range: [start, end, master, replica...]
+ *   depth 2  start (idx 0), end (idx 1), nodes (idx 2 is the master)
+ *   depth 3  in the master: host (idx 0), port (idx 1), id, metadata
+ * Deeper elements (a node's metadata) are skipped.
+ */
+void ReplyReader::slots_element(const redisReadTask *task, const char *str,
+                                std::size_t len, long long integer)
+{
+    if (kind_ != RedisCmd::ClusterSlots) {
+        return;
+    }
+
+    int depth = 0;
+    for (const redisReadTask *t = task->parent; t != nullptr; t = t->parent) {
+        depth++;
+    }
+
+    try {
+        if (depth == 1) {
+            if (task->type != REDIS_REPLY_ARRAY || ranges_.size() >= 16384) {
+                refused_ = "malformed CLUSTER SLOTS reply";
+                return;
+            }
+            ranges_.emplace_back();
+            return;
+        }
+
+        if (ranges_.empty()) {
+            return;
+        }
+
+        ClusterSlotRange &r = ranges_.back();
+
+        if (depth == 2 && task->type == REDIS_REPLY_INTEGER) {
+            if (task->idx == 0) {
+                r.start = integer;
+            } else if (task->idx == 1) {
+                r.end = integer;
+            }
+
+        } else if (depth == 3 && task->parent->idx == 2) {
+            if (task->idx == 0 && task->type == REDIS_REPLY_STRING) {
+                r.host.assign(str, len > 255 ? 255 : len);
+            } else if (task->idx == 1 && task->type == REDIS_REPLY_INTEGER) {
+                r.port = integer;
+            }
+        }
+
+    } catch (...) {
+        refused_ = "out of memory";
+    }
 }
 
 /* the objects are parts of the ReplyReader itself */

@@ -14,6 +14,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <hiredis/read.h>
 
@@ -37,6 +38,9 @@ char       *resp_write(char *p, std::initializer_list<std::string_view> args);
  *   Info    a bulk string
  *   DbSize  an integer
  *   Auth, Select (the handshake)  a status
+ *   ClusterSlots  CLUSTER SLOTS' array of slot ranges (the only CLUSTER
+ *                 command the module sends)
+ *   Asking  the status OK
  *   Other   anything, within the element and byte bounds
  */
 enum class RedisCmd : unsigned char {
@@ -47,7 +51,9 @@ enum class RedisCmd : unsigned char {
     DbSize,
     Auth,
     Select,
-    Other
+    Other,
+    ClusterSlots, /* after Other: the kinds above keep their numbers */
+    Asking
 };
 
 /* The kind of a command by its name (any case): "get" -> Get. */
@@ -70,6 +76,15 @@ const char *resp_command_name(RedisCmd kind) noexcept;
  */
 std::string_view redis_error_code(std::string_view text) noexcept;
 
+/* One range of a CLUSTER SLOTS reply: its slots and their master (the
+ * first node listed; replicas are not read). */
+struct ClusterSlotRange {
+    long long   start = -1;
+    long long   end = -1;
+    std::string host; /* as Redis gives it: an IP, a name, or empty */
+    long long   port = -1;
+};
+
 /*
  * One reply, as the module sees it; valid during the call it is passed
  * to only. Field names follow hiredis's redisReply.
@@ -80,6 +95,10 @@ struct RedisReply {
     const char *str;     /* STRING, STATUS; ERROR: redis_error_code() */
     std::size_t len;
     std::size_t elements; /* ARRAY (Other only): its length */
+
+    /* ClusterSlots: the ranges read */
+    const ClusterSlotRange *ranges;
+    std::size_t             nranges;
 };
 
 /*
@@ -92,7 +111,9 @@ struct RedisReply {
  * Bounds, whatever a server sends: one reply's bytes (GET 64 KiB, INFO
  * 1 MiB, framing aside; a status, error or integer 4 KiB), refused as soon
  * as they are exceeded or announced, and 1024 elements in all per reply
- * (Other; every other kind refuses an array at its first byte). Whether a
+ * (Other; every other kind refuses an array at its first byte; a CLUSTER
+ * SLOTS reply: kMaxSlotsBytes, kMaxSlotsElements and 16384 ranges).
+ * Whether a
  * reply is refused does not depend on how its bytes were split into
  * reads. Memory:
  * hiredis's input buffer and one reused copy of the current reply's
@@ -120,6 +141,8 @@ public:
     static constexpr std::size_t kMaxValue = 64 * 1024;
     static constexpr std::size_t kMaxInfo = 1024 * 1024;
     static constexpr std::size_t kMaxLine = 4096;
+    static constexpr std::size_t kMaxSlotsBytes = 8 * 1024 * 1024;
+    static constexpr std::size_t kMaxSlotsElements = 16384 * 16;
 
 private:
     static void *create_string(const redisReadTask *task, char *str,
@@ -131,6 +154,8 @@ private:
     static redisReplyObjectFunctions functions_;
 
     bool accept(int type, bool top);
+    void slots_element(const redisReadTask *task, const char *str,
+                       std::size_t len, long long integer);
     bool bulk_too_large() const;
     Next refuse(const char *what, const char **error);
 
@@ -142,8 +167,9 @@ private:
     std::size_t  in_reply_ = 0;    /* its bytes hiredis has taken so far */
     std::size_t  elements_ = 0;    /* announced in the current reply */
     std::string  value_;           /* the current reply's string */
-    const char  *refused_ = nullptr;
-    char         error_[96];
+    std::vector<ClusterSlotRange> ranges_; /* ClusterSlots */
+    const char                   *refused_ = nullptr;
+    char                          error_[96];
 };
 
 } // namespace session_cache

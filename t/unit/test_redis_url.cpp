@@ -460,6 +460,55 @@ test_mask(void **)
 
 }  // namespace
 
+/* redis-cluster:// (SPEC §10): seeds, credentials once, db 0 only */
+void
+test_cluster_forms(void **)
+{
+    RedisUrl u = OK("redis-cluster://127.0.0.1:7000");
+    assert_true(u.cluster);
+    assert_int_equal(u.cluster_seeds.size(), 1);
+    assert_string_equal(u.host.c_str(), "127.0.0.1");
+    assert_int_equal(u.port, 7000);
+
+    u = OK("redis-cluster://default:s3cr%40t@10.0.0.1:7000,10.0.0.2,"
+           "[::1]:7002/0");
+    assert_true(u.cluster);
+    assert_string_equal(u.user.c_str(), "default");
+    assert_string_equal(u.password.c_str(), "s3cr@t");
+    assert_int_equal(u.cluster_seeds.size(), 3);
+    assert_string_equal(u.cluster_seeds[0].host.c_str(), "10.0.0.1");
+    assert_int_equal(u.cluster_seeds[0].port, 7000);
+    assert_string_equal(u.cluster_seeds[1].host.c_str(), "10.0.0.2");
+    assert_int_equal(u.cluster_seeds[1].port, 6379);
+    assert_string_equal(u.cluster_seeds[2].host.c_str(), "::1");
+    assert_int_equal(u.cluster_seeds[2].port, 7002);
+
+    /* a password holding a comma and an '@' stays a password */
+    u = OK("redis-cluster://:a,b@c@h1:1,h2:2");
+    assert_string_equal(u.password.c_str(), "a,b@c");
+    assert_int_equal(u.cluster_seeds.size(), 2);
+
+    assert_false(OK("redis://h:1").cluster);
+
+    assert_string_equal(
+        mask("redis-cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").c_str(),
+        "redis-cluster://u:***@10.0.0.1:7000,10.0.0.2:7001");
+    assert_string_equal(mask("REDIS-CLUSTER://h").c_str(),
+                        "redis-cluster://h:6379");
+
+    REFUSED("redis-cluster://", "missing host");
+    REFUSED("redis-cluster://u:pw@", "missing host", "pw");
+    REFUSED("redis-cluster://h1:1,,h2:2", "empty seed");
+    REFUSED("redis-cluster://h1:1,", "empty seed");
+    REFUSED("redis-cluster://h1:1/3", "database 0 only");
+    REFUSED("redis-cluster://h1:1/0,h2:2", "invalid character");
+    REFUSED("redis-cluster://u:pw@h1:99999,h2", "invalid port", "pw",
+            "99999");
+    REFUSED("redis-cluster://h1:1,h$2", "invalid character in host");
+    REFUSED("redis-cluster://u:pw@h1?x=1", "query", "pw");
+}
+
+
 int
 main(void)
 {
@@ -471,6 +520,7 @@ main(void)
         cmocka_unit_test(test_errors_never_leak),
         cmocka_unit_test(test_secret_authority),
         cmocka_unit_test(test_mask),
+        cmocka_unit_test(test_cluster_forms),
     };
 
     return cmocka_run_group_tests_name("redis_url", tests, nullptr, nullptr)

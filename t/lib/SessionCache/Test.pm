@@ -544,6 +544,12 @@ sub _alerts ($nginx, $expected, $name) {
     return $ok;
 }
 
+# start_redis_cluster(masters => 3, requirepass => PW): a Redis Cluster of
+# masters without replicas on loopback (redis-cli --cluster create), ready
+# when every node says cluster_state:ok. See SessionCache::Test::RedisCluster.
+sub start_redis_cluster (%opt) { SessionCache::Test::RedisCluster->_new(%opt) }
+
+
 # ====================================================================
 package SessionCache::Test::Redis;
 
@@ -1213,6 +1219,134 @@ sub _cleanup ($self) {
 sub DESTROY ($self) {
     local ($@, $!, $?);
     $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+}
+
+# ====================================================================
+# A Redis Cluster for the tests (SPEC §10): masters only, each node a
+# SessionCache::Test::Redis (stop, kill, pause, cli work on it) started
+# with cluster-enabled yes, its nodes.conf in its own temp dir, and
+# cluster-require-full-coverage no (a lost master costs its slots only).
+package SessionCache::Test::RedisCluster;
+
+use v5.36;
+use Time::HiRes qw(time sleep);
+
+sub _new ($class, %opt) {
+    my $n = $opt{masters} // 3;
+    my $self = bless { nodes => [], password => $opt{requirepass} }, $class;
+    for (1 .. $n) {
+        my $node = bless {
+            server   => SessionCache::Test::_need_in_path('redis-server'),
+            cli_bin  => SessionCache::Test::_need_in_path('redis-cli'),
+            port     => SessionCache::Test::free_port(),
+            dir      => SessionCache::Test::_tempdir('redis-cluster'),
+            password => $opt{requirepass},
+            owner    => $$,
+        }, 'SessionCache::Test::Redis';
+        push @STARTED, $node;
+        $self->_start_node($node);
+        push @{ $self->{nodes} }, $node;
+    }
+    my @cmd = ($self->{nodes}[0]{cli_bin}, '--cluster', 'create',
+               (map { "127.0.0.1:$_->{port}" } @{ $self->{nodes} }),
+               '--cluster-replicas', '0', '--cluster-yes');
+    push @cmd, '-a', $opt{requirepass}, '--no-auth-warning'
+        if defined $opt{requirepass};
+    my ($rc, $out) = SessionCache::Test::_run(cmd => \@cmd, timeout => 60);
+    die "redis-cli --cluster create failed ($rc):\n$out\n" if $rc;
+    $self->wait_ok or die "the cluster did not reach cluster_state:ok\n";
+    return $self;
+}
+
+sub _start_node ($self, $node) {
+    my @cmd = ($node->{server},
+        '--port', $node->{port}, '--bind', '127.0.0.1',
+        '--save', '', '--appendonly', 'no', '--dir', $node->{dir},
+        '--daemonize', 'no', '--logfile', '',
+        '--cluster-enabled', 'yes',
+        '--cluster-config-file', "$node->{dir}/nodes.conf",
+        '--cluster-require-full-coverage', 'no',
+        '--cluster-node-timeout', '2000');
+    push @cmd, '--requirepass', $node->{password}, '--masterauth',
+        $node->{password} if defined $node->{password};
+    my $log = "$node->{dir}/redis.log";
+    $node->{pid} = SessionCache::Test::_spawn(
+        cmd => \@cmd, stdout => $log, stderr => $log);
+    SessionCache::Test::wait_until(sub {
+        die "redis-server exited at start:\n"
+            . SessionCache::Test::_slurp($log) . "\n"
+            unless SessionCache::Test::_alive($node->{pid});
+        $node->_ping;
+    }, 10, 0.02, "cluster node $node->{port}")
+        or die "cluster node on port $node->{port} did not answer PING\n";
+}
+
+sub nodes ($self) { @{ $self->{nodes} } }
+
+# redis-cluster://[:pw@]127.0.0.1:P1,127.0.0.1:P2,... (all nodes, or @seeds)
+sub url ($self, %opt) {
+    my $pw = exists $opt{password} ? $opt{password} : $self->{password};
+    my $auth = defined $pw ? ":$pw\@" : '';
+    my @seeds = @{ $opt{seeds} // $self->{nodes} };
+    return "redis-cluster://$auth" . join ',', map { "127.0.0.1:$_->{port}" } @seeds;
+}
+
+# Every node that is running says cluster_state:ok and sees every slot
+# assigned (an event: CLUSTER INFO, polled).
+sub wait_ok ($self, $timeout = 20) {
+    return SessionCache::Test::wait_until(sub {
+        for my $node (grep { $_->running } $self->nodes) {
+            my $info = $node->cli('CLUSTER', 'INFO');
+            return 0 unless $info =~ /cluster_state:ok/
+                         && $info =~ /cluster_slots_assigned:16384/;
+        }
+        1;
+    }, $timeout, 0.05, 'cluster_state:ok on every node');
+}
+
+# The slot of a key, as Redis computes it.
+sub keyslot ($self, $key) {
+    my ($node) = grep { $_->running } $self->nodes;
+    return 0 + $node->cli('CLUSTER', 'KEYSLOT', $key);
+}
+
+# The node that owns a slot, by its own word (CLUSTER NODES of a live node).
+sub owner ($self, $slot) {
+    my ($ask) = grep { $_->running } $self->nodes;
+    for my $line (split /\n/, $ask->cli('CLUSTER', 'NODES')) {
+        my @f = split ' ', $line;
+        next unless $f[2] =~ /master/;
+        my ($port) = $f[1] =~ /:(\d+)/;
+        for my $range (@f[8 .. $#f]) {
+            next if $range =~ /^\[/;    # migrating / importing markers
+            my ($a, $b) = split /-/, $range;
+            $b //= $a;
+            if ($slot >= $a && $slot <= $b) {
+                my ($node) = grep { $_->{port} == $port } $self->nodes;
+                return $node;
+            }
+        }
+    }
+    return undef;
+}
+
+sub owner_of_key ($self, $key) { $self->owner($self->keyslot($key)) }
+
+# The node id of a node.
+sub id_of ($self, $node) { $node->cli('CLUSTER', 'MYID') }
+
+# redis-cli --cluster reshard: move $slots slots from one node to another;
+# returns (exit code, output). Blocks until the move is over.
+sub reshard ($self, $from, $to, $slots, %opt) {
+    my @cmd = ($from->{cli_bin}, '--cluster', 'reshard',
+               "127.0.0.1:$from->{port}",
+               '--cluster-from', $self->id_of($from),
+               '--cluster-to', $self->id_of($to),
+               '--cluster-slots', $slots, '--cluster-yes',
+               '--cluster-pipeline', $opt{pipeline} // 10);
+    push @cmd, '-a', $self->{password}, '--no-auth-warning'
+        if defined $self->{password};
+    return SessionCache::Test::_run(cmd => \@cmd, timeout => 120);
 }
 
 1;

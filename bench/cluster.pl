@@ -1,0 +1,200 @@
+#!/usr/bin/env perl
+# Redis Cluster's hit path (SPEC §10, issue 14): the module against a
+# three-master cluster (redis-cli --cluster create, no replicas, no L1)
+# next to the module against one Redis, in one run: two nginx, one worker
+# each, the same sessions cached in both stores, wrk on each in turn
+# (BENCH_ROUNDS rounds, the best run of each counts). Prints the table,
+# the ratio cluster / single and whether the target (>= 0.9) is met. It
+# reports; it does not fail on a missed target.
+#
+#   perl bench/cluster.pl
+#   BENCH_DURATION=5 BENCH_CONNECTIONS=32 BENCH_ROUNDS=3 perl bench/cluster.pl
+#
+# Environment: BENCH_SESSIONS (10000), BENCH_DURATION (5), BENCH_CONNECTIONS
+# (32), BENCH_THREADS (2), BENCH_ROUNDS (3), plus the harness's
+# (SESSION_CACHE_MODULE, NGINX_BIN, TEST_KEEP). Needs wrk (bench/setup.sh).
+
+use v5.36;
+use FindBin ();
+use lib "$FindBin::Bin/../t/lib";
+use SessionCache::Test;
+use POSIX ();
+use Time::HiRes qw(time);
+
+$| = 1;
+my $N        = $ENV{BENCH_SESSIONS}    // 10_000;
+my $DURATION = $ENV{BENCH_DURATION}    // 5;
+my $CONNS    = $ENV{BENCH_CONNECTIONS} // 32;
+my $THREADS  = $ENV{BENCH_THREADS}     // 2;
+my $ROUNDS   = $ENV{BENCH_ROUNDS}      // 3;
+my $POOL     = 10;
+my $dir      = $FindBin::Bin;
+
+my $wrk = SessionCache::Test::_which('wrk') or die "wrk not found: run bench/setup.sh\n";
+
+say "ngx_session_cache cluster bench: $N sessions, wrk -t$THREADS -c$CONNS "
+  . "-d${DURATION}s, nginx 1 worker each, redis pool=$POOL (per node)";
+
+my $redis   = start_redis();
+my $cluster = SessionCache::Test::start_redis_cluster(masters => 3);
+my $pg      = start_postgres();
+my @nodes   = $cluster->nodes;
+
+# CRC16-XMODEM, as the module and Redis compute a key's slot.
+sub slot ($key) {
+    my $crc = 0;
+    for my $c (unpack 'C*', $key) {
+        $crc ^= $c << 8;
+        for (1 .. 8) {
+            $crc = $crc & 0x8000 ? (($crc << 1) ^ 0x1021) & 0xffff : ($crc << 1) & 0xffff;
+        }
+    }
+    return $crc & 16383;
+}
+
+# The owner of every slot, from CLUSTER SLOTS (redis-cli's flat output is
+# not easy to read: ask each node which slots it serves, CLUSTER NODES).
+my %owner_port;
+for my $line (split /\n/, $nodes[0]->cli('CLUSTER', 'NODES')) {
+    my @f = split ' ', $line;
+    my ($port) = $f[1] =~ /:(\d+)/;
+    for my $r (@f[8 .. $#f]) {
+        next if $r =~ /^\[/;
+        my ($a, $b) = split /-/, $r;
+        $owner_port{$_} = $port for $a .. ($b // $a);
+    }
+}
+
+my $expires = int(time) + 86400;
+my %files;
+for my $i (1 .. $N) {
+    my $key = sprintf 'session:bench%027d', $i;
+    my $val = sprintf '{"user_id":"user%d","expires_at":%d}', $i, $expires;
+    my @a = ('SET', $key, $val, 'EX', 3600);
+    my $resp = '*' . @a . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @a;
+    $files{ $redis->port } .= $resp;
+    $files{ $owner_port{ slot($key) } } .= $resp;
+}
+for my $port (keys %files) {
+    my $file = "$redis->{dir}/seed-$port.resp";
+    open my $fh, '>', $file or die "$file: $!";
+    print {$fh} $files{$port};
+    close $fh;
+    my $out = `redis-cli -h 127.0.0.1 -p $port --pipe < $file 2>&1`;
+    die "seeding $port failed: $out" unless $out =~ /errors: 0/;
+}
+
+sub site ($url) {
+    return <<~"NGX";
+        session_cache_redis    $url pool=$POOL connect_timeout=1s timeout=200ms;
+        session_cache_postgres "${\ $pg->dsn }" pool=4 connect_timeout=2s timeout=1s;
+        server {
+            listen 127.0.0.1:%%PORT%% backlog=4096;
+            access_log off;
+            root %%HTML%%;
+            location /app/ {
+                auth_session \$cookie_session;
+                add_header X-Session-Status \$session_cache_status always;
+            }
+            location = /health { session_cache_health; }
+        }
+        NGX
+}
+
+my %nginx;
+for (['single', $redis->url], ['cluster', $cluster->url]) {
+    my ($name, $url) = @$_;
+    my $n = new_nginx(workers => 1);
+    $n->write_html('app/index.html', "ok\n");
+    $n->start(workers => 1, http => site($url));
+    $nginx{$name} = $n;
+}
+$nginx{cluster}->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/)
+    or die "the cluster's slot map did not load\n" . $nginx{cluster}->error_log;
+
+for my $name (sort keys %nginx) {
+    for my $i (1, 2, $N) {
+        my $r = $nginx{$name}->get('/app/index.html',
+                                   cookie => sprintf('session=bench%027d', $i));
+        die "$name: token $i: $r->{status} "
+          . ($r->{headers}{'x-session-status'} // '') . "\n"
+            unless $r->{status} == 200
+                && ($r->{headers}{'x-session-status'} // '') eq 'HIT';
+    }
+}
+
+# The nginx worker's CPU time (utime + stime), in clock ticks: its cost
+# per request, moved less than requests/s by the other processes on the
+# machine (wrk, three Redis servers, other jobs).
+my $TCK = POSIX::sysconf(POSIX::_SC_CLK_TCK());
+sub worker_cpu ($pid) {
+    my $st = SessionCache::Test::_slurp("/proc/$pid/stat") or return 0;
+    $st =~ s/^.*\)\s+//s;
+    my @p = split ' ', $st;
+    return $p[11] + $p[12];
+}
+
+sub wrk_run ($n, %o) {
+    my @cmd = ($wrk, '-t', $THREADS, '-c', $CONNS,
+               '-d', ($o{duration} // $DURATION) . 's', '--timeout', '5s',
+               '-s', "$dir/tokens.lua",
+               'http://127.0.0.1:' . $n->port . '/app/index.html');
+    local $ENV{BENCH_MODE} = 'rotate';
+    local $ENV{BENCH_PATH} = '/app/index.html';
+    local $ENV{BENCH_TOKENS} = $N;
+    my ($worker) = $n->worker_pids;
+    my $cpu0 = worker_cpu($worker);
+    my ($rc, $out) = SessionCache::Test::_run(cmd => \@cmd, timeout => 120);
+    my $cpu1 = worker_cpu($worker);
+    my ($line) = $out =~ /^(BENCH .*)$/m or die "wrk failed ($rc):\n$out";
+    my %r = $line =~ /(\w+)=(\d+)/g;
+    $r{rps} = $r{requests} / ($r{duration_us} / 1e6);
+    $r{cpu_us} = ($cpu1 - $cpu0) / $TCK * 1e6 / ($r{requests} || 1);
+    $r{errors} = $r{connect} + $r{read} + $r{write} + $r{timeout};
+    return \%r;
+}
+
+say 'warm-up (1s each)...';
+wrk_run($nginx{$_}, duration => 1) for qw(single cluster);
+
+my (%best, %cpu);
+for my $round (1 .. $ROUNDS) {
+    say "round $round:";
+    for my $name (qw(single cluster)) {
+        my $r = wrk_run($nginx{$name});
+        printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d  "
+             . "worker cpu %.2f us/req\n",
+            $name, $r->{rps}, $r->{p50_us} / 1000, $r->{p99_us} / 1000,
+            $r->{status}, $r->{errors}, $r->{cpu_us};
+        $best{$name} = $r if !$best{$name} || $r->{rps} > $best{$name}{rps};
+        $cpu{$name} = $r->{cpu_us} if !$cpu{$name} || $r->{cpu_us} < $cpu{$name};
+    }
+}
+
+my (undef, $doc) = $nginx{cluster}->health;
+my $cl = $doc->{redis}{cluster} // {};
+my @alerts;
+for my $n (values %nginx) {
+    push @alerts, grep { /\[(alert|emerg|crit)\]/ } split /\n/, $n->error_log;
+    $n->stop;
+}
+
+say '';
+say "Results (nginx 1 worker, wrk -t$THREADS -c$CONNS, ${DURATION}s runs, best of $ROUNDS):";
+say '';
+say '| scenario | req/s | p50 ms | p99 ms | non-2xx | worker CPU us/req |';
+say '|---|---:|---:|---:|---:|---:|';
+printf "| %s | %.0f | %.3f | %.3f | %d | %.2f |\n", $_->[1], $best{ $_->[0] }{rps},
+    $best{ $_->[0] }{p50_us} / 1000, $best{ $_->[0] }{p99_us} / 1000,
+    $best{ $_->[0] }{status}, $cpu{ $_->[0] }
+    for ['single', '(b) one Redis, all sessions cached'],
+        ['cluster', '(f) Redis Cluster, 3 masters, all sessions cached'];
+say '';
+my $ratio = $best{cluster}{rps} / $best{single}{rps};
+printf "cluster / single: %.3f (target >= 0.9: %s)\n", $ratio,
+    $ratio >= 0.9 ? 'met' : 'MISSED';
+printf "worker CPU per request, cluster / single: %.3f (lowest of each)\n",
+    $cpu{cluster} / ($cpu{single} || 1);
+printf "cluster: %d MOVED, %d ASK, %d of 16384 slots\n", $cl->{moved} // -1,
+    $cl->{ask} // -1, $cl->{slotsCovered} // -1;
+say 'alerts: ' . (@alerts ? join("\n", @alerts) : 'none');

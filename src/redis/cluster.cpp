@@ -1,0 +1,420 @@
+#include "redis/cluster.h"
+
+#include "metrics/metrics.h"
+#include "redis/resp.h"
+
+#include <arpa/inet.h>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace session_cache {
+
+Cluster::Cluster(ngx_cycle_t                               *cycle,
+                 const ngx_http_session_cache_redis_conf_t *conf)
+    : cycle_(cycle), conf_(conf), map_(new SlotMap())
+{
+    log_ = *cycle->log;
+
+    ngx_memzero(&timer_, sizeof(timer_));
+    timer_.handler = on_timer;
+    timer_.data = this;
+    timer_.log = cycle->log;
+    /* a worker shutting down does not wait for the next refresh */
+    timer_.cancelable = 1;
+
+    seeds_ = new RedisPool(cycle, conf);
+    seeds_->set_cluster(nullptr, on_changed, this);
+}
+
+Cluster::~Cluster()
+{
+    stopping_ = true;
+
+    if (timer_.timer_set) {
+        ngx_del_timer(&timer_);
+    }
+
+    /* their jobs go without an answer (refresh_job_ among them) */
+    refresh_job_ = nullptr;
+
+    for (auto &n : nodes_) {
+        delete n->pool;
+        n->pool = nullptr;
+    }
+
+    delete seeds_;
+}
+
+void Cluster::start()
+{
+    refresh("start");
+}
+
+RedisPool *Cluster::pool_for(std::string_view key)
+{
+    std::uint16_t i = map_->node_of(key_slot(key));
+
+    if (i == SlotMap::kNone) {
+        return nullptr;
+    }
+
+    return by_index_[i]->pool;
+}
+
+void Cluster::refresh(const char *why)
+{
+    if (stopping_) {
+        return;
+    }
+
+    if (refresh_job_ != nullptr) {
+        again_ = true;
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                   "session_cache: redis cluster: refreshing the slot map "
+                   "(%s)",
+                   why);
+
+    if (timer_.timer_set) {
+        ngx_del_timer(&timer_);
+    }
+
+    again_ = false;
+    attempt_ = 0;
+    ask();
+}
+
+/* CLUSTER SLOTS to the next candidate: the map's masters in turn, then
+ * the seeds (each address once: the seeds' pool moves to the next one
+ * when one does not answer). */
+void Cluster::ask()
+{
+    std::size_t candidates = by_index_.size() + conf_->naddrs;
+
+    while (attempt_ < candidates) {
+        RedisPool *pool =
+            attempt_ < by_index_.size() ? by_index_[attempt_]->pool : seeds_;
+        attempt_++;
+
+        if (pool == nullptr) {
+            continue;
+        }
+
+        std::string cmd;
+        resp_append(&cmd, {"CLUSTER", "SLOTS"});
+
+        const char *error = nullptr;
+        refresh_job_ =
+            pool->submit_probe(std::move(cmd), on_slots, this, &error);
+
+        if (refresh_job_ != nullptr) {
+            return;
+        }
+
+        error_ = std::string("CLUSTER SLOTS: ") + (error ? error : "not sent");
+    }
+
+    failed(error_.empty() ? "no node answers" : error_);
+}
+
+void Cluster::on_slots(void *data, const RedisReply *reply, const char *error)
+{
+    auto *self = static_cast<Cluster *>(data);
+
+    self->refresh_job_ = nullptr;
+
+    try {
+        self->asked(reply, error);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
+                      "session_cache: redis cluster: %s", e.what());
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
+                      "session_cache: redis cluster: unknown exception");
+    }
+}
+
+void Cluster::asked(const RedisReply *reply, const char *error)
+{
+    std::string why;
+
+    if (error != nullptr) {
+        why = std::string("CLUSTER SLOTS: ") + error;
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        /* "ERR This instance has cluster support disabled": a plain
+         * Redis, not a cluster node */
+        why = "CLUSTER SLOTS refused: " + std::string(reply->str, reply->len)
+              + " (is this a Redis Cluster?)";
+
+    } else {
+        auto map = std::make_unique<SlotMap>();
+
+        if (map->build(reply->ranges, reply->nranges, &why)) {
+            apply(std::move(map));
+            error_.clear();
+            logged_.clear();
+
+            if (again_) {
+                refresh("asked for meanwhile");
+            } else {
+                ngx_add_timer(&timer_, kRefresh);
+            }
+            return;
+        }
+    }
+
+    error_ = why;
+
+    if (!stopping_) {
+        ask();
+    }
+}
+
+/* No candidate gave a map: say so (once per cause), try again soon. */
+void Cluster::failed(const std::string &why)
+{
+    error_ = why;
+
+    if (why != logged_) {
+        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+                      "session_cache: redis cluster: no slot map: %s, "
+                      "backend: %V",
+                      why.c_str(), &conf_->backend.display);
+        logged_ = why;
+    }
+
+    if (!stopping_ && !timer_.timer_set) {
+        ngx_add_timer(&timer_, kRetry);
+    }
+}
+
+void Cluster::apply(std::unique_ptr<SlotMap> map)
+{
+    if (!map_->empty() && map_->same(*map)) {
+        return;
+    }
+
+    std::vector<Node *> by_index;
+
+    for (const std::string &address : map->nodes()) {
+        std::size_t colon = address.rfind(':');
+        std::string host = address.substr(0, colon);
+        int         port = std::atoi(address.c_str() + colon + 1);
+
+        if (!host.empty() && host.front() == '[') {
+            host = host.substr(1, host.size() - 2);
+        }
+
+        by_index.push_back(node(address, host, port));
+    }
+
+    for (auto &n : nodes_) {
+        n->slots = 0;
+    }
+
+    for (std::size_t i = 0; i < by_index.size(); i++) {
+        by_index[i]->slots = map->slots_of(i);
+    }
+
+    bool first = map_->empty();
+
+    map_ = std::move(map);
+    by_index_ = std::move(by_index);
+
+    ngx_uint_t level = first ? NGX_LOG_NOTICE : NGX_LOG_INFO;
+
+    ngx_log_error(level, &log_, 0,
+                  "session_cache: redis cluster: slot map %s: %uz masters, "
+                  "%uz of 16384 slots served",
+                  first ? "loaded" : "changed", by_index_.size(),
+                  map_->covered());
+
+    publish();
+}
+
+/* The node known by address, made when new: its pool, unless its address
+ * is a host name (a worker never resolves one). */
+Cluster::Node *Cluster::node(const std::string &address,
+                             const std::string &host, int port)
+{
+    for (auto &n : nodes_) {
+        if (n->address == address) {
+            return n.get();
+        }
+    }
+
+    auto n = std::make_unique<Node>();
+    n->address = address;
+    n->display = "redis cluster node " + address;
+
+    ngx_memzero(&n->sockaddr, sizeof(n->sockaddr));
+
+    if (inet_pton(AF_INET, host.c_str(), &n->sockaddr.sockaddr_in.sin_addr)
+        == 1) {
+        n->sockaddr.sockaddr_in.sin_family = AF_INET;
+        n->sockaddr.sockaddr_in.sin_port = htons(static_cast<uint16_t>(port));
+        n->addr.socklen = sizeof(struct sockaddr_in);
+
+#if (NGX_HAVE_INET6)
+    } else if (inet_pton(AF_INET6, host.c_str(),
+                         &n->sockaddr.sockaddr_in6.sin6_addr)
+               == 1)
+    {
+        n->sockaddr.sockaddr_in6.sin6_family = AF_INET6;
+        n->sockaddr.sockaddr_in6.sin6_port = htons(static_cast<uint16_t>(port));
+        n->addr.socklen = sizeof(struct sockaddr_in6);
+#endif
+
+    } else {
+        n->error = "known by a host name; nginx resolves none at run time "
+                   "(set cluster-preferred-endpoint-type ip on the nodes)";
+        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+                      "session_cache: redis cluster: node %s is %s, its "
+                      "slots go to postgres",
+                      address.c_str(), n->error.c_str());
+        nodes_.push_back(std::move(n));
+        return nodes_.back().get();
+    }
+
+    n->addr.sockaddr = &n->sockaddr.sockaddr;
+    n->addr.name.len = n->address.size();
+    n->addr.name.data =
+        reinterpret_cast<u_char *>(const_cast<char *>(n->address.data()));
+
+    /* the configuration's, but this one address and its own name */
+    n->conf = *conf_;
+    n->conf.addrs = &n->addr;
+    n->conf.naddrs = 1;
+    n->conf.backend.display.len = n->display.size();
+    n->conf.backend.display.data =
+        reinterpret_cast<u_char *>(const_cast<char *>(n->display.data()));
+
+    n->pool = new RedisPool(cycle_, &n->conf);
+    n->pool->set_cluster(on_redirect, on_changed, this);
+
+    nodes_.push_back(std::move(n));
+    return nodes_.back().get();
+}
+
+/*
+ * An error reply on a node's pool: MOVED or ASK is followed here, once;
+ * anything else (TRYAGAIN, CLUSTERDOWN, a second redirection) is the
+ * command's to report.
+ */
+bool Cluster::on_redirect(void *data, RedisPool *from, RedisJob *job,
+                          std::string_view error)
+{
+    auto    *self = static_cast<Cluster *>(data);
+    Redirect r;
+
+    if (!parse_redirect(error, &r)) {
+        return false;
+    }
+
+    count(r.ask ? Counter::Asks : Counter::Moved);
+
+    std::string address = node_address(r.host, r.port);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &self->log_, 0,
+                   "session_cache: redis cluster: %s slot %ui to %s%s",
+                   r.ask ? "ASK" : "MOVED", r.slot, address.c_str(),
+                   job->redirected ? ", a second redirection: not followed"
+                                   : "");
+
+    if (!r.ask) {
+        std::uint16_t i = self->map_->node_of(r.slot);
+
+        /* the map does not know it yet: once per change */
+        if (i == SlotMap::kNone || self->map_->nodes()[i] != address) {
+            self->refresh("MOVED");
+        }
+    }
+
+    if (job->redirected) {
+        /* at most one redirection per command: its caller goes to
+         * postgres, and the map is on its way */
+        ngx_log_error(NGX_LOG_INFO, &self->log_, 0,
+                      "session_cache: redis cluster: a second redirection "
+                      "(%s slot %ui to %s) not followed",
+                      r.ask ? "ASK" : "MOVED", r.slot, address.c_str());
+        return false;
+    }
+
+    if (job->done == nullptr || r.host.empty()) {
+        return false;
+    }
+
+    Node *n = self->node(address, r.host, r.port);
+
+    if (n->pool == nullptr) {
+        return false;
+    }
+
+    from->release(job);
+    job->redirected = true;
+    job->asking = r.ask;
+
+    RedisDone   done = job->done;
+    void       *d = job->data;
+    const char *why = nullptr;
+
+    /* on failure the job is gone: its caller hears why */
+    if (!n->pool->resume(job, &why) && done) {
+        done(d, nullptr, why ? why : "redirection failed");
+    }
+
+    return true;
+}
+
+/* A node pool's figures changed: the document's Redis pool is their sum. */
+void Cluster::on_changed(void *data)
+{
+    static_cast<Cluster *>(data)->publish();
+}
+
+void Cluster::publish()
+{
+    PoolFigures sum;
+
+    auto add = [&sum](RedisPool *p) {
+        sum.size += p->connections();
+        sum.available += p->idle();
+        sum.pending += p->waiting();
+    };
+
+    if (seeds_) {
+        add(seeds_);
+    }
+
+    for (auto &n : nodes_) {
+        if (n->pool) {
+            add(n->pool);
+        }
+    }
+
+    sum.max = conf_->backend.pool * (by_index_.empty() ? 1 : by_index_.size());
+    publish_pool(Backend::Redis, sum);
+}
+
+void Cluster::on_timer(ngx_event_t *ev)
+{
+    auto *self = static_cast<Cluster *>(ev->data);
+
+    try {
+        self->refresh("timer");
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
+                      "session_cache: redis cluster timer: %s", e.what());
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
+                      "session_cache: redis cluster timer: unknown exception");
+    }
+}
+
+} // namespace session_cache

@@ -1,0 +1,112 @@
+/*
+ * Redis Cluster, per worker (SPEC §10): the slot map, one RedisPool per
+ * master node, and the router the check asks for a key's pool.
+ *
+ * The map comes from CLUSTER SLOTS, asked of a known node (or, when none
+ * answers, of the seeds from the configuration) at start, every
+ * kRefresh, after a failed refresh every kRetry, and at once when a MOVED
+ * names an owner the map does not know yet: at most one refresh in
+ * flight, and one more after it when something asked meanwhile.
+ *
+ * MOVED and ASK are followed once per command, on the node's pool they
+ * name (ASK with ASKING before the command), from within the pool that
+ * got them (RedisPool::set_cluster): the job keeps its identity, so the
+ * check's cancel() and its callback are untouched. A second redirection,
+ * TRYAGAIN, CLUSTERDOWN and a node that cannot be reached are the
+ * command's failure: the check goes to Postgres (BYPASS).
+ *
+ * Every node pool shares the one Redis breaker (per cluster) and sums its
+ * figures into the health document's Redis pool.
+ */
+#pragma once
+
+#include "redis/cluster_slots.h"
+#include "redis/redis_pool.h"
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace session_cache {
+
+class Cluster {
+public:
+    Cluster(ngx_cycle_t                               *cycle,
+            const ngx_http_session_cache_redis_conf_t *conf);
+    ~Cluster();
+
+    Cluster(const Cluster &) = delete;
+    Cluster &operator=(const Cluster &) = delete;
+
+    /* The first CLUSTER SLOTS. */
+    void start();
+
+    /* The pool of the master that serves key's slot; nullptr while no
+     * reachable master serves it (no map yet, a slot nobody serves, a
+     * master known by a host name). */
+    RedisPool *pool_for(std::string_view key);
+
+    /* The seeds' pool: asked for the map when no node answers. */
+    RedisPool *seeds() const { return seeds_; }
+
+    struct Node {
+        std::string address; /* "127.0.0.1:7000" */
+        std::string display; /* for the pool's log lines */
+        std::string error;   /* why it has no pool */
+        std::size_t slots = 0;
+        RedisPool  *pool = nullptr;
+
+        ngx_sockaddr_t                      sockaddr;
+        ngx_addr_t                          addr;
+        ngx_http_session_cache_redis_conf_t conf;
+    };
+
+    /* Every node met so far: the map's masters and those a redirection
+     * named; slots: how many the map gives it. */
+    const std::vector<std::unique_ptr<Node>> &nodes() const { return nodes_; }
+
+    bool        mapped() const { return !map_->empty(); }
+    std::size_t covered() const { return map_->covered(); }
+
+    /* Why the last refresh failed (empty: it did not), in the module's
+     * and Redis's error-code words; never a password. */
+    const std::string &error() const { return error_; }
+
+    static constexpr ngx_msec_t kRefresh = 10000;
+    static constexpr ngx_msec_t kRetry = 1000;
+
+private:
+    void  refresh(const char *why);
+    void  ask();
+    void  asked(const RedisReply *reply, const char *error);
+    void  failed(const std::string &why);
+    void  apply(std::unique_ptr<SlotMap> map);
+    Node *node(const std::string &address, const std::string &host, int port);
+    void  publish();
+
+    static void on_slots(void *data, const RedisReply *reply,
+                         const char *error);
+    static bool on_redirect(void *data, RedisPool *from, RedisJob *job,
+                            std::string_view error);
+    static void on_changed(void *data);
+    static void on_timer(ngx_event_t *ev);
+
+    ngx_cycle_t                               *cycle_;
+    const ngx_http_session_cache_redis_conf_t *conf_;
+    ngx_log_t                                  log_;
+    RedisPool                                 *seeds_ = nullptr;
+    std::vector<std::unique_ptr<Node>>         nodes_;
+    std::unique_ptr<SlotMap>                   map_;
+    std::vector<Node *>                        by_index_; /* map_->nodes() */
+
+    RedisJob   *refresh_job_ = nullptr;
+    bool        again_ = false; /* asked for while one was in flight */
+    std::size_t attempt_ = 0;   /* candidates tried in this refresh */
+    std::string error_;
+    std::string logged_; /* the last error logged */
+    ngx_event_t timer_;
+    bool        stopping_ = false;
+};
+
+} // namespace session_cache

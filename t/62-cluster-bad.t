@@ -1,0 +1,58 @@
+# Redis Cluster, bad input (SPEC §10): a seed list that is not a cluster
+# (a plain redis-server), a wrong password, a seed nobody listens on. Each
+# a clear message in the error log and the health document, requests
+# answered by Postgres (BYPASS), never a crash, never a password.
+
+use v5.36;
+use Test::More;
+use SessionCache::Test;
+
+my $PW    = 'bad-S3cret-pw';
+my $plain = start_redis(requirepass => $PW);
+my $pg    = start_postgres();
+$pg->add_session('tok-bad-1', 'user-bad', 3600);
+
+sub site ($url) {
+    return start_nginx(workers => 1, http => protected_site(
+        redis    => "$url pool=2 connect_timeout=300ms timeout=300ms",
+        postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=2s',
+        server   => 'location = /health { session_cache_health; }'));
+}
+
+sub scenario ($name, $url, $log_re, $doc_re) {
+    my $nginx = site($url);
+    ok($nginx->wait_for_log($log_re), "$name: the error log says why")
+        or diag $nginx->error_log;
+    my $r = get('/', cookie => 'session=tok-bad-1');
+    is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // '',
+            $r->{headers}{'x-session-user'} // ''),
+       '200 BYPASS user-bad', "$name: a valid session is answered by Postgres");
+    my ($h, $doc) = $nginx->health;
+    is($h->{status}, 200, "$name: health answers 200 (Postgres checks sessions)");
+    is($doc->{status}, 'degraded', "$name: degraded");
+    like($doc->{redis}{cluster}{error} // '', $doc_re, "$name: health: redis.cluster.error says why");
+    ok((grep { $_ =~ $doc_re } @{ $doc->{errors} // [] }), "$name: ... and errors[] too");
+    is($doc->{redis}{cluster}{slotsCovered}, 0, "$name: no slot covered");
+    unlike($h->{body} . $nginx->error_log, qr/\Q$PW\E/, "$name: no password anywhere");
+    ok($nginx->running, "$name: nginx still running");
+    no_alerts($nginx, "$name: no alerts");
+}
+
+scenario('a plain redis-server',
+         'redis-cluster://:' . $PW . '@127.0.0.1:' . $plain->port,
+         qr/\[error\].*redis cluster: no slot map: CLUSTER SLOTS refused: ERR This instance has cluster support disabled \(is this a Redis Cluster\?\)/,
+         qr/cluster support disabled \(is this a Redis Cluster\?\)/);
+
+my $cluster = SessionCache::Test::start_redis_cluster(masters => 3, requirepass => $PW);
+scenario('a wrong password',
+         $cluster->url(password => 'not-the-pw'),
+         qr/\[error\].*redis cluster: no slot map: CLUSTER SLOTS: AUTH refused: WRONGPASS/,
+         qr/AUTH refused: WRONGPASS/);
+
+my $port = free_port();
+scenario('nothing listening',
+         "redis-cluster://:$PW\@127.0.0.1:$port",
+         qr/\[error\].*redis cluster: no slot map: CLUSTER SLOTS: /,
+         qr/CLUSTER SLOTS: /);
+
+done_testing;
