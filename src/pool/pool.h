@@ -58,9 +58,12 @@ class Pool : public Dispatch<Pool<Derived, Conn, Job>, Conn, Job> {
     friend Base;
 
 protected:
+    /* figures: the pool's figures are the backend's in the health
+     * document (false for a helper pool, such as Postgres's pool on the
+     * primary, SPEC §11, whose figures would overwrite them) */
     Pool(ngx_cycle_t *cycle, const ngx_http_session_cache_backend_t *backend,
-         const char *name, Backend which)
-        : backend_(backend), name_(name), which_(which)
+         const char *name, Backend which, bool figures = true)
+        : backend_(backend), name_(name), which_(which), figures_(figures)
     {
         log_ = *cycle->log;
         log_.handler = log_context;
@@ -165,6 +168,7 @@ protected:
     const ngx_http_session_cache_backend_t *backend_;
     const char                             *name_;
     Backend                                 which_;
+    bool                                    figures_;
     ngx_log_t                               log_;
     char                                    timeout_text_[64];
     char                                    connect_timeout_text_[64];
@@ -269,6 +273,10 @@ private:
      * slot). Available: open connections without a job. */
     void changed()
     {
+        if (!figures_) {
+            return;
+        }
+
         publish_pool(which_, PoolFigures{this->connections(), this->idle(),
                                          this->waiting(), backend_->pool});
     }
