@@ -301,6 +301,35 @@ bool known_name(std::string_view f, const PgConninfo &c, std::string_view query)
 
 
 /*
+ * libpq's "server certificate for \"NAME\" does not match host name": the
+ * name the server's certificate holds, which it shows to every client; a
+ * plain DNS name or address only.
+ */
+bool certificate_name(const std::string &before, std::string_view f)
+{
+    static const char prefix[] = "server certificate for ";
+    std::size_t       n = sizeof(prefix) - 1;
+
+    if (before.size() < n || before.compare(before.size() - n, n, prefix) != 0
+        || f.size() > 253)
+    {
+        return false;
+    }
+
+    for (char ch : f) {
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '*'
+              || ch == ':'))
+        {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+/*
  * Where the peer's own text starts in bare: after libpq's
  * "connection to server ... failed: " and a severity ("FATAL:  ").
  */
@@ -376,7 +405,8 @@ std::string filter_message(std::string_view msg, const PgConninfo &c,
         bare.push_back('\x01');
 
         if (end != std::string_view::npos && !control
-            && known_name(f, c, query)) {
+            && (known_name(f, c, query) || certificate_name(out, f)))
+        {
             out.push_back('"');
             out.append(f);
             out.push_back('"');

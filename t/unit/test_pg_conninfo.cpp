@@ -471,6 +471,18 @@ test_message(void **)
     assert_string_equal(s.c_str(), "ERROR:  unterminated \"***\"");
     s = said("ERROR:  a\x1b[31m\"line\rbreak\"\x7f", nullptr);
     assert_string_equal(s.c_str(), "ERROR:  a?[31m\"***\"?");
+    /* the name a server's certificate shows to every client (SPEC §11) */
+    s = said("connection to server at \"db.example\" (10.0.0.1), port "
+             "54321 failed: server certificate for \"pg.example\" (and 1 "
+             "other name) does not match host name \"db.example\"",
+             nullptr);
+    assert_string_equal(s.c_str(), "connection to server at \"db.example\" "
+                        "(10.0.0.1), port 54321 failed: server certificate "
+                        "for \"pg.example\" (and 1 other name) does not "
+                        "match host name \"db.example\"");
+    s = said("server certificate for \"a b\" does not match", nullptr);
+    assert_string_equal(s.c_str(),
+                        "server certificate for \"***\" does not match");
 }
 
 /* SPEC §11: the options libpq would check only in a worker, at nginx -t */
