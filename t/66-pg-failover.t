@@ -98,8 +98,9 @@ diag sprintf('failover: primary stopped in %.3f s, promotion took %.3f s; '
              $last_503 - $first_503, scalar @f503, scalar @fresh, $window);
 my $slowest = max(map { $_->{ms} } grep { $_->{kind} eq 'valid' } @r);
 # the figure protects: no worker waited for a dead primary while cached
-# sessions were asked for (a blocked worker would show connect_timeout)
-ok($slowest < 500, sprintf('cached sessions never waited (slowest %.0f ms)',
+# sessions were asked for (a blocked worker would show connect_timeout,
+# 1 s)
+ok($slowest < 1000, sprintf('cached sessions never waited (slowest %.0f ms)',
                            $slowest));
 note summarize(\@r);
 

@@ -395,7 +395,7 @@ void PgPool::reask(PgFlight *f)
         return;
     }
 
-    ngx_log_error(NGX_LOG_WARN, &log_, 0,
+    ngx_log_error(NGX_LOG_ERR, &log_, 0,
                   "session_cache: postgres: a hot standby has no row for "
                   "the session and no primary can confirm it (%s): "
                   "refused, not remembered",
@@ -410,7 +410,7 @@ void PgPool::reasked(void *data, const PgRow *row, const char *error)
     auto *f = static_cast<PgFlight *>(data);
 
     if (error != nullptr) {
-        ngx_log_error(NGX_LOG_WARN, &f->pool->log_, 0,
+        ngx_log_error(NGX_LOG_ERR, &f->pool->log_, 0,
                       "session_cache: postgres: a hot standby has no row "
                       "for the session and no primary confirmed it (%s): "
                       "refused, not remembered",
@@ -613,7 +613,7 @@ void PgPool::restart(PgConn *pc)
         return;
     }
 
-    ngx_log_error(NGX_LOG_WARN, &pc->log, 0,
+    ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
                   "session_cache: %s: host %s port %s did not answer "
                   "within connect_timeout, trying the next host",
                   name_, opts_->hosts[pc->at].c_str(),
