@@ -5,7 +5,8 @@
 #     session, never as a negative;
 #   - an unknown token: 401 once the primary said so too;
 #   - the primary stopped: an unknown token gets 401 and nothing is
-#     remembered, neither in Redis nor in L1 (the next request asks again).
+#     remembered, neither in Redis nor in L1 (the next request asks again);
+#   - the standby promoted: its "no row" is final again.
 
 use v5.36;
 use Test::More;
@@ -74,6 +75,16 @@ is($standby->queries_for($lost), 2, '... the standby was asked twice');
 
 $r = get('/', cookie => "session=$fresh");
 is($r->{status}, 200, 'a cached session still works without the primary');
+
+# ---------------------------------------------------------- promoted
+# The standby's connections stay; the server now reports in_hot_standby
+# off, so its "no row" is final and remembered.
+$standby->promote;
+my $after = 'tok-lag-promoted';
+$r = get('/', cookie => "session=$after");
+is($r->{status}, 401, 'the standby promoted: an unknown token gets 401');
+ok(defined $redis->wait_for_key("session:$after"),
+   '... and is remembered: the promoted server answered for itself');
 
 unlike($nginx->error_log, qr/\Q$PW\E/, 'no password in the error log');
 no_alerts($nginx);
