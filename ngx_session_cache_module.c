@@ -492,6 +492,22 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
             continue;
         }
 
+        /* Postgres: each worker shuffles the host list (SPEC §11) */
+        if (rcf == NULL
+            && ngx_strncmp(value[i].data, "load_balance=", 13) == 0)
+        {
+            if (ngx_strcmp(value[i].data + 13, "random") != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%V: invalid load_balance \"%s\", "
+                                   "expected \"random\"", &cmd->name,
+                                   value[i].data + 13);
+                return NGX_CONF_ERROR;
+            }
+
+            bcf->load_balance = 1;
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%V: unknown parameter \"%V\"",
                            &cmd->name, &value[i]);

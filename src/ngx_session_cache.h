@@ -26,6 +26,8 @@ typedef struct {
     ngx_msec_t                  connect_timeout;
     ngx_msec_t                  timeout;
     ngx_msec_t                  idle_timeout;    /* 0: never closed idle */
+    ngx_uint_t                  load_balance;    /* postgres: 1 for
+                                                  * load_balance=random */
 } ngx_http_session_cache_backend_t;
 
 

@@ -653,12 +653,20 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
+
+    if (error == kPgUnconfirmed) {
+        /* a hot standby found no row and no primary could confirm it
+         * (SPEC §11): refused, remembered neither in Redis nor in L1 */
+        trace_postgres(ctx, "no row on a standby, unconfirmed");
+        answered_by(ctx, Layer::Postgres);
+        return deny(ctx, status);
+    }
+
     if (error != nullptr) {
         trace_postgres(ctx, "failed");
         return unavailable(ctx);
     }
-
-    const ngx_str_t &status = ctx->redis_failed ? kBypass : kMiss;
 
     answered_by(ctx, Layer::Postgres);
 

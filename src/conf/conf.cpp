@@ -384,6 +384,12 @@ static char *parse_postgres(ngx_conf_t *cf, ngx_str_t *source,
         return conf_error(cf, err);
     }
 
+    err = check_pg_options(ci);
+
+    if (!err.empty()) {
+        return conf_error(cf, err);
+    }
+
     const std::string *host = ci.get("host");
 
     if (host != nullptr && ci.get("hostaddr") == nullptr) {

@@ -465,6 +465,39 @@ void on_redis(void *data, const RedisReply *reply, const char *error)
     maybe_respond(ctx);
 }
 
+/*
+ * postgres.hosts (SPEC §11): where this worker's pools are, primary or
+ * standby, and the replication lag the probe measured on its server.
+ */
+static void pg_hosts(health::Postgres *P, const PgRow *row)
+{
+    PgPool *pg = pg_pool();
+
+    if (pg == nullptr) {
+        return;
+    }
+
+    bool lag_shown = false;
+
+    for (const PgHostFigure &f : pg->hosts()) {
+        health::PgHostReport h;
+        h.pool = f.pool;
+        h.host = f.host;
+        h.port = f.port;
+        h.role = f.role;
+        h.connections = f.connections;
+
+        if (row != nullptr && row->has_lag && !lag_shown && h.pool == "main"
+            && h.host == row->host && h.port == row->port)
+        {
+            h.lag_ms = row->lag_ms;
+            lag_shown = true;
+        }
+
+        P->hosts.push_back(std::move(h));
+    }
+}
+
 void on_postgres(void *data, const PgRow *row, const char *error)
 {
     auto             *ctx = static_cast<HealthCtx *>(data);
@@ -488,6 +521,8 @@ void on_postgres(void *data, const PgRow *row, const char *error)
             /* the session query refused on the probe's connection */
             P.query_error = std::string(row->query_error);
         }
+
+        pg_hosts(&P, error == nullptr ? row : nullptr);
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, ctx->r->connection->log, 0,
                       "session_cache: health: %s", e.what());

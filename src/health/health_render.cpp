@@ -288,6 +288,34 @@ static void pool_json(Object *o, std::string_view k, const PoolFigures &p)
     pool.close();
 }
 
+/* postgres.hosts (SPEC §11): where this worker's pools are, what each
+ * server is, and how far a standby the probe ran on replays behind. */
+static void pg_hosts_json(Object *o, const std::vector<PgHostReport> &hosts)
+{
+    std::string *out = o->key("hosts");
+
+    out->push_back('[');
+
+    for (std::size_t i = 0; i < hosts.size(); i++) {
+        const PgHostReport &h = hosts[i];
+
+        if (i) {
+            out->append(", ");
+        }
+
+        Object e(out);
+        e.str("pool", h.pool);
+        e.str("host", h.host);
+        e.str("port", h.port);
+        e.str("role", h.role);
+        e.num("connections", h.connections);
+        e.opt_num("replicationLagMs", h.lag_ms);
+        e.close();
+    }
+
+    out->push_back(']');
+}
+
 /* The top-level "l1" object (SPEC §8). */
 static void l1_json(Object *doc, const L1Report &l)
 {
@@ -409,6 +437,7 @@ std::string render_json(const Report &r)
         o.opt_str("version", b.version);
         o.str("breaker", breaker_state_name(b.breaker));
         pool_json(&o, "pool", b.pool);
+        pg_hosts_json(&o, b.hosts);
         o.close();
     }
 

@@ -65,11 +65,23 @@ struct Redis : BackendReport {
     ClusterReport                cluster;
 };
 
+/* Where one of the answering worker's Postgres pools is (SPEC §11). */
+struct PgHostReport {
+    std::string           pool; /* main, or primary (the lag guard) */
+    std::string           host;
+    std::string           port;
+    std::string           role; /* primary, standby, unknown */
+    std::uint64_t         connections = 0;
+    std::optional<double> lag_ms; /* a standby the probe ran on */
+};
+
 struct Postgres : BackendReport {
     std::optional<double> query_ms; /* SELECT 1 */
     /* why the session query cannot be prepared (Postgres's words), empty
      * if it can: a configuration error, no session can be checked there */
     std::string query_error;
+    /* the pools' hosts, in the worker that answers (SPEC §11) */
+    std::vector<PgHostReport> hosts;
 };
 
 /* The L1 cache (SPEC §8): the top-level "l1" object. */

@@ -7,6 +7,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -175,8 +176,16 @@ std::string parse(std::string_view conninfo, PgConninfo *out)
     std::unique_ptr<char, ErrorFree> err_guard(err);
 
     if (!opts) {
-        return err ? mask_quoted(err, s.find('"') != std::string::npos)
-                   : "out of memory";
+        std::string m = err ? mask_quoted(err, s.find('"') != std::string::npos)
+                            : "out of memory";
+
+        if (m.find("\"load_balance_hosts\"") != std::string::npos) {
+            m += " (libpq " + std::to_string(PQlibVersion() / 10000)
+                 + " has no load_balance_hosts: give the directive's "
+                   "load_balance=random instead)";
+        }
+
+        return m;
     }
 
     PgConninfo c;
@@ -292,6 +301,35 @@ bool known_name(std::string_view f, const PgConninfo &c, std::string_view query)
 
 
 /*
+ * libpq's "server certificate for \"NAME\" does not match host name": the
+ * name the server's certificate holds, which it shows to every client; a
+ * plain DNS name or address only.
+ */
+bool certificate_name(const std::string &before, std::string_view f)
+{
+    static const char prefix[] = "server certificate for ";
+    std::size_t       n = sizeof(prefix) - 1;
+
+    if (before.size() < n || before.compare(before.size() - n, n, prefix) != 0
+        || f.size() > 253)
+    {
+        return false;
+    }
+
+    for (char ch : f) {
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+              || (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '*'
+              || ch == ':'))
+        {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+/*
  * Where the peer's own text starts in bare: after libpq's
  * "connection to server ... failed: " and a severity ("FATAL:  ").
  */
@@ -367,7 +405,8 @@ std::string filter_message(std::string_view msg, const PgConninfo &c,
         bare.push_back('\x01');
 
         if (end != std::string_view::npos && !control
-            && known_name(f, c, query)) {
+            && (known_name(f, c, query) || certificate_name(out, f)))
+        {
             out.push_back('"');
             out.append(f);
             out.push_back('"');
@@ -532,6 +571,194 @@ std::vector<std::string> split_hosts(std::string_view hosts)
 
     } catch (...) {
         return {}; /* std::bad_alloc */
+    }
+}
+
+namespace {
+
+/* a value worth quoting in a message: a short lower-case word */
+std::string shown_value(const std::string &v)
+{
+    if (v.empty() || v.size() > 24) {
+        return std::string();
+    }
+
+    for (char ch : v) {
+        if (!((ch >= 'a' && ch <= 'z') || ch == '-' || ch == '_')) {
+            return std::string();
+        }
+    }
+
+    return " \"" + v + "\"";
+}
+
+std::string check_one(const PgConninfo &c, const char *key,
+                      std::initializer_list<const char *> accepted)
+{
+    const std::string *v = c.get(key);
+
+    if (v == nullptr) {
+        return std::string();
+    }
+
+    std::string list;
+    std::size_t i = 0;
+
+    for (const char *a : accepted) {
+        if (*v == a) {
+            return std::string();
+        }
+
+        list += i == 0 ? "" : i + 1 == accepted.size() ? " or " : ", ";
+        list += a;
+        i++;
+    }
+
+    return std::string("invalid ") + key + shown_value(*v) + " (expected "
+           + list + ")";
+}
+
+/* The lists that name one entry per host: host, hostaddr, and port when
+ * it is a list (a single port applies to every host). */
+std::vector<const char *> host_lists(const PgConninfo &c, std::size_t n)
+{
+    std::vector<const char *> keys;
+
+    for (const char *k : {"host", "hostaddr", "port"}) {
+        const std::string *v = c.get(k);
+
+        if (v != nullptr && split_hosts(*v).size() == n
+            && (n > 1 || std::string_view(k) != "port"))
+        {
+            keys.push_back(k);
+        }
+    }
+
+    return keys;
+}
+
+std::string join_hosts(const std::vector<std::string> &parts)
+{
+    std::string s;
+
+    for (std::size_t i = 0; i < parts.size(); i++) {
+        if (i) {
+            s += ',';
+        }
+        s += parts[i];
+    }
+
+    return s;
+}
+
+} // namespace
+
+
+std::string check_pg_options(const PgConninfo &c)
+{
+    try {
+        std::string e = check_one(c, "target_session_attrs",
+                                  {"any", "read-write", "read-only", "primary",
+                                   "standby", "prefer-standby"});
+        if (e.empty()) {
+            e = check_one(c, "sslmode",
+                          {"disable", "allow", "prefer", "require", "verify-ca",
+                           "verify-full"});
+        }
+        return e;
+
+    } catch (...) {
+        return "out of memory";
+    }
+}
+
+
+std::size_t host_count(const PgConninfo &c)
+{
+    std::size_t n = 1;
+
+    for (const char *k : {"host", "hostaddr"}) {
+        const std::string *v = c.get(k);
+
+        if (v != nullptr) {
+            n = std::max(n, split_hosts(*v).size());
+        }
+    }
+
+    return n;
+}
+
+
+bool shuffle_hosts(PgConninfo                                    *c,
+                   const std::function<std::size_t(std::size_t)> &below)
+{
+    try {
+        std::size_t n = host_count(*c);
+
+        if (n < 2) {
+            return true;
+        }
+
+        std::vector<std::size_t> order(n);
+
+        for (std::size_t i = 0; i < n; i++) {
+            order[i] = i;
+        }
+
+        for (std::size_t i = n - 1; i > 0; i--) {
+            std::size_t j = below(i + 1);
+            std::swap(order[i], order[j < i + 1 ? j : i]);
+        }
+
+        PgConninfo out = *c;
+
+        for (const char *k : host_lists(*c, n)) {
+            std::vector<std::string> parts = split_hosts(*c->get(k));
+            std::vector<std::string> moved(n);
+
+            for (std::size_t i = 0; i < n; i++) {
+                moved[i] = parts[order[i]];
+            }
+
+            if (!out.set(k, join_hosts(moved))) {
+                return false;
+            }
+        }
+
+        *c = std::move(out);
+        return true;
+
+    } catch (...) {
+        return false;
+    }
+}
+
+
+bool drop_hosts_before(PgConninfo *c, std::size_t from)
+{
+    try {
+        std::size_t n = host_count(*c);
+
+        if (from >= n) {
+            return false;
+        }
+
+        PgConninfo out = *c;
+
+        for (const char *k : host_lists(*c, n)) {
+            std::vector<std::string> parts = split_hosts(*c->get(k));
+            parts.erase(parts.begin(), parts.begin() + from);
+
+            if (!out.set(k, join_hosts(parts))) {
+                return false;
+            }
+        }
+
+        *c = std::move(out);
+        return true;
+
+    } catch (...) {
+        return false;
     }
 }
 

@@ -4,6 +4,7 @@
  */
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,5 +79,35 @@ std::string mask_pg_conninfo(const PgConninfo &c);
  * the result is never empty except on allocation failure.
  */
 std::vector<std::string> split_hosts(std::string_view hosts);
+
+/*
+ * The options the module reads itself (SPEC §11): target_session_attrs
+ * (any, read-write, read-only, primary, standby, prefer-standby) and
+ * sslmode (disable, allow, prefer, require, verify-ca, verify-full), which
+ * libpq would only check when a worker connects. "" when they are
+ * acceptable, else the problem; a value is quoted only when it is a short
+ * lower-case word (never a piece of a mistyped password).
+ */
+std::string check_pg_options(const PgConninfo &c);
+
+/* How many entries the host list has (1 without one). */
+std::size_t host_count(const PgConninfo &c);
+
+/*
+ * Reorder the host list by a random permutation (Fisher-Yates; below(n)
+ * gives a number in [0, n)), keeping host, hostaddr and a port list of
+ * the same length aligned: entry i of each still names the same server.
+ * false only on allocation failure, c then unchanged.
+ */
+bool shuffle_hosts(PgConninfo                                    *c,
+                   const std::function<std::size_t(std::size_t)> &below);
+
+/*
+ * Keep only the entries from index from on of the host list (host,
+ * hostaddr, a port list of the same length), for a new attempt that
+ * skips hosts already tried. false when nothing would be left or on
+ * allocation failure, c then unchanged.
+ */
+bool drop_hosts_before(PgConninfo *c, std::size_t from);
 
 } // namespace session_cache

@@ -8,6 +8,10 @@
 
 #include <sys/stat.h>
 
+#if (NGX_SSL)
+#include <openssl/ssl.h>
+#endif
+
 #include <cstring>
 #include <memory>
 #include <new>
@@ -20,6 +24,20 @@ const char kPgQueryUnprepared[] = "the session query cannot be prepared";
 
 const char kPgAttrsRefused[] = "the session query's attribute columns are "
                                "refused";
+
+const char kPgUnconfirmed[] = "no row on a hot standby, and no primary "
+                              "answered";
+
+/* Internal: "no row" from a hot standby, to be asked again on the
+ * primary; never handed to a caller. */
+static const char kPgStandbyNoRow[] = "no row on a hot standby";
+
+/* The health probe: SELECT 1, and how far behind the server replays
+ * when it is a standby (null on a primary, or before any replay). */
+static const char kProbe[] =
+    "SELECT 1, CASE WHEN pg_catalog.pg_is_in_recovery() THEN "
+    "extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp())"
+    " * 1000 END";
 
 static_assert(kMaxAttrs == NGX_HTTP_SESSION_CACHE_MAX_ATTRS,
               "one bound on attributes");
@@ -39,6 +57,8 @@ struct PgConn : PoolConn {
     std::string       query_error;           /* why Postgres refused it */
     bool              attrs_refused = false; /* see described() */
     ngx_event_t       connect_timer;
+    std::size_t       from = 0; /* this attempt began at this host */
+    std::size_t       at = 0;   /* the host libpq is on (an index) */
     /* for notice(), which libpq calls with this connection */
     const ngx_http_session_cache_pg_conf_t *conf = nullptr;
     const std::string                      *query = nullptr;
@@ -104,17 +124,125 @@ static void notice(void *arg, const char *message)
     }
 }
 
+/*
+ * The options a pool connects with, owned by it: the configuration's
+ * (the one list the listener reads too), with this worker's host order
+ * (load_balance=random) and, for the pool on the primary,
+ * target_session_attrs=read-write. The host lists are split once, to tell
+ * which host libpq is on (locate()).
+ */
+struct PgPool::Options {
+    PgConninfo                       ci;
+    std::vector<const char *>        kp, vp; /* into ci */
+    ngx_http_session_cache_pg_conf_t conf;
+    std::vector<std::string>         hosts, addrs, ports;
+
+    Options(PgConninfo c, const ngx_http_session_cache_pg_conf_t &base)
+        : ci(std::move(c)), conf(base)
+    {
+        for (std::size_t i = 0; i < ci.keywords.size(); i++) {
+            kp.push_back(ci.keywords[i].c_str());
+            vp.push_back(ci.values[i].c_str());
+        }
+        kp.push_back(nullptr);
+        vp.push_back(nullptr);
+
+        conf.keywords = kp.data();
+        conf.values = vp.data();
+
+        std::size_t n = host_count(ci);
+
+        for (auto [key, list] :
+             {std::pair{"host", &hosts}, std::pair{"hostaddr", &addrs},
+              std::pair{"port", &ports}})
+        {
+            const std::string *v = ci.get(key);
+            *list = v ? split_hosts(*v) : std::vector<std::string>();
+            if (list->size() != n) {
+                /* a single port for all; none: libpq's defaults */
+                list->resize(n, list->size() == 1 ? (*list)[0] : "");
+            }
+        }
+    }
+};
+
+static PgConninfo conninfo_of(const ngx_http_session_cache_pg_conf_t *conf)
+{
+    PgConninfo c;
+
+    for (const char **k = conf->keywords, **v = conf->values; k && *k; k++, v++)
+    {
+        if (!c.set(*k, *v)) {
+            throw std::bad_alloc();
+        }
+    }
+
+    return c;
+}
+
+/* load_balance=random: this worker's order, once at its start (nginx
+ * seeded random() per worker) */
+static std::unique_ptr<PgPool::Options>
+main_options(const ngx_http_session_cache_pg_conf_t *conf)
+{
+    PgConninfo c = conninfo_of(conf);
+
+    if (conf->backend.load_balance && !shuffle_hosts(&c, [](std::size_t n) {
+            return static_cast<std::size_t>(ngx_random()) % n;
+        }))
+    {
+        throw std::bad_alloc();
+    }
+
+    return std::unique_ptr<PgPool::Options>(new PgPool::Options(c, *conf));
+}
+
+/* Does this target land on a primary only? Then "no row" is final. */
+static bool primary_only(const PgConninfo &c)
+{
+    const std::string *t = c.get("target_session_attrs");
+    return t != nullptr && (*t == "read-write" || *t == "primary");
+}
+
 PgPool::PgPool(ngx_cycle_t *cycle, const ngx_http_session_cache_pg_conf_t *conf,
                const ngx_str_t *query)
-    : Pool(cycle, &conf->backend, "postgres", Backend::Postgres), conf_(conf),
-      query_(view(*query))
+    : PgPool(cycle, main_options(conf), std::string(view(*query)), false)
+{
+    if (primary_only(opts_->ci)) {
+        return;
+    }
+
+    /* the lag guard (SPEC §11): a small pool on the primary, opened
+     * only when a standby first finds no row */
+    PgConninfo c = opts_->ci;
+    if (!c.set("target_session_attrs", "read-write")) {
+        throw std::bad_alloc();
+    }
+
+    std::unique_ptr<Options> o(new Options(c, opts_->conf));
+    o->conf.backend.pool = std::min<ngx_uint_t>(2, opts_->conf.backend.pool);
+
+    primary_ = new PgPool(cycle, std::move(o), query_, true);
+}
+
+/* the pool on the primary: its figures are not the backend's */
+static void unpublished(void *) {}
+
+PgPool::PgPool(ngx_cycle_t *cycle, std::unique_ptr<Options> opts,
+               std::string query, bool primary)
+    : Pool(cycle, &opts->conf.backend,
+           primary ? "postgres primary" : "postgres", Backend::Postgres,
+           primary ? unpublished : nullptr),
+      opts_(std::move(opts)), conf_(&opts_->conf), query_(std::move(query)),
+      primary_role_(primary)
 {}
 
 /* The callers waiting for one query (SPEC: at most one Postgres query
  * per token per worker at a time). */
 struct PgFlight {
     PgPool     *pool;
-    PgJob      *query;   /* nullptr once answered */
+    PgJob      *query;   /* nullptr once answered, or asked again on the
+                          * primary */
     std::string token;   /* the key in flights_, when shared */
     bool        shared;  /* in flights_ (a probe is not) */
     ngx_queue_t waiters; /* PgWaiter */
@@ -123,6 +251,9 @@ struct PgFlight {
 PgPool::~PgPool()
 {
     clear();
+
+    /* a query asked again there is dropped with it: its flight is below */
+    delete primary_;
 
     /* the queries went without an answer: so do their callers */
     for (auto &entry : flights_) {
@@ -155,6 +286,9 @@ PgWaiter *PgPool::submit(std::string_view token, PgDone done, void *data,
 
     std::unique_ptr<PgJob> q(new PgJob());
     q->token.assign(token.data(), token.size());
+    /* on the primary, asked again: the breaker neither refuses nor counts
+     * it (a primary down in a failover must not stop the standbys) */
+    q->probe = primary_role_;
 
     return fly(std::move(q), true, done, data, error);
 }
@@ -164,6 +298,7 @@ PgWaiter *PgPool::submit_probe(PgDone done, void *data, const char **error)
 {
     std::unique_ptr<PgJob> q(new PgJob());
     q->probe = true;
+    q->health = true;
 
     return fly(std::move(q), false, done, data, error);
 }
@@ -226,15 +361,74 @@ void PgPool::cancel(PgWaiter *job)
     delete f;
 }
 
-/* A query is answered: every caller waiting for it gets the answer. */
+/* A query is answered: every caller waiting for it gets the answer, or,
+ * when it was "no row" from a hot standby, the primary is asked first. */
 void PgPool::flight_done(void *data, const PgRow *row, const char *error)
 {
     auto *f = static_cast<PgFlight *>(data);
 
-    if (f->shared) {
-        f->pool->flights_.erase(f->token);
-    }
     f->query = nullptr;
+
+    if (error == kPgStandbyNoRow) {
+        f->pool->reask(f);
+        return;
+    }
+
+    f->pool->hand_out(f, row, error);
+}
+
+/*
+ * The lag guard (SPEC §11): a standby may not have replayed the login
+ * that created the session yet. The flight stays under its token, so
+ * that callers for it keep joining, while the pool on the primary
+ * answers. No primary: kPgUnconfirmed (401, nothing remembered).
+ */
+void PgPool::reask(PgFlight *f)
+{
+    const char *error = nullptr;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                   "session_cache: postgres: no row on a hot standby, "
+                   "asking the primary (flight %p)",
+                   f);
+
+    if (primary_ != nullptr && !f->token.empty()
+        && primary_->submit(f->token, reasked, f, &error) != nullptr)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, &log_, 0,
+                  "session_cache: postgres: a hot standby has no row for "
+                  "the session and no primary can confirm it (%s): "
+                  "refused, not remembered",
+                  error ? error : "no pool on the primary");
+    hand_out(f, nullptr, kPgUnconfirmed);
+}
+
+/* The primary's answer to a query asked again: the answer for every
+ * caller. Nobody waits for it any more: the flight still goes. */
+void PgPool::reasked(void *data, const PgRow *row, const char *error)
+{
+    auto *f = static_cast<PgFlight *>(data);
+
+    if (error != nullptr) {
+        ngx_log_error(NGX_LOG_ERR, &f->pool->log_, 0,
+                      "session_cache: postgres: a hot standby has no row "
+                      "for the session and no primary confirmed it (%s): "
+                      "refused, not remembered",
+                      error);
+        error = kPgUnconfirmed;
+    }
+
+    f->pool->hand_out(f, row, error);
+}
+
+void PgPool::hand_out(PgFlight *f, const PgRow *row, const char *error)
+{
+    if (f->shared) {
+        flights_.erase(f->token);
+    }
 
     /* a callback may cancel other waiters (their requests went away) or
      * submit new queries, never for this flight: it left flights_ */
@@ -273,6 +467,8 @@ PgConn *PgPool::open(const char **error)
     }
 
     pc->pool = this;
+    pc->conf = conf_;
+    pc->query = &query_;
     init_conn(pc);
     enter(pc, PgConn::Connecting);
 
@@ -280,32 +476,19 @@ PgConn *PgPool::open(const char **error)
     pc->connect_timer.data = pc;
     pc->connect_timer.log = &pc->log;
 
-    pc->pg = PQconnectStartParams(conf_->keywords, conf_->values, 0);
+    if (!begin(pc, 0, error)) {
+        delete pc;
+        return nullptr;
+    }
 
-    if (pc->pg == nullptr) {
+    try {
+        mine_.push_back(pc);
+
+    } catch (...) {
+        release(pc);
+        PQfinish(pc->pg);
         delete pc;
         *error = "out of memory";
-        return nullptr;
-    }
-
-    if (PQstatus(pc->pg) == CONNECTION_BAD) {
-        ngx_log_error(NGX_LOG_ERR, &pc->log, 0, "session_cache: postgres: %s",
-                      said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
-        PQfinish(pc->pg);
-        delete pc;
-        *error = "connect failed";
-        return nullptr;
-    }
-
-    pc->conf = conf_;
-    pc->query = &query_;
-
-    PQsetNoticeProcessor(pc->pg, notice, pc);
-
-    if (PQsetnonblocking(pc->pg, 1) != 0 || !wrap(pc)) {
-        PQfinish(pc->pg);
-        delete pc;
-        *error = "cannot watch the socket";
         return nullptr;
     }
 
@@ -319,6 +502,139 @@ PgConn *PgPool::open(const char **error)
                    pc, PQsocket(pc->pg));
 
     return pc;
+}
+
+/*
+ * Start libpq's attempt on the host list from entry from on (0: all of
+ * it), wrapping its first socket. false: nothing is left of it, pc->pg
+ * is nullptr. Nothing here throws.
+ */
+bool PgPool::begin(PgConn *pc, std::size_t from, const char **error)
+{
+    const char *const       *kw = conf_->keywords;
+    const char *const       *vals = conf_->values;
+    std::unique_ptr<Options> rest;
+
+    if (from > 0) {
+        try {
+            PgConninfo c = opts_->ci;
+
+            if (!drop_hosts_before(&c, from)) {
+                *error = "no host left to try";
+                return false;
+            }
+
+            rest.reset(new Options(c, *conf_));
+
+        } catch (...) {
+            *error = "out of memory";
+            return false;
+        }
+
+        kw = rest->conf.keywords;
+        vals = rest->conf.values;
+    }
+
+    /* libpq copies what it keeps of the options */
+    pc->pg = PQconnectStartParams(kw, vals, 0);
+    pc->from = from;
+    pc->at = from;
+
+    if (pc->pg == nullptr) {
+        *error = "out of memory";
+        return false;
+    }
+
+    if (PQstatus(pc->pg) == CONNECTION_BAD) {
+        ngx_log_error(NGX_LOG_ERR, &pc->log, 0, "session_cache: %s: %s", name_,
+                      said(conf_, query_, PQerrorMessage(pc->pg)).c_str());
+        PQfinish(pc->pg);
+        pc->pg = nullptr;
+        *error = "connect failed";
+        return false;
+    }
+
+    PQsetNoticeProcessor(pc->pg, notice, pc);
+
+    if (PQsetnonblocking(pc->pg, 1) != 0 || !wrap(pc)) {
+        PQfinish(pc->pg);
+        pc->pg = nullptr;
+        *error = "cannot watch the socket";
+        return false;
+    }
+
+    locate(pc);
+    return true;
+}
+
+/*
+ * Which entry of the host list libpq is on now: the first from pc->at on
+ * (libpq walks the list in order) with its host, port and address, else
+ * from the attempt's start (prefer-standby's second pass).
+ */
+void PgPool::locate(PgConn *pc)
+{
+    const char *host = PQhost(pc->pg);
+    const char *port = PQport(pc->pg);
+    const char *addr = PQhostaddr(pc->pg);
+    std::size_t n = opts_->hosts.size();
+
+    auto match = [&](std::size_t j) {
+        return host && opts_->hosts[j] == host
+               && (opts_->ports[j].empty() || (port && opts_->ports[j] == port))
+               && (opts_->addrs[j].empty() || addr == nullptr || *addr == '\0'
+                   || opts_->addrs[j] == addr);
+    };
+
+    for (std::size_t j = pc->at; j < n; j++) {
+        if (match(j)) {
+            pc->at = j;
+            return;
+        }
+    }
+
+    for (std::size_t j = pc->from; j < pc->at; j++) {
+        if (match(j)) {
+            pc->at = j;
+            return;
+        }
+    }
+}
+
+/*
+ * connect_timeout passed on one host (SPEC §11; libpq applies it to each
+ * host, but only in its blocking calls): the attempt goes on with the
+ * hosts after it, in a new libpq attempt on the same PgConn, jobs kept.
+ * No host after it: the connection fails.
+ */
+void PgPool::restart(PgConn *pc)
+{
+    std::size_t next = pc->at + 1;
+
+    if (next >= opts_->hosts.size()) {
+        fail(pc, connect_timeout_text_);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, &pc->log, 0,
+                  "session_cache: %s: host %s port %s did not answer "
+                  "within connect_timeout, trying the next host",
+                  name_, opts_->hosts[pc->at].c_str(),
+                  opts_->ports[pc->at].empty() ? "5432"
+                                               : opts_->ports[pc->at].c_str());
+
+    release(pc);
+    PQfinish(pc->pg);
+    pc->pg = nullptr;
+
+    const char *error = "cannot connect";
+
+    if (!begin(pc, next, &error)) {
+        fail(pc, error);
+        return;
+    }
+
+    ngx_add_timer(&pc->connect_timer, conf_->backend.connect_timeout);
 }
 
 /*
@@ -445,7 +761,11 @@ void PgPool::on_connect_timeout(ngx_event_t *ev)
     PgPool *pool = pc->pool;
 
     try {
-        pool->fail(pc, pool->connect_timeout_text_);
+        if (pc->state == PgConn::Connecting) {
+            pool->restart(pc);
+        } else {
+            pool->fail(pc, pool->connect_timeout_text_);
+        }
 
     } catch (const std::exception &e) {
         pool->crashed(pc, e.what());
@@ -526,6 +846,14 @@ void PgPool::connecting(PgConn *pc)
             fail(pc, "cannot watch the socket");
             return;
         }
+
+        /* connect_timeout is per host: a new socket, a new host (or
+         * the same one again, without TLS) */
+        locate(pc);
+        if (pc->connect_timer.timer_set) {
+            ngx_del_timer(&pc->connect_timer); /* not a lazy re-add */
+        }
+        ngx_add_timer(&pc->connect_timer, conf_->backend.connect_timeout);
     }
 
     switch (st) {
@@ -542,7 +870,9 @@ void PgPool::connecting(PgConn *pc)
     case PGRES_POLLING_READING:
         if (!want_write(pc, false)) {
             fail(pc, "cannot watch the socket");
+            return;
         }
+        more(pc);
         return;
 
     case PGRES_POLLING_OK:
@@ -556,7 +886,39 @@ void PgPool::connecting(PgConn *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                   "session_cache: %s: connection %p on %s, %s", name_, pc,
+                   PQhost(pc->pg),
+                   PQparameterStatus(pc->pg, "in_hot_standby")
+                       ? PQparameterStatus(pc->pg, "in_hot_standby")
+                       : "in_hot_standby not reported");
+
     prepare(pc);
+}
+
+/*
+ * Over TLS, libpq may hold bytes it has read and OpenSSL decrypted (a
+ * record larger than libpq's free buffer): the socket no longer signals
+ * them. Read again from a posted event rather than wait for the socket
+ * (SPEC §11).
+ */
+void PgPool::more(PgConn *pc)
+{
+#if (NGX_SSL)
+    auto *ssl = static_cast<SSL *>(PQsslStruct(pc->pg, "OpenSSL"));
+
+    if (ssl != nullptr && SSL_pending(ssl) > 0 && pc->c != nullptr
+        && !pc->c->read->posted)
+    {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+                       "session_cache: %s: connection %p: libpq holds "
+                       "more decrypted bytes, reading again",
+                       name_, pc);
+        ngx_post_event(pc->c->read, &ngx_posted_events);
+    }
+#else
+    (void) pc;
+#endif
 }
 
 /* Prepare the session query on pc; prepared() takes the answer. */
@@ -614,6 +976,8 @@ void PgPool::busy(PgConn *pc)
             PQclear(res);
         }
     }
+
+    more(pc);
 }
 
 void PgPool::idle(PgConn *pc)
@@ -623,7 +987,7 @@ void PgPool::idle(PgConn *pc)
          * query again where Postgres refused it (the schema may have been
          * fixed since) */
         if (pc->prepared) {
-            if (pc->attrs_refused && !job->probe) {
+            if (pc->attrs_refused && !job->health) {
                 finish(job, nullptr, kPgAttrsRefused, true);
                 dispatch();
                 return;
@@ -648,16 +1012,18 @@ void PgPool::idle(PgConn *pc)
         }
         PQclear(res);
     }
+
+    more(pc);
 }
 
 void PgPool::send(PgConn *pc, PgJob *job)
 {
     const char *values[1] = {job->token.c_str()};
 
-    if (!(job->probe ? PQsendQueryParams(pc->pg, "SELECT 1", 0, nullptr,
-                                         nullptr, nullptr, nullptr, 0)
-                     : PQsendQueryPrepared(pc->pg, kStatement, 1, values,
-                                           nullptr, nullptr, 0)))
+    if (!(job->health ? PQsendQueryParams(pc->pg, kProbe, 0, nullptr, nullptr,
+                                          nullptr, nullptr, 0)
+                      : PQsendQueryPrepared(pc->pg, kStatement, 1, values,
+                                            nullptr, nullptr, 0)))
     {
         failed(pc, PQerrorMessage(pc->pg));
         return;
@@ -666,9 +1032,9 @@ void PgPool::send(PgConn *pc, PgJob *job)
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p: %s sent "
                    "for call %p",
-                   pc, job->probe ? "SELECT 1" : "the session query", job);
+                   pc, job->health ? "SELECT 1" : "the session query", job);
 
-    enter(pc, PgConn::Querying, job->probe);
+    enter(pc, PgConn::Querying, job->health);
     pc->flushing = true;
     busy(pc);
 }
@@ -862,7 +1228,7 @@ void PgPool::ready(PgConn *pc, bool ok)
         return;
     }
 
-    if (job->probe || (ok && !pc->attrs_refused)) {
+    if (job->health || (ok && !pc->attrs_refused)) {
         send(pc, job);
         return;
     }
@@ -897,7 +1263,7 @@ void PgPool::completed(PgConn *pc)
 
     /* finish() takes it off the connection */
 
-    if (job->probe) {
+    if (job->health) {
         probed(pc, job, res);
         return;
     }
@@ -916,12 +1282,18 @@ void PgPool::completed(PgConn *pc)
     }
 
     if (PQntuples(res) == 0 || PQnfields(res) < 1 || PQgetisnull(res, 0, 0)) {
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
+        /* the lag guard: "no row" from a hot standby is asked again on
+         * the primary (flight_done()); Postgres answered, either way */
+        const char *standby = PQparameterStatus(pc->pg, "in_hot_standby");
+        bool        again = primary_ != nullptr && standby != nullptr
+                     && std::strcmp(standby, "on") == 0;
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                        "session_cache: postgres: connection %p: no row "
-                       "for call %p",
-                       pc, job);
+                       "for call %p%s",
+                       pc, job, again ? ", on a hot standby" : "");
         PQclear(res);
-        finish(job, nullptr, nullptr);
+        finish(job, nullptr, again ? kPgStandbyNoRow : nullptr, true);
         dispatch();
         return;
     }
@@ -971,7 +1343,7 @@ void PgPool::completed(PgConn *pc)
 void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
 {
     if (res == nullptr || PQresultStatus(res) != PGRES_TUPLES_OK
-        || PQntuples(res) != 1 || PQnfields(res) != 1)
+        || PQntuples(res) != 1 || PQnfields(res) < 1)
     {
         std::string error =
             "SELECT 1 failed: "
@@ -997,6 +1369,19 @@ void PgPool::probed(PgConn *pc, PgJob *job, PGresult *res)
     row.server_version = version ? version : "";
     row.query_error = pc->query_error;
 
+    /* where it ran, and how far behind a standby replays (SPEC §11) */
+    const char *standby = PQparameterStatus(pc->pg, "in_hot_standby");
+    row.host = PQhost(pc->pg) ? PQhost(pc->pg) : "";
+    row.port = PQport(pc->pg) ? PQport(pc->pg) : "";
+    row.role = standby == nullptr                ? "unknown"
+               : std::strcmp(standby, "on") == 0 ? "standby"
+                                                 : "primary";
+
+    if (PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1)) {
+        row.has_lag = true;
+        row.lag_ms = std::strtod(PQgetvalue(res, 0, 1), nullptr);
+    }
+
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: postgres: connection %p: probe answered",
                    pc);
@@ -1020,6 +1405,13 @@ void PgPool::destroy(PgConn *pc)
                    "session_cache: postgres: closing connection %p", pc);
 
     remove(pc);
+    for (std::size_t i = 0; i < mine_.size(); i++) {
+        if (mine_[i] == pc) {
+            mine_[i] = mine_.back();
+            mine_.pop_back();
+            break;
+        }
+    }
 
     if (pc->connect_timer.timer_set) {
         ngx_del_timer(&pc->connect_timer);
@@ -1033,6 +1425,54 @@ void PgPool::destroy(PgConn *pc)
 
     PQfinish(pc->pg);
     delete pc;
+}
+
+} // namespace session_cache
+
+namespace session_cache {
+
+void PgPool::host_figures(std::vector<PgHostFigure> *out) const
+{
+    for (const PgConn *pc : mine_) {
+        if (pc->state == PgConn::Connecting
+            || PQstatus(pc->pg) != CONNECTION_OK) {
+            continue;
+        }
+
+        const char *standby = PQparameterStatus(pc->pg, "in_hot_standby");
+        const char *role = standby == nullptr                ? "unknown"
+                           : std::strcmp(standby, "on") == 0 ? "standby"
+                                                             : "primary";
+        std::string host = PQhost(pc->pg) ? PQhost(pc->pg) : "";
+        std::string port = PQport(pc->pg) ? PQport(pc->pg) : "";
+        const char *pool = primary_role_ ? "primary" : "main";
+        bool        found = false;
+
+        for (PgHostFigure &h : *out) {
+            if (h.pool == pool && h.host == host && h.port == port
+                && h.role == role) {
+                h.connections++;
+                found = true;
+            }
+        }
+
+        if (!found) {
+            out->push_back(PgHostFigure{pool, host, port, role, 1});
+        }
+    }
+}
+
+std::vector<PgHostFigure> PgPool::hosts() const
+{
+    std::vector<PgHostFigure> out;
+
+    host_figures(&out);
+
+    if (primary_ != nullptr) {
+        primary_->host_figures(&out);
+    }
+
+    return out;
 }
 
 } // namespace session_cache

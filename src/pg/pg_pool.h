@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include <libpq-fe.h>
 
@@ -40,6 +41,21 @@ struct PgRow {
     std::string_view server_version; /* a probe: the server's version */
     std::string_view query_error;    /* a probe: why the session query
                                       * cannot be prepared, or empty */
+    /* a probe: the server it ran on (SPEC §11) */
+    std::string_view host;
+    std::string_view port;
+    const char      *role = "unknown"; /* primary, standby, unknown */
+    bool             has_lag = false;  /* on a standby that replayed */
+    double           lag_ms = 0;       /* now() - last replayed commit */
+};
+
+/* Where a pool's open connections are (the health document, SPEC §11). */
+struct PgHostFigure {
+    const char *pool; /* "main" or "primary" */
+    std::string host;
+    std::string port;
+    const char *role; /* primary, standby, unknown */
+    std::size_t connections;
 };
 
 /* The error a session query gets when Postgres refuses to prepare it: a
@@ -55,10 +71,16 @@ extern const char kPgAttrsRefused[];
  * for token, or the health probe (PoolJob::probe). done(data, row,
  * nullptr) with row == nullptr: the query found nothing. */
 struct PgJob : PoolJob<PgConn, PgRow> {
-    std::string token; /* unused by a probe */
+    std::string token;          /* unused by a probe */
+    bool        health = false; /* the health probe's query (probe alone:
+                                 * a session query the breaker ignores) */
 };
 
 using PgDone = PgJob::Done;
+
+/* The answer "no row" from a hot standby that no primary could confirm
+ * (SPEC §11): the caller refuses the session but remembers nothing. */
+extern const char kPgUnconfirmed[];
 
 struct PgFlight;
 
@@ -90,7 +112,25 @@ public:
     /* The caller went away: done() will not be called. */
     void cancel(PgWaiter *job);
 
+    /* Where this worker's connections are, this pool's and those of its
+     * pool on the primary (SPEC §11). */
+    std::vector<PgHostFigure> hosts() const;
+
+    /* the options a pool connects with (pg_pool.cpp) */
+    struct Options;
+
 private:
+    PgPool(ngx_cycle_t *cycle, std::unique_ptr<Options> opts, std::string query,
+           bool primary);
+
+    void        hand_out(PgFlight *f, const PgRow *row, const char *error);
+    void        reask(PgFlight *f);
+    static void reasked(void *data, const PgRow *row, const char *error);
+    bool        begin(PgConn *pc, std::size_t from, const char **error);
+    void        restart(PgConn *pc);
+    void        locate(PgConn *pc);
+    void        more(PgConn *pc);
+    void        host_figures(std::vector<PgHostFigure> *out) const;
     friend class Pool<PgPool, PgConn, PgJob>;
     friend struct PgFlight;
 
@@ -125,9 +165,13 @@ private:
     static void on_event(ngx_event_t *ev);
     static void on_connect_timeout(ngx_event_t *ev);
 
+    std::unique_ptr<Options>                         opts_;
     const ngx_http_session_cache_pg_conf_t          *conf_;
     std::string                                      query_;
     std::unordered_map<std::string_view, PgFlight *> flights_;
+    bool                                             primary_role_;
+    PgPool                                          *primary_ = nullptr;
+    std::vector<PgConn *>                            mine_; /* open */
 };
 
 } // namespace session_cache

@@ -58,9 +58,13 @@ class Pool : public Dispatch<Pool<Derived, Conn, Job>, Conn, Job> {
     friend Base;
 
 protected:
+    /* observer: see observer_; set from the start for a helper pool
+     * whose figures must never replace the backend's (Postgres's pool on
+     * the primary, SPEC §11) */
     Pool(ngx_cycle_t *cycle, const ngx_http_session_cache_backend_t *backend,
-         const char *name, Backend which)
-        : backend_(backend), name_(name), which_(which)
+         const char *name, Backend which,
+         void (*observer)(void *data) = nullptr)
+        : backend_(backend), name_(name), which_(which), observer_(observer)
     {
         log_ = *cycle->log;
         log_.handler = log_context;
@@ -169,9 +173,9 @@ protected:
     char                                    timeout_text_[64];
     char                                    connect_timeout_text_[64];
 
-    /* set: told of every change instead of publishing the figures (a
-     * Redis Cluster sums its nodes' pools) */
-    void (*observer_)(void *data) = nullptr;
+    /* set: told of every change instead of publishing the figures as
+     * the backend's (a Redis Cluster sums its nodes' pools) */
+    void (*observer_)(void *data);
     void *observer_data_ = nullptr;
 
 private:

@@ -190,6 +190,43 @@ test_breakers(void **)
 }
 
 
+/* postgres.hosts (SPEC §11): where each pool is, its role, the lag the
+ * probe measured on a standby; an empty list when nothing is open */
+void
+test_pg_hosts(void **)
+{
+    Report r = good();
+    assert_true(contains(render_json(r), "\"hosts\": []"));
+
+    session_cache::health::PgHostReport main, primary;
+    main.pool = "main";
+    main.host = "db2.example";
+    main.port = "5433";
+    main.role = "standby";
+    main.connections = 3;
+    main.lag_ms = 12.5;
+    primary.pool = "primary";
+    primary.host = "db1.example";
+    primary.port = "5432";
+    primary.role = "primary";
+    primary.connections = 1;
+    r.postgres.hosts = {main, primary};
+    evaluate(&r);
+
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"hosts\": [{\"pool\": \"main\", \"host\": "
+                            "\"db2.example\", \"port\": \"5433\", "
+                            "\"role\": \"standby\", \"connections\": 3, "
+                            "\"replicationLagMs\": 12.5}, {\"pool\": "
+                            "\"primary\", \"host\": \"db1.example\", "
+                            "\"port\": \"5432\", \"role\": \"primary\", "
+                            "\"connections\": 1, \"replicationLagMs\": "
+                            "null}]"));
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
+}
+
+
 /* A session query Postgres cannot prepare is a configuration error: no
  * cache miss can be checked, whatever else answers. */
 void
@@ -545,6 +582,7 @@ main(void)
         cmocka_unit_test(test_redis_info),
         cmocka_unit_test(test_short_version),
         cmocka_unit_test(test_l1),
+        cmocka_unit_test(test_pg_hosts),
     };
 
     return cmocka_run_group_tests_name("health_render", tests, NULL, NULL);

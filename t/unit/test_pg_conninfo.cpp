@@ -10,6 +10,7 @@ extern "C" {
 #include <cmocka.h>
 }
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@ using session_cache::pg_message;
 using session_cache::parse_pg_conninfo;
 using session_cache::PgConninfo;
 using session_cache::split_hosts;
+using session_cache::check_pg_options;
 
 namespace {
 
@@ -469,6 +471,153 @@ test_message(void **)
     assert_string_equal(s.c_str(), "ERROR:  unterminated \"***\"");
     s = said("ERROR:  a\x1b[31m\"line\rbreak\"\x7f", nullptr);
     assert_string_equal(s.c_str(), "ERROR:  a?[31m\"***\"?");
+    /* the name a server's certificate shows to every client (SPEC §11) */
+    s = said("connection to server at \"db.example\" (10.0.0.1), port "
+             "54321 failed: server certificate for \"pg.example\" (and 1 "
+             "other name) does not match host name \"db.example\"",
+             nullptr);
+    assert_string_equal(s.c_str(), "connection to server at \"db.example\" "
+                        "(10.0.0.1), port 54321 failed: server certificate "
+                        "for \"pg.example\" (and 1 other name) does not "
+                        "match host name \"db.example\"");
+    s = said("server certificate for \"a b\" does not match", nullptr);
+    assert_string_equal(s.c_str(),
+                        "server certificate for \"***\" does not match");
+}
+
+/* SPEC §11: the options libpq would check only in a worker, at nginx -t */
+void
+test_check_options(void **)
+{
+    for (const char *tsa : {"any", "read-write", "read-only", "primary",
+                            "standby", "prefer-standby"})
+    {
+        PgConninfo c =
+            ok(std::string("host=a target_session_attrs=") + tsa, __LINE__);
+        assert_string_equal(check_pg_options(c).c_str(), "");
+    }
+
+    PgConninfo c = ok("host=a target_session_attrs=bogus", __LINE__);
+    assert_string_equal(check_pg_options(c).c_str(),
+                        "invalid target_session_attrs \"bogus\" (expected "
+                        "any, read-write, read-only, primary, standby or "
+                        "prefer-standby)");
+
+    /* a value that may be a piece of something else is not quoted */
+    c = ok(std::string("host=a password=x target_session_attrs=") + kSecret,
+           __LINE__);
+    std::string e = check_pg_options(c);
+    assert_null(std::strstr(e.c_str(), kSecret));
+    assert_non_null(std::strstr(e.c_str(), "invalid target_session_attrs ("));
+
+    for (const char *m :
+         {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+    {
+        c = ok(std::string("host=a sslmode=") + m, __LINE__);
+        assert_string_equal(check_pg_options(c).c_str(), "");
+    }
+
+    c = ok("host=a sslmode=verify", __LINE__);
+    assert_string_equal(check_pg_options(c).c_str(),
+                        "invalid sslmode \"verify\" (expected disable, "
+                        "allow, prefer, require, verify-ca or verify-full)");
+
+    /* libpq 15 has no load_balance_hosts: the message says what to use */
+    PgConninfo  d;
+    std::string err = parse_pg_conninfo("host=a load_balance_hosts=random", &d);
+    assert_non_null(std::strstr(err.c_str(), "load_balance=random"));
+}
+
+/* load_balance=random: host, hostaddr and a port list move together */
+void
+test_shuffle_hosts(void **)
+{
+    PgConninfo c = ok("host=a,b,c,d hostaddr=10.0.0.1,10.0.0.2,10.0.0.3,"
+                      "10.0.0.4 port=1,2,3,4 dbname=x",
+                      __LINE__);
+    assert_int_equal(session_cache::host_count(c), 4);
+
+    for (unsigned seed = 1; seed < 50; seed++) {
+        PgConninfo s = c;
+        unsigned   r = seed;
+        assert_true(session_cache::shuffle_hosts(&s, [&](std::size_t n) {
+            r = r * 1103515245 + 12345;
+            return static_cast<std::size_t>(r >> 8) % n;
+        }));
+
+        std::vector<std::string> h = split_hosts(*s.get("host"));
+        std::vector<std::string> a = split_hosts(*s.get("hostaddr"));
+        std::vector<std::string> p = split_hosts(*s.get("port"));
+        assert_int_equal(h.size(), 4);
+        assert_int_equal(a.size(), 4);
+        assert_int_equal(p.size(), 4);
+
+        std::string seen;
+        for (std::size_t i = 0; i < 4; i++) {
+            /* entry i still names one server: a <-> 10.0.0.1 <-> 1 */
+            int k = h[i][0] - 'a' + 1;
+            assert_string_equal(a[i].c_str(),
+                                ("10.0.0." + std::to_string(k)).c_str());
+            assert_string_equal(p[i].c_str(), std::to_string(k).c_str());
+            seen += h[i];
+        }
+        std::sort(seen.begin(), seen.end());
+        assert_string_equal(seen.c_str(), "abcd");
+        assert_string_equal(s.get("dbname")->c_str(), "x");
+    }
+
+    /* every order comes out, over enough tries */
+    std::vector<std::string> orders;
+    unsigned                 r = 7;
+    for (int i = 0; i < 2000; i++) {
+        PgConninfo s = c;
+        session_cache::shuffle_hosts(&s, [&](std::size_t n) {
+            r = r * 1103515245 + 12345;
+            return static_cast<std::size_t>(r >> 8) % n;
+        });
+        if (std::find(orders.begin(), orders.end(), *s.get("host"))
+            == orders.end()) {
+            orders.push_back(*s.get("host"));
+        }
+    }
+    assert_int_equal(orders.size(), 24);
+
+    /* one port for all stays one port */
+    PgConninfo one =
+        ok("host=a,b hostaddr=10.0.0.1,10.0.0.2 port=5433", __LINE__);
+    assert_true(session_cache::shuffle_hosts(&one, [](std::size_t n) {
+        return n - 1 - (n - 1); /* 0: swap the last with the first */
+    }));
+    assert_string_equal(one.get("host")->c_str(), "b,a");
+    assert_string_equal(one.get("hostaddr")->c_str(), "10.0.0.2,10.0.0.1");
+    assert_string_equal(one.get("port")->c_str(), "5433");
+
+    /* a bad random source cannot break the lists */
+    PgConninfo bad = c;
+    assert_true(session_cache::shuffle_hosts(
+        &bad, [](std::size_t n) { return n + 5; }));
+    assert_int_equal(split_hosts(*bad.get("host")).size(), 4);
+}
+
+/* a new attempt without the hosts already tried */
+void
+test_drop_hosts(void **)
+{
+    PgConninfo c = ok("host=a,b,c hostaddr=10.0.0.1,10.0.0.2,10.0.0.3 "
+                      "port=1,2,3",
+                      __LINE__);
+    PgConninfo s = c;
+    assert_true(session_cache::drop_hosts_before(&s, 1));
+    assert_string_equal(s.get("host")->c_str(), "b,c");
+    assert_string_equal(s.get("hostaddr")->c_str(), "10.0.0.2,10.0.0.3");
+    assert_string_equal(s.get("port")->c_str(), "2,3");
+    s = c;
+    assert_true(session_cache::drop_hosts_before(&s, 2));
+    assert_string_equal(s.get("host")->c_str(), "c");
+    assert_string_equal(s.get("port")->c_str(), "3");
+    s = c;
+    assert_false(session_cache::drop_hosts_before(&s, 3));
+    assert_string_equal(s.get("host")->c_str(), "a,b,c");
 }
 
 }  // namespace
@@ -485,6 +634,9 @@ main(void)
         cmocka_unit_test(test_split_hosts),
         cmocka_unit_test(test_uri_password_pieces),
         cmocka_unit_test(test_message),
+        cmocka_unit_test(test_check_options),
+        cmocka_unit_test(test_shuffle_hosts),
+        cmocka_unit_test(test_drop_hosts),
     };
 
     return cmocka_run_group_tests_name("pg_conninfo", tests, nullptr,

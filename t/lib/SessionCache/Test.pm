@@ -975,6 +975,102 @@ sub DESTROY ($self) {
     $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
 }
 
+# ---- primary and standbys (issue 15) ---------------------------------
+
+# A streaming standby of this server: pg_basebackup -R over the unix
+# socket, started on its own port, returned once the primary sees it
+# streaming. conf => {name => value} goes to its postgresql.auto.conf
+# (e.g. recovery_min_apply_delay => '2s').
+sub start_standby ($self, %opt) {
+    my $sb = bless {
+        bin   => $self->{bin},
+        psql  => $self->{psql},
+        port  => SessionCache::Test::free_port(),
+        dir   => SessionCache::Test::_tempdir('pg-standby'),
+        owner => $$,
+    }, ref $self;
+    $sb->{data} = "$sb->{dir}/data";
+    $sb->{sock} = "$sb->{dir}/sock";
+    $sb->{logfile} = "$sb->{dir}/postgres.log";
+    mkdir $sb->{data}, 0700 or die "mkdir: $!";
+    mkdir $sb->{sock}, 0755 or die "mkdir: $!";
+    if ($> == 0) {
+        my ($uid, $gid) = SessionCache::Test::_postgres_ids();
+        chown $uid, $gid, $sb->{data}, $sb->{sock}
+            or die "chown to postgres: $!";
+    }
+    push @STARTED, $sb;
+    my ($rc, $out) = SessionCache::Test::_run(as_postgres => 1, timeout => 60,
+        cmd => ["$self->{bin}/pg_basebackup", '-h', $self->{sock},
+                '-p', $self->{port}, '-U', 'postgres', '-D', $sb->{data},
+                '-R', '-X', 'stream', '-c', 'fast', '--no-sync']);
+    die "pg_basebackup failed ($rc):\n$out\n" if $rc;
+    my %conf = %{ $opt{conf} // {} };
+    if (%conf) {
+        open my $fh, '>>', "$sb->{data}/postgresql.auto.conf"
+            or die "postgresql.auto.conf: $!";
+        print {$fh} "$_ = '$conf{$_}'\n" for sort keys %conf;
+        close $fh;
+    }
+    $sb->start;
+    $self->wait_streaming($sb);
+    return $sb;
+}
+
+# Wait until $standby streams from this server (pg_stat_replication).
+sub wait_streaming ($self, $standby, $timeout = 20) {
+    SessionCache::Test::wait_until(sub {
+        $self->psql("SELECT count(*) FROM pg_stat_replication "
+                  . "WHERE state = 'streaming'", 'postgres') >= 1
+    }, $timeout, 0.05) or die "standby on port $standby->{port} never "
+                            . "streamed from port $self->{port}\n";
+}
+
+# 1 while the server replays as a standby (pg_is_in_recovery()).
+sub in_recovery ($self) {
+    return $self->psql('SELECT pg_is_in_recovery()', 'postgres') eq 't';
+}
+
+# Wait until this standby replayed everything $primary wrote so far.
+sub wait_replayed ($self, $primary, $timeout = 20) {
+    my $lsn = $primary->psql('SELECT pg_current_wal_lsn()', 'postgres');
+    SessionCache::Test::wait_until(sub {
+        $self->psql("SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn",
+                    'postgres') eq 't'
+    }, $timeout, 0.02) or die "port $self->{port} did not replay $lsn\n";
+}
+
+# pg_ctl promote -w: returns once the server accepts writes.
+sub promote ($self) {
+    my ($rc, $out) = SessionCache::Test::_run(as_postgres => 1, timeout => 60,
+        cmd => ["$self->{bin}/pg_ctl", 'promote', '-D', $self->{data},
+                '-w', '-t', '30']);
+    die "pg_ctl promote failed ($rc): $out\n" if $rc;
+    return $self;
+}
+
+# ssl = on with a server certificate: cert and key files (PEM) copied into
+# the data directory (the key kept private, as postgres requires), then
+# the configuration reloaded; returns once a TLS connection works.
+sub enable_ssl ($self, $cert, $key) {
+    for (['server.crt', $cert, 0644], ['server.key', $key, 0600]) {
+        my ($name, $from, $mode) = @$_;
+        my $to = "$self->{data}/$name";
+        File::Copy::copy($from, $to) or die "copy $from: $!";
+        chmod $mode, $to;
+        if ($> == 0) {
+            my ($uid, $gid) = SessionCache::Test::_postgres_ids();
+            chown $uid, $gid, $to or die "chown $to: $!";
+        }
+    }
+    $self->psql("ALTER SYSTEM SET ssl = on", 'postgres');
+    $self->psql("SELECT pg_reload_conf()", 'postgres');
+    SessionCache::Test::wait_until(sub {
+        $self->psql('SHOW ssl', 'postgres') eq 'on'
+    }, 10, 0.05) or die "ssl did not come on\n";
+    return $self;
+}
+
 # ====================================================================
 package SessionCache::Test::Nginx;
 
