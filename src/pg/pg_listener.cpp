@@ -27,8 +27,9 @@
  * Reading (TLS): libpq may hold decrypted bytes that the socket no longer
  * signals, so after each PQconsumeInput every result and notification
  * libpq holds is taken, and PQconsumeInput is called again while that
- * gave anything; past a budget the read event is posted for the next
- * turn of the event loop rather than waited for.
+ * gave anything or OpenSSL still holds decrypted bytes (SSL_pending);
+ * past a budget the read event is posted for the next turn of the event
+ * loop rather than waited for.
  */
 #include "pg/pg_listener.h"
 
@@ -443,9 +444,23 @@ void notified(Listener *l, const PGnotify *n)
                   payload.size());
 }
 
+/* Over TLS, decrypted bytes OpenSSL holds that libpq has not read yet:
+ * the socket will not signal them. */
+bool tls_pending(Listener *l)
+{
+#if (NGX_SSL)
+    if (PQsslInUse(l->pg)) {
+        auto *ssl = static_cast<SSL *>(PQsslStruct(l->pg, "OpenSSL"));
+        return ssl != nullptr && SSL_pending(ssl) > 0;
+    }
+#endif
+    (void) l;
+    return false;
+}
+
 /*
- * Take everything libpq holds and read again while that gave anything
- * (see the top of the file); false: the connection failed.
+ * Take everything libpq holds and read again while that gave anything or
+ * TLS holds more (see the top of the file); false: the connection failed.
  */
 bool consume(Listener *l)
 {
@@ -503,7 +518,7 @@ bool consume(Listener *l)
             return false;
         }
 
-        if (!got) {
+        if (!got && !tls_pending(l)) {
             return true;
         }
 
