@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <deque>
 #include <string_view>
 #include <vector>
 
@@ -90,7 +91,14 @@ struct Shared {
 /* the query in flight on the connection */
 enum class Query { None, Listen, Heartbeat };
 
+/* a token to drop once more, later: see again() */
+struct Again {
+    ngx_msec_t  due;
+    std::string token;
+};
+
 constexpr char        kApplicationName[] = "ngx_session_cache_listen";
+constexpr std::size_t kAgainMax = 65536; /* tokens waiting for again() */
 constexpr int         kReadRounds = 16;
 constexpr std::size_t kReasonMax = sizeof(Shared::reason) - 1;
 
@@ -117,6 +125,8 @@ struct Listener {
     std::string prefix; /* session_cache_key_prefix */
     std::vector<const char *> keywords, values;
     PgConninfo                conninfo; /* for pg_message() */
+    std::deque<Again>         again;    /* in the order they are due */
+    ngx_msec_t                again_delay = 0;
 };
 
 Listener *self;
@@ -393,6 +403,48 @@ bool completed(Listener *l)
     return true;
 }
 
+/* A token's L1 entry goes, and DEL <prefix><token> is sent through this
+ * worker's Redis pool. */
+void drop(Listener *l, std::string_view token)
+{
+    l1::invalidate(token);
+
+    if (RedisPool *redis = redis_pool()) {
+        const char *error = nullptr;
+        std::string key = l->prefix;
+        key.append(token);
+
+        /* nobody waits: a DEL repeated by every edge is harmless */
+        if (redis->submit({"DEL", key}, nullptr, nullptr, &error) == nullptr) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &l->log, 0,
+                           "session_cache: revocation: DEL not sent: %s",
+                           error ? error : "unknown");
+        }
+    }
+}
+
+/*
+ * The second drop of each revoked token. A request that read the session
+ * from Postgres before the commit writes it to Redis (the cache fill)
+ * when the answer comes, which may be after the notification's DEL: the
+ * revoked session would then be cached again, for session_cache_ttl. Its
+ * query was sent before the commit, so its answer came within the
+ * Postgres timeout of it and its SET within the Redis timeout of that:
+ * a DEL that late (from the notification, which follows the commit)
+ * removes it. Called every tick: at most a second later still.
+ */
+void again(Listener *l)
+{
+    ngx_msec_t now = ngx_current_msec;
+
+    while (!l->again.empty()
+           && static_cast<ngx_msec_int_t>(now - l->again.front().due) >= 0)
+    {
+        drop(l, l->again.front().token);
+        l->again.pop_front();
+    }
+}
+
 void notified(Listener *l, const PGnotify *n)
 {
     std::string_view payload(n->extra ? n->extra : "");
@@ -402,20 +454,13 @@ void notified(Listener *l, const PGnotify *n)
     switch (revocation::classify(payload)) {
     case revocation::Payload::Token: {
         count(&l->sh->revoked);
-        l1::invalidate(payload);
+        drop(l, payload);
 
-        if (RedisPool *redis = redis_pool()) {
-            const char *error = nullptr;
-            std::string key = l->prefix;
-            key.append(payload);
-
-            /* nobody waits: a DEL repeated by every edge is harmless */
-            if (redis->submit({"DEL", key}, nullptr, nullptr, &error)
-                == nullptr) {
-                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &l->log, 0,
-                               "session_cache: revocation: DEL not sent: %s",
-                               error ? error : "unknown");
-            }
+        /* once more later, for a Postgres answer read before the commit
+         * whose cache fill lands after this DEL */
+        if (redis_pool() != nullptr && l->again.size() < kAgainMax) {
+            l->again.push_back(
+                {ngx_current_msec + l->again_delay, std::string(payload)});
         }
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &l->log, 0,
@@ -665,6 +710,8 @@ void tick(Listener *l)
 {
     ngx_pid_t me = ngx_pid;
 
+    again(l);
+
     if (ngx_exiting || ngx_quit || ngx_terminate) {
         if (l->holder) {
             close_connection(l);
@@ -848,6 +895,7 @@ void revocation_start(ngx_cycle_t                              *cycle,
         l->sh = static_cast<Shared *>(rc->shared);
         l->listen_sql = "LISTEN \"" + std::string(view(rc->channel)) + "\"";
         l->prefix = std::string(view(smcf->key_prefix));
+        l->again_delay = smcf->pg.backend.timeout + smcf->redis.backend.timeout;
         conninfo(l);
     } catch (...) {
         delete l;
