@@ -10,6 +10,13 @@
 # never a 200 for the token after that first 401 (the test's probes and
 # the load's), and the Redis key no longer holds the session (gone, or
 # the negative marker a later Postgres answer wrote).
+#
+# Then the race with a cache fill: a request whose Postgres query read
+# the session before the commit (the session query sleeps 0.5 s for
+# tokens "slow-*") writes it to Redis after the notification's DEL; the
+# listener's second DEL, the Postgres timeout plus the Redis timeout
+# later, removes it: the token is refused within that (plus the 1 s
+# tick), not served for session_cache_ttl.
 
 use v5.36;
 use Test::More;
@@ -173,5 +180,47 @@ is($d->{l1}{flushes}{$_}, 0, "no L1 flush ($_)")
     for qw(revocation revocation_lost listener_lost);
 
 no_alerts($nginx, 'revocation from Postgres under load: no alerts');
+$nginx->stop;
+
+# --- the race with a cache fill ---------------------------------------------------
+{
+    my $Q = q{SELECT s.user_id, extract(epoch FROM s.expires_at)::bigint }
+          . q{FROM platform.user_sessions s, }
+          . q{pg_sleep(CASE WHEN $1 LIKE 'slow-%' THEN 0.5 ELSE 0 END) }
+          . q{WHERE s.token = $1 AND s.revoked_at IS NULL AND s.expires_at > now()};
+    $nginx = start_nginx(workers => 2, http => protected_site(
+        redis    => $redis->url . ' pool=2 connect_timeout=300ms timeout=300ms',
+        postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=1s',
+        http     => qq(session_cache_query "$Q";\nsession_cache_l1 size=1m ttl=60s;\n)
+                  . 'session_cache_revocation channel=session_cache_revoke;',
+        server   => 'location = /health { session_cache_health; }'));
+    ok(wait_until(sub { my $d = doc(); $d->{l1}{armed} && $d->{revocation}{listening} },
+                  15), 'race: listening');
+    for my $i (1 .. 3) {
+        my $t = "slow-$i-2b7f";
+        $pg->add_session($t, "u-slow-$i", 3600);
+        my @p = SessionCache::Test::send_many(1, sub { ('/', cookie => "session=$t") });
+        # its query runs (reading the row as it is before the commit)
+        wait_until(sub {
+            $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'nginx' "
+                    . "AND state = 'active' AND query LIKE '%pg_sleep%'") > 0
+        }, 5, 0.005) or diag 'the slow query was not seen running';
+        my $t0 = time;
+        $db->run("UPDATE platform.user_sessions SET revoked_at = now() WHERE token = '$t'");
+        my ($r) = SessionCache::Test::collect(@p);
+        is($r->{status}, 200, "race $i: the request read before the commit: 200");
+        my $refused = wait_until(sub { get('/', cookie => "session=$t")->{status} == 401 },
+                                 10, 0.01);
+        my $took = time - $t0;
+        # 1 s (Postgres timeout) + 0.3 s (Redis timeout) + the 1 s tick,
+        # with a second of margin; without the second DEL the session
+        # would be served for session_cache_ttl (300 s)
+        ok($refused && $took < 3.3, sprintf "race %d: refused %.0f ms after the "
+           . "commit (the second DEL)", $i, $took * 1000);
+        my $v = $redis->get_key("session:$t");
+        ok(!defined $v || $v eq '{"invalid":true}', "race $i: the Redis key gone");
+    }
+    no_alerts($nginx, 'race: no alerts');
+}
 
 done_testing;

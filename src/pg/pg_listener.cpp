@@ -27,14 +27,16 @@
  * Reading (TLS): libpq may hold decrypted bytes that the socket no longer
  * signals, so after each PQconsumeInput every result and notification
  * libpq holds is taken, and PQconsumeInput is called again while that
- * gave anything; past a budget the read event is posted for the next
- * turn of the event loop rather than waited for.
+ * gave anything or OpenSSL still holds decrypted bytes (SSL_pending);
+ * past a budget the read event is posted for the next turn of the event
+ * loop rather than waited for.
  */
 #include "pg/pg_listener.h"
 
 #include <sys/stat.h>
 
 #include <cstring>
+#include <deque>
 #include <string_view>
 #include <vector>
 
@@ -89,7 +91,14 @@ struct Shared {
 /* the query in flight on the connection */
 enum class Query { None, Listen, Heartbeat };
 
+/* a token to drop once more, later: see again() */
+struct Again {
+    ngx_msec_t  due;
+    std::string token;
+};
+
 constexpr char        kApplicationName[] = "ngx_session_cache_listen";
+constexpr std::size_t kAgainMax = 65536; /* tokens waiting for again() */
 constexpr int         kReadRounds = 16;
 constexpr std::size_t kReasonMax = sizeof(Shared::reason) - 1;
 
@@ -116,6 +125,8 @@ struct Listener {
     std::string prefix; /* session_cache_key_prefix */
     std::vector<const char *> keywords, values;
     PgConninfo                conninfo; /* for pg_message() */
+    std::deque<Again>         again;    /* in the order they are due */
+    ngx_msec_t                again_delay = 0;
 };
 
 Listener *self;
@@ -392,6 +403,50 @@ bool completed(Listener *l)
     return true;
 }
 
+/* A token's L1 entry goes, and DEL <prefix><token> is sent through this
+ * worker's Redis pool. */
+void drop(Listener *l, std::string_view token)
+{
+    l1::invalidate(token);
+
+    std::string key = l->prefix;
+    key.append(token);
+
+    /* with redis-cluster://, the pool of the master serving the key */
+    if (RedisPool *redis = redis_pool_for(key)) {
+        const char *error = nullptr;
+
+        /* nobody waits: a DEL repeated by every edge is harmless */
+        if (redis->submit({"DEL", key}, nullptr, nullptr, &error) == nullptr) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &l->log, 0,
+                           "session_cache: revocation: DEL not sent: %s",
+                           error ? error : "unknown");
+        }
+    }
+}
+
+/*
+ * The second drop of each revoked token. A request that read the session
+ * from Postgres before the commit writes it to Redis (the cache fill)
+ * when the answer comes, which may be after the notification's DEL: the
+ * revoked session would then be cached again, for session_cache_ttl. Its
+ * query was sent before the commit, so its answer came within the
+ * Postgres timeout of it and its SET within the Redis timeout of that:
+ * a DEL that late (from the notification, which follows the commit)
+ * removes it. Called every tick: at most a second later still.
+ */
+void again(Listener *l)
+{
+    ngx_msec_t now = ngx_current_msec;
+
+    while (!l->again.empty()
+           && static_cast<ngx_msec_int_t>(now - l->again.front().due) >= 0)
+    {
+        drop(l, l->again.front().token);
+        l->again.pop_front();
+    }
+}
+
 void notified(Listener *l, const PGnotify *n)
 {
     std::string_view payload(n->extra ? n->extra : "");
@@ -401,22 +456,13 @@ void notified(Listener *l, const PGnotify *n)
     switch (revocation::classify(payload)) {
     case revocation::Payload::Token: {
         count(&l->sh->revoked);
-        l1::invalidate(payload);
+        drop(l, payload);
 
-        std::string key = l->prefix;
-        key.append(payload);
-
-        /* with redis-cluster://, the pool of the master serving the key */
-        if (RedisPool *redis = redis_pool_for(key)) {
-            const char *error = nullptr;
-
-            /* nobody waits: a DEL repeated by every edge is harmless */
-            if (redis->submit({"DEL", key}, nullptr, nullptr, &error)
-                == nullptr) {
-                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &l->log, 0,
-                               "session_cache: revocation: DEL not sent: %s",
-                               error ? error : "unknown");
-            }
+        /* once more later, for a Postgres answer read before the commit
+         * whose cache fill lands after this DEL */
+        if (redis_pool() != nullptr && l->again.size() < kAgainMax) {
+            l->again.push_back(
+                {ngx_current_msec + l->again_delay, std::string(payload)});
         }
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &l->log, 0,
@@ -445,9 +491,23 @@ void notified(Listener *l, const PGnotify *n)
                   payload.size());
 }
 
+/* Over TLS, decrypted bytes OpenSSL holds that libpq has not read yet:
+ * the socket will not signal them. */
+bool tls_pending(Listener *l)
+{
+#if (NGX_SSL)
+    if (PQsslInUse(l->pg)) {
+        auto *ssl = static_cast<SSL *>(PQsslStruct(l->pg, "OpenSSL"));
+        return ssl != nullptr && SSL_pending(ssl) > 0;
+    }
+#endif
+    (void) l;
+    return false;
+}
+
 /*
- * Take everything libpq holds and read again while that gave anything
- * (see the top of the file); false: the connection failed.
+ * Take everything libpq holds and read again while that gave anything or
+ * TLS holds more (see the top of the file); false: the connection failed.
  */
 bool consume(Listener *l)
 {
@@ -505,7 +565,7 @@ bool consume(Listener *l)
             return false;
         }
 
-        if (!got) {
+        if (!got && !tls_pending(l)) {
             return true;
         }
 
@@ -651,6 +711,8 @@ void connect(Listener *l)
 void tick(Listener *l)
 {
     ngx_pid_t me = ngx_pid;
+
+    again(l);
 
     if (ngx_exiting || ngx_quit || ngx_terminate) {
         if (l->holder) {
@@ -835,6 +897,7 @@ void revocation_start(ngx_cycle_t                              *cycle,
         l->sh = static_cast<Shared *>(rc->shared);
         l->listen_sql = "LISTEN \"" + std::string(view(rc->channel)) + "\"";
         l->prefix = std::string(view(smcf->key_prefix));
+        l->again_delay = smcf->pg.backend.timeout + smcf->redis.backend.timeout;
         conninfo(l);
     } catch (...) {
         delete l;
