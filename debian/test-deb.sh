@@ -102,13 +102,20 @@ say "dpkg -i $deb"
 $sudo dpkg -i "$deb"
 installed || fail "$pkg is not installed after dpkg -i"
 [ -f "$module" ] || fail "$module is missing"
+examples=/usr/share/doc/$pkg/examples
+for f in revocation.sql session-cache.rules.yml session-cache.json; do
+    [ -f "$examples/$f" ] || fail "$examples/$f is missing"
+done
+say "ok: the trigger, the alert rules and the dashboard are in $examples"
 [ -L "$link" ] || fail "$link is missing after the install"
 say "ok: $link -> $(readlink "$link")"
 
 say "nginx -t (the system's configuration, with the module enabled)"
 $sudo nginx -t
-$sudo nginx -T 2>/dev/null \
-    | grep -qx 'load_module modules/ngx_http_session_cache_module.so;' \
+# read all of nginx -T first: grep -q stops at the line, and nginx, still
+# writing, would die of SIGPIPE and fail the pipeline (pipefail)
+shown=$($sudo nginx -T 2>/dev/null)
+grep -qx 'load_module modules/ngx_http_session_cache_module.so;' <<<"$shown" \
     || fail "nginx -T does not show the module's load_module line"
 say "ok: nginx -t loads the module through modules-enabled"
 
