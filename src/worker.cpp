@@ -3,6 +3,7 @@
 #include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 #include "redis/redis_listener.h"
+#include "redis/sentinel.h"
 
 #include <new>
 
@@ -34,6 +35,9 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
     l1::start(smcf);
 
     try {
+        /* sentinel://: before the pool, which asks it for the master */
+        sentinel::start(cycle, smcf);
+
         if (smcf->redis.backend.configured) {
             redis = new RedisPool(cycle, &smcf->redis);
         }
@@ -61,6 +65,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
         listener_stop();
         delete redis;
         delete pg;
+        sentinel::stop();
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "session_cache: exit: %s",

@@ -14,6 +14,7 @@
 #include "pg/pg_conninfo.h"
 #include "redis/redis_url.h"
 #include "redis/resp.h"
+#include "redis/sentinel.h"
 
 namespace session_cache {
 
@@ -160,6 +161,69 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 #endif
 }
 
+/*
+ * sentinel:// (SPEC §10): the sentinels are resolved here like any host;
+ * the master's address is asked for at run time (src/redis/sentinel.cpp).
+ * The sentinels' password comes with the URL (its source may hold
+ * "sentinel_password=") or as the directive's sentinel_password=.
+ */
+static char *sentinel_conf(ngx_conf_t *cf, const RedisUrl &url,
+                           ngx_http_session_cache_redis_conf_t *rcf)
+{
+    auto *scf = static_cast<ngx_http_session_cache_sentinel_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_session_cache_sentinel_conf_t)));
+    if (scf == nullptr) {
+        return const_cast<char *>("out of memory");
+    }
+
+    std::string password = url.sentinel_password;
+
+    if (rcf->sentinel_password.len) {
+        if (!password.empty()) {
+            return conf_error(cf, "sentinel_password= is given twice (with "
+                                  "the URL and as a parameter)");
+        }
+        password.assign(view(rcf->sentinel_password));
+    }
+
+    std::vector<ngx_addr_t> addrs;
+
+    for (const RedisUrl::Sentinel &s : url.sentinels) {
+        ngx_url_t   u;
+        std::string err =
+            resolve(cf, s.host, s.port, !url.secret_authority, &u);
+        if (!err.empty()) {
+            return conf_error(cf, "sentinel: " + err);
+        }
+
+        addrs.insert(addrs.end(), u.addrs, u.addrs + u.naddrs);
+    }
+
+    scf->addrs = static_cast<ngx_addr_t *>(
+        ngx_palloc(cf->pool, addrs.size() * sizeof(ngx_addr_t)));
+    if (scf->addrs == nullptr) {
+        return const_cast<char *>("out of memory");
+    }
+
+    ngx_memcpy(scf->addrs, addrs.data(), addrs.size() * sizeof(ngx_addr_t));
+    scf->naddrs = addrs.size();
+
+    std::string hs;
+
+    if (!password.empty()) {
+        resp_append(&hs, {"AUTH", password});
+    }
+
+    if (!copy_str(cf, url.master, &scf->master)
+        || !copy_str(cf, hs, &scf->handshake))
+    {
+        return const_cast<char *>("out of memory");
+    }
+
+    rcf->sentinel = scf;
+    return sentinel::add_zone(cf, scf);
+}
+
 static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
                          ngx_http_session_cache_redis_conf_t *rcf)
 {
@@ -180,9 +244,20 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
     }
 
+    if (rcf->sentinel_password.len && !url.sentinel) {
+        return conf_error(cf, "sentinel_password= needs a sentinel:// URL");
+    }
+
     ngx_url_t u;
 
-    if (url.unix_socket) {
+    if (url.sentinel) {
+        char *rv = sentinel_conf(cf, url, rcf);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+        ngx_memzero(&u, sizeof(ngx_url_t)); /* no address until asked */
+
+    } else if (url.unix_socket) {
         if (!parse_url(cf, "unix:" + url.path, 0, &u)) {
             return conf_error(cf,
                               "invalid unix socket path \"" + url.path + "\"");
@@ -210,6 +285,12 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
 
     if (url.db != 0) {
         resp_append(&hs, {"SELECT", std::to_string(url.db)});
+    }
+
+    /* sentinel://: every connection to the master first checks that it
+     * is one (a sentinel may name a replica, or a master just demoted) */
+    if (url.sentinel) {
+        resp_append(&hs, {"ROLE"});
     }
 
     if (!copy_str(cf, hs, &rcf->handshake)

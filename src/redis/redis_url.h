@@ -5,6 +5,8 @@
  *   rediss://...                 (TLS)
  *   unix:/path/to.sock           (optionally unix:/path.sock?db=N&password=P
  *                                 &user=U, query keys in any order)
+ *   sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db]
+ *       [sentinel_password=P]     (Redis Sentinel, SPEC §10)
  *
  * host may be a name, an IPv4 address or a bracketed IPv6 address
  * ([::1]). user and password are percent-decoded. Defaults: port 6379,
@@ -14,6 +16,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace session_cache {
 
@@ -32,6 +35,18 @@ struct RedisUrl {
      * read as host or port may be a piece of a password, so messages name
      * those fields and never quote their values. */
     bool secret_authority = false;
+
+    /* sentinel://: the sentinels (host, port: default 26379), the master's
+     * name, and the password for the sentinels (user and password above
+     * are the data nodes'); host and port above stay unset */
+    struct Sentinel {
+        std::string host;
+        int         port = 26379;
+    };
+    bool                  sentinel = false;
+    std::vector<Sentinel> sentinels;
+    std::string           master;
+    std::string           sentinel_password;
 };
 
 /*
@@ -47,7 +62,9 @@ std::string parse_redis_url(std::string_view url, RedisUrl *out);
 /*
  * The URL for logs and the health document, password replaced by ***:
  *   redis://default:***@127.0.0.1:6379/0, redis://127.0.0.1:6379/0,
- *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0
+ *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0,
+ *   sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0
+ *   sentinel_password=***
  * The user is shown (it is not secret); a password is always "***".
  */
 std::string mask_redis_url(const RedisUrl &u);

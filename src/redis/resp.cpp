@@ -92,7 +92,8 @@ static bool same_name(std::string_view a, const char *b) noexcept
 }
 
 static const char *const kNames[] = {
-    "GET", "SET", "PING", "INFO", "DBSIZE", "AUTH", "SELECT",
+    "GET",  "SET",    "PING",     "INFO", "DBSIZE",
+    "AUTH", "SELECT", "SENTINEL", "ROLE", "SUBSCRIBE",
 };
 
 RedisCmd resp_command_kind(std::string_view name) noexcept
@@ -282,6 +283,7 @@ static std::size_t max_bytes(RedisCmd kind)
 {
     switch (kind) {
     case RedisCmd::Get:
+    case RedisCmd::Role: /* a master lists its replicas */
         return bulk_size(ReplyReader::kMaxValue);
     case RedisCmd::Info:
     case RedisCmd::Other:
@@ -342,6 +344,11 @@ bool ReplyReader::accept(int type, bool top)
     case RedisCmd::Auth:
     case RedisCmd::Select:
         return type == REDIS_REPLY_STATUS;
+    case RedisCmd::Sentinel:
+        return type == REDIS_REPLY_ARRAY || type == REDIS_REPLY_NIL;
+    case RedisCmd::Role:
+    case RedisCmd::Subscribe:
+        return type == REDIS_REPLY_ARRAY;
     case RedisCmd::Other:
         return true;
     }
@@ -425,6 +432,11 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
         elements_ = 0;
         reply_ = RedisReply{};
         reply_.type = -1;
+        value_.clear();
+        for (std::size_t i = 0; i < RedisReply::kParts; i++) {
+            part_len_[i] = 0;
+            part_at_[i] = 0;
+        }
     }
 
     /* a bulk string that would be too long is refused once its length
@@ -467,6 +479,14 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
 
     boundary_ = true;
     *reply = reply_;
+
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        for (std::size_t i = 0; i < RedisReply::kParts; i++) {
+            reply->part[i] =
+                std::string_view(value_.data() + part_at_[i], part_len_[i]);
+        }
+    }
+
     return Next::Reply;
 }
 
@@ -485,6 +505,26 @@ void *ReplyReader::create_string(const redisReadTask *task, char *str,
     }
 
     if (!top) {
+        /* an element of the reply itself: kept for the kinds that read
+         * their replies' parts */
+        bool parts = self->kind_ == RedisCmd::Sentinel
+                     || self->kind_ == RedisCmd::Role
+                     || self->kind_ == RedisCmd::Subscribe;
+
+        if (parts && task->parent->parent == nullptr && task->idx >= 0
+            && static_cast<std::size_t>(task->idx) < RedisReply::kParts
+            && task->type != REDIS_REPLY_ERROR)
+        {
+            try {
+                self->part_at_[task->idx] = self->value_.size();
+                self->part_len_[task->idx] = len;
+                self->value_.append(str, len);
+            } catch (...) {
+                self->refused_ = "out of memory";
+                return nullptr;
+            }
+        }
+
         return &self->reply_;
     }
 

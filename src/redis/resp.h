@@ -37,7 +37,12 @@ char       *resp_write(char *p, std::initializer_list<std::string_view> args);
  *   Info    a bulk string
  *   DbSize  an integer
  *   Auth, Select (the handshake)  a status
+ *   Sentinel  SENTINEL get-master-addr-by-name: an array (ip, port) or nil
+ *   Role      ROLE: an array (its first element "master", "slave", ...)
+ *   Subscribe SUBSCRIBE and what a subscribed connection receives: arrays
  *   Other   anything, within the element and byte bounds
+ * Sentinel, Role and Subscribe replies carry their first elements (see
+ * RedisReply::part).
  */
 enum class RedisCmd : unsigned char {
     Get,
@@ -47,6 +52,9 @@ enum class RedisCmd : unsigned char {
     DbSize,
     Auth,
     Select,
+    Sentinel,
+    Role,
+    Subscribe,
     Other
 };
 
@@ -80,6 +88,11 @@ struct RedisReply {
     const char *str;     /* STRING, STATUS; ERROR: redis_error_code() */
     std::size_t len;
     std::size_t elements; /* ARRAY (Other only): its length */
+
+    /* Sentinel, Role, Subscribe: the first kParts elements of an array
+     * reply that are strings (bulk or status), empty otherwise */
+    static constexpr std::size_t kParts = 3;
+    std::string_view             part[kParts];
 };
 
 /*
@@ -142,6 +155,8 @@ private:
     std::size_t  in_reply_ = 0;    /* its bytes hiredis has taken so far */
     std::size_t  elements_ = 0;    /* announced in the current reply */
     std::string  value_;           /* the current reply's string */
+    std::size_t  part_at_[RedisReply::kParts]; /* its parts, in value_ */
+    std::size_t  part_len_[RedisReply::kParts];
     const char  *refused_ = nullptr;
     char         error_[96];
 };
