@@ -438,6 +438,16 @@ void adopt(const ngx_sockaddr_t &sa, socklen_t len)
 {
     State *s = self;
 
+    if (!s->notes.empty()) {
+        /* found, but not at the first sentinel asked: say why once */
+        ngx_log_error(NGX_LOG_NOTICE, &s->log, 0,
+                      "session_cache: redis sentinel: master \"%V\" found "
+                      "through %s after: %s",
+                      &s->scf->master,
+                      sentinel_name(s->rotation.current()).c_str(),
+                      s->notes.c_str());
+    }
+
     s->rotation.answered();
     s->running = false;
     s->failures = 0;
