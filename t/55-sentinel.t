@@ -67,7 +67,7 @@ sub secrets_ok ($text, $what) {
 
 # --- discovery, HIT from the master -------------------------------------------
 
-my $exp = time + 3600;
+my $exp = int(time + 3600);
 $pg->add_session('tok-sent-1', 'user-1', 3600);
 $master->cli('SET', 'session:tok-sent-2', qq({"user_id":"user-2","expires_at":$exp}));
 $master->cli('WAIT', 1, 1000);

@@ -41,7 +41,7 @@ ok(wait_until(sub {
 
 my @valid = map { "tok-fo-$_-a1" } 1 .. 40;
 my @invalid = ('tok-fo-unknown-a1');
-my $exp = time + 3600;
+my $exp = int(time + 3600);
 for my $i (0 .. $#valid) {
     $pg->add_session($valid[$i], "user-$i", 3600);
     $master->cli('SET', "session:$valid[$i]",

@@ -33,7 +33,7 @@ ok(wait_until(sub {
    'three sentinels watch a master and its replica');
 
 my @valid = map { "tok-nb-$_-b2" } 1 .. 20;
-my $exp = time + 3600;
+my $exp = int(time + 3600);
 for my $i (0 .. $#valid) {
     $pg->add_session($valid[$i], "user-$i", 3600);
     $master->cli('SET', "session:$valid[$i]",
