@@ -124,6 +124,15 @@ sub health_of ($nginx) { my ($r, $d) = $nginx->health; return ($r, $d) }
     like($nginx->error_log,
          qr/redis sentinel: master "mymaster" is \Q$addr\E/,
          'the master named in the error log (notice)');
+
+    # a reload: the new workers start with the master the instance knew
+    $nginx->reload;
+    $r = get('/', cookie => 'session=tok-sent-2');
+    is("$r->{status} $r->{headers}{'x-session-status'}", '200 HIT',
+       'after a reload: HIT');
+    (undef, $d) = health_of($nginx);
+    is($d->{redis}{sentinel}{switches}, 0, 'after a reload: still no switch');
+    unlike($nginx->error_log, qr/is now/, '... none logged');
     secrets_ok($nginx->error_log, 'error log');
     no_alerts($nginx);
     $nginx->stop;

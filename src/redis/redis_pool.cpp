@@ -9,6 +9,8 @@
 
 namespace session_cache {
 
+static const char kNoMaster[] = "no redis master known yet (sentinel)";
+
 /*
  * A connection is in one state at a time, named after what it waits for;
  * drive() is the one place that acts on it.
@@ -205,6 +207,13 @@ void RedisJob::set_raw(std::string_view resp)
 RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
                             RedisDone done, void *data, const char **error)
 {
+    /* sentinel://, before the first answer: not Redis's failure, the
+     * breaker does not count it (a new worker would open it at once) */
+    if (conf_->sentinel != nullptr && sentinel::master() == nullptr) {
+        *error = kNoMaster;
+        return nullptr;
+    }
+
     auto *job = new RedisJob();
     job->set_command(command);
     job->done = done;
@@ -220,6 +229,11 @@ RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
 RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
                                   void *data, const char **error)
 {
+    if (conf_->sentinel != nullptr && sentinel::master() == nullptr) {
+        *error = kNoMaster;
+        return nullptr;
+    }
+
     auto *job = new RedisJob();
     job->set_raw(command);
     job->done = done;
@@ -269,7 +283,7 @@ RedisConn *RedisPool::open(const char **error)
 
         if (addr == nullptr) {
             delete rc;
-            *error = "no redis master known yet (sentinel)";
+            *error = kNoMaster;
             return nullptr;
         }
 

@@ -97,7 +97,6 @@ struct State {
 
     /* the round */
     bool                running = false;
-    bool                again = false;  /* asked again while a round ran */
     bool                urgent = false; /* ... by a +switch-master */
     Rotation            rotation;
     Link               *ask = nullptr;
@@ -403,7 +402,6 @@ void round_failed()
     State *s = self;
 
     s->running = false;
-    s->again = false;
     s->failures++;
 
     bool urgent = s->urgent;
@@ -463,10 +461,9 @@ void adopt(const ngx_sockaddr_t &sa, socklen_t len)
                len, 1)
                == NGX_OK;
 
-    /* asked again while this round ran: this answer may predate a
-     * +switch-master (ask again at once), not a pool's failure */
-    s->again = false;
-
+    /* a +switch-master while this round ran: this answer may predate
+     * it, ask again at once (a pool's failure meanwhile needs nothing:
+     * the answer came after it) */
     if (s->urgent) {
         s->urgent = false;
         if (!s->round_ev.posted) {
@@ -793,7 +790,6 @@ void round_start()
     State *s = self;
 
     if (s->running) {
-        s->again = true;
         return;
     }
 
@@ -802,7 +798,6 @@ void round_start()
                    &s->scf->master);
 
     s->running = true;
-    s->again = false;
     s->notes.clear();
     s->rotation.begin();
     ask_next();
@@ -836,7 +831,6 @@ void round_soon(bool now)
     }
 
     if (s->running) {
-        s->again = true;
         s->urgent = s->urgent || now;
         return;
     }
@@ -1020,6 +1014,39 @@ ngx_int_t init_zone(ngx_shm_zone_t *zone, void *old)
     return NGX_OK;
 }
 
+/*
+ * A new worker (a reload, a worker that died) starts with the master the
+ * instance knew, so that requests need not wait for the first round,
+ * which confirms it or moves on at once (and every pool connection asks
+ * ROLE anyway).
+ */
+void seed(ngx_cycle_t *cycle)
+{
+    State *s = self;
+    u_char text[NGX_SOCKADDR_STRLEN + 1];
+
+    ngx_shmtx_lock(&s->shpool->mutex);
+    std::size_t len = ngx_strlen(s->shared->address);
+    ngx_memcpy(text, s->shared->address, len);
+    ngx_shmtx_unlock(&s->shpool->mutex);
+
+    ngx_addr_t addr;
+
+    if (len == 0 || ngx_parse_addr_port(cycle->pool, &addr, text, len) != NGX_OK
+        || addr.socklen > sizeof(ngx_sockaddr_t))
+    {
+        return;
+    }
+
+    ngx_memcpy(&s->master_sockaddr, addr.sockaddr, addr.socklen);
+    s->master.sockaddr = reinterpret_cast<sockaddr *>(&s->master_sockaddr);
+    s->master.socklen = addr.socklen;
+    s->master.name.len = ngx_sock_ntop(s->master.sockaddr, addr.socklen,
+                                       s->master_text, NGX_SOCKADDR_STRLEN, 1);
+    s->master.name.data = s->master_text;
+    s->known = true;
+}
+
 } // namespace
 
 char *add_zone(ngx_conf_t *cf, ngx_http_session_cache_sentinel_conf_t *scf)
@@ -1063,6 +1090,7 @@ void start(ngx_cycle_t *cycle, const ngx_http_session_cache_main_conf_t *smcf)
         self->shpool =
             reinterpret_cast<ngx_slab_pool_t *>(rcf->sentinel->zone->shm.addr);
         self->shared = static_cast<Shared *>(rcf->sentinel->shared);
+        seed(cycle);
     }
 
     /* the http block's resolver, if one is configured (else nginx's
