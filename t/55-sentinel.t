@@ -239,4 +239,43 @@ failing("$URL",
             'a host name without a resolver');
 }
 
+# --- the master demoted behind the sentinels' back: READONLY, ROLE ------------
+
+{
+    # a sentinel that keeps naming the old master, as a stale one would
+    my $stuck = start_fake_sentinel(address => ['127.0.0.1', $master->port]);
+    my $nginx = start_nginx(http => site(
+        "sentinel://:$PW\@127.0.0.1:" . $stuck->port . "/mymaster $OPTS"));
+    ok(wait_until(sub {
+        get('/', cookie => 'session=tok-sent-2')->{headers}{'x-session-status'} eq 'HIT'
+    }, 10, 0.05, 'HIT'), 'through a sentinel that will go stale: HIT');
+
+    $replica->cli('REPLICAOF', 'NO', 'ONE');
+    $master->cli('CONFIG', 'SET', 'masterauth', $PW);
+    $master->cli('REPLICAOF', '127.0.0.1', $replica->port);
+    ok(wait_until(sub { $master->cli('ROLE') =~ /^slave/ }, 10, 0.05, 'demoted'),
+       'the master demoted to a replica');
+
+    my $since = $nginx->log_size;
+    $pg->add_session('tok-sent-3', 'user-3', 3600);
+    for (1 .. 3) {
+        my $r = get('/', cookie => 'session=tok-sent-3');
+        is($r->{status}, 200, 'a session only in Postgres: 200');
+    }
+    ok($nginx->wait_for_log(qr/not the master \((SET: READONLY|ROLE: slave)\)/, 1, $since),
+       'the server refusing as a master is caught (READONLY or ROLE)');
+    my $d;
+    ok(wait_until(sub {
+        (undef, $d) = health_of($nginx);
+        ($d->{redis}{sentinel}{error} // '') =~ /which is not a master \(ROLE: slave\)/;
+    }, 10, 0.05, 'the health document'),
+       'the sentinels asked again: the one they name is not a master')
+        or diag explain $d->{redis};
+    my $r = get('/', cookie => 'session=tok-sent-3');
+    is("$r->{status} $r->{headers}{'x-session-status'}", '200 BYPASS',
+       'requests go to Postgres, not to a replica');
+    no_alerts($nginx);
+    $nginx->stop;
+}
+
 done_testing();
