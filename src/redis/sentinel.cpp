@@ -329,7 +329,7 @@ Link *link_open(const sockaddr *sa, socklen_t len, const char *action,
     pc->name = &l->name;
     pc->get = ngx_event_get_peer;
     pc->log = &l->log;
-    pc->log_error = NGX_ERROR_ERR;
+    pc->log_error = NGX_ERROR_INFO; /* the round says why, once */
 
     ngx_int_t rv = ngx_event_connect_peer(pc);
 
