@@ -548,6 +548,32 @@ void adopt(const ngx_sockaddr_t &sa, socklen_t len)
     }
 }
 
+/* An exception cut a round short: it ends here, and is tried again as
+ * after a failure, so that discovery never stays stuck. */
+void abandon()
+{
+    State *s = self;
+
+    if (s == nullptr) {
+        return;
+    }
+
+    for (Link **l : {&s->ask, &s->confirm}) {
+        if (*l != nullptr) {
+            link_close(*l);
+            *l = nullptr;
+        }
+    }
+
+    s->running = false;
+    s->urgent = false;
+    s->failures++;
+
+    if (!s->round_ev.timer_set && !s->round_ev.posted) {
+        ngx_add_timer(&s->round_ev, retry_delay(s->failures));
+    }
+}
+
 /* The next sentinel, or the end of the round. */
 void next_sentinel()
 {
@@ -657,6 +683,7 @@ void resolved(ngx_resolver_ctx_t *ctx)
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, &s->log, 0,
                       "session_cache: redis sentinel: resolver: exception");
+        abandon();
     }
 }
 
@@ -812,9 +839,11 @@ void on_round(ngx_event_t *ev)
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
                       "session_cache: redis sentinel: %s", e.what());
+        abandon();
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
                       "session_cache: redis sentinel: unknown exception");
+        abandon();
     }
 }
 
