@@ -41,6 +41,8 @@ static ngx_int_t ngx_http_session_cache_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_session_cache_attr_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static char *ngx_http_session_cache_sentinel_password(ngx_conf_t *cf,
+    ngx_str_t *arg, ngx_http_session_cache_redis_conf_t *rcf);
 static char *ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_session_cache_postgres(ngx_conf_t *cf,
@@ -350,6 +352,9 @@ ngx_http_session_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rv = ngx_http_session_cache_parse_redis(cf, &source, &smcf->redis);
 
     ngx_explicit_memzero(source.data, source.len);
+    ngx_explicit_memzero(smcf->redis.sentinel_password.data,
+                         smcf->redis.sentinel_password.len);
+    ngx_str_null(&smcf->redis.sentinel_password);
 
     if (rv != NGX_CONF_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: %s", &cmd->name, rv);
@@ -508,11 +513,75 @@ ngx_http_session_cache_backend(ngx_conf_t *cf, ngx_command_t *cmd,
             continue;
         }
 
+        if (rcf && ngx_strncmp(value[i].data, "sentinel_password=", 18)
+                   == 0)
+        {
+            rv = ngx_http_session_cache_sentinel_password(cf, &value[i],
+                                                          rcf);
+            if (rv != NGX_CONF_OK) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: %s",
+                                   &cmd->name, rv);
+                return NGX_CONF_ERROR;
+            }
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%V: unknown parameter \"%V\"",
                            &cmd->name, &value[i]);
         return NGX_CONF_ERROR;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * sentinel_password=P (sentinel://, SPEC §10): inline, or env=NAME or
+ * file=PATH as for the URL. A copy in the temporary pool, wiped once the
+ * URL is parsed; never repeated in a message.
+ */
+static char *
+ngx_http_session_cache_sentinel_password(ngx_conf_t *cf, ngx_str_t *arg,
+    ngx_http_session_cache_redis_conf_t *rcf)
+{
+    char       *rv;
+    ngx_str_t   value;
+
+    if (rcf->sentinel_password.len) {
+        return "duplicate sentinel_password=";
+    }
+
+    value.data = arg->data + 18;
+    value.len = arg->len - 18;
+
+    if (value.len == 0) {
+        return "empty sentinel_password=";
+    }
+
+    if (ngx_strncmp(value.data, "env=", 4) == 0
+        || ngx_strncmp(value.data, "file=", 5) == 0)
+    {
+        rv = ngx_http_session_cache_read_source(cf, &value,
+                                                &rcf->sentinel_password);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+
+        if (rcf->sentinel_password.len == 0) {
+            return "empty sentinel_password=";
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    rcf->sentinel_password.data = ngx_pnalloc(cf->temp_pool, value.len);
+    if (rcf->sentinel_password.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(rcf->sentinel_password.data, value.data, value.len);
+    rcf->sentinel_password.len = value.len;
 
     return NGX_CONF_OK;
 }

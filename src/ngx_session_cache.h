@@ -31,6 +31,20 @@ typedef struct {
 } ngx_http_session_cache_backend_t;
 
 
+/* sentinel:// (SPEC §10, src/redis/sentinel.cpp): where to ask for the
+ * master; the master's address is learned at run time */
+typedef struct {
+    ngx_addr_t                 *addrs;           /* the sentinels, resolved
+                                                  * at start */
+    ngx_uint_t                  naddrs;
+    ngx_str_t                   master;          /* MASTER */
+    ngx_str_t                   handshake;       /* AUTH to the sentinels,
+                                                  * as RESP; may be empty */
+    ngx_shm_zone_t             *zone;            /* the instance's view */
+    void                       *shared;          /* in the zone */
+} ngx_http_session_cache_sentinel_conf_t;
+
+
 typedef struct {
     ngx_http_session_cache_backend_t  backend;
 
@@ -49,6 +63,11 @@ typedef struct {
     /* redis-cluster:// (SPEC §10): addrs are the seeds' addresses; the
      * nodes are learned at run time (src/redis/cluster.cpp) */
     ngx_uint_t                  cluster;
+    /* sentinel://: NULL otherwise (then addrs is empty: the master is
+     * asked for); sentinel_password= as the directive gave it, wiped once
+     * parsed */
+    ngx_http_session_cache_sentinel_conf_t *sentinel;
+    ngx_str_t                   sentinel_password;
 } ngx_http_session_cache_redis_conf_t;
 
 

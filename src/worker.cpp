@@ -5,6 +5,7 @@
 #include "pg/pg_listener.h"
 #include "redis/cluster.h"
 #include "redis/redis_listener.h"
+#include "redis/sentinel.h"
 
 #include <new>
 
@@ -47,6 +48,9 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
     l1::start(smcf);
 
     try {
+        /* sentinel://: before the pool, which asks it for the master */
+        sentinel::start(cycle, smcf);
+
         if (smcf->redis.backend.configured && smcf->redis.cluster) {
             cluster = new Cluster(cycle, &smcf->redis);
             redis = cluster->seeds();
@@ -85,6 +89,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
             delete redis;
         }
         delete pg;
+        sentinel::stop();
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "session_cache: exit: %s",

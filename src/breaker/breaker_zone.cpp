@@ -211,6 +211,25 @@ void breaker_give_back(Backend backend)
     ngx_shmtx_unlock(&shpool->mutex);
 }
 
+void breaker_reset(Backend backend, ngx_log_t *log)
+{
+    if (zone == nullptr) {
+        return;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    BreakerState was = data(backend)->phase;
+    breaker_init(data(backend), config);
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (was != BreakerState::Closed) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "session_cache: %s circuit breaker closed: a new "
+                      "master",
+                      backend == Backend::Redis ? "redis" : "postgres");
+    }
+}
+
 BreakerState breaker_state(Backend backend)
 {
     if (zone == nullptr) {

@@ -30,6 +30,10 @@ void breaker_report(Backend backend, bool success, bool trial, ngx_log_t *log);
 /* A trial call was dropped before it reached the backend. */
 void breaker_give_back(Backend backend);
 
+/* Closed and empty again: the backend is another server now (a Redis
+ * Sentinel switch); what it counted was the old one's. */
+void breaker_reset(Backend backend, ngx_log_t *log);
+
 /* The state of a backend's breaker now, read under the zone's lock. */
 BreakerState breaker_state(Backend backend);
 

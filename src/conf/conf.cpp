@@ -14,6 +14,7 @@
 #include "pg/pg_conninfo.h"
 #include "redis/redis_url.h"
 #include "redis/resp.h"
+#include "redis/sentinel.h"
 
 namespace session_cache {
 
@@ -161,58 +162,84 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 }
 
 /*
- * redis-cluster://: every seed resolved here, their addresses one list
- * (a name may give several); the nodes themselves come from CLUSTER
- * SLOTS at run time.
+ * The addresses of a list of hosts (redis-cluster:// seeds, sentinels),
+ * each resolved here like any host, into one array: a name may give
+ * several.
  */
-static char *cluster_seeds(ngx_conf_t *cf, const RedisUrl &url,
-                           ngx_http_session_cache_redis_conf_t *rcf)
+static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
+                          const std::vector<RedisUrl::Endpoint> &list,
+                          const char *what, ngx_addr_t **out, ngx_uint_t *n)
 {
-    if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
-        return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
-    }
-
     std::vector<ngx_addr_t> addrs;
 
-    for (const RedisUrl::Seed &seed : url.cluster_seeds) {
+    for (const RedisUrl::Endpoint &e : list) {
         ngx_url_t   u;
         std::string err =
-            resolve(cf, seed.host, seed.port, !url.secret_authority, &u);
+            resolve(cf, e.host, e.port, !url.secret_authority, &u);
         if (!err.empty()) {
-            return conf_error(cf, err);
+            return conf_error(cf, what + err);
         }
 
         addrs.insert(addrs.end(), u.addrs, u.addrs + u.naddrs);
     }
 
-    auto *a = static_cast<ngx_addr_t *>(
+    *out = static_cast<ngx_addr_t *>(
         ngx_palloc(cf->pool, addrs.size() * sizeof(ngx_addr_t)));
-    if (a == nullptr) {
+    if (*out == nullptr) {
         return const_cast<char *>("out of memory");
     }
-    ngx_memcpy(a, addrs.data(), addrs.size() * sizeof(ngx_addr_t));
 
-    rcf->addrs = a;
-    rcf->naddrs = addrs.size();
-    rcf->cluster = 1;
+    ngx_memcpy(*out, addrs.data(), addrs.size() * sizeof(ngx_addr_t));
+    *n = addrs.size();
+
+    return NGX_CONF_OK;
+}
+
+/*
+ * sentinel:// (SPEC §10): the sentinels are resolved here like any host;
+ * the master's address is asked for at run time (src/redis/sentinel.cpp).
+ * The sentinels' password comes with the URL (its source may hold
+ * "sentinel_password=") or as the directive's sentinel_password=.
+ */
+static char *sentinel_conf(ngx_conf_t *cf, const RedisUrl &url,
+                           ngx_http_session_cache_redis_conf_t *rcf)
+{
+    auto *scf = static_cast<ngx_http_session_cache_sentinel_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_session_cache_sentinel_conf_t)));
+    if (scf == nullptr) {
+        return const_cast<char *>("out of memory");
+    }
+
+    std::string password = url.sentinel_password;
+
+    if (rcf->sentinel_password.len) {
+        if (!password.empty()) {
+            return conf_error(cf, "sentinel_password= is given twice (with "
+                                  "the URL and as a parameter)");
+        }
+        password.assign(view(rcf->sentinel_password));
+    }
+
+    char *rv = resolve_list(cf, url, url.sentinels, "sentinel: ", &scf->addrs,
+                            &scf->naddrs);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
 
     std::string hs;
 
-    if (!url.password.empty()) {
-        if (url.user.empty()) {
-            resp_append(&hs, {"AUTH", url.password});
-        } else {
-            resp_append(&hs, {"AUTH", url.user, url.password});
-        }
+    if (!password.empty()) {
+        resp_append(&hs, {"AUTH", password});
     }
 
-    if (!copy_str(cf, hs, &rcf->handshake)
-        || !copy_str(cf, mask_redis_url(url), &rcf->backend.display))
+    if (!copy_str(cf, url.master, &scf->master)
+        || !copy_str(cf, hs, &scf->handshake))
     {
         return const_cast<char *>("out of memory");
     }
 
-    return NGX_CONF_OK;
+    rcf->sentinel = scf;
+    return sentinel::add_zone(cf, scf);
 }
 
 static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
@@ -225,10 +252,6 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         return conf_error(cf, err);
     }
 
-    if (url.cluster) {
-        return cluster_seeds(cf, url, rcf);
-    }
-
     if (url.tls) {
         char *rv = tls_context(cf, url, rcf);
         if (rv != NGX_CONF_OK) {
@@ -239,23 +262,48 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
     }
 
-    ngx_url_t u;
-
-    if (url.unix_socket) {
-        if (!parse_url(cf, "unix:" + url.path, 0, &u)) {
-            return conf_error(cf,
-                              "invalid unix socket path \"" + url.path + "\"");
-        }
-
-    } else {
-        err = resolve(cf, url.host, url.port, !url.secret_authority, &u);
-        if (!err.empty()) {
-            return conf_error(cf, err);
-        }
+    if (rcf->sentinel_password.len && !url.sentinel) {
+        return conf_error(cf, "sentinel_password= needs a sentinel:// URL");
     }
 
-    rcf->addrs = u.addrs;
-    rcf->naddrs = u.naddrs;
+    if (url.cluster) {
+        /* the seeds; the nodes themselves come from CLUSTER SLOTS at run
+         * time (src/redis/cluster.cpp) */
+        char *rv = resolve_list(cf, url, url.cluster_seeds, "", &rcf->addrs,
+                                &rcf->naddrs);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+        rcf->cluster = 1;
+
+    } else if (url.sentinel) {
+        char *rv = sentinel_conf(cf, url, rcf);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+        /* no address until the sentinels are asked */
+        rcf->addrs = nullptr;
+        rcf->naddrs = 0;
+
+    } else {
+        ngx_url_t u;
+
+        if (url.unix_socket) {
+            if (!parse_url(cf, "unix:" + url.path, 0, &u)) {
+                return conf_error(cf, "invalid unix socket path \"" + url.path
+                                          + "\"");
+            }
+
+        } else {
+            err = resolve(cf, url.host, url.port, !url.secret_authority, &u);
+            if (!err.empty()) {
+                return conf_error(cf, err);
+            }
+        }
+
+        rcf->addrs = u.addrs;
+        rcf->naddrs = u.naddrs;
+    }
 
     std::string hs;
 
@@ -267,8 +315,14 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         }
     }
 
-    if (url.db != 0) {
+    if (url.db != 0) { /* never with redis-cluster:// (database 0 only) */
         resp_append(&hs, {"SELECT", std::to_string(url.db)});
+    }
+
+    /* sentinel://: every connection to the master first checks that it
+     * is one (a sentinel may name a replica, or a master just demoted) */
+    if (url.sentinel) {
+        resp_append(&hs, {"ROLE"});
     }
 
     if (!copy_str(cf, hs, &rcf->handshake)

@@ -28,6 +28,7 @@
 #include "metrics/metrics.h"
 #include "redis/cluster.h"
 #include "redis/resp.h"
+#include "redis/sentinel.h"
 #include "worker.h"
 
 namespace session_cache {
@@ -163,6 +164,28 @@ ngx_int_t add_header(ngx_http_request_t *r, const char *key,
 }
 
 /* The L1 zone's figures, and why it is not consulted. */
+/* sentinel:// (SPEC §10): this worker's view, the instance's switches */
+void sentinel_report(health::Redis *r)
+{
+    sentinel::View v = sentinel::figures();
+
+    if (!v.enabled) {
+        return;
+    }
+
+    health::SentinelReport s;
+    s.master_name = v.master_name;
+    if (!v.address.empty()) {
+        s.address = v.address;
+    }
+    s.switches = v.switches;
+    if (v.last_switch_ms >= 0) {
+        s.last_switch_ms = v.last_switch_ms;
+    }
+    s.error = v.error;
+    r->sentinel = s;
+}
+
 void l1_report(health::L1Report *l)
 {
     l1::Figures f = l1::figures();
@@ -248,6 +271,10 @@ ngx_int_t send(HealthCtx *ctx)
         rep.redis.breaker = breaker_state(Backend::Redis);
         rep.redis.pool = pool_total(Backend::Redis);
         cluster_report(&rep.redis.cluster);
+    }
+
+    if (smcf->redis.sentinel != nullptr) {
+        sentinel_report(&rep.redis);
     }
 
     if (rep.postgres.configured) {

@@ -147,6 +147,10 @@ void evaluate(Report *r)
     bool redis = assess(r, r->redis, "redis");
     bool pg = assess(r, r->postgres, "postgres");
 
+    if (r->redis.sentinel && !r->redis.sentinel->error.empty()) {
+        r->errors.push_back("redis: sentinel: " + r->redis.sentinel->error);
+    }
+
     slow(r, "redis", "PING", r->redis.ping_ms);
     slow(r, "redis", "SET", r->redis.set_ms);
     slow(r, "redis", "GET", r->redis.get_ms);
@@ -403,6 +407,21 @@ static void cluster_json(Object *redis, const ClusterReport &c,
     o.close();
 }
 
+/* sentinel:// (SPEC §10) */
+static void sentinel_json(Object *o, const SentinelReport &s)
+{
+    Object j(o->key("sentinel"));
+    j.str("master", s.master_name);
+    j.opt_str("address", s.address);
+    j.num("switches", s.switches);
+    j.opt_str("lastSwitch", s.last_switch_ms ? std::optional<std::string>(
+                                iso8601(*s.last_switch_ms))
+                                             : std::nullopt);
+    j.opt_str("error", s.error.empty() ? std::nullopt
+                                       : std::optional<std::string>(s.error));
+    j.close();
+}
+
 std::string render_json(const Report &r)
 {
     std::string out;
@@ -425,6 +444,9 @@ std::string render_json(const Report &r)
         pool_json(&o, "pool", b.pool);
         if (b.cluster.enabled) {
             cluster_json(&o, b.cluster, r.counters);
+        }
+        if (b.sentinel) {
+            sentinel_json(&o, *b.sentinel);
         }
         o.close();
     }
@@ -676,6 +698,34 @@ static void cluster_prometheus(Exposition *x, const ClusterReport &c,
     }
 }
 
+/* sentinel:// (SPEC §10): nginx_session_cache_redis_sentinel_* */
+static void sentinel_prometheus(Exposition *x, const SentinelReport &s)
+{
+    x->family("redis_sentinel_master_info", "gauge",
+              "The Redis master Sentinel named and ROLE confirmed, as "
+              "labels; always 1.");
+    if (s.address) {
+        x->sample("1", "master=\"" + label_value(s.master_name)
+                           + "\",address=\"" + label_value(*s.address) + "\"");
+    }
+
+    x->counters({
+        {"redis_sentinel_switches_total",
+         "Changes of the Redis master seen by this nginx instance.",
+         s.switches},
+    });
+
+    x->family("redis_sentinel_last_switch_timestamp_seconds", "gauge",
+              "When the Redis master last changed (Unix time).");
+    if (s.last_switch_ms) {
+        x->sample(number(static_cast<double>(*s.last_switch_ms) / 1000.0, 3));
+    }
+
+    x->family("redis_sentinel_discovery_failing", "gauge",
+              "1 while the last discovery found no master.");
+    x->sample(s.error.empty() ? "0" : "1");
+}
+
 std::string render_prometheus(const Report &r)
 {
     std::string out;
@@ -844,6 +894,10 @@ std::string render_prometheus(const Report &r)
 
     l1_prometheus(&x, r.l1);
     revocation_prometheus(&x, r.revocation);
+
+    if (r.redis.sentinel) {
+        sentinel_prometheus(&x, *r.redis.sentinel);
+    }
 
     return out;
 }

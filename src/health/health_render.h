@@ -56,13 +56,23 @@ struct ClusterReport {
     std::vector<ClusterNodeReport> nodes;
 };
 
+/* sentinel:// (SPEC §10): "redis": {"sentinel": {...}} */
+struct SentinelReport {
+    std::string                 master_name;
+    std::optional<std::string>  address;        /* the master now, if known */
+    std::uint64_t               switches = 0;   /* by this nginx instance */
+    std::optional<std::int64_t> last_switch_ms; /* Unix ms */
+    std::string error; /* why the last discovery failed; empty if none */
+};
+
 struct Redis : BackendReport {
-    std::optional<std::int64_t>  uptime;      /* seconds */
-    std::optional<std::string>   used_memory; /* "1.75M" */
-    std::optional<std::uint64_t> used_memory_bytes;
-    std::optional<std::int64_t>  total_keys; /* DBSIZE */
-    std::optional<double>        ping_ms, set_ms, get_ms;
-    ClusterReport                cluster;
+    std::optional<SentinelReport> sentinel;    /* sentinel:// only */
+    std::optional<std::int64_t>   uptime;      /* seconds */
+    std::optional<std::string>    used_memory; /* "1.75M" */
+    std::optional<std::uint64_t>  used_memory_bytes;
+    std::optional<std::int64_t>   total_keys; /* DBSIZE */
+    std::optional<double>         ping_ms, set_ms, get_ms;
+    ClusterReport                 cluster;
 };
 
 /* Where one of the answering worker's Postgres pools is (SPEC §11). */

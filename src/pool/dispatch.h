@@ -247,6 +247,19 @@ protected:
         dispatch();
     }
 
+    /* Every connection open now fails with error (the server behind the
+     * address changed: a Redis Sentinel switch), its jobs too; waiting
+     * jobs then go to new connections. Those are appended behind the old
+     * ones, which are failed from the front, so only the old ones go. */
+    void fail_all(const char *error)
+    {
+        for (std::size_t n = nconns_; n > 0 && !conns_.empty(); n--) {
+            fail(static_cast<Conn *>(
+                     static_cast<DispatchConn *>(conns_.first())),
+                 error);
+        }
+    }
+
     /* Hand waiting jobs to connections with room, opening new ones if
      * allowed; a job whose connection cannot be opened fails. */
     void dispatch()

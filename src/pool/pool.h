@@ -87,6 +87,10 @@ protected:
 
     Derived *derived() { return static_cast<Derived *>(this); }
 
+    /* A connection is failing (after the log line): the Derived may hide
+     * this to react (RedisPool: ask Redis Sentinel again). */
+    void conn_failed(Conn *, const char *) {}
+
     /* Give a new connection its log, unless the Derived already set it
      * (a copy of log_, with the connection's own action), and its idle
      * timer. add() does it; a Derived that needs the log sooner calls it
@@ -272,6 +276,8 @@ private:
                           "session_cache: idle %s connection dropped: %s",
                           name_, error);
         }
+
+        derived()->conn_failed(conn, error);
     }
 
     /* The figures now, for the health document (this worker's metrics

@@ -26,6 +26,7 @@
 
 #include "l1/l1_zone.h"
 #include "redis/resp.h"
+#include "redis/sentinel.h"
 
 namespace session_cache {
 
@@ -500,18 +501,26 @@ void connect(Listener *l)
 {
     const ngx_http_session_cache_redis_conf_t *rcf = &l->smcf->redis;
 
+    /* sentinel://: the master the pool uses, once one is known */
+    const ngx_addr_t *addr =
+        rcf->sentinel != nullptr ? sentinel::master() : &rcf->addrs[0];
+
+    if (addr == nullptr) {
+        l1::set_reason("listener: no redis master known yet (sentinel)");
+        return;
+    }
+
     l->reader = redisReaderCreate();
     if (l->reader == nullptr) {
         return;
     }
 
-    ngx_addr_t            *addr = &rcf->addrs[0];
     ngx_peer_connection_t *pc = &l->peer;
 
     ngx_memzero(pc, sizeof(*pc));
     pc->sockaddr = addr->sockaddr;
     pc->socklen = addr->socklen;
-    pc->name = &addr->name;
+    pc->name = const_cast<ngx_str_t *>(&addr->name);
     pc->get = ngx_event_get_peer;
     pc->log = l->log;
     pc->log_error = NGX_ERROR_ERR;
@@ -639,13 +648,41 @@ void on_tick(ngx_event_t *ev)
     }
 }
 
+/*
+ * sentinel://: another master. The listener leaves the old one at once
+ * and listens on the new one (L1 is disarmed until then, and the
+ * sentinel code drops it: topology).
+ */
+void master_changed(void *data)
+{
+    auto *l = static_cast<Listener *>(data);
+
+    if (!l->holder) {
+        return;
+    }
+
+    if (l->state == State::Armed) {
+        l1::set_armed(ngx_pid, false);
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, l->log, 0,
+                   "session_cache: l1 listener follows the new redis master");
+
+    close_connection(l);
+    l->lost = false; /* the topology flush covers what passed */
+    l->failures = 0;
+    l->next_connect = 0;
+    connect(l);
+}
+
 } // namespace
 
 void listener_start(ngx_cycle_t                              *cycle,
                     const ngx_http_session_cache_main_conf_t *smcf)
 {
     if (smcf->l1.enabled != 1 || smcf->l1.tracking != 1
-        || !smcf->redis.backend.configured || smcf->redis.naddrs == 0)
+        || !smcf->redis.backend.configured
+        || (smcf->redis.naddrs == 0 && smcf->redis.sentinel == nullptr))
     {
         return;
     }
@@ -665,6 +702,7 @@ void listener_start(ngx_cycle_t                              *cycle,
     self->tick.cancelable = 1;
 
     l1::set_reason("listener: not started yet");
+    sentinel::observe(master_changed, self);
 
     /* the first tick soon, not at once: init_process is no place for I/O */
     ngx_add_timer(&self->tick, 1);
@@ -686,6 +724,7 @@ void listener_stop()
         l1::lease_release(ngx_pid);
     }
 
+    sentinel::unobserve(l);
     close_connection(l);
     self = nullptr;
     delete l;

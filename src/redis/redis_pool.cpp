@@ -1,11 +1,15 @@
 #include "redis/redis_pool.h"
 
 #include "redis/resp.h"
+#include "redis/sentinel.h"
+#include "redis/sentinel_logic.h"
 
 #include <cstring>
 #include <new>
 
 namespace session_cache {
+
+static const char kNoMaster[] = "no redis master known yet (sentinel)";
 
 /*
  * A connection is in one state at a time, named after what it waits for;
@@ -76,11 +80,72 @@ RedisPool::RedisPool(ngx_cycle_t                               *cycle,
         }
         hs.remove_prefix(size);
     }
+
+    sentinel::observe(master_changed, this);
 }
 
 RedisPool::~RedisPool()
 {
+    sentinel::unobserve(this);
     clear();
+}
+
+/*
+ * sentinel://: another master was confirmed. Every connection goes (to
+ * the old master: its jobs fail and go to Postgres); waiting jobs get
+ * connections to the new one.
+ */
+void RedisPool::master_changed(void *data)
+{
+    auto *pool = static_cast<RedisPool *>(data);
+
+    pool->switching_ = true;
+    pool->fail_all("the redis master changed");
+    pool->switching_ = false;
+}
+
+/* sentinel://: a connection that fails may be the master's loss. */
+void RedisPool::conn_failed(RedisConn *, const char *error)
+{
+    if (conf_->sentinel != nullptr && !switching_) {
+        sentinel::suspect(error);
+    }
+}
+
+/*
+ * sentinel://: a reply by which the server says it is not the master
+ * (READONLY, LOADING, MASTERDOWN; ROLE in the handshake): the connection
+ * goes and the sentinels are asked again. true: rc has failed.
+ */
+bool RedisPool::not_master(RedisConn *rc, RedisCmd kind,
+                           const RedisReply &reply)
+{
+    if (conf_->sentinel == nullptr) {
+        return false;
+    }
+
+    std::string_view text;
+
+    if (kind == RedisCmd::Role && reply.type == REDIS_REPLY_ARRAY) {
+        if (sentinel::is_master_role(reply.part[0])) {
+            return false;
+        }
+        text = reply.part[0].substr(0, 16);
+
+    } else if (reply.type == REDIS_REPLY_ERROR
+               && sentinel::is_refusal(std::string_view(reply.str, reply.len)))
+    {
+        text = std::string_view(reply.str, reply.len);
+
+    } else {
+        return false;
+    }
+
+    *ngx_snprintf(reinterpret_cast<u_char *>(refused_), sizeof(refused_) - 1,
+                  "not the master (%s: %*s)", resp_command_name(kind),
+                  text.size(), text.data()) = '\0';
+    fail(rc, refused_); /* conn_failed() asks the sentinels */
+    return true;
 }
 
 /* Finished jobs kept for reuse (a worker is one thread), up to a bound. */
@@ -142,6 +207,13 @@ void RedisJob::set_raw(std::string_view resp)
 RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
                             RedisDone done, void *data, const char **error)
 {
+    /* sentinel://, before the first answer: not Redis's failure, the
+     * breaker does not count it (a new worker would open it at once) */
+    if (conf_->sentinel != nullptr && sentinel::master() == nullptr) {
+        *error = kNoMaster;
+        return nullptr;
+    }
+
     auto *job = new RedisJob();
     job->set_command(command);
     job->done = done;
@@ -157,6 +229,11 @@ RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
 RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
                                   void *data, const char **error)
 {
+    if (conf_->sentinel != nullptr && sentinel::master() == nullptr) {
+        *error = kNoMaster;
+        return nullptr;
+    }
+
     auto *job = new RedisJob();
     job->set_raw(command);
     job->done = done;
@@ -211,7 +288,9 @@ static const char kAsking[] = "*1\r\n$6\r\nASKING\r\n";
  * address the host name resolved to, as nginx's upstreams would. */
 void RedisPool::unreachable()
 {
-    next_addr_ = (next_addr_ + 1) % conf_->naddrs;
+    if (conf_->naddrs) { /* sentinel://: the master's, asked for */
+        next_addr_ = (next_addr_ + 1) % conf_->naddrs;
+    }
 }
 
 bool RedisPool::on_wire(const RedisConn *rc) const
@@ -238,11 +317,25 @@ RedisConn *RedisPool::open(const char **error)
         return nullptr;
     }
 
-    ngx_addr_t            *addr = &conf_->addrs[next_addr_];
+    const ngx_addr_t *addr;
+
+    if (conf_->sentinel != nullptr) {
+        addr = sentinel::master();
+
+        if (addr == nullptr) {
+            delete rc;
+            *error = kNoMaster;
+            return nullptr;
+        }
+
+    } else {
+        addr = &conf_->addrs[next_addr_];
+    }
+
     ngx_peer_connection_t *pc = &rc->peer;
     pc->sockaddr = addr->sockaddr;
     pc->socklen = addr->socklen;
-    pc->name = &addr->name;
+    pc->name = const_cast<ngx_str_t *>(&addr->name);
     pc->get = ngx_event_get_peer;
     pc->log = &rc->log;
     pc->log_error = NGX_ERROR_ERR;
@@ -676,6 +769,10 @@ bool RedisPool::replies(RedisConn *rc)
                 return false;
             }
 
+            if (not_master(rc, kind, reply)) {
+                return false;
+            }
+
             if (++rc->handshake_next == nhandshake_) {
                 set_state(rc, RedisState::Ready);
             }
@@ -701,9 +798,17 @@ bool RedisPool::replies(RedisConn *rc)
                        "for job %p, type %d",
                        rc, resp_command_name(kind), job, reply.type);
 
+        bool refused =
+            conf_->sentinel != nullptr && reply.type == REDIS_REPLY_ERROR
+            && sentinel::is_refusal(std::string_view(reply.str, reply.len));
+
         /* the callback may submit more work to this pool; it never
          * destroys rc (see assign) */
         finish(job, &reply, nullptr);
+
+        if (refused && not_master(rc, kind, reply)) {
+            return false;
+        }
     }
 }
 

@@ -100,7 +100,10 @@ private:
     ngx_uint_t depth() const { return kPipelineDepth; }
     void       destroy(RedisConn *rc);
 
-    void unreachable();
+    void        unreachable();
+    void        conn_failed(RedisConn *rc, const char *error);
+    static void master_changed(void *data); /* sentinel:// */
+    bool not_master(RedisConn *rc, RedisCmd kind, const RedisReply &reply);
     void drive(RedisConn *rc, ngx_event_t *ev);
     bool connect_done(RedisConn *rc);
     void start_session(RedisConn *rc);
@@ -137,6 +140,7 @@ private:
     char       refused_[128]; /* "AUTH refused: <code>", while fail()
                                    * runs */
     ngx_uint_t next_addr_ = 0;
+    bool       switching_ = false; /* master_changed() closing all */
 
     Redirect redirect_ = nullptr;
     void    *cluster_ = nullptr;

@@ -483,6 +483,243 @@ std::string parse_cluster(std::string_view rest, RedisUrl *u)
 }
 
 
+/* --- sentinel:// (SPEC §10) ---------------------------------------------- */
+
+constexpr std::size_t kMaxSentinels = 16;
+constexpr int         kSentinelPort = 26379; /* when a sentinel has none */
+
+bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* One sentinel's host[:port]. Neither is ever quoted: in a list the
+ * password's pieces can land anywhere (see port_error). */
+std::string parse_sentinel_host(std::string_view s, RedisUrl::Endpoint *out)
+{
+    std::size_t  i;
+    std::int64_t n;
+
+    if (s.empty()) {
+        return "missing sentinel host (an empty entry in the list)";
+    }
+
+    if (s[0] == '[') {
+        std::size_t close = s.find(']');
+
+        if (close == std::string_view::npos) {
+            return "invalid IPv6 address: missing \"]\"";
+        }
+
+        std::string_view addr = s.substr(1, close - 1);
+        bool             colon = false;
+
+        for (char c : addr) {
+            if (c == ':') {
+                colon = true;
+            } else if (hex_value(c) < 0 && c != '.') {
+                return "invalid IPv6 address";
+            }
+        }
+
+        if (!colon) {
+            return "invalid IPv6 address";
+        }
+
+        out->host.assign(addr);
+        i = close + 1;
+
+    } else {
+        for (i = 0; i < s.size() && s[i] != ':'; i++) {
+            char c = s[i];
+
+            if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '.'
+                && c != '_') {
+                return "invalid character in sentinel host";
+            }
+        }
+
+        if (i == 0) {
+            return "missing sentinel host";
+        }
+
+        out->host.assign(s.substr(0, i));
+    }
+
+    if (i == s.size()) {
+        return {};
+    }
+
+    if (s[i] != ':') {
+        return "invalid character after sentinel host";
+    }
+
+    std::string_view port = s.substr(i + 1);
+
+    if (port.empty()) {
+        return "missing port after \":\"";
+    }
+
+    if (!parse_decimal(port, 65535, &n) || n == 0) {
+        return port_error();
+    }
+
+    out->port = static_cast<int>(n);
+    return {};
+}
+
+/* What may follow the URL, separated by white space: sentinel_password=P
+ * (the sentinels' password; an env= or file= source holds it there). */
+std::string parse_sentinel_options(std::string_view opts, RedisUrl *u)
+{
+    bool seen = false;
+
+    for (;;) {
+        while (!opts.empty() && is_space(opts[0])) {
+            opts.remove_prefix(1);
+        }
+
+        if (opts.empty()) {
+            return {};
+        }
+
+        std::size_t end = 0;
+
+        while (end < opts.size() && !is_space(opts[end])) {
+            end++;
+        }
+
+        std::string_view token = opts.substr(0, end);
+        std::string_view key = token.substr(0, token.find('='));
+
+        opts.remove_prefix(end);
+
+        if (key != "sentinel_password" || key.size() == token.size()) {
+            /* a word without "=" may be a password written alone */
+            return (key.size() == token.size()
+                        ? std::string("unknown parameter")
+                        : key_error("unknown parameter", key))
+                   + " after the URL (expected sentinel_password=)";
+        }
+
+        if (seen) {
+            return "duplicate sentinel_password=";
+        }
+
+        seen = true;
+        u->sentinel_password.assign(token.substr(key.size() + 1));
+
+        if (u->sentinel_password.empty()) {
+            return "empty sentinel_password=";
+        }
+    }
+}
+
+std::string parse_sentinel(std::string_view rest, RedisUrl *u)
+{
+    u->sentinel = true;
+
+    std::size_t ws = 0;
+
+    while (ws < rest.size() && !is_space(rest[ws])) {
+        ws++;
+    }
+
+    std::string err = parse_sentinel_options(rest.substr(ws), u);
+    if (!err.empty()) {
+        return err;
+    }
+
+    rest = rest.substr(0, ws);
+
+    /* the last '@' ends the userinfo: the rest never holds one (the
+     * master's name is checked below), as for redis:// */
+    std::size_t      at = rest.rfind('@');
+    std::string_view after = rest;
+
+    if (at != std::string_view::npos) {
+        std::string_view userinfo = rest.substr(0, at);
+        std::size_t      colon = userinfo.find(':');
+        std::string_view pass = colon == std::string_view::npos
+                                    ? std::string_view()
+                                    : userinfo.substr(colon + 1);
+
+        if (!percent_decode(userinfo.substr(0, colon), &u->user)
+            || !percent_decode(pass, &u->password))
+        {
+            return "invalid percent-encoding in credentials";
+        }
+
+        after = rest.substr(at + 1);
+    }
+
+    std::size_t      slash = after.find('/');
+    std::string_view hosts = after.substr(0, slash);
+
+    u->secret_authority = at != std::string_view::npos
+                          || hosts.find(':') != std::string_view::npos;
+
+    while (true) {
+        std::size_t comma = hosts.find(',');
+
+        if (u->sentinels.size() == kMaxSentinels) {
+            return "too many sentinels (at most 16)";
+        }
+
+        u->sentinels.push_back({std::string(), kSentinelPort});
+        err = parse_sentinel_host(hosts.substr(0, comma), &u->sentinels.back());
+
+        if (!err.empty()) {
+            return err;
+        }
+
+        if (comma == std::string_view::npos) {
+            break;
+        }
+
+        hosts.remove_prefix(comma + 1);
+    }
+
+    if (slash == std::string_view::npos || slash + 1 == after.size()
+        || after[slash + 1] == '/')
+    {
+        return "missing master name (expected sentinel://host:port/MASTER)";
+    }
+
+    std::string_view path = after.substr(slash + 1);
+    std::size_t      i = 0;
+
+    while (i < path.size() && path[i] != '/') {
+        char c = path[i];
+
+        if (c == '?') {
+            return "query parameters are only supported in unix: URLs";
+        }
+
+        if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '.' && c != '_') {
+            return "invalid character in master name (expected letters, "
+                   "digits, \"-\", \".\" or \"_\")";
+        }
+
+        i++;
+    }
+
+    u->master.assign(path.substr(0, i));
+
+    if (i < path.size()) {
+        std::string_view db = path.substr(i + 1);
+        std::int64_t     n;
+
+        if (!db.empty() && !parse_decimal(db, 2147483647, &n)) {
+            return db_error();
+        }
+
+        u->db = db.empty() ? 0 : static_cast<int>(n);
+    }
+
+    return {};
+}
+
 std::string parse(std::string_view url, RedisUrl *out)
 {
     RedisUrl    u;
@@ -504,6 +741,9 @@ std::string parse(std::string_view url, RedisUrl *out)
 
     } else if (starts_with_nocase(url, "redis-cluster://")) {
         err = parse_cluster(url.substr(16), &u);
+
+    } else if (starts_with_nocase(url, "sentinel://")) {
+        err = parse_sentinel(url.substr(11), &u);
 
     } else {
         /* Name the scheme only if it is one (RFC 3986 syntax): in
@@ -570,10 +810,12 @@ void append_host(std::string *s, const std::string &host, int port)
 }
 
 
-/* redis-cluster://default:***@10.0.0.1:7000,10.0.0.2:7000 */
-std::string mask_cluster(const RedisUrl &u)
+/* scheme://user:***@host:port,host:port: the userinfo and the list of a
+ * redis-cluster:// or sentinel:// URL */
+std::string mask_list(const char *scheme, const RedisUrl &u,
+                      const std::vector<RedisUrl::Endpoint> &list)
 {
-    std::string s = "redis-cluster://";
+    std::string s = scheme;
 
     if (!u.user.empty() || !u.password.empty()) {
         percent_encode(u.user, &s);
@@ -583,11 +825,29 @@ std::string mask_cluster(const RedisUrl &u)
         s += '@';
     }
 
-    for (std::size_t i = 0; i < u.cluster_seeds.size(); i++) {
+    for (std::size_t i = 0; i < list.size(); i++) {
         if (i) {
             s += ',';
         }
-        append_host(&s, u.cluster_seeds[i].host, u.cluster_seeds[i].port);
+        append_host(&s, list[i].host, list[i].port);
+    }
+
+    return s;
+}
+
+/* sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0
+ * sentinel_password=*** */
+std::string mask_sentinel(const RedisUrl &u)
+{
+    std::string s = mask_list("sentinel://", u, u.sentinels);
+
+    s += '/';
+    s += u.master;
+    s += '/';
+    s += std::to_string(u.db);
+
+    if (!u.sentinel_password.empty()) {
+        s += " sentinel_password=***";
     }
 
     return s;
@@ -620,7 +880,11 @@ std::string mask_redis_url(const RedisUrl &u)
         }
 
         if (u.cluster) {
-            return mask_cluster(u);
+            return mask_list("redis-cluster://", u, u.cluster_seeds);
+        }
+
+        if (u.sentinel) {
+            return mask_sentinel(u);
         }
 
         s = u.tls ? "rediss://" : "redis://";

@@ -7,6 +7,8 @@
  *                                 &user=U, query keys in any order)
  *   redis-cluster://[user[:password]@]host[:port][,host[:port]...]
  *                                (Redis Cluster seeds, SPEC §10; db 0 only)
+ *   sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db]
+ *       [sentinel_password=P]     (Redis Sentinel, SPEC §10)
  *
  * host may be a name, an IPv4 address or a bracketed IPv6 address
  * ([::1]). user and password are percent-decoded. Defaults: port 6379,
@@ -36,14 +38,24 @@ struct RedisUrl {
      * those fields and never quote their values. */
     bool secret_authority = false;
 
-    /* redis-cluster://: every seed, in order (host and port above are the
-     * first one's); empty for any other scheme */
-    struct Seed {
+    /* A host and port of a list: a redis-cluster:// seed, a sentinel. */
+    struct Endpoint {
         std::string host;
         int         port = 6379;
     };
-    bool              cluster = false;
-    std::vector<Seed> cluster_seeds;
+
+    /* redis-cluster://: every seed, in order (host and port above are the
+     * first one's); empty for any other scheme */
+    bool                  cluster = false;
+    std::vector<Endpoint> cluster_seeds;
+
+    /* sentinel://: the sentinels (host, port: default 26379), the master's
+     * name, and the password for the sentinels (user and password above
+     * are the data nodes'); host and port above stay unset */
+    bool                  sentinel = false;
+    std::vector<Endpoint> sentinels;
+    std::string           master;
+    std::string           sentinel_password;
 };
 
 /*
@@ -61,6 +73,8 @@ std::string parse_redis_url(std::string_view url, RedisUrl *out);
  *   redis://default:***@127.0.0.1:6379/0, redis://127.0.0.1:6379/0,
  *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0,
  *   redis-cluster://default:***@10.0.0.1:7000,10.0.0.2:7000
+ *   sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0
+ *   sentinel_password=***
  * The user is shown (it is not secret); a password is always "***".
  */
 std::string mask_redis_url(const RedisUrl &u);

@@ -92,15 +92,18 @@ static bool same_name(std::string_view a, const char *b) noexcept
 }
 
 static const char *const kNames[] = {
-    "GET",     "SET",    "PING",   "INFO",
-    "DBSIZE",  "AUTH",   "SELECT", nullptr, /* Other */
-    "CLUSTER", "ASKING",
+    "GET",    "SET",      "PING", "INFO",      "DBSIZE",  "AUTH",
+    "SELECT", "SENTINEL", "ROLE", "SUBSCRIBE", "CLUSTER", "ASKING",
 };
+
+static_assert(sizeof(kNames) / sizeof(kNames[0])
+                  == static_cast<std::size_t>(RedisCmd::Other),
+              "a name for each kind before Other");
 
 RedisCmd resp_command_kind(std::string_view name) noexcept
 {
     for (std::size_t i = 0; i < sizeof(kNames) / sizeof(kNames[0]); i++) {
-        if (kNames[i] != nullptr && same_name(name, kNames[i])) {
+        if (same_name(name, kNames[i])) {
             return static_cast<RedisCmd>(i);
         }
     }
@@ -112,9 +115,7 @@ const char *resp_command_name(RedisCmd kind) noexcept
 {
     auto i = static_cast<std::size_t>(kind);
 
-    return i < sizeof(kNames) / sizeof(kNames[0]) && kNames[i] != nullptr
-               ? kNames[i]
-               : "command";
+    return i < sizeof(kNames) / sizeof(kNames[0]) ? kNames[i] : "command";
 }
 
 /* "<mark><digits>\r\n" at s[*pos]; false when it is not there whole. */
@@ -304,6 +305,7 @@ static std::size_t max_bytes(RedisCmd kind)
 {
     switch (kind) {
     case RedisCmd::Get:
+    case RedisCmd::Role: /* a master lists its replicas */
         return bulk_size(ReplyReader::kMaxValue);
     case RedisCmd::Info:
     case RedisCmd::Other:
@@ -367,7 +369,11 @@ bool ReplyReader::accept(int type, bool top)
     case RedisCmd::Select:
     case RedisCmd::Asking:
         return type == REDIS_REPLY_STATUS;
+    case RedisCmd::Sentinel:
+        return type == REDIS_REPLY_ARRAY || type == REDIS_REPLY_NIL;
     case RedisCmd::ClusterSlots:
+    case RedisCmd::Role:
+    case RedisCmd::Subscribe:
         return type == REDIS_REPLY_ARRAY;
     case RedisCmd::Other:
         return true;
@@ -453,6 +459,11 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
         reply_ = RedisReply{};
         reply_.type = -1;
         ranges_.clear();
+        value_.clear();
+        for (std::size_t i = 0; i < RedisReply::kParts; i++) {
+            part_len_[i] = 0;
+            part_at_[i] = 0;
+        }
     }
 
     /* a bulk string that would be too long is refused once its length
@@ -501,6 +512,14 @@ ReplyReader::Next ReplyReader::next(RedisCmd kind, RedisReply *reply,
     }
 
     *reply = reply_;
+
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        for (std::size_t i = 0; i < RedisReply::kParts; i++) {
+            reply->part[i] =
+                std::string_view(value_.data() + part_at_[i], part_len_[i]);
+        }
+    }
+
     return Next::Reply;
 }
 
@@ -520,7 +539,31 @@ void *ReplyReader::create_string(const redisReadTask *task, char *str,
 
     if (!top) {
         self->slots_element(task, str, len, 0);
-        return self->refused_ ? nullptr : &self->reply_;
+        if (self->refused_) {
+            return nullptr;
+        }
+
+        /* an element of the reply itself: kept for the kinds that read
+         * their replies' parts */
+        bool parts = self->kind_ == RedisCmd::Sentinel
+                     || self->kind_ == RedisCmd::Role
+                     || self->kind_ == RedisCmd::Subscribe;
+
+        if (parts && task->parent->parent == nullptr && task->idx >= 0
+            && static_cast<std::size_t>(task->idx) < RedisReply::kParts
+            && task->type != REDIS_REPLY_ERROR)
+        {
+            try {
+                self->part_at_[task->idx] = self->value_.size();
+                self->part_len_[task->idx] = len;
+                self->value_.append(str, len);
+            } catch (...) {
+                self->refused_ = "out of memory";
+                return nullptr;
+            }
+        }
+
+        return &self->reply_;
     }
 
     std::string_view text(str, len);

@@ -38,10 +38,15 @@ char       *resp_write(char *p, std::initializer_list<std::string_view> args);
  *   Info    a bulk string
  *   DbSize  an integer
  *   Auth, Select (the handshake)  a status
+ *   Sentinel  SENTINEL get-master-addr-by-name: an array (ip, port) or nil
+ *   Role      ROLE: an array (its first element "master", "slave", ...)
+ *   Subscribe SUBSCRIBE and what a subscribed connection receives: arrays
  *   ClusterSlots  CLUSTER SLOTS' array of slot ranges (the only CLUSTER
  *                 command the module sends)
  *   Asking  the status OK
  *   Other   anything, within the element and byte bounds
+ * Sentinel, Role and Subscribe replies carry their first elements (see
+ * RedisReply::part).
  */
 enum class RedisCmd : unsigned char {
     Get,
@@ -51,9 +56,12 @@ enum class RedisCmd : unsigned char {
     DbSize,
     Auth,
     Select,
-    Other,
-    ClusterSlots, /* after Other: the kinds above keep their numbers */
-    Asking
+    Sentinel,
+    Role,
+    Subscribe,
+    ClusterSlots,
+    Asking,
+    Other /* the last */
 };
 
 /* The kind of a command by its name (any case): "get" -> Get. */
@@ -99,6 +107,11 @@ struct RedisReply {
     /* ClusterSlots: the ranges read */
     const ClusterSlotRange *ranges;
     std::size_t             nranges;
+
+    /* Sentinel, Role, Subscribe: the first kParts elements of an array
+     * reply that are strings (bulk or status), empty otherwise */
+    static constexpr std::size_t kParts = 3;
+    std::string_view             part[kParts];
 };
 
 /*
@@ -167,9 +180,11 @@ private:
     std::size_t  in_reply_ = 0;    /* its bytes hiredis has taken so far */
     std::size_t  elements_ = 0;    /* announced in the current reply */
     std::string  value_;           /* the current reply's string */
-    std::vector<ClusterSlotRange> ranges_; /* ClusterSlots */
-    const char                   *refused_ = nullptr;
-    char                          error_[96];
+    std::vector<ClusterSlotRange> ranges_;    /* ClusterSlots */
+    std::size_t part_at_[RedisReply::kParts]; /* its parts, in value_ */
+    std::size_t part_len_[RedisReply::kParts];
+    const char *refused_ = nullptr;
+    char        error_[96];
 };
 
 } // namespace session_cache

@@ -67,6 +67,11 @@ shape_ok(RedisCmd kind, const RedisReply &r)
         return r.type == REDIS_REPLY_STRING;
     case RedisCmd::DbSize:
         return r.type == REDIS_REPLY_INTEGER;
+    case RedisCmd::Sentinel:
+        return r.type == REDIS_REPLY_ARRAY || r.type == REDIS_REPLY_NIL;
+    case RedisCmd::Role:
+    case RedisCmd::Subscribe:
+        return r.type == REDIS_REPLY_ARRAY;
     case RedisCmd::Other:
         return r.type >= REDIS_REPLY_STRING && r.type <= REDIS_REPLY_STATUS;
     }
@@ -143,6 +148,14 @@ describe(RedisCmd kind, const RedisReply &r, std::string *out)
             abort();
         }
         out->append(std::to_string(r.elements)).push_back('[');
+        /* the parts (Sentinel, Role, Subscribe) split or whole alike */
+        for (std::string_view p : r.part) {
+            if (p.size() > ReplyReader::kMaxValue) {
+                abort();
+            }
+            out->append(std::to_string(p.size())).push_back(':');
+            out->append(p);
+        }
         break;
     }
     out->push_back(';');
@@ -254,8 +267,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     size_t step = data[0] % 17 + 1;
-    /* 0..7 as before the cluster's kinds came, which follow */
-    auto kind = static_cast<RedisCmd>(data[1] % 10);
+    auto kind = static_cast<RedisCmd>(
+        data[1] % (static_cast<int>(RedisCmd::Other) + 1));
     data += 2;
     size -= 2;
 

@@ -7,10 +7,12 @@
  *  - the masked form parses back to the same address;
  *  - an error message does not depend on the credentials: the same URL
  *    with the letters g-z/G-Z of its userinfo (redis://, rediss://) or of
- *    its password= values (unix:) rotated gives the very same message. Those
+ *    its password= values (unix:) or of its userinfo and sentinel_password=
+ *    (sentinel://) rotated gives the very same message. Those
  *    letters mean nothing to the parser (not hex digits, not separators), so
  *    any difference would be credentials echoed into the message.
  */
+#include <cctype>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -74,6 +76,42 @@ rotate_credentials(std::string *s)
         return changed;
     }
 
+    if (starts_nocase(*s, "sentinel://")) {
+        /* the URL's userinfo, and the value of each sentinel_password=
+         * after the first white space */
+        size_t start = 11;
+        size_t ws = s->find_first_of(" \t\r\n", start);
+        size_t end = ws == std::string::npos ? s->size() : ws;
+        size_t at = s->rfind('@', end == 0 ? 0 : end - 1);
+
+        if (at != std::string::npos && at >= start && at < end) {
+            for (size_t i = start; i < at; i++) {
+                char c = rot((*s)[i]);
+                changed = changed || c != (*s)[i];
+                (*s)[i] = c;
+            }
+        }
+
+        for (size_t p = s->find("sentinel_password=", end);
+             p != std::string::npos;
+             p = s->find("sentinel_password=", p + 1))
+        {
+            if (p == 0 || !std::isspace(static_cast<unsigned char>((*s)[p - 1]))) {
+                continue;
+            }
+            for (size_t i = p + 18;
+                 i < s->size()
+                 && !std::isspace(static_cast<unsigned char>((*s)[i]));
+                 i++)
+            {
+                char c = rot((*s)[i]);
+                changed = changed || c != (*s)[i];
+                (*s)[i] = c;
+            }
+        }
+        return changed;
+    }
+
     if (starts_nocase(*s, "unix:")) {
         size_t q = s->find('?');
 
@@ -126,12 +164,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     RedisUrl other = u;
     other.password = u.password.empty() ? "" : "x";
+    other.sentinel_password = u.sentinel_password.empty() ? "" : "x";
 
     if (mask_redis_url(other) != masked) {
         abort();  /* the masked form depends on the password */
     }
 
-    if (!u.password.empty() && masked.find("***") == std::string::npos) {
+    if ((!u.password.empty() || !u.sentinel_password.empty())
+        && masked.find("***") == std::string::npos)
+    {
         abort();  /* a password must show as *** */
     }
 
@@ -141,9 +182,21 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         || back.unix_socket != u.unix_socket || back.tls != u.tls
         || back.host != u.host || back.port != u.port || back.path != u.path
         || back.user != u.user || back.db != u.db
-        || back.password != (u.password.empty() ? "" : "***"))
+        || back.password != (u.password.empty() ? "" : "***")
+        || back.sentinel != u.sentinel || back.master != u.master
+        || back.sentinels.size() != u.sentinels.size()
+        || back.sentinel_password
+               != (u.sentinel_password.empty() ? "" : "***"))
     {
         abort();  /* the masked form no longer names the same address */
+    }
+
+    for (size_t i = 0; i < u.sentinels.size(); i++) {
+        if (back.sentinels[i].host != u.sentinels[i].host
+            || back.sentinels[i].port != u.sentinels[i].port)
+        {
+            abort();
+        }
     }
 
     return 0;

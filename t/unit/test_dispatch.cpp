@@ -101,6 +101,7 @@ public:
     using Dispatch::clear;
     using Dispatch::dispatch;
     using Dispatch::fail;
+    using Dispatch::fail_all;
     using Dispatch::finish;
     using Dispatch::front;
 
@@ -649,6 +650,52 @@ test_fail_fails_every_job(void **state)
     assert_int_equal(p.waiting(), 0);
 }
 
+/* fail_all() (a Redis Sentinel switch): every connection open then fails
+ * with its jobs, idle ones too; the waiting jobs go to new connections,
+ * which are not failed in turn. */
+void
+test_fail_all(void **state)
+{
+    TestPool &p = pool_of(state);
+    p.limit = 3;
+    p.depth = 1;
+
+    for (int id = 1; id <= 3; id++) {
+        assert_true(p.submit(id));
+        p.flush();
+    }
+    /* 1, 2, 3 on connections 1-3; connection 3 goes idle */
+    assert_int_equal(p.connections(), 3);
+    p.finish(p.job(3), nullptr, nullptr);
+    assert_int_equal(p.idle(), 1);
+
+    p.fail_all("the redis master changed");
+
+    assert_true(ids(p.outcomes) == std::vector<int>({3, 1, 2}));
+    for (std::size_t i = 1; i < p.outcomes.size(); i++) {
+        assert_string_equal(p.outcomes[i].error.c_str(),
+                            "the redis master changed");
+    }
+    assert_int_equal(p.connections(), 0);
+    assert_int_equal(p.waiting(), 0);
+
+    /* with a job waiting: it gets a new connection, which stays */
+    for (int id = 5; id <= 8; id++) {
+        assert_true(p.submit(id));
+        p.flush();
+    }
+    assert_int_equal(p.waiting(), 1);
+    int before = p.opened;
+
+    p.fail_all("the redis master changed");
+
+    assert_int_equal(p.opened, before + 1); /* for job 8 */
+    assert_int_equal(p.connections(), 1);
+    assert_int_equal(p.on(p.conns[0]), 1);
+    assert_int_equal(p.waiting(), 0);
+    assert_int_equal(p.outcomes.size(), 6); /* and 5, 6, 7 failed */
+}
+
 /* A connection without a job for idle_timeout is closed; a job in between
  * starts the count again; while it carries a job it is never closed. */
 void
@@ -734,6 +781,7 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_timeout_connecting, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_fail_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fail_fails_every_job, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),

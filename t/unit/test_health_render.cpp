@@ -559,6 +559,55 @@ test_l1(void **)
                             "{reason=\"topology\"} 0\n"));
 }
 
+/* sentinel:// (SPEC §10): the "sentinel" object, its error, Prometheus */
+void
+test_sentinel(void **)
+{
+    Report r = good();
+    evaluate(&r);
+    assert_false(contains(render_json(r), "\"sentinel\""));
+    assert_false(contains(render_prometheus(r), "sentinel"));
+
+    SentinelReport s;
+    s.master_name = "mymaster";
+    s.address = "10.0.0.8:6379";
+    s.switches = 2;
+    s.last_switch_ms = 1764482345123;
+    r.redis.sentinel = s;
+    evaluate(&r);
+    assert_int_equal(r.status, Status::Healthy);
+
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"sentinel\": {\"master\": \"mymaster\", "
+                            "\"address\": \"10.0.0.8:6379\", "
+                            "\"switches\": 2, \"lastSwitch\": "
+                            "\"2025-11-30T05:59:05.123Z\", \"error\": null}"));
+
+    std::string p = render_prometheus(r);
+    assert_true(contains(p, "nginx_session_cache_redis_sentinel_master_info"
+                            "{master=\"mymaster\",address=\"10.0.0.8:6379\"} 1\n"));
+    assert_true(contains(p, "nginx_session_cache_redis_sentinel_switches_total 2\n"));
+    assert_true(contains(p, "nginx_session_cache_redis_sentinel_last_switch_"
+                            "timestamp_seconds 1764482345.123\n"));
+    assert_true(contains(p, "nginx_session_cache_redis_sentinel_discovery_failing 0\n"));
+
+    /* no master known: null address, the reason in errors, degraded */
+    r.redis.sentinel->address.reset();
+    r.redis.sentinel->last_switch_ms.reset();
+    r.redis.sentinel->switches = 0;
+    r.redis.sentinel->error = "sentinel 10.0.0.1:26379: AUTH refused: WRONGPASS";
+    evaluate(&r);
+    assert_int_equal(r.status, Status::Degraded);
+    j = render_json(r);
+    assert_true(contains(j, "\"address\": null"));
+    assert_true(contains(j, "\"lastSwitch\": null"));
+    assert_true(contains(j, "redis: sentinel: sentinel 10.0.0.1:26379: AUTH "
+                            "refused: WRONGPASS"));
+    p = render_prometheus(r);
+    assert_false(contains(p, "sentinel_master_info{"));
+    assert_true(contains(p, "nginx_session_cache_redis_sentinel_discovery_failing 1\n"));
+}
+
 int
 main(void)
 {
@@ -575,6 +624,7 @@ main(void)
         cmocka_unit_test(test_latency_threshold),
         cmocka_unit_test(test_a_later_probe_failing),
         cmocka_unit_test(test_json),
+        cmocka_unit_test(test_sentinel),
         cmocka_unit_test(test_json_unknowns_and_escaping),
         cmocka_unit_test(test_prometheus),
         cmocka_unit_test(test_prometheus_histogram),

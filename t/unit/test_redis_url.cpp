@@ -458,6 +458,104 @@ test_mask(void **)
     }
 }
 
+
+/* sentinel:// (SPEC §10): the sentinels, the master's name, the database,
+ * the data nodes' credentials and the sentinels' password */
+void
+test_sentinel(void **)
+{
+    RedisUrl u;
+
+    assert_true(parse_redis_url("sentinel://127.0.0.1:26379/mymaster", &u)
+                    .empty());
+    assert_true(u.sentinel);
+    assert_false(u.tls);
+    assert_false(u.unix_socket);
+    assert_int_equal(u.sentinels.size(), 1);
+    assert_string_equal(u.sentinels[0].host.c_str(), "127.0.0.1");
+    assert_int_equal(u.sentinels[0].port, 26379);
+    assert_string_equal(u.master.c_str(), "mymaster");
+    assert_int_equal(u.db, 0);
+    assert_true(u.password.empty());
+    assert_true(u.sentinel_password.empty());
+
+    u = RedisUrl();
+    assert_true(parse_redis_url("SENTINEL://u:p%40ss@a,b:26380,[::1]:7/m-1.x_y/3"
+                                "  sentinel_password=s3cr/et@x",
+                                &u)
+                    .empty());
+    assert_int_equal(u.sentinels.size(), 3);
+    assert_string_equal(u.sentinels[0].host.c_str(), "a");
+    assert_int_equal(u.sentinels[0].port, 26379);
+    assert_string_equal(u.sentinels[1].host.c_str(), "b");
+    assert_int_equal(u.sentinels[1].port, 26380);
+    assert_string_equal(u.sentinels[2].host.c_str(), "::1");
+    assert_int_equal(u.sentinels[2].port, 7);
+    assert_string_equal(u.master.c_str(), "m-1.x_y");
+    assert_int_equal(u.db, 3);
+    assert_string_equal(u.user.c_str(), "u");
+    assert_string_equal(u.password.c_str(), "p@ss");
+    assert_string_equal(u.sentinel_password.c_str(), "s3cr/et@x");
+    assert_true(u.secret_authority);
+
+    /* a password with '/' and '@' stays in the userinfo */
+    u = RedisUrl();
+    assert_true(parse_redis_url("sentinel://:a/b@c@h:1/m/", &u).empty());
+    assert_string_equal(u.password.c_str(), "a/b@c");
+    assert_string_equal(u.sentinels[0].host.c_str(), "h");
+    assert_int_equal(u.db, 0);
+
+    /* the mask: both passwords hidden, and it reads back the same */
+    std::string m =
+        mask("sentinel://u:Hunter2Secret@a,b:26380,[::1]:7/mm/3 "
+             "sentinel_password=Hunter2Other");
+    assert_string_equal(m.c_str(),
+                        "sentinel://u:***@a:26379,b:26380,[::1]:7/mm/3 "
+                        "sentinel_password=***");
+    assert_null(strstr(m.c_str(), "Hunter2"));
+
+    RedisUrl again;
+    assert_true(parse_redis_url(m, &again).empty());
+    assert_true(mask_redis_url(again) == m);
+    assert_string_equal(again.password.c_str(), "***");
+    assert_string_equal(again.sentinel_password.c_str(), "***");
+
+    assert_string_equal(mask("sentinel://h/m").c_str(),
+                        "sentinel://h:26379/m/0");
+
+    /* refusals: named, never quoting a secret */
+    REFUSED("sentinel://h:26379", "missing master name", "26379");
+    REFUSED("sentinel://h:26379/", "missing master name");
+    REFUSED("sentinel://h:26379//0", "missing master name");
+    REFUSED("sentinel:///m", "missing sentinel host");
+    REFUSED("sentinel://a,,b/m", "missing sentinel host");
+    REFUSED("sentinel://a,/m", "missing sentinel host");
+    REFUSED("sentinel://u:Secret9@h:Secret9/m", "invalid port", "Secret9");
+    REFUSED("sentinel://h:0/m", "invalid port");
+    REFUSED("sentinel://h:/m", "missing port");
+    REFUSED("sentinel://h!x/m", "invalid character in sentinel host");
+    REFUSED("sentinel://h/m y=1", "unknown parameter \"y\"");
+    REFUSED("sentinel://h/m$x", "invalid character in master name");
+    REFUSED("sentinel://h/m/x", "invalid database number");
+    REFUSED("sentinel://h/m?db=1", "query parameters");
+    REFUSED("sentinel://h/m sentinel_password=", "empty sentinel_password=");
+    REFUSED("sentinel://h/m sentinel_password=Secret8 "
+            "sentinel_password=Secret8",
+            "duplicate sentinel_password=", "Secret8");
+    REFUSED("sentinel://h/m Secret7", "unknown parameter", "Secret7");
+    REFUSED("sentinel://h/m sentinel_pass=Secret6", "unknown parameter",
+            "Secret6");
+    REFUSED("sentinel://[::1/m", "missing \"]\"");
+    REFUSED("sentinel://" + std::string(17 * 2, ',') + "/m",
+            "missing sentinel host");
+
+    std::string many = "sentinel://h";
+    for (int i = 0; i < 16; i++) {
+        many += ",h";
+    }
+    REFUSED(many + "/m", "too many sentinels");
+}
+
 }  // namespace
 
 /* redis-cluster:// (SPEC §10): seeds, credentials once, db 0 only */
@@ -521,6 +619,7 @@ main(void)
         cmocka_unit_test(test_secret_authority),
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_cluster_forms),
+        cmocka_unit_test(test_sentinel),
     };
 
     return cmocka_run_group_tests_name("redis_url", tests, nullptr, nullptr)

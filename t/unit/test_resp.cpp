@@ -195,6 +195,85 @@ test_split_does_not_matter(void **)
     }
 }
 
+
+/* the shapes of Sentinel discovery (SPEC §10): their first elements */
+void
+test_sentinel_shapes(void **)
+{
+    ReplyReader r;
+    RedisReply  reply;
+    const char *error = nullptr;
+
+    assert_true(r.init());
+
+    std::string bytes = "*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n"
+                        "*-1\r\n"
+                        "*3\r\n$6\r\nmaster\r\n:42\r\n*1\r\n*3\r\n$9\r\n"
+                        "127.0.0.1\r\n$4\r\n6381\r\n$2\r\n42\r\n"
+                        "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n"
+                        "$5\r\nm a b\r\n"
+                        "-NOAUTH Authentication required.\r\n";
+    assert_true(r.feed(bytes.data(), bytes.size()));
+
+    assert_int_equal(r.next(RedisCmd::Sentinel, &reply, &error),
+                     ReplyReader::Next::Reply);
+    assert_int_equal(reply.type, REDIS_REPLY_ARRAY);
+    assert_int_equal(reply.elements, 2);
+    assert_true(reply.part[0] == "127.0.0.1");
+    assert_true(reply.part[1] == "6380");
+    assert_true(reply.part[2].empty());
+
+    assert_int_equal(r.next(RedisCmd::Sentinel, &reply, &error),
+                     ReplyReader::Next::Reply);
+    assert_int_equal(reply.type, REDIS_REPLY_NIL);
+
+    assert_int_equal(r.next(RedisCmd::Role, &reply, &error),
+                     ReplyReader::Next::Reply);
+    assert_int_equal(reply.type, REDIS_REPLY_ARRAY);
+    assert_true(reply.part[0] == "master");
+    assert_true(reply.part[1].empty()); /* an integer */
+
+    assert_int_equal(r.next(RedisCmd::Subscribe, &reply, &error),
+                     ReplyReader::Next::Reply);
+    assert_true(reply.part[0] == "message");
+    assert_true(reply.part[1] == "+switch-master");
+    assert_true(reply.part[2] == "m a b");
+
+    assert_int_equal(r.next(RedisCmd::Sentinel, &reply, &error),
+                     ReplyReader::Next::Reply);
+    assert_int_equal(reply.type, REDIS_REPLY_ERROR);
+    assert_true(std::string_view(reply.str, reply.len) == "NOAUTH");
+
+    /* other shapes are refused at their first byte */
+    assert_string_equal(read(RedisCmd::Sentinel, "$3\r\nabc\r\n").c_str(),
+                        "E");
+    assert_string_equal(read(RedisCmd::Role, "+master\r\n").c_str(), "E");
+    assert_string_equal(read(RedisCmd::Subscribe, ":1\r\n").c_str(), "E");
+    assert_int_equal(resp_command_kind("sentinel"), RedisCmd::Sentinel);
+    assert_int_equal(resp_command_kind("ROLE"), RedisCmd::Role);
+    assert_int_equal(resp_command_kind("subscribe"), RedisCmd::Subscribe);
+
+    /* split anywhere: the same parts */
+    std::string msg = "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n"
+                      "$5\r\nm a b\r\n";
+    for (std::size_t step = 1; step < msg.size(); step++) {
+        ReplyReader split;
+        assert_true(split.init());
+        ReplyReader::Next next = ReplyReader::Next::More;
+
+        for (std::size_t off = 0; off < msg.size(); off += step) {
+            assert_int_equal(next, ReplyReader::Next::More);
+            assert_true(split.feed(msg.data() + off,
+                                   std::min(step, msg.size() - off)));
+            next = split.next(RedisCmd::Subscribe, &reply, &error);
+        }
+
+        assert_int_equal(next, ReplyReader::Next::Reply);
+        assert_true(reply.part[0] == "message");
+        assert_true(reply.part[2] == "m a b");
+    }
+}
+
 }  // namespace
 
 int
@@ -206,6 +285,7 @@ main(void)
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_split_does_not_matter),
+        cmocka_unit_test(test_sentinel_shapes),
     };
 
     return cmocka_run_group_tests_name("resp", tests, nullptr, nullptr);

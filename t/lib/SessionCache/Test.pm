@@ -1445,4 +1445,256 @@ sub reshard ($self, $from, $to, $slots, %opt) {
     return SessionCache::Test::_run(cmd => \@cmd, timeout => 120);
 }
 
+# ====================================================================
+# Redis Sentinel (SPEC §10, t/55-t/58): sentinels on loopback
+# (redis-server --sentinel) and a fake one that names what it is told to.
+#
+#   my $s = start_sentinel(master => $redis, requirepass => 'pw',
+#                          down_after => 1000, failover_timeout => 3000);
+#   $s->master_addr            "127.0.0.1:PORT", as the sentinel says
+#   $s->cli(@args)             redis-cli against the sentinel
+#   my $f = start_fake_sentinel(address => ['127.0.0.1', $port]);
+#                              (address => undef: it knows no master)
+#   replicate($replica, $master)   REPLICAOF, waiting for the link
+package SessionCache::Test::Sentinel;
+
+use v5.36;
+use Time::HiRes qw(time sleep);
+
+push @SessionCache::Test::EXPORT,
+    qw(start_sentinel start_fake_sentinel replicate);
+
+my @SENTINELS;    # stopped before the servers they watch
+
+END {
+    local $?;
+    for my $s (reverse @SENTINELS) {
+        eval { $s->_cleanup; 1 } or warn "cleanup: $@";
+    }
+    @SENTINELS = ();
+}
+
+sub SessionCache::Test::start_sentinel (%opt) { __PACKAGE__->_new(%opt) }
+
+sub SessionCache::Test::start_fake_sentinel (%opt) {
+    SessionCache::Test::FakeSentinel->_new(%opt);
+}
+
+# REPLICAOF master, with its password; returns once the link is up.
+sub SessionCache::Test::replicate ($replica, $master) {
+    $replica->cli('CONFIG', 'SET', 'masterauth', $master->password)
+        if defined $master->password;
+    $replica->cli('REPLICAOF', '127.0.0.1', $master->port);
+    SessionCache::Test::wait_until(sub {
+        $replica->cli('INFO', 'replication') =~ /master_link_status:up/;
+    }, 10, 0.05, 'the replica to sync') or die "replica did not sync\n";
+}
+
+sub _new ($class, %opt) {
+    my $self = bless {
+        server   => SessionCache::Test::_need_in_path('redis-server'),
+        cli_bin  => SessionCache::Test::_need_in_path('redis-cli'),
+        port     => SessionCache::Test::free_port(),
+        dir      => SessionCache::Test::_tempdir('sentinel'),
+        password => $opt{requirepass},
+        name     => $opt{name} // 'mymaster',
+        master   => $opt{master},
+        quorum   => $opt{quorum} // 2,
+        down     => $opt{down_after} // 1000,
+        failover => $opt{failover_timeout} // 3000,
+        owner    => $$,
+    }, $class;
+    push @SENTINELS, $self;
+    $self->start;
+    return $self;
+}
+
+sub port     ($self) { $self->{port} }
+sub pid      ($self) { $self->{pid} }
+sub password ($self) { $self->{password} }
+sub log      ($self) { SessionCache::Test::_slurp("$self->{dir}/sentinel.log") }
+
+sub start ($self) {
+    my ($n, $m) = ($self->{name}, $self->{master});
+    my $conf = "port $self->{port}\nbind 127.0.0.1\ndir $self->{dir}\n"
+        . "sentinel monitor $n 127.0.0.1 " . $m->port . " $self->{quorum}\n"
+        . "sentinel down-after-milliseconds $n $self->{down}\n"
+        . "sentinel failover-timeout $n $self->{failover}\n"
+        . "sentinel parallel-syncs $n 1\n";
+    $conf .= "sentinel auth-pass $n " . $m->password . "\n"
+        if defined $m->password;
+    $conf .= "requirepass $self->{password}\n"
+           . "sentinel sentinel-pass $self->{password}\n"
+        if defined $self->{password};
+    SessionCache::Test::_write_file("$self->{dir}/sentinel.conf", $conf);
+    my $log = "$self->{dir}/sentinel.log";
+    $self->{pid} = SessionCache::Test::_spawn(
+        cmd => [$self->{server}, "$self->{dir}/sentinel.conf", '--sentinel'],
+        stdout => $log, stderr => $log);
+    SessionCache::Test::wait_until(sub {
+        die "redis-server --sentinel exited at start:\n"
+            . SessionCache::Test::_slurp($log) . "\n"
+            unless SessionCache::Test::_alive($self->{pid});
+        $self->cli('PING') eq 'PONG';
+    }, 10, 0.05, 'the sentinel to answer')
+        or die "sentinel on port $self->{port} did not start\n";
+    return $self;
+}
+
+sub cli ($self, @args) {
+    my @cmd = ($self->{cli_bin}, '-h', '127.0.0.1', '-p', $self->{port});
+    push @cmd, '-a', $self->{password}, '--no-auth-warning'
+        if defined $self->{password};
+    my ($rc, $out) = SessionCache::Test::_run(cmd => [@cmd, @args],
+                                              timeout => 10);
+    $out =~ s/^\s+|\s+$//g;
+    return $out;
+}
+
+# "ip:port" of the master as this sentinel names it ('' if none)
+sub master_addr ($self) {
+    my @l = split /\n/,
+        $self->cli('SENTINEL', 'get-master-addr-by-name', $self->{name});
+    return @l == 2 ? "$l[0]:$l[1]" : '';
+}
+
+# SENTINEL MASTER's fields: num-slaves, num-other-sentinels, flags, ...
+sub master_info ($self) {
+    my @l = split /\n/, $self->cli('SENTINEL', 'MASTER', $self->{name});
+    my %h;
+    while (@l >= 2) { my ($k, $v) = splice @l, 0, 2; $h{$k} = $v }
+    return \%h;
+}
+
+sub running ($self) { SessionCache::Test::_alive($self->{pid}) }
+sub pause  ($self) { CORE::kill 'STOP', $self->{pid} }
+sub resume ($self) { CORE::kill 'CONT', $self->{pid} }
+
+sub stop ($self) {
+    return 1 unless $self->{pid} && $self->running;
+    CORE::kill 'CONT', $self->{pid};
+    CORE::kill 'TERM', $self->{pid};
+    return 1 if SessionCache::Test::_reap($self->{pid}, 10);
+    CORE::kill 'KILL', $self->{pid};
+    SessionCache::Test::_reap($self->{pid}, 5);
+    return 0;
+}
+
+sub _cleanup ($self) {
+    return unless $self->{owner} == $$;
+    $self->stop;
+}
+
+sub DESTROY ($self) {
+    local ($@, $!, $?);
+    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+}
+
+# --------------------------------------------------------------------
+# A fake sentinel: answers AUTH (+OK, or -WRONGPASS if `password` is set
+# and another is given), SENTINEL get-master-addr-by-name with `address`
+# ([host, port]; undef: nil), SUBSCRIBE and PING as a sentinel does, and
+# counts the SENTINEL commands it was sent (asked()).
+package SessionCache::Test::FakeSentinel;
+
+use v5.36;
+use IO::Select;
+use IO::Socket::INET;
+use POSIX ();
+
+sub _new ($class, %opt) {
+    my $port = SessionCache::Test::free_port();
+    my $dir  = SessionCache::Test::_tempdir('fake-sentinel');
+    my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+        LocalPort => $port, Listen => 16, ReuseAddr => 1, Proto => 'tcp')
+        or die "fake sentinel: listen: $!\n";
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        _serve($listen, $opt{address}, $opt{password}, "$dir/asked");
+        POSIX::_exit(0);
+    }
+    close $listen;
+    my $self = bless { pid => $pid, port => $port, dir => $dir,
+                       owner => $$ }, $class;
+    push @SENTINELS, $self;
+    return $self;
+}
+
+sub port ($self) { $self->{port} }
+
+sub asked ($self) {
+    my $t = eval { SessionCache::Test::_slurp("$self->{dir}/asked") } // '';
+    return scalar(() = $t =~ /\n/g);
+}
+
+sub _bulk ($s) { '$' . length($s) . "\r\n$s\r\n" }
+
+sub _serve ($listen, $address, $password, $asked) {
+    $SIG{TERM} = sub { POSIX::_exit(0) };
+    my $sel = IO::Select->new($listen);
+    my %buf;
+    while (1) {
+        for my $fh ($sel->can_read(1)) {
+            if ($fh == $listen) {
+                my $c = $listen->accept or next;
+                $sel->add($c);
+                $buf{"$c"} = '';
+                next;
+            }
+            my $n = sysread $fh, my $chunk, 4096;
+            if (!$n) { $sel->remove($fh); delete $buf{"$fh"}; close $fh; next }
+            $buf{"$fh"} .= $chunk;
+            while ($buf{"$fh"} =~ /\A\*(\d+)\r\n/) {
+                my ($argc, $pos, @args) = ($1, length($&));
+                my $whole = 1;
+                for (1 .. $argc) {
+                    my $rest = substr $buf{"$fh"}, $pos;
+                    if ($rest =~ /\A\$(\d+)\r\n/ && length($rest) >= length($&) + $1 + 2) {
+                        push @args, substr($rest, length($&), $1);
+                        $pos += length($&) + $1 + 2;
+                    } else { $whole = 0; last }
+                }
+                last unless $whole;
+                substr($buf{"$fh"}, 0, $pos) = '';
+                my $cmd = uc($args[0] // '');
+                my $out;
+                if ($cmd eq 'AUTH') {
+                    $out = !defined $password || $args[-1] eq $password
+                        ? "+OK\r\n"
+                        : "-WRONGPASS invalid username-password pair\r\n";
+                } elsif ($cmd eq 'SENTINEL') {
+                    if (open my $a, '>>', $asked) { print {$a} "asked\n"; close $a }
+                    $out = $address
+                        ? "*2\r\n" . _bulk($address->[0]) . _bulk($address->[1])
+                        : "*-1\r\n";
+                } elsif ($cmd eq 'SUBSCRIBE') {
+                    $out = "*3\r\n" . _bulk('subscribe') . _bulk($args[1]) . ":1\r\n";
+                } elsif ($cmd eq 'PING') {
+                    $out = "*2\r\n" . _bulk('pong') . _bulk('');
+                } else {
+                    $out = "-ERR unknown command\r\n";
+                }
+                syswrite $fh, $out;
+            }
+        }
+    }
+}
+
+sub stop ($self) {
+    return 1 unless my $pid = delete $self->{pid};
+    CORE::kill 'TERM', $pid;
+    waitpid $pid, 0;
+    return 1;
+}
+
+sub _cleanup ($self) {
+    return unless $self->{owner} == $$;
+    $self->stop;
+}
+
+sub DESTROY ($self) {
+    local ($@, $!, $?);
+    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+}
+
 1;
