@@ -3,6 +3,7 @@
 #include "l1/l1_zone.h"
 #include "metrics/metrics.h"
 #include "redis/cluster.h"
+#include "redis/cluster_listener.h"
 #include "redis/redis_listener.h"
 
 #include <new>
@@ -59,7 +60,11 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
             pg = new PgPool(cycle, &smcf->pg, &smcf->query);
         }
 
-        listener_start(cycle, smcf);
+        if (cluster) {
+            cluster_listener_start(cycle, smcf, cluster);
+        } else {
+            listener_start(cycle, smcf);
+        }
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -76,6 +81,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     try {
         listener_stop();
+        cluster_listener_stop();
         if (cluster) {
             delete cluster; /* and its seeds' pool, redis */
         } else {

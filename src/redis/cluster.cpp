@@ -225,6 +225,7 @@ void Cluster::apply(std::unique_ptr<SlotMap> map)
 
     map_ = std::move(map);
     by_index_ = std::move(by_index);
+    generation_++;
 
     ngx_uint_t level = first ? NGX_LOG_NOTICE : NGX_LOG_INFO;
 
@@ -235,6 +236,10 @@ void Cluster::apply(std::unique_ptr<SlotMap> map)
                   map_->covered());
 
     publish();
+
+    if (!first && topology_ != nullptr) {
+        topology_(topology_data_);
+    }
 }
 
 /* The node known by address, made when new: its pool, unless its address

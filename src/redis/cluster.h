@@ -73,6 +73,17 @@ public:
      * and Redis's error-code words; never a password. */
     const std::string &error() const { return error_; }
 
+    /* The map's number: it grows with every change of the map. */
+    std::uint64_t generation() const { return generation_; }
+
+    /* Told of every change of the map but the first (the L1 listener:
+     * drop L1 on any change of topology, SPEC §10). */
+    void on_topology(void (*fn)(void *data), void *data)
+    {
+        topology_ = fn;
+        topology_data_ = data;
+    }
+
     static constexpr ngx_msec_t kRefresh = 10000;
     static constexpr ngx_msec_t kRetry = 1000;
 
@@ -107,6 +118,10 @@ private:
     std::string logged_; /* the last error logged */
     ngx_event_t timer_;
     bool        stopping_ = false;
+
+    std::uint64_t generation_ = 0;
+    void (*topology_)(void *data) = nullptr;
+    void *topology_data_ = nullptr;
 };
 
 } // namespace session_cache
