@@ -99,6 +99,7 @@ bench: build
 	perl bench/bench.pl
 	perl bench/revocation.pl
 	perl bench/fleet.pl
+	perl bench/cluster.pl
 
 bench-revocation: build
 	./bench/setup.sh
@@ -107,6 +108,7 @@ bench-revocation: build
 bench-fleet: build
 	./bench/setup.sh
 	perl bench/fleet.pl
+	perl bench/cluster.pl
 
 clean:
 	rm -rf build
