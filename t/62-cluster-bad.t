@@ -1,7 +1,8 @@
 # Redis Cluster, bad input (SPEC §10): a seed list that is not a cluster
 # (a plain redis-server), a wrong password, a seed nobody listens on. Each
 # a clear message in the error log and the health document, requests
-# answered by Postgres (BYPASS), never a crash, never a password.
+# answered by Postgres (BYPASS), never a crash, never a password. And
+# CLUSTERDOWN: the request to Postgres, a failure for the breaker.
 
 use v5.36;
 use Test::More;
@@ -48,6 +49,28 @@ scenario('a wrong password',
          $cluster->url(password => 'not-the-pw'),
          qr/\[error\].*redis cluster: no slot map: CLUSTER SLOTS: AUTH refused: WRONGPASS/,
          qr/AUTH refused: WRONGPASS/);
+
+# CLUSTERDOWN (a slot no master serves, the map not refreshed yet): the
+# request goes to Postgres, and the call counts as a failure for the
+# breaker (which one failure opens here)
+{
+    my $nginx = start_nginx(workers => 1, http => protected_site(
+        redis    => $cluster->url . ' pool=2 connect_timeout=300ms timeout=300ms',
+        postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=2s',
+        http     => 'session_cache_breaker errors=0% min_requests=1 cooldown=60s;',
+        server   => 'location = /health { session_cache_health; }'));
+    $nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/);
+    my $owner = $cluster->owner_of_key('session:tok-bad-1');
+    my $slot  = $cluster->keyslot('session:tok-bad-1');
+    is($owner->cli('CLUSTER', 'DELSLOTS', $slot), 'OK', 'CLUSTERDOWN: the slot unassigned on its master');
+    my $r = get('/', cookie => 'session=tok-bad-1');
+    is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // ''), '200 BYPASS',
+       'CLUSTERDOWN: the request goes to Postgres');
+    my (undef, $doc) = $nginx->health;
+    is($doc->{redis}{breaker}, 'open', 'CLUSTERDOWN: a failure for the breaker (open after one)');
+    is($owner->cli('CLUSTER', 'ADDSLOTS', $slot), 'OK', 'the slot back');
+    no_alerts($nginx, 'CLUSTERDOWN: no alerts');
+}
 
 my $port = free_port();
 scenario('nothing listening',
