@@ -1,7 +1,8 @@
 # Redis Cluster, bad input (SPEC §10): a seed list that is not a cluster
 # (a plain redis-server), a wrong password, a seed nobody listens on. Each
 # a clear message in the error log and the health document, requests
-# answered by Postgres (BYPASS), never a crash, never a password. And
+# answered by Postgres (BYPASS), never a crash, never a password. Nodes
+# known by host names: their slots to Postgres, said why. And
 # CLUSTERDOWN: the request to Postgres, a failure for the breaker.
 
 use v5.36;
@@ -70,6 +71,32 @@ scenario('a wrong password',
     is($doc->{redis}{breaker}, 'open', 'CLUSTERDOWN: a failure for the breaker (open after one)');
     is($owner->cli('CLUSTER', 'ADDSLOTS', $slot), 'OK', 'the slot back');
     no_alerts($nginx, 'CLUSTERDOWN: no alerts');
+}
+
+# Nodes that announce host names (cluster-preferred-endpoint-type
+# hostname): a worker never resolves a name, so their slots go to
+# Postgres, and the log and the health document say why
+{
+    for my $node ($cluster->nodes) {
+        $node->cli('CONFIG', 'SET', 'cluster-announce-hostname', 'localhost');
+        $node->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname');
+    }
+    my $nginx = site($cluster->url);
+    ok($nginx->wait_for_log(qr/\[error\].*redis cluster: node localhost:\d+ is known by a host name; nginx resolves none at run time \(set cluster-preferred-endpoint-type ip on the nodes\), its slots go to postgres/),
+       'host names: the error log says why');
+    my $r = get('/', cookie => 'session=tok-bad-1');
+    is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // ''), '200 BYPASS',
+       'host names: the request goes to Postgres');
+    my ($h, $doc) = $nginx->health;
+    is($doc->{status}, 'degraded', 'host names: degraded');
+    ok((grep { /redis cluster: node localhost:\d+ known by a host name/ } @{ $doc->{errors} // [] }),
+       'host names: errors[] says why');
+    ok((grep { ($_->{error} // '') =~ /host name/ } @{ $doc->{redis}{cluster}{nodes} // [] }),
+       'host names: the node says why');
+    no_alerts($nginx, 'host names: no alerts');
+    for my $node ($cluster->nodes) {
+        $node->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'ip');
+    }
 }
 
 my $port = free_port();
