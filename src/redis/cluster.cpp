@@ -59,7 +59,16 @@ RedisPool *Cluster::pool_for(std::string_view key)
         return nullptr;
     }
 
-    return by_index_[i]->pool;
+    RedisPool *pool = by_index_[i]->pool;
+
+    /* a master that refused a connection or let it time out: its slots
+     * go to postgres for kDownFor, without a connect() (and its error
+     * line) per request, nor a breaker failure for the others' share */
+    if (pool != nullptr && pool->unreachable_within(kDownFor)) {
+        return nullptr;
+    }
+
+    return pool;
 }
 
 void Cluster::refresh(const char *why)

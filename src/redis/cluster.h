@@ -44,7 +44,8 @@ public:
 
     /* The pool of the master that serves key's slot; nullptr while no
      * reachable master serves it (no map yet, a slot nobody serves, a
-     * master known by a host name). */
+     * master known by a host name, a master whose connection failed less
+     * than kDownFor ago). */
     RedisPool *pool_for(std::string_view key);
 
     /* The seeds' pool: asked for the map when no node answers. */
@@ -85,6 +86,7 @@ public:
     }
 
     static constexpr ngx_msec_t kRefresh = 10000;
+    static constexpr ngx_msec_t kDownFor = 1000;
     static constexpr ngx_msec_t kRetry = 1000;
 
 private:

@@ -212,6 +212,8 @@ static const char kAsking[] = "*1\r\n$6\r\nASKING\r\n";
 void RedisPool::unreachable()
 {
     next_addr_ = (next_addr_ + 1) % conf_->naddrs;
+    unreachable_at_ = ngx_current_msec;
+    unreachable_ = true;
 }
 
 bool RedisPool::on_wire(const RedisConn *rc) const
