@@ -100,6 +100,7 @@ bench: build
 	perl bench/revocation.pl
 	perl bench/revocation-pg.pl
 	perl bench/fleet.pl
+	perl bench/cluster.pl
 
 bench-revocation: build
 	./bench/setup.sh
@@ -112,6 +113,7 @@ bench-revocation-pg: build
 bench-fleet: build
 	./bench/setup.sh
 	perl bench/fleet.pl
+	perl bench/cluster.pl
 
 clean:
 	rm -rf build

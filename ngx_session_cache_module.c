@@ -1479,17 +1479,6 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
             return NGX_CONF_ERROR;
         }
 #endif
-
-        /* SPEC §10 asks for a listener per master, dropping L1 on any
-         * change of the map: not built yet */
-        if (smcf->redis.cluster) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "session_cache_l1: tracking=on (the default) "
-                               "is not available with redis-cluster:// yet; "
-                               "write tracking=off (ttl= is then the "
-                               "revocation bound)");
-            return NGX_CONF_ERROR;
-        }
     }
 
     if (ngx_http_session_cache_l1_zone(cf, smcf) != NGX_CONF_OK) {

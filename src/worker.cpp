@@ -4,6 +4,7 @@
 #include "metrics/metrics.h"
 #include "pg/pg_listener.h"
 #include "redis/cluster.h"
+#include "redis/cluster_listener.h"
 #include "redis/redis_listener.h"
 #include "redis/sentinel.h"
 
@@ -64,7 +65,11 @@ ngx_http_session_cache_init_worker(ngx_cycle_t                        *cycle,
             pg = new PgPool(cycle, &smcf->pg, &smcf->query);
         }
 
-        listener_start(cycle, smcf);
+        if (cluster) {
+            cluster_listener_start(cycle, smcf, cluster);
+        } else {
+            listener_start(cycle, smcf);
+        }
         revocation_start(cycle, smcf);
 
     } catch (const std::exception &e) {
@@ -82,6 +87,7 @@ extern "C" void ngx_http_session_cache_exit_worker(ngx_cycle_t *cycle)
 
     try {
         listener_stop();
+        cluster_listener_stop();
         revocation_stop(); /* before the pools: it sends through Redis's */
         if (cluster) {
             delete cluster; /* and its seeds' pool, redis */

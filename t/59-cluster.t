@@ -3,8 +3,8 @@
 # answered right, a HIT read from the master that owns its key (that
 # node's GET count moves, no other's), cache fills land on the owner; the
 # health document shows the cluster (nodes, slots, node pools) in JSON and
-# Prometheus; session_cache_l1 with tracking=on is refused at nginx -t,
-# tracking=off works; the URL's errors and masking at nginx -t.
+# Prometheus; session_cache_l1 tracking=off works (tracking=on: t/63);
+# the URL's errors and masking at nginx -t.
 
 use v5.36;
 use Test::More;
@@ -111,11 +111,6 @@ no_alerts($nginx);
 # --- L1 ---------------------------------------------------------------------
 
 {
-    my ($rc, $out) = check_config(http => site(http => 'session_cache_l1 size=1m;'));
-    isnt($rc, 0, 'session_cache_l1 with tracking=on (the default) and a cluster: nginx -t fails');
-    like($out, qr/session_cache_l1: tracking=on \(the default\) is not available with redis-cluster:\/\/ yet; write tracking=off/,
-         'nginx -t says why and what to write');
-
     my $n = start_nginx(http => site(http => 'session_cache_l1 size=1m tracking=off ttl=10s;'));
     $n->wait_for_log(qr/redis cluster: slot map loaded/);
     my $t = $tokens[0];

@@ -4,7 +4,8 @@
 # timeout, BYPASS), the other masters keep answering HIT and a location
 # without auth_session is not slowed at all (the non-blocking proof); a
 # master killed: its tokens go to Postgres (BYPASS, never a 401 or a 503),
-# the others stay HIT, and the cluster breaker stays closed.
+# the others stay HIT, the cluster breaker stays closed, and the dead
+# master is tried once a second, not on every request.
 
 use v5.36;
 use Test::More;
@@ -74,6 +75,8 @@ ok(wait_until(sub { check($lost[0]) eq "200 HIT user-$lost[0]" }, 10, 0.1, 'HIT 
 # --- a master killed ------------------------------------------------------------
 
 $victim->kill;
+my $log = $nginx->log_size;
+my $t0 = time;
 for my $round (1 .. 3) {
     my @lost_now = map { check($_) } @lost;
     my @kept_now = map { check($_) } @kept;
@@ -81,6 +84,16 @@ for my $round (1 .. 3) {
        "round $round: the dead master's tokens go to Postgres (BYPASS)");
     is(scalar(grep { $kept_now[$_] eq "200 HIT user-$kept[$_]" } 0 .. $#kept), scalar @kept,
        "round $round: the others stay HIT");
+}
+
+{
+    # a refused connection keeps its master's slots away from Redis for
+    # a second: one connect() (and one error line) a second, not one per
+    # request
+    my $secs = time - $t0;
+    my $lines = $nginx->log_count(qr/connect\(\) failed/, $log);
+    cmp_ok($lines, '<=', 2 + int($secs), sprintf('%d requests for the dead master, %d connect() errors in %.1f s',
+                                                3 * @lost, $lines, $secs));
 }
 
 my ($r, $doc) = $nginx->health;

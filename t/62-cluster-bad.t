@@ -1,7 +1,9 @@
 # Redis Cluster, bad input (SPEC §10): a seed list that is not a cluster
 # (a plain redis-server), a wrong password, a seed nobody listens on. Each
 # a clear message in the error log and the health document, requests
-# answered by Postgres (BYPASS), never a crash, never a password.
+# answered by Postgres (BYPASS), never a crash, never a password. Nodes
+# known by host names: their slots to Postgres, said why. And
+# CLUSTERDOWN: the request to Postgres, a failure for the breaker.
 
 use v5.36;
 use Test::More;
@@ -48,6 +50,54 @@ scenario('a wrong password',
          $cluster->url(password => 'not-the-pw'),
          qr/\[error\].*redis cluster: no slot map: CLUSTER SLOTS: AUTH refused: WRONGPASS/,
          qr/AUTH refused: WRONGPASS/);
+
+# CLUSTERDOWN (a slot no master serves, the map not refreshed yet): the
+# request goes to Postgres, and the call counts as a failure for the
+# breaker (which one failure opens here)
+{
+    my $nginx = start_nginx(workers => 1, http => protected_site(
+        redis    => $cluster->url . ' pool=2 connect_timeout=300ms timeout=300ms',
+        postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=2s',
+        http     => 'session_cache_breaker errors=0% min_requests=1 cooldown=60s;',
+        server   => 'location = /health { session_cache_health; }'));
+    $nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/);
+    my $owner = $cluster->owner_of_key('session:tok-bad-1');
+    my $slot  = $cluster->keyslot('session:tok-bad-1');
+    is($owner->cli('CLUSTER', 'DELSLOTS', $slot), 'OK', 'CLUSTERDOWN: the slot unassigned on its master');
+    my $r = get('/', cookie => 'session=tok-bad-1');
+    is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // ''), '200 BYPASS',
+       'CLUSTERDOWN: the request goes to Postgres');
+    my (undef, $doc) = $nginx->health;
+    is($doc->{redis}{breaker}, 'open', 'CLUSTERDOWN: a failure for the breaker (open after one)');
+    is($owner->cli('CLUSTER', 'ADDSLOTS', $slot), 'OK', 'the slot back');
+    no_alerts($nginx, 'CLUSTERDOWN: no alerts');
+}
+
+# Nodes that announce host names (cluster-preferred-endpoint-type
+# hostname): a worker never resolves a name, so their slots go to
+# Postgres, and the log and the health document say why
+{
+    for my $node ($cluster->nodes) {
+        $node->cli('CONFIG', 'SET', 'cluster-announce-hostname', 'localhost');
+        $node->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname');
+    }
+    my $nginx = site($cluster->url);
+    ok($nginx->wait_for_log(qr/\[error\].*redis cluster: node localhost:\d+ is known by a host name; nginx resolves none at run time \(set cluster-preferred-endpoint-type ip on the nodes\), its slots go to postgres/),
+       'host names: the error log says why');
+    my $r = get('/', cookie => 'session=tok-bad-1');
+    is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // ''), '200 BYPASS',
+       'host names: the request goes to Postgres');
+    my ($h, $doc) = $nginx->health;
+    is($doc->{status}, 'degraded', 'host names: degraded');
+    ok((grep { /redis cluster: node localhost:\d+ known by a host name/ } @{ $doc->{errors} // [] }),
+       'host names: errors[] says why');
+    ok((grep { ($_->{error} // '') =~ /host name/ } @{ $doc->{redis}{cluster}{nodes} // [] }),
+       'host names: the node says why');
+    no_alerts($nginx, 'host names: no alerts');
+    for my $node ($cluster->nodes) {
+        $node->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'ip');
+    }
+}
 
 my $port = free_port();
 scenario('nothing listening',

@@ -387,7 +387,7 @@ static void send_fill(Ctx *ctx, FillTracker::Fill *fill, std::string_view value,
                 {"SET", view(ctx->key), value, "EX", std::to_string(seconds)},
                 done, data, &error);
         } else {
-            error = "no redis node serves the key's slot";
+            error = "no reachable redis node serves the key's slot";
         }
 
     } catch (const std::exception &e) {
@@ -866,7 +866,7 @@ static ngx_int_t start(ngx_http_request_t                       *r,
 
     } else if (redis_pool()) {
         RedisPool  *redis = redis_pool_for(view(ctx->key));
-        const char *error = "no redis node serves the key's slot";
+        const char *error = "no reachable redis node serves the key's slot";
         ctx->redis_job = redis ? redis->submit({"GET", view(ctx->key)},
                                                on_redis, ctx, &error)
                                : nullptr;

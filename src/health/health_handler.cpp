@@ -380,7 +380,7 @@ void redis_send(HealthCtx *ctx)
     ctx->redis_job = nullptr;
 
     if (pool == nullptr) {
-        error = "no redis cluster node serves the probe key's slot";
+        error = "no reachable redis cluster node serves the probe key's slot";
     } else {
         ctx->redis_job =
             pool->submit_probe(std::move(cmd), on_redis, ctx, &error);

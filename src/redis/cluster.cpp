@@ -59,7 +59,16 @@ RedisPool *Cluster::pool_for(std::string_view key)
         return nullptr;
     }
 
-    return by_index_[i]->pool;
+    RedisPool *pool = by_index_[i]->pool;
+
+    /* a master that refused a connection or let it time out: its slots
+     * go to postgres for kDownFor, without a connect() (and its error
+     * line) per request, nor a breaker failure for the others' share */
+    if (pool != nullptr && pool->unreachable_within(kDownFor)) {
+        return nullptr;
+    }
+
+    return pool;
 }
 
 void Cluster::refresh(const char *why)
@@ -225,6 +234,7 @@ void Cluster::apply(std::unique_ptr<SlotMap> map)
 
     map_ = std::move(map);
     by_index_ = std::move(by_index);
+    generation_++;
 
     ngx_uint_t level = first ? NGX_LOG_NOTICE : NGX_LOG_INFO;
 
@@ -235,6 +245,10 @@ void Cluster::apply(std::unique_ptr<SlotMap> map)
                   map_->covered());
 
     publish();
+
+    if (!first && topology_ != nullptr) {
+        topology_(topology_data_);
+    }
 }
 
 /* The node known by address, made when new: its pool, unless its address

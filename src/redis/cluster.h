@@ -44,7 +44,8 @@ public:
 
     /* The pool of the master that serves key's slot; nullptr while no
      * reachable master serves it (no map yet, a slot nobody serves, a
-     * master known by a host name). */
+     * master known by a host name, a master whose connection failed less
+     * than kDownFor ago). */
     RedisPool *pool_for(std::string_view key);
 
     /* The seeds' pool: asked for the map when no node answers. */
@@ -73,7 +74,19 @@ public:
      * and Redis's error-code words; never a password. */
     const std::string &error() const { return error_; }
 
+    /* The map's number: it grows with every change of the map. */
+    std::uint64_t generation() const { return generation_; }
+
+    /* Told of every change of the map but the first (the L1 listener:
+     * drop L1 on any change of topology, SPEC §10). */
+    void on_topology(void (*fn)(void *data), void *data)
+    {
+        topology_ = fn;
+        topology_data_ = data;
+    }
+
     static constexpr ngx_msec_t kRefresh = 10000;
+    static constexpr ngx_msec_t kDownFor = 1000;
     static constexpr ngx_msec_t kRetry = 1000;
 
 private:
@@ -107,6 +120,10 @@ private:
     std::string logged_; /* the last error logged */
     ngx_event_t timer_;
     bool        stopping_ = false;
+
+    std::uint64_t generation_ = 0;
+    void (*topology_)(void *data) = nullptr;
+    void *topology_data_ = nullptr;
 };
 
 } // namespace session_cache

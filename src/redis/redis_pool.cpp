@@ -291,6 +291,8 @@ void RedisPool::unreachable()
     if (conf_->naddrs) { /* sentinel://: the master's, asked for */
         next_addr_ = (next_addr_ + 1) % conf_->naddrs;
     }
+    unreachable_at_ = ngx_current_msec;
+    unreachable_ = true;
 }
 
 bool RedisPool::on_wire(const RedisConn *rc) const
@@ -785,12 +787,21 @@ bool RedisPool::replies(RedisConn *rc)
             continue;
         }
 
-        if (reply.type == REDIS_REPLY_ERROR && redirect_ != nullptr
-            && redirect_(cluster_, this, job,
-                         std::string_view(reply.str, reply.len)))
-        {
-            /* MOVED or ASK: the job runs on elsewhere */
-            continue;
+        if (reply.type == REDIS_REPLY_ERROR && redirect_ != nullptr) {
+            std::string_view code(reply.str, reply.len);
+
+            if (redirect_(cluster_, this, job, code)) {
+                /* MOVED or ASK: the job runs on elsewhere */
+                continue;
+            }
+
+            /* the cluster cannot answer now: a failure, for the breaker
+             * too (any other error reply is an answer) */
+            if (code == "TRYAGAIN" || code == "CLUSTERDOWN") {
+                finish(job, nullptr,
+                       code == "TRYAGAIN" ? "TRYAGAIN" : "CLUSTERDOWN");
+                continue;
+            }
         }
 
         ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &rc->log, 0,

@@ -17,7 +17,8 @@ namespace session_cache {
 
 namespace {
 
-constexpr char kExpected[] = "expected redis://, rediss:// or unix:";
+constexpr char kExpected[] =
+    "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://";
 
 /* sizeof(sockaddr_un::sun_path) on Linux, less the terminating NUL */
 constexpr std::size_t kMaxSocketPath = 107;

@@ -261,12 +261,12 @@ test_unix_forms(void **)
 void
 test_errors(void **)
 {
-    REFUSED("", "expected redis://, rediss:// or unix:");
+    REFUSED("", "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://");
     REFUSED("http://h:6379", "unknown scheme \"http\"");
     REFUSED("https://h", "unknown scheme \"https\"");
     REFUSED("redis+sentinel://h", "unknown scheme \"redis+sentinel\"");
-    REFUSED("localhost:6379", "expected redis://, rediss:// or unix:");
-    REFUSED("localhost", "expected redis://, rediss:// or unix:");
+    REFUSED("localhost:6379", "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://");
+    REFUSED("localhost", "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://");
     REFUSED("redis:/h", "expected redis://");
     REFUSED("redis:h", "expected redis://");
     REFUSED("//h:6379", "expected redis://");
