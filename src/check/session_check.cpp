@@ -36,6 +36,7 @@
 
 #include "l1/l1_zone.h"
 #include "metrics/metrics.h"
+#include "pg/pg_listener.h"
 #include "redis/resp.h"
 #include "check/fill_tracker.h"
 #include "check/session_value.h"
@@ -715,7 +716,15 @@ static ngx_int_t postgres_answered(Ctx *ctx, const PgRow *row,
     }
 
     std::string value;
-    if (encode_session(s, &value)) {
+
+    if (revoked_since(view(ctx->token), row->asked_at)) {
+        /* read before a revocation's commit, answered after it (SPEC §9):
+         * this request was made before, the caches must not keep it */
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->r->connection->log, 0,
+                       "session_cache: a revocation came since the query "
+                       "was sent: the answer is not cached");
+
+    } else if (encode_session(s, &value)) {
         cache_write(ctx, value, cache_seconds(ctx->smcf->ttl, s, ngx_time()),
                     &s);
         l1_fill(ctx, false, value, s.has_expiry, s.expires_at);

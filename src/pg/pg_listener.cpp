@@ -86,6 +86,13 @@ struct Shared {
     std::uint64_t ignored;
     std::uint64_t reconnects;
     char          reason[160];
+
+    /* When a notification last revoked a token of each race bucket (the
+     * L1 buckets: l1::race_bucket), and every token ("*", or listening
+     * again after a loss): ngx_current_msec, which every worker reads off
+     * the same monotonic clock. See revoked_since(). */
+    ngx_atomic_t revoked_at[l1::kRaceBuckets];
+    ngx_atomic_t revoked_all_at;
 };
 
 /* the query in flight on the connection */
@@ -358,12 +365,24 @@ bool send_query(Listener *l, const char *sql, Query q)
     return true;
 }
 
+/* A revocation at this moment, of token's bucket or (token empty) of
+ * every token: cache fills read before it are not written. */
+void revoked_now(Listener *l, std::string_view token)
+{
+    ngx_atomic_t *at =
+        token.empty() ? &l->sh->revoked_all_at
+                      : &l->sh->revoked_at[l1::race_bucket(l1::hash(token))];
+
+    __atomic_store_n(at, ngx_current_msec, __ATOMIC_RELEASE);
+}
+
 /* LISTEN answered: notifications flow from here on. */
 void listening(Listener *l)
 {
     set_state(l, State::Listening, "");
 
     if (l->lost) {
+        revoked_now(l, {});
         /* whatever was revoked while it was away is unknown */
         l1::flush(l1::FlushReason::RevocationLost, &l->log);
         count(&l->sh->reconnects);
@@ -456,6 +475,7 @@ void notified(Listener *l, const PGnotify *n)
     switch (revocation::classify(payload)) {
     case revocation::Payload::Token: {
         count(&l->sh->revoked);
+        revoked_now(l, payload); /* before the DEL: no fill after it */
         drop(l, payload);
 
         /* once more later, for a Postgres answer read before the commit
@@ -473,6 +493,7 @@ void notified(Listener *l, const PGnotify *n)
 
     case revocation::Payload::All:
         count(&l->sh->flushes);
+        revoked_now(l, {});
         l1::flush(l1::FlushReason::Revocation, &l->log);
         ngx_log_error(NGX_LOG_INFO, &l->log, 0,
                       "session_cache: revocation of every session (\"*\"): "
@@ -940,6 +961,26 @@ void revocation_stop()
     delete l;
 }
 
+bool revoked_since(std::string_view token, ngx_msec_t asked_at)
+{
+    const auto *rc = zone_conf;
+
+    if (rc == nullptr || rc->shared == nullptr) {
+        return false; /* no revocation listener: nothing is known */
+    }
+
+    auto *sh = static_cast<Shared *>(rc->shared);
+
+    ngx_msec_t all = __atomic_load_n(&sh->revoked_all_at, __ATOMIC_ACQUIRE);
+    ngx_msec_t one = __atomic_load_n(
+        &sh->revoked_at[l1::race_bucket(l1::hash(token))], __ATOMIC_ACQUIRE);
+
+    /* at or after: a revocation in the same millisecond as the query
+     * counts (0: never revoked) */
+    return (all != 0 && static_cast<ngx_msec_int_t>(all - asked_at) >= 0)
+           || (one != 0 && static_cast<ngx_msec_int_t>(one - asked_at) >= 0);
+}
+
 RevocationFigures revocation_figures()
 {
     RevocationFigures f;
@@ -1012,9 +1053,13 @@ ngx_http_session_cache_revocation_zone(ngx_conf_t                         *cf,
         return NGX_CONF_OK;
     }
 
-    /* the lease, the state and five counters: the smallest slab zone */
-    rc->zone = ngx_shared_memory_add(cf, &name, 8 * ngx_pagesize,
-                                     &ngx_http_session_cache_module);
+    /* the lease, the state, five counters and the revocation times by
+     * bucket, with room for the slab allocator's own pages */
+    rc->zone = ngx_shared_memory_add(
+        cf, &name,
+        ngx_align(sizeof(session_cache::Shared), ngx_pagesize)
+            + 8 * ngx_pagesize,
+        &ngx_http_session_cache_module);
     if (rc->zone == nullptr) {
         return static_cast<char *>(NGX_CONF_ERROR);
     }

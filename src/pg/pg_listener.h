@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace session_cache {
 
@@ -44,5 +45,17 @@ struct RevocationFigures {
 };
 
 RevocationFigures revocation_figures();
+
+/*
+ * The race of a cache fill with a revocation: a request whose query read
+ * the session before the commit gets its answer after the notification
+ * and its DEL; written into Redis then, the revoked session would be
+ * served again for session_cache_ttl. True when a notification (of
+ * token, of a token sharing its bucket, "*", or a loss of the listener)
+ * came at or after asked_at, the moment the query that read the session
+ * was sent: do not write that answer into any cache. False without
+ * session_cache_revocation.
+ */
+bool revoked_since(std::string_view token, ngx_msec_t asked_at);
 
 } // namespace session_cache

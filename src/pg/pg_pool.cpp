@@ -226,7 +226,8 @@ PgPool::PgPool(ngx_cycle_t *cycle, const ngx_http_session_cache_pg_conf_t *conf,
 }
 
 /* the pool on the primary: its figures are not the backend's */
-static void unpublished(void *) {}
+static void unpublished(void *)
+{}
 
 PgPool::PgPool(ngx_cycle_t *cycle, std::unique_ptr<Options> opts,
                std::string query, bool primary)
@@ -1034,6 +1035,7 @@ void PgPool::send(PgConn *pc, PgJob *job)
                    "for call %p",
                    pc, job->health ? "SELECT 1" : "the session query", job);
 
+    job->sent_at = ngx_current_msec;
     enter(pc, PgConn::Querying, job->health);
     pc->flushing = true;
     busy(pc);
@@ -1303,6 +1305,7 @@ void PgPool::completed(PgConn *pc)
         std::string_view(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0));
     row.has_expiry = false;
     row.expires_at = 0;
+    row.asked_at = job->sent_at;
 
     if (PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1)) {
         if (!parse_integer(std::string_view(PQgetvalue(res, 0, 1)),

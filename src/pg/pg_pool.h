@@ -41,6 +41,9 @@ struct PgRow {
     std::string_view server_version; /* a probe: the server's version */
     std::string_view query_error;    /* a probe: why the session query
                                       * cannot be prepared, or empty */
+    ngx_msec_t       asked_at = 0;   /* when the query that read it was
+                                      * sent (ngx_current_msec): see
+                                      * revoked_since() */
     /* a probe: the server it ran on (SPEC §11) */
     std::string_view host;
     std::string_view port;
@@ -74,6 +77,7 @@ struct PgJob : PoolJob<PgConn, PgRow> {
     std::string token;          /* unused by a probe */
     bool        health = false; /* the health probe's query (probe alone:
                                  * a session query the breaker ignores) */
+    ngx_msec_t  sent_at = 0;    /* when it went to Postgres */
 };
 
 using PgDone = PgJob::Done;
