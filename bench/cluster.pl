@@ -1,11 +1,13 @@
 #!/usr/bin/env perl
 # Redis Cluster's hit path (SPEC §10, issue 14): the module against a
-# three-master cluster (redis-cli --cluster create, no replicas, no L1)
-# next to the module against one Redis, in one run: two nginx, one worker
-# each, the same sessions cached in both stores, wrk on each in turn
-# (BENCH_ROUNDS rounds, the best run of each counts). Prints the table,
-# the ratio cluster / single and whether the target (>= 0.9) is met. It
-# reports; it does not fail on a missed target.
+# three-master cluster (redis-cli --cluster create, no replicas) next to
+# the module against one Redis, in one run, without L1 and then with L1
+# (session_cache_l1 tracking=on: one invalidation listener per master for
+# the cluster): four nginx, one worker each, the same sessions cached in
+# both stores, wrk on each in turn (BENCH_ROUNDS rounds, the best run of
+# each counts). Prints the table, the ratios cluster / single and whether
+# the target (>= 0.9) is met. It reports; it does not fail on a missed
+# target.
 #
 #   perl bench/cluster.pl
 #   BENCH_DURATION=5 BENCH_CONNECTIONS=32 BENCH_ROUNDS=3 perl bench/cluster.pl
@@ -84,8 +86,10 @@ for my $port (keys %files) {
     die "seeding $port failed: $out" unless $out =~ /errors: 0/;
 }
 
-sub site ($url) {
+sub site ($url, $l1) {
+    my $l1_line = $l1 ? 'session_cache_l1 size=64m ttl=30s;' : '';
     return <<~"NGX";
+        $l1_line
         session_cache_redis    $url pool=$POOL connect_timeout=1s timeout=200ms;
         session_cache_postgres "${\ $pg->dsn }" pool=4 connect_timeout=2s timeout=1s;
         server {
@@ -101,16 +105,24 @@ sub site ($url) {
         NGX
 }
 
+my @SCENARIOS = qw(single cluster single_l1 cluster_l1);
 my %nginx;
-for (['single', $redis->url], ['cluster', $cluster->url]) {
-    my ($name, $url) = @$_;
+for (['single', $redis->url, 0], ['cluster', $cluster->url, 0],
+     ['single_l1', $redis->url, 1], ['cluster_l1', $cluster->url, 1]) {
+    my ($name, $url, $l1) = @$_;
     my $n = new_nginx(workers => 1);
     $n->write_html('app/index.html', "ok\n");
-    $n->start(workers => 1, http => site($url));
+    $n->start(workers => 1, http => site($url, $l1));
     $nginx{$name} = $n;
 }
-$nginx{cluster}->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/)
-    or die "the cluster's slot map did not load\n" . $nginx{cluster}->error_log;
+for my $name (qw(cluster cluster_l1)) {
+    $nginx{$name}->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/)
+        or die "$name: the cluster's slot map did not load\n" . $nginx{$name}->error_log;
+}
+for my $name (qw(single_l1 cluster_l1)) {
+    wait_until(sub { my (undef, $d) = $nginx{$name}->health; $d && $d->{l1}{armed} }, 20)
+        or die "$name: L1 not armed\n" . $nginx{$name}->error_log;
+}
 
 for my $name (sort keys %nginx) {
     for my $i (1, 2, $N) {
@@ -155,12 +167,12 @@ sub wrk_run ($n, %o) {
 }
 
 say 'warm-up (1s each)...';
-wrk_run($nginx{$_}, duration => 1) for qw(single cluster);
+wrk_run($nginx{$_}, duration => 1) for @SCENARIOS;
 
 my (%best, %cpu);
 for my $round (1 .. $ROUNDS) {
     say "round $round:";
-    for my $name (qw(single cluster)) {
+    for my $name (@SCENARIOS) {
         my $r = wrk_run($nginx{$name});
         printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d  "
              . "worker cpu %.2f us/req\n",
@@ -173,6 +185,11 @@ for my $round (1 .. $ROUNDS) {
 
 my (undef, $doc) = $nginx{cluster}->health;
 my $cl = $doc->{redis}{cluster} // {};
+my %l1;
+for my $name (qw(single_l1 cluster_l1)) {
+    my (undef, $d) = $nginx{$name}->health;
+    $l1{$name} = $d->{l1} // {};
+}
 my @alerts;
 for my $n (values %nginx) {
     push @alerts, grep { /\[(alert|emerg|crit)\]/ } split /\n/, $n->error_log;
@@ -188,13 +205,25 @@ printf "| %s | %.0f | %.3f | %.3f | %d | %.2f |\n", $_->[1], $best{ $_->[0] }{rp
     $best{ $_->[0] }{p50_us} / 1000, $best{ $_->[0] }{p99_us} / 1000,
     $best{ $_->[0] }{status}, $cpu{ $_->[0] }
     for ['single', '(b) one Redis, all sessions cached'],
-        ['cluster', '(f) Redis Cluster, 3 masters, all sessions cached'];
+        ['cluster', '(f) Redis Cluster, 3 masters, all sessions cached'],
+        ['single_l1', '(e) one Redis, L1 (tracking=on)'],
+        ['cluster_l1', '(g) Redis Cluster, 3 masters, L1 (tracking=on)'];
 say '';
-my $ratio = $best{cluster}{rps} / $best{single}{rps};
-printf "cluster / single: %.3f (target >= 0.9: %s)\n", $ratio,
-    $ratio >= 0.9 ? 'met' : 'MISSED';
-printf "worker CPU per request, cluster / single: %.3f (lowest of each)\n",
-    $cpu{cluster} / ($cpu{single} || 1);
+for (['', 'cluster', 'single'], [' with L1', 'cluster_l1', 'single_l1']) {
+    my ($what, $c, $s) = @$_;
+    my $ratio = $best{$c}{rps} / $best{$s}{rps};
+    printf "cluster / single%s: %.3f (target >= 0.9: %s)\n", $what, $ratio,
+        $ratio >= 0.9 ? 'met' : 'MISSED';
+    printf "worker CPU per request, cluster / single%s: %.3f (lowest of each)\n",
+        $what, $cpu{$c} / ($cpu{$s} || 1);
+}
 printf "cluster: %d MOVED, %d ASK, %d of 16384 slots\n", $cl->{moved} // -1,
     $cl->{ask} // -1, $cl->{slotsCovered} // -1;
+for my $name (qw(single_l1 cluster_l1)) {
+    my $l = $l1{$name};
+    my $f = $l->{flushes} // {};
+    printf "%s: L1 armed %s, %d hits, %d entries, flushes: %s\n", $name,
+        $l->{armed} ? 'yes' : 'no', $l->{hits} // -1, $l->{entries} // -1,
+        join(', ', map { "$_ $f->{$_}" } grep { $f->{$_} } sort keys %$f) || 'none';
+}
 say 'alerts: ' . (@alerts ? join("\n", @alerts) : 'none');
