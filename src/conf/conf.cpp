@@ -161,6 +161,37 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 }
 
 /*
+ * What every connection sends first (AUTH, SELECT; a cluster has database 0
+ * only, so never SELECT), and the URL as logs and the health document show
+ * it, password masked.
+ */
+static char *handshake(ngx_conf_t *cf, const RedisUrl &url,
+                       ngx_http_session_cache_redis_conf_t *rcf)
+{
+    std::string hs;
+
+    if (!url.password.empty()) {
+        if (url.user.empty()) {
+            resp_append(&hs, {"AUTH", url.password});
+        } else {
+            resp_append(&hs, {"AUTH", url.user, url.password});
+        }
+    }
+
+    if (url.db != 0) {
+        resp_append(&hs, {"SELECT", std::to_string(url.db)});
+    }
+
+    if (!copy_str(cf, hs, &rcf->handshake)
+        || !copy_str(cf, mask_redis_url(url), &rcf->backend.display))
+    {
+        return const_cast<char *>("out of memory");
+    }
+
+    return NGX_CONF_OK;
+}
+
+/*
  * redis-cluster://: every seed resolved here, their addresses one list
  * (a name may give several); the nodes themselves come from CLUSTER
  * SLOTS at run time.
@@ -196,23 +227,7 @@ static char *cluster_seeds(ngx_conf_t *cf, const RedisUrl &url,
     rcf->naddrs = addrs.size();
     rcf->cluster = 1;
 
-    std::string hs;
-
-    if (!url.password.empty()) {
-        if (url.user.empty()) {
-            resp_append(&hs, {"AUTH", url.password});
-        } else {
-            resp_append(&hs, {"AUTH", url.user, url.password});
-        }
-    }
-
-    if (!copy_str(cf, hs, &rcf->handshake)
-        || !copy_str(cf, mask_redis_url(url), &rcf->backend.display))
-    {
-        return const_cast<char *>("out of memory");
-    }
-
-    return NGX_CONF_OK;
+    return handshake(cf, url, rcf);
 }
 
 static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
@@ -257,46 +272,12 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
     rcf->addrs = u.addrs;
     rcf->naddrs = u.naddrs;
 
-    std::string hs;
-
-    if (!url.password.empty()) {
-        if (url.user.empty()) {
-            resp_append(&hs, {"AUTH", url.password});
-        } else {
-            resp_append(&hs, {"AUTH", url.user, url.password});
-        }
-    }
-
-    if (url.db != 0) {
-        resp_append(&hs, {"SELECT", std::to_string(url.db)});
-    }
-
-    if (!copy_str(cf, hs, &rcf->handshake)
-        || !copy_str(cf, mask_redis_url(url), &rcf->backend.display))
-    {
-        return const_cast<char *>("out of memory");
-    }
-
-    return NGX_CONF_OK;
+    return handshake(cf, url, rcf);
 }
 
 static bool is_socket_dir(const std::string &host)
 {
     return host.empty() || host[0] == '/' || host[0] == '@';
-}
-
-static std::string join(const std::vector<std::string> &parts)
-{
-    std::string s;
-
-    for (std::size_t i = 0; i < parts.size(); i++) {
-        if (i) {
-            s += ',';
-        }
-        s += parts[i];
-    }
-
-    return s;
 }
 
 /*
@@ -364,9 +345,9 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
         }
     }
 
-    if (!ci->set("host", join(out_hosts))
-        || !ci->set("hostaddr", join(out_addrs))
-        || (ports.size() > 1 && !ci->set("port", join(out_ports))))
+    if (!ci->set("host", join_hosts(out_hosts))
+        || !ci->set("hostaddr", join_hosts(out_addrs))
+        || (ports.size() > 1 && !ci->set("port", join_hosts(out_ports))))
     {
         return const_cast<char *>("out of memory");
     }
