@@ -697,11 +697,8 @@ void on_tick(ngx_event_t *ev)
         }
     });
 
-    if (self != nullptr && !self->tick.timer_set && !ngx_exiting && !ngx_quit
-        && !ngx_terminate)
-    {
-        ngx_add_timer(&self->tick, revocation::kHeartbeatInterval);
-    }
+    l1::keep_ticking(self ? &self->tick : nullptr,
+                     revocation::kHeartbeatInterval);
 }
 
 /* The pool's keywords with the listener's own: application_name, and

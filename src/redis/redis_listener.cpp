@@ -26,6 +26,7 @@
 
 #include "guarded.h"
 #include "l1/l1_zone.h"
+#include "l1/lease_slot.h"
 #include "redis/resp.h"
 
 namespace session_cache {
@@ -618,11 +619,7 @@ void on_tick(ngx_event_t *ev)
         }
     });
 
-    if (self != nullptr && !self->tick.timer_set && !ngx_exiting && !ngx_quit
-        && !ngx_terminate)
-    {
-        ngx_add_timer(&self->tick, l1::kPingInterval);
-    }
+    l1::keep_ticking(self ? &self->tick : nullptr, l1::kPingInterval);
 }
 
 } // namespace
