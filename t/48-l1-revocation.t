@@ -51,12 +51,10 @@ my $rc = SessionCache::RedisConn->new($redis->port);
     } @all);
 }
 
-my $nginx = start_nginx(workers => 2, http => protected_site(
-    redis    => $redis->url . ' pool=4 connect_timeout=300ms timeout=500ms',
-    postgres => '"' . $pg->dsn . '" pool=4 connect_timeout=1s timeout=2s',
-    http     => 'session_cache_l1 size=4m ttl=60s;',
-    protect  => 'add_header X-Session-Layer $session_cache_layer always;',
-    server   => 'location = /health { session_cache_health; }'));
+my $nginx = start_nginx(workers => 2, http => SessionCache::Test::revocation_site(
+    redis => $redis, redis_opts => 'pool=4 connect_timeout=300ms timeout=500ms',
+    pg    => $pg,    pg_opts    => 'pool=4 connect_timeout=1s timeout=2s',
+    l1    => '4m',   revocation => 0));
 
 sub l1 () { my ($r, $d) = $nginx->health; return $d->{l1} // {} }
 
@@ -67,13 +65,7 @@ my %revoked;    # token -> time the DEL or the overwrite was sent
 my @lags;       # seconds, DEL sent to the first 401 received
 my @failed;     # descriptions of broken promises, for diagnostics
 
-sub probe ($t) {
-    my $r = get('/', cookie => "session=$t");
-    my $a = { t0 => $r->{t0}, t1 => $r->{t1}, status => $r->{status},
-              layer => $r->{headers}{'x-session-layer'} // '-', by => 'test' };
-    push @{ $answers{$t} }, $a;
-    return $a;
-}
+sub probe ($t) { SessionCache::Test::probe_layer(\%answers, $t) }
 
 my $t_start = time;
 my ($warm_probes, $revoke_probes, $load_answers) = (0, 0, 0);
@@ -146,29 +138,9 @@ my $took = time - $t_start;
 
 # --- the promises, per token -----------------------------------------------------
 
-my ($after_401, $before_revocation) = (0, 0);
-for my $t (@all) {
-    my @a = @{ $answers{$t} // [] };
-    my $rev = $revoked{$t};
-    for my $a (grep { $_->{status} != 200 && $_->{status} != 401 } @a) {
-        push @failed, "$t: status $a->{status} ($a->{by})";
-    }
-    # refused only once revoked (a request sent before and answered
-    # after may be answered either way)
-    for my $a (grep { $_->{t1} < ($rev // 9e9) } @a) {
-        $before_revocation++;
-        push @failed, sprintf "%s: %d before its revocation (%s, layer %s)",
-            $t, $a->{status}, $a->{by}, $a->{layer} if $a->{status} != 200;
-    }
-    my ($first) = sort { $a <=> $b } map { $_->{t1} } grep { $_->{status} == 401 } @a;
-    next unless defined $first;
-    for my $a (grep { $_->{t0} > $first } @a) {
-        $after_401++;
-        push @failed, sprintf "%s: %d (%s, layer %s) %.1f ms after its first 401",
-            $t, $a->{status}, $a->{by}, $a->{layer}, ($a->{t0} - $first) * 1000
-            if $a->{status} != 401;
-    }
-}
+my ($broken, $after_401, $before_revocation) =
+    SessionCache::Test::revocation_promises(\%answers, \%revoked, @all);
+push @failed, @$broken;
 
 is(scalar @lags, scalar @all, scalar(@all) . ' revocations: every token refused');
 ok(!@failed, "no stale answer after a 401, no refusal before the revocation, "

@@ -32,7 +32,7 @@ use Time::HiRes qw(time);
 
 my $redis = start_redis();
 my $pg    = start_postgres();
-$pg->psql(SessionCache::Test::_slurp(repo_dir() . '/contrib/revocation.sql'));
+$pg->install_revocation;
 
 my $PG = '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=2s';
 

@@ -39,7 +39,7 @@ my %sql = (
 
 my $redis = start_redis();
 my $pg    = start_postgres();
-$pg->psql(SessionCache::Test::_slurp(repo_dir() . '/contrib/revocation.sql'));
+$pg->install_revocation;
 
 my @trials;    # [token, kind]
 for my $kind (sort keys %how) {
@@ -62,29 +62,20 @@ $rc->pipeline(map {
     ['SET', "session:$_", qq({"user_id":"u-$_","expires_at":$exp}), 'EX', 300]
 } (map { $_->[0] } @trials), @steady);
 
-my $nginx = start_nginx(workers => 2, http => protected_site(
-    redis    => $redis->url . ' pool=4 connect_timeout=300ms timeout=500ms',
-    postgres => '"' . $pg->dsn . '" pool=4 connect_timeout=1s timeout=2s',
-    http     => "session_cache_l1 size=4m ttl=60s;\n"
-              . 'session_cache_revocation channel=session_cache_revoke;',
-    protect  => 'add_header X-Session-Layer $session_cache_layer always;',
-    server   => 'location = /health { session_cache_health; }'));
+my $nginx = start_nginx(workers => 2, http => SessionCache::Test::revocation_site(
+    redis => $redis, redis_opts => 'pool=4 connect_timeout=300ms timeout=500ms',
+    pg    => $pg,    pg_opts    => 'pool=4 connect_timeout=1s timeout=2s',
+    l1    => '4m'));
 
 sub doc () { my ($r, $d) = $nginx->health; return $d }
-ok(wait_until(sub { my $d = doc(); $d->{l1}{armed} && $d->{revocation}{listening} },
-              15), 'L1 armed, the revocation listener listening')
+sub listening () { SessionCache::Test::revocation_listening($nginx) }
+ok(wait_until(\&listening, 15), 'L1 armed, the revocation listener listening')
     or diag explain doc();
 
 my $db = SessionCache::Psql->new($pg);
 
 my (%answers, %sent, @lags, @failed);
-sub probe ($t) {
-    my $r = get('/', cookie => "session=$t");
-    my $a = { t0 => $r->{t0}, t1 => $r->{t1}, status => $r->{status},
-              layer => $r->{headers}{'x-session-layer'} // '-', by => 'test' };
-    push @{ $answers{$t} }, $a;
-    return $a;
-}
+sub probe ($t) { SessionCache::Test::probe_layer(\%answers, $t) }
 
 my $t_start = time;
 my $load_answers = 0;
@@ -142,23 +133,9 @@ ROUND: for (my $i = 0; $i < @trials; $i += $PER) {
 }
 my $took = time - $t_start;
 
-my $after = 0;
-for my $tr (@trials) {
-    my $t = $tr->[0];
-    my @a = @{ $answers{$t} // [] };
-    push @failed, map { "$t: status $_->{status} ($_->{by})" }
-        grep { $_->{status} != 200 && $_->{status} != 401 } @a;
-    push @failed, map { "$t: $_->{status} before its revocation ($_->{by})" }
-        grep { $_->{t1} < ($sent{$t} // 9e9) && $_->{status} != 200 } @a;
-    my ($first) = sort { $a <=> $b } map { $_->{t1} } grep { $_->{status} == 401 } @a;
-    next unless defined $first;
-    for my $x (grep { $_->{t0} > $first } @a) {
-        $after++;
-        push @failed, sprintf '%s: %d (%s, layer %s) %.1f ms after its first 401',
-            $t, $x->{status}, $x->{by}, $x->{layer}, ($x->{t0} - $first) * 1000
-            if $x->{status} != 401;
-    }
-}
+my ($broken, $after) = SessionCache::Test::revocation_promises(
+    \%answers, \%sent, map { $_->[0] } @trials);
+push @failed, @$broken;
 
 is(scalar @lags, scalar @trials, scalar(@trials) . ' revocations in Postgres: '
    . 'every token refused');
@@ -196,8 +173,7 @@ $nginx->stop;
         http     => qq(session_cache_query "$Q";\nsession_cache_l1 size=1m ttl=60s;\n)
                   . 'session_cache_revocation channel=session_cache_revoke;',
         server   => 'location = /health { session_cache_health; }'));
-    ok(wait_until(sub { my $d = doc(); $d->{l1}{armed} && $d->{revocation}{listening} },
-                  15), 'race: listening');
+    ok(wait_until(\&listening, 15), 'race: listening');
     for my $i (1 .. 3) {
         my $t = "slow-$i-2b7f";
         $pg->add_session($t, "u-slow-$i", 3600);

@@ -16,7 +16,7 @@ my $N = 50;
 
 my $redis = start_redis();
 my $pg    = start_postgres();
-$pg->psql(SessionCache::Test::_slurp(repo_dir() . '/contrib/revocation.sql'));
+$pg->install_revocation;
 
 my @tokens = map { "tok-two-$_-77ab" } 1 .. $N;
 my $exp = int(time + 3600);
@@ -29,18 +29,14 @@ $rc->pipeline(map {
     ['SET', "session:$_", qq({"user_id":"u-$_","expires_at":$exp}), 'EX', 300]
 } @tokens);
 
-my $site = protected_site(
-    redis    => $redis->url . ' pool=2 connect_timeout=300ms timeout=500ms',
-    postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=2s',
-    http     => "session_cache_l1 size=1m ttl=60s;\n"
-              . 'session_cache_revocation channel=session_cache_revoke;',
-    protect  => 'add_header X-Session-Layer $session_cache_layer always;',
-    server   => 'location = /health { session_cache_health; }');
+my $site = SessionCache::Test::revocation_site(
+    redis => $redis, redis_opts => 'pool=2 connect_timeout=300ms timeout=500ms',
+    pg    => $pg,    pg_opts    => 'pool=2 connect_timeout=1s timeout=2s',
+    l1    => '1m');
 my @edges = map { start_nginx(workers => 2, http => $site) } 1 .. 2;
 
 for my $e (@edges) {
-    ok(wait_until(sub { my (undef, $d) = $e->health;
-                        $d->{l1}{armed} && $d->{revocation}{listening} }, 15),
+    ok(wait_until(sub { SessionCache::Test::revocation_listening($e) }, 15),
        'edge ' . $e->port . ': L1 armed, listening');
 }
 is($pg->psql("SELECT count(*) FROM pg_stat_activity WHERE application_name "

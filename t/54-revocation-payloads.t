@@ -16,19 +16,17 @@ use SessionCache::Psql;
 
 my $redis = start_redis();
 my $pg    = start_postgres();
-$pg->psql(SessionCache::Test::_slurp(repo_dir() . '/contrib/revocation.sql'));
+$pg->install_revocation;
 
-my $nginx = start_nginx(workers => 2, http => protected_site(
-    redis    => $redis->url . ' pool=2 connect_timeout=300ms timeout=500ms',
-    postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=2s',
-    http     => "session_cache_l1 size=1m ttl=60s;\n"
-              . 'session_cache_revocation channel=session_cache_revoke;',
-    protect  => 'add_header X-Session-Layer $session_cache_layer always;',
-    server   => 'location = /health { session_cache_health; }'));
+my $nginx = start_nginx(workers => 2, http => SessionCache::Test::revocation_site(
+    redis => $redis, redis_opts => 'pool=2 connect_timeout=300ms timeout=500ms',
+    pg    => $pg,    pg_opts    => 'pool=2 connect_timeout=1s timeout=2s',
+    l1    => '1m'));
 
 sub doc () { my ($r, $d) = $nginx->health; return $d }
 sub rv () { doc()->{revocation} }
-ok(wait_until(sub { rv()->{listening} && doc()->{l1}{armed} }, 15), 'listening');
+ok(wait_until(sub { SessionCache::Test::revocation_listening($nginx) }, 15),
+   'listening');
 
 # a session in L1 and Redis that no junk may drop
 my $keep = 'tok-keep-5150';

@@ -339,20 +339,6 @@ static bool is_socket_dir(const std::string &host)
     return host.empty() || host[0] == '/' || host[0] == '@';
 }
 
-static std::string join(const std::vector<std::string> &parts)
-{
-    std::string s;
-
-    for (std::size_t i = 0; i < parts.size(); i++) {
-        if (i) {
-            s += ',';
-        }
-        s += parts[i];
-    }
-
-    return s;
-}
-
 /*
  * Give libpq an address for every host, so that it never resolves a name
  * in a worker. A name with several addresses becomes several entries of
@@ -418,9 +404,9 @@ static char *resolve_pg_hosts(ngx_conf_t *cf, const std::string &host_list,
         }
     }
 
-    if (!ci->set("host", join(out_hosts))
-        || !ci->set("hostaddr", join(out_addrs))
-        || (ports.size() > 1 && !ci->set("port", join(out_ports))))
+    if (!ci->set("host", join_hosts(out_hosts))
+        || !ci->set("hostaddr", join_hosts(out_addrs))
+        || (ports.size() > 1 && !ci->set("port", join_hosts(out_ports))))
     {
         return const_cast<char *>("out of memory");
     }

@@ -103,4 +103,16 @@ inline std::uint64_t lease_generation(ngx_atomic_t *generations, bool first)
     return ngx_atomic_fetch_add(generations, 1) + 1;
 }
 
+/* A listener's timer, which runs in every worker, set again where its
+ * tick left it unset (an exception), unless the worker is going away.
+ * tick: nullptr when there is no listener. */
+inline void keep_ticking(ngx_event_t *tick, ngx_msec_t every)
+{
+    if (tick != nullptr && !tick->timer_set && !ngx_exiting && !ngx_quit
+        && !ngx_terminate)
+    {
+        ngx_add_timer(tick, every);
+    }
+}
+
 } // namespace session_cache::l1

@@ -637,6 +637,8 @@ std::vector<const char *> host_lists(const PgConninfo &c, std::size_t n)
     return keys;
 }
 
+} // namespace
+
 std::string join_hosts(const std::vector<std::string> &parts)
 {
     std::string s;
@@ -650,9 +652,6 @@ std::string join_hosts(const std::vector<std::string> &parts)
 
     return s;
 }
-
-} // namespace
-
 
 std::string check_pg_options(const PgConninfo &c)
 {

@@ -80,6 +80,10 @@ std::string mask_pg_conninfo(const PgConninfo &c);
  */
 std::vector<std::string> split_hosts(std::string_view hosts);
 
+/* The parts again as one libpq list, comma-separated: split_hosts's
+ * inverse. */
+std::string join_hosts(const std::vector<std::string> &parts);
+
 /*
  * The options the module reads itself (SPEC §11): target_session_attrs
  * (any, read-write, read-only, primary, standby, prefer-standby) and

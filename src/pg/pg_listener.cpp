@@ -33,8 +33,6 @@
  */
 #include "pg/pg_listener.h"
 
-#include <sys/stat.h>
-
 #include <cstring>
 #include <deque>
 #include <string_view>
@@ -42,9 +40,11 @@
 
 #include <libpq-fe.h>
 
+#include "guarded.h"
 #include "l1/l1_zone.h"
 #include "l1/lease_slot.h"
 #include "pg/pg_conninfo.h"
+#include "pg/pg_socket.h"
 #include "pg/revocation.h"
 #include "worker.h"
 
@@ -116,8 +116,7 @@ struct Listener {
     ngx_slab_pool_t                          *shpool = nullptr;
     Shared                                   *sh = nullptr;
     PGconn                                   *pg = nullptr;
-    ngx_connection_t                         *c = nullptr;
-    ino_t                                     ino = 0;
+    PgSocket                                  sock;
     State                                     state = State::Closed;
     Query                                     out = Query::None;
     std::string                               query_error; /* its answer */
@@ -190,40 +189,10 @@ void set_state(Listener *l, State s, std::string_view reason)
     publish(l, s, reason);
 }
 
-/* Forget the socket without closing it: it is libpq's. */
-void release_socket(Listener *l)
-{
-    if (ngx_connection_t *c = l->c) {
-        if (c->read->timer_set) {
-            ngx_del_timer(c->read);
-        }
-        if (c->write->timer_set) {
-            ngx_del_timer(c->write);
-        }
-        if (c->read->active || c->read->disabled) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-        if (c->write->active || c->write->disabled) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
-        c->read->closed = 1;
-        c->write->closed = 1;
-        ngx_free_connection(c);
-        c->fd = (ngx_socket_t) -1;
-        l->c = nullptr;
-    }
-}
-
 /* The nginx side goes, then libpq closes the socket. */
 void close_connection(Listener *l)
 {
-    release_socket(l);
+    l->sock.release();
 
     if (l->pg != nullptr) {
         PQfinish(l->pg);
@@ -266,62 +235,7 @@ void fail(Listener *l, const std::string &why)
     l->failures++;
 }
 
-bool want_write(Listener *l, bool on)
-{
-    ngx_event_t *wev = l->c->write;
-
-    if (on && !wev->active) {
-        return ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) == NGX_OK;
-    }
-
-    if (!on && wev->active) {
-        return ngx_del_event(wev, NGX_WRITE_EVENT, 0) == NGX_OK;
-    }
-
-    return true;
-}
-
 void on_event(ngx_event_t *ev);
-
-/* Put libpq's current socket under nginx's events: read always, level
- * triggered; write while libpq has something to send. */
-bool wrap(Listener *l)
-{
-    int fd = PQsocket(l->pg);
-
-    if (fd < 0) {
-        return false;
-    }
-
-    struct stat st;
-    if (fstat(fd, &st) == -1) {
-        return false;
-    }
-
-    ngx_connection_t *c = ngx_get_connection(fd, &l->log);
-    if (c == nullptr) {
-        return false;
-    }
-
-    c->data = l;
-    c->read->handler = on_event;
-    c->write->handler = on_event;
-    c->log = &l->log;
-    c->read->log = &l->log;
-    c->write->log = &l->log;
-    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
-
-    l->c = c;
-    l->ino = st.st_ino;
-
-    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK
-        || !want_write(l, true))
-    {
-        return false;
-    }
-
-    return true;
-}
 
 /* Send what libpq holds; false: the connection failed. */
 bool flush_out(Listener *l)
@@ -335,7 +249,7 @@ bool flush_out(Listener *l)
 
     l->flushing = (rv == 1);
 
-    if (!want_write(l, l->flushing)) {
+    if (!l->sock.want_write(l->flushing)) {
         fail(l, "cannot watch the socket");
         return false;
     }
@@ -361,7 +275,7 @@ bool send_query(Listener *l, const char *sql, Query q)
     /* PQflush may have read what the server sent meanwhile (it reads
      * when it cannot write): have consume() look, this turn of the
      * event loop, rather than wait for a socket that may not signal */
-    ngx_post_event(l->c->read, &ngx_posted_events);
+    ngx_post_event(l->sock.c->read, &ngx_posted_events);
     return true;
 }
 
@@ -591,7 +505,7 @@ bool consume(Listener *l)
         }
 
         if (round + 1 >= kReadRounds) {
-            ngx_post_event(l->c->read, &ngx_posted_next_events);
+            ngx_post_event(l->sock.c->read, &ngx_posted_next_events);
             return true;
         }
     }
@@ -603,16 +517,10 @@ void connecting(Listener *l)
 
     /* libpq may have moved to another socket (next host, SSL or GSS
      * fallback): follow it, even when the fd number was reused */
-    int         fd = PQsocket(l->pg);
-    struct stat s;
+    if (l->sock.moved(l->pg)) {
+        l->sock.release();
 
-    if (fd >= 0
-        && (l->c == nullptr || fd != l->c->fd || fstat(fd, &s) == -1
-            || s.st_ino != l->ino))
-    {
-        release_socket(l);
-
-        if (!wrap(l)) {
+        if (!l->sock.wrap(l->pg, &l->log, l, on_event)) {
             fail(l, "cannot watch the socket");
             return;
         }
@@ -624,13 +532,13 @@ void connecting(Listener *l)
         return;
 
     case PGRES_POLLING_WRITING:
-        if (!want_write(l, true)) {
+        if (!l->sock.want_write(true)) {
             fail(l, "cannot watch the socket");
         }
         return;
 
     case PGRES_POLLING_READING:
-        if (!want_write(l, false)) {
+        if (!l->sock.want_write(false)) {
             fail(l, "cannot watch the socket");
         }
         return;
@@ -666,25 +574,15 @@ void on_event(ngx_event_t *ev)
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *l = static_cast<Listener *>(c->data);
 
-    try {
+    bool ok = guarded(&l->log, "revocation listener", [&] {
         if (l != self || l->pg == nullptr) {
             return;
         }
         drive(l, ev);
+    });
 
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &l->log, 0,
-                      "session_cache: revocation listener: %s", e.what());
-        if (self && self->pg) {
-            fail(self, "internal error");
-        }
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, &l->log, 0,
-                      "session_cache: revocation listener: unknown "
-                      "exception");
-        if (self && self->pg) {
-            fail(self, "internal error");
-        }
+    if (!ok && self && self->pg) {
+        fail(self, "internal error");
     }
 }
 
@@ -720,7 +618,9 @@ void connect(Listener *l)
         },
         l);
 
-    if (PQsetnonblocking(l->pg, 1) != 0 || !wrap(l)) {
+    if (PQsetnonblocking(l->pg, 1) != 0
+        || !l->sock.wrap(l->pg, &l->log, l, on_event))
+    {
         fail(l, "cannot watch the socket");
         return;
     }
@@ -812,24 +712,14 @@ void tick(Listener *l)
 
 void on_tick(ngx_event_t *ev)
 {
-    try {
+    guarded(ev->log, "revocation listener", [] {
         if (self != nullptr) {
             tick(self);
         }
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
-                      "session_cache: revocation listener: %s", e.what());
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
-                      "session_cache: revocation listener: unknown "
-                      "exception");
-    }
+    });
 
-    if (self != nullptr && !self->tick.timer_set && !ngx_exiting && !ngx_quit
-        && !ngx_terminate)
-    {
-        ngx_add_timer(&self->tick, revocation::kHeartbeatInterval);
-    }
+    l1::keep_ticking(self ? &self->tick : nullptr,
+                     revocation::kHeartbeatInterval);
 }
 
 /* The pool's keywords with the listener's own: application_name, and

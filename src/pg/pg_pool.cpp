@@ -1,12 +1,12 @@
 #include "pg/pg_pool.h"
 
+#include "guarded.h"
 #include "integer.h"
 #include "pg/pg_conninfo.h"
+#include "pg/pg_socket.h"
 
 /* the data contract's rule for attribute names, pure */
 #include "identity.h"
-
-#include <sys/stat.h>
 
 #if (NGX_SSL)
 #include <openssl/ssl.h>
@@ -45,20 +45,19 @@ static_assert(kMaxAttrs == NGX_HTTP_SESSION_CACHE_MAX_ATTRS,
 struct PgConn : PoolConn {
     enum State { Connecting, Preparing, Describing, Idle, Querying };
 
-    PgPool           *pool;
-    PGconn           *pg = nullptr;
-    ngx_connection_t *c = nullptr;
-    ino_t             ino = 0; /* identity of the socket c wraps */
-    State             state = Connecting;
-    PGresult         *result = nullptr;
-    bool              flushing = false;
-    bool              prepared = false;      /* kStatement exists on it */
-    bool              alerted = false;       /* its refusal was logged */
-    std::string       query_error;           /* why Postgres refused it */
-    bool              attrs_refused = false; /* see described() */
-    ngx_event_t       connect_timer;
-    std::size_t       from = 0; /* this attempt began at this host */
-    std::size_t       at = 0;   /* the host libpq is on (an index) */
+    PgPool     *pool;
+    PGconn     *pg = nullptr;
+    PgSocket    sock;
+    State       state = Connecting;
+    PGresult   *result = nullptr;
+    bool        flushing = false;
+    bool        prepared = false;      /* kStatement exists on it */
+    bool        alerted = false;       /* its refusal was logged */
+    std::string query_error;           /* why Postgres refused it */
+    bool        attrs_refused = false; /* see described() */
+    ngx_event_t connect_timer;
+    std::size_t from = 0; /* this attempt began at this host */
+    std::size_t at = 0;   /* the host libpq is on (an index) */
     /* for notice(), which libpq calls with this connection */
     const ngx_http_session_cache_pg_conf_t *conf = nullptr;
     const std::string                      *query = nullptr;
@@ -486,7 +485,7 @@ PgConn *PgPool::open(const char **error)
         mine_.push_back(pc);
 
     } catch (...) {
-        release(pc);
+        pc->sock.release();
         PQfinish(pc->pg);
         delete pc;
         *error = "out of memory";
@@ -557,7 +556,9 @@ bool PgPool::begin(PgConn *pc, std::size_t from, const char **error)
 
     PQsetNoticeProcessor(pc->pg, notice, pc);
 
-    if (PQsetnonblocking(pc->pg, 1) != 0 || !wrap(pc)) {
+    if (PQsetnonblocking(pc->pg, 1) != 0
+        || !pc->sock.wrap(pc->pg, &pc->log, pc, on_event))
+    {
         PQfinish(pc->pg);
         pc->pg = nullptr;
         *error = "cannot watch the socket";
@@ -624,7 +625,7 @@ void PgPool::restart(PgConn *pc)
                   opts_->ports[pc->at].empty() ? "5432"
                                                : opts_->ports[pc->at].c_str());
 
-    release(pc);
+    pc->sock.release();
     PQfinish(pc->pg);
     pc->pg = nullptr;
 
@@ -638,106 +639,6 @@ void PgPool::restart(PgConn *pc)
     ngx_add_timer(&pc->connect_timer, conf_->backend.connect_timeout);
 }
 
-/*
- * Put libpq's current socket under nginx's event loop: read always, level
- * triggered (libpq may leave bytes in the socket), write only while libpq
- * has something to send. false: nothing is left wrapped.
- */
-bool PgPool::wrap(PgConn *pc)
-{
-    int fd = PQsocket(pc->pg);
-
-    if (fd < 0) {
-        return false;
-    }
-
-    struct stat st;
-    if (fstat(fd, &st) == -1) {
-        return false;
-    }
-
-    ngx_connection_t *c = ngx_get_connection(fd, &pc->log);
-    if (c == nullptr) {
-        return false;
-    }
-
-    c->data = pc;
-    c->read->handler = on_event;
-    c->write->handler = on_event;
-    c->read->log = &pc->log;
-    c->write->log = &pc->log;
-    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
-
-    pc->c = c;
-    pc->ino = st.st_ino;
-
-    /* connecting: wait until the socket is writable */
-    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK
-        || !want_write(pc, true))
-    {
-        release(pc);
-        return false;
-    }
-
-    return true;
-}
-
-/* Forget the socket without closing it: it is libpq's. */
-void PgPool::release(PgConn *pc)
-{
-    ngx_connection_t *c = pc->c;
-
-    if (c == nullptr) {
-        return;
-    }
-
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    if (c->read->active || c->read->disabled) {
-        ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-    }
-
-    if (c->write->active || c->write->disabled) {
-        ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    c->read->closed = 1;
-    c->write->closed = 1;
-
-    ngx_free_connection(c);
-    c->fd = (ngx_socket_t) -1;
-    pc->c = nullptr;
-}
-
-bool PgPool::want_write(PgConn *pc, bool on)
-{
-    ngx_event_t *wev = pc->c->write;
-
-    if (on && !wev->active) {
-        return ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) == NGX_OK;
-    }
-
-    if (!on && wev->active) {
-        return ngx_del_event(wev, NGX_WRITE_EVENT, 0) == NGX_OK;
-    }
-
-    return true;
-}
-
 /* Called by nginx: nothing may escape. */
 void PgPool::on_event(ngx_event_t *ev)
 {
@@ -745,13 +646,8 @@ void PgPool::on_event(ngx_event_t *ev)
     auto   *pc = static_cast<PgConn *>(c->data);
     PgPool *pool = pc->pool;
 
-    try {
-        pool->drive(pc);
-
-    } catch (const std::exception &e) {
-        pool->crashed(pc, e.what());
-    } catch (...) {
-        pool->crashed(pc, "unknown exception");
+    if (!guarded(&pool->log_, "postgres", [&] { pool->drive(pc); })) {
+        pool->crashed(pc);
     }
 }
 
@@ -761,26 +657,23 @@ void PgPool::on_connect_timeout(ngx_event_t *ev)
     auto   *pc = static_cast<PgConn *>(ev->data);
     PgPool *pool = pc->pool;
 
-    try {
+    bool ok = guarded(&pool->log_, "postgres", [&] {
         if (pc->state == PgConn::Connecting) {
             pool->restart(pc);
         } else {
             pool->fail(pc, pool->connect_timeout_text_);
         }
+    });
 
-    } catch (const std::exception &e) {
-        pool->crashed(pc, e.what());
-    } catch (...) {
-        pool->crashed(pc, "unknown exception");
+    if (!ok) {
+        pool->crashed(pc);
     }
 }
 
-/* An exception left a step of pc: fail pc, if that step did not already
- * close it, and let nothing more escape. */
-void PgPool::crashed(PgConn *pc, const char *what)
+/* An exception left a step of pc (guarded() logged it): fail pc, if that
+ * step did not already close it, and let nothing more escape. */
+void PgPool::crashed(PgConn *pc)
 {
-    ngx_log_error(NGX_LOG_ALERT, &log_, 0, "session_cache: postgres: %s", what);
-
     if (!owns(pc)) {
         return;
     }
@@ -830,20 +723,14 @@ void PgPool::connecting(PgConn *pc)
 
     /* libpq may have moved to another socket (next address, SSL or GSS
      * fallback): follow it, even when the fd number was reused */
-    int         fd = PQsocket(pc->pg);
-    struct stat s;
-
-    if (fd >= 0
-        && (pc->c == nullptr || fd != pc->c->fd || fstat(fd, &s) == -1
-            || s.st_ino != pc->ino))
-    {
+    if (pc->sock.moved(pc->pg)) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                        "session_cache: postgres: connection %p moves to "
                        "fd %d",
-                       pc, fd);
+                       pc, PQsocket(pc->pg));
 
-        release(pc);
-        if (!wrap(pc)) {
+        pc->sock.release();
+        if (!pc->sock.wrap(pc->pg, &pc->log, pc, on_event)) {
             fail(pc, "cannot watch the socket");
             return;
         }
@@ -863,13 +750,13 @@ void PgPool::connecting(PgConn *pc)
         return;
 
     case PGRES_POLLING_WRITING:
-        if (!want_write(pc, true)) {
+        if (!pc->sock.want_write(true)) {
             fail(pc, "cannot watch the socket");
         }
         return;
 
     case PGRES_POLLING_READING:
-        if (!want_write(pc, false)) {
+        if (!pc->sock.want_write(false)) {
             fail(pc, "cannot watch the socket");
             return;
         }
@@ -908,14 +795,14 @@ void PgPool::more(PgConn *pc)
 #if (NGX_SSL)
     auto *ssl = static_cast<SSL *>(PQsslStruct(pc->pg, "OpenSSL"));
 
-    if (ssl != nullptr && SSL_pending(ssl) > 0 && pc->c != nullptr
-        && !pc->c->read->posted)
+    if (ssl != nullptr && SSL_pending(ssl) > 0 && pc->sock.c != nullptr
+        && !pc->sock.c->read->posted)
     {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                        "session_cache: %s: connection %p: libpq holds "
                        "more decrypted bytes, reading again",
                        name_, pc);
-        ngx_post_event(pc->c->read, &ngx_posted_events);
+        ngx_post_event(pc->sock.c->read, &ngx_posted_events);
     }
 #else
     (void) pc;
@@ -952,7 +839,7 @@ void PgPool::busy(PgConn *pc)
 
         pc->flushing = (rv == 1);
 
-        if (!want_write(pc, pc->flushing)) {
+        if (!pc->sock.want_write(pc->flushing)) {
             fail(pc, "cannot watch the socket");
             return;
         }
@@ -1398,7 +1285,7 @@ void PgPool::assign(PgConn *pc, PgJob *)
 {
     if (pc->state == PgConn::Idle) {
         /* sent from the posted event, never from within submit() */
-        ngx_post_event(pc->c->write, &ngx_posted_events);
+        ngx_post_event(pc->sock.c->write, &ngx_posted_events);
     }
 }
 
@@ -1420,7 +1307,7 @@ void PgPool::destroy(PgConn *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
-    release(pc);
+    pc->sock.release();
 
     if (pc->result) {
         PQclear(pc->result);

@@ -149,8 +149,6 @@ private:
     bool       batching(const PgConn *) const { return false; }
     void       destroy(PgConn *pc);
 
-    bool wrap(PgConn *pc);
-    void release(PgConn *pc);
     void drive(PgConn *pc);
     void connecting(PgConn *pc);
     void busy(PgConn *pc);
@@ -162,9 +160,8 @@ private:
     void ready(PgConn *pc, bool ok);
     void completed(PgConn *pc);
     void probed(PgConn *pc, PgJob *job, PGresult *res);
-    bool want_write(PgConn *pc, bool on);
     void failed(PgConn *pc, const char *message);
-    void crashed(PgConn *pc, const char *what);
+    void crashed(PgConn *pc);
 
     static void on_event(ngx_event_t *ev);
     static void on_connect_timeout(ngx_event_t *ev);

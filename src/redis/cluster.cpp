@@ -1,5 +1,6 @@
 #include "redis/cluster.h"
 
+#include "guarded.h"
 #include "metrics/metrics.h"
 #include "redis/resp.h"
 
@@ -135,16 +136,7 @@ void Cluster::on_slots(void *data, const RedisReply *reply, const char *error)
 
     self->refresh_job_ = nullptr;
 
-    try {
-        self->asked(reply, error);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
-                      "session_cache: redis cluster: %s", e.what());
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
-                      "session_cache: redis cluster: unknown exception");
-    }
+    guarded(&self->log_, "redis cluster", [&] { self->asked(reply, error); });
 }
 
 void Cluster::asked(const RedisReply *reply, const char *error)
@@ -419,16 +411,8 @@ void Cluster::on_timer(ngx_event_t *ev)
 {
     auto *self = static_cast<Cluster *>(ev->data);
 
-    try {
-        self->refresh("timer");
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
-                      "session_cache: redis cluster timer: %s", e.what());
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, &self->log_, 0,
-                      "session_cache: redis cluster timer: unknown exception");
-    }
+    guarded(&self->log_, "redis cluster timer",
+            [&] { self->refresh("timer"); });
 }
 
 } // namespace session_cache

@@ -24,7 +24,9 @@
 
 #include <hiredis/hiredis.h>
 
+#include "guarded.h"
 #include "l1/l1_zone.h"
+#include "l1/lease_slot.h"
 #include "redis/resp.h"
 #include "redis/sentinel.h"
 
@@ -462,7 +464,7 @@ void on_event(ngx_event_t *ev)
 {
     Listener *l = self;
 
-    try {
+    bool ok = guarded(ngx_cycle->log, "l1 listener", [&] {
         if (l == nullptr || l->peer.connection == nullptr) {
             return;
         }
@@ -481,19 +483,10 @@ void on_event(ngx_event_t *ev)
         } else {
             do_read(l);
         }
+    });
 
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
-                      "session_cache: l1 listener: %s", e.what());
-        if (self && self->peer.connection) {
-            fail(self, "internal error", l1::FlushReason::ListenerLost, true);
-        }
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
-                      "session_cache: l1 listener: unknown exception");
-        if (self && self->peer.connection) {
-            fail(self, "internal error", l1::FlushReason::ListenerLost, true);
-        }
+    if (!ok && self && self->peer.connection) {
+        fail(self, "internal error", l1::FlushReason::ListenerLost, true);
     }
 }
 
@@ -629,23 +622,13 @@ void tick(Listener *l)
 
 void on_tick(ngx_event_t *ev)
 {
-    try {
+    guarded(ev->log, "l1 listener", [] {
         if (self != nullptr) {
             tick(self);
         }
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
-                      "session_cache: l1 listener: %s", e.what());
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
-                      "session_cache: l1 listener: unknown exception");
-    }
+    });
 
-    if (self != nullptr && !self->tick.timer_set && !ngx_exiting && !ngx_quit
-        && !ngx_terminate)
-    {
-        ngx_add_timer(&self->tick, l1::kPingInterval);
-    }
+    l1::keep_ticking(self ? &self->tick : nullptr, l1::kPingInterval);
 }
 
 /*

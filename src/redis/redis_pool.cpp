@@ -1,5 +1,6 @@
 #include "redis/redis_pool.h"
 
+#include "guarded.h"
 #include "redis/resp.h"
 #include "redis/sentinel.h"
 #include "redis/sentinel_logic.h"
@@ -398,17 +399,7 @@ void RedisPool::assign(RedisConn *rc, RedisJob *job)
 template <class Step>
 void RedisPool::guarded(RedisConn *rc, Step step)
 {
-    try {
-        step();
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0, "session_cache: redis: %s",
-                      e.what());
-        rc->pool->fail(rc, "internal error");
-
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ALERT, &rc->log, 0,
-                      "session_cache: redis: unknown exception");
+    if (!session_cache::guarded(&rc->log, "redis", step)) {
         rc->pool->fail(rc, "internal error");
     }
 }

@@ -549,6 +549,77 @@ sub _alerts ($nginx, $expected, $name) {
 # when every node says cluster_state:ok. See SessionCache::Test::RedisCluster.
 sub start_redis_cluster (%opt) { SessionCache::Test::RedisCluster->_new(%opt) }
 
+# ------------------------------------------------- revocation (t/48, t/51-54)
+
+# protected_site() for revocation's tests: L1 (tracking=on by default) of
+# l1 => SIZE (ttl 60s), session_cache_revocation on channel
+# session_cache_revoke unless revocation => 0, the layer in
+# X-Session-Layer, /health. redis => $redis, pg => $pg with
+# redis_opts => and pg_opts => (pool, timeouts) after their URL.
+sub revocation_site (%o) {
+    return protected_site(
+        redis    => $o{redis}->url . " $o{redis_opts}",
+        postgres => '"' . $o{pg}->dsn . "\" $o{pg_opts}",
+        http     => "session_cache_l1 size=$o{l1} ttl=60s;"
+                  . (($o{revocation} // 1)
+                     ? "\nsession_cache_revocation channel=session_cache_revoke;"
+                     : '') . ($o{http} // ''),
+        protect  => 'add_header X-Session-Layer $session_cache_layer always;',
+        server   => 'location = /health { session_cache_health; }');
+}
+
+# Both listeners up, as $nginx's health document says: L1 armed and the
+# revocation listener listening.
+sub revocation_listening ($nginx) {
+    my $d = ($nginx->health)[1] // {};
+    return $d->{l1}{armed} && $d->{revocation}{listening};
+}
+
+# One request for token $t on $NGINX, its answer recorded in
+# $answers->{$t}: {t0, t1, status, layer (X-Session-Layer), by => 'test'}.
+sub probe_layer ($answers, $t) {
+    my $r = get('/', cookie => "session=$t");
+    my $a = { t0 => $r->{t0}, t1 => $r->{t1}, status => $r->{status},
+              layer => $r->{headers}{'x-session-layer'} // '-', by => 'test' };
+    push @{ $answers->{$t} }, $a;
+    return $a;
+}
+
+# Revocation's promises, token by token, over the answers recorded for
+# @tokens (probe_layer's, and the load's with by => 'load'), $revoked->{$t}
+# the time its revocation was sent: only 200 or 401; refused only once
+# revoked (a request sent before and answered after may be answered
+# either way); never served after its first 401. Returns the broken
+# promises (lines for diag), the answers checked after a first 401 and
+# those before a revocation.
+sub revocation_promises ($answers, $revoked, @tokens) {
+    my (@failed, $after_401, $before_revocation);
+    ($after_401, $before_revocation) = (0, 0);
+    for my $t (@tokens) {
+        my @a = @{ $answers->{$t} // [] };
+        my $rev = $revoked->{$t};
+        for my $a (grep { $_->{status} != 200 && $_->{status} != 401 } @a) {
+            push @failed, "$t: status $a->{status} ($a->{by})";
+        }
+        for my $a (grep { $_->{t1} < ($rev // 9e9) } @a) {
+            $before_revocation++;
+            push @failed, sprintf "%s: %d before its revocation (%s, layer %s)",
+                $t, $a->{status}, $a->{by}, $a->{layer} if $a->{status} != 200;
+        }
+        my ($first) = sort { $a <=> $b } map { $_->{t1} }
+                      grep { $_->{status} == 401 } @a;
+        next unless defined $first;
+        for my $a (grep { $_->{t0} > $first } @a) {
+            $after_401++;
+            push @failed, sprintf "%s: %d (%s, layer %s) %.1f ms after its "
+                . "first 401", $t, $a->{status}, $a->{by}, $a->{layer},
+                ($a->{t0} - $first) * 1000
+                if $a->{status} != 401;
+        }
+    }
+    return (\@failed, $after_401, $before_revocation);
+}
+
 
 # ====================================================================
 package SessionCache::Test::Redis;
@@ -1068,6 +1139,13 @@ sub enable_ssl ($self, $cert, $key) {
     SessionCache::Test::wait_until(sub {
         $self->psql('SHOW ssl', 'postgres') eq 'on'
     }, 10, 0.05) or die "ssl did not come on\n";
+    return $self;
+}
+
+# contrib/revocation.sql installed: the trigger that sends revoked tokens.
+sub install_revocation ($self) {
+    $self->psql(SessionCache::Test::_slurp(
+        SessionCache::Test::repo_dir() . '/contrib/revocation.sql'));
     return $self;
 }
 
