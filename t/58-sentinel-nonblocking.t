@@ -18,35 +18,17 @@ use SessionCache::Load;
 
 my $PW = 'redis-S3cret-pw';
 
-my $master  = start_redis(requirepass => $PW);
-my $replica = start_redis(requirepass => $PW);
-replicate($replica, $master);
-my @sentinels = map { start_sentinel(master => $master) } 1 .. 3;
 my $pg = start_postgres();
-
-ok(wait_until(sub {
-    !grep {
-        my $i = $_->master_info;
-        ($i->{'num-slaves'} // 0) < 1 || ($i->{'num-other-sentinels'} // 0) < 2
-    } @sentinels;
-}, 20, 0.1, 'the sentinels to know the replica and each other'),
-   'three sentinels watch a master and its replica');
+my ($master, $replica, @sentinels) = start_sentinel_set(requirepass => $PW);
 
 my @valid = map { "tok-nb-$_-b2" } 1 .. 20;
-my $exp = int(time + 3600);
-for my $i (0 .. $#valid) {
-    $pg->add_session($valid[$i], "user-$i", 3600);
-    $master->cli('SET', "session:$valid[$i]",
-                 qq({"user_id":"user-$i","expires_at":$exp}), 'EX', 300);
-}
-$master->cli('WAIT', 1, 2000);
+cache_sessions($pg, $master, @valid);
 
 # a sentinel that does not answer costs a round connect_timeout + timeout
 # (2 s) before the next one is asked
 my $nginx = start_nginx(workers => 2, http => protected_site(
-    redis => 'sentinel://:' . $PW . '@'
-        . join(',', map { '127.0.0.1:' . $_->port } @sentinels)
-        . '/mymaster pool=4 connect_timeout=1s timeout=1s',
+    redis => sentinel_url(\@sentinels, password => $PW)
+           . ' pool=4 connect_timeout=1s timeout=1s',
     postgres => '"' . $pg->dsn . '" pool=4 connect_timeout=1s timeout=1s',
     server => 'location = /health { session_cache_health; }'));
 

@@ -16,17 +16,9 @@ my $cluster = SessionCache::Test::start_redis_cluster(masters => 3, requirepass 
 my $pg      = start_postgres();
 my @nodes   = $cluster->nodes;
 
-my $nginx = start_nginx(workers => 1, http => protected_site(
-    redis    => $cluster->url . ' pool=4 connect_timeout=300ms timeout=1s',
-    postgres => '"' . $pg->dsn . '" pool=4 connect_timeout=1s timeout=2s',
-    server   => 'location = /health { session_cache_health; }'));
-$nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/);
-
-sub check ($token) {
-    my $r = get('/', cookie => "session=$token");
-    return join ' ', $r->{status}, $r->{headers}{'x-session-status'} // '',
-                     $r->{headers}{'x-session-user'} // '';
-}
+my $nginx = $cluster->start_nginx($pg,
+    redis    => 'pool=4 connect_timeout=300ms timeout=1s',
+    postgres => 'pool=4 connect_timeout=1s timeout=2s');
 
 sub redirects () {
     my (undef, $doc) = $nginx->health;
@@ -47,9 +39,9 @@ for my $i (1 .. 1000) {
 my ($from_id, $to_id) = map { $cluster->id_of($_) } $from, $to;
 
 $pg->add_session($tok, 'user-moved', 3600);
-is(check($tok), '200 MISS user-moved', 'the token: MISS');
+is(check_session($tok), '200 MISS user-moved', 'the token: MISS');
 $from->wait_for_key("session:$tok");
-is(check($tok), '200 HIT user-moved', 'then HIT from its node');
+is(check_session($tok), '200 HIT user-moved', 'then HIT from its node');
 
 # --- ASK: the key moved, the slot migrating ---------------------------------
 
@@ -60,7 +52,7 @@ is($from->cli('MIGRATE', '127.0.0.1', $to->port, "session:$tok", 0, 5000, 'AUTH'
 
 my $asking = $to->calls('asking');
 my $gets   = $to->calls('get');
-is(check($tok), '200 HIT user-moved', 'ASK: followed, a HIT from the new owner');
+is(check_session($tok), '200 HIT user-moved', 'ASK: followed, a HIT from the new owner');
 is($to->calls('asking') - $asking, 1, 'ASK: ASKING sent to the new owner, once');
 is($to->calls('get') - $gets, 1, 'ASK: the GET went there after it');
 my ($moved, $ask) = redirects();
@@ -77,13 +69,13 @@ $cluster->wait_ok;
 my $slots_calls = $to->calls('cluster|slots') + $from->calls('cluster|slots')
                 + $other->calls('cluster|slots');
 my $log = $nginx->log_size;
-is(check($tok), '200 HIT user-moved', 'MOVED: followed, a HIT from the new owner');
+is(check_session($tok), '200 HIT user-moved', 'MOVED: followed, a HIT from the new owner');
 ($moved) = redirects();
 is($moved, 1, 'MOVED counted');
 $nginx->wait_for_log(qr/redis cluster: slot map changed/, 1, $log);
 $gets = $to->calls('get');
 my $old_gets = $from->calls('get');
-is(check($tok), '200 HIT user-moved', 'the next request: HIT');
+is(check_session($tok), '200 HIT user-moved', 'the next request: HIT');
 is($to->calls('get') - $gets, 1, '... straight from the new owner');
 is($from->calls('get') - $old_gets, 0, '... the old one not asked');
 ($moved) = redirects();
@@ -110,20 +102,20 @@ cmp_ok($to->calls('cluster|slots') + $from->calls('cluster|slots')
     is($other->cli('CLUSTER', 'SETSLOT', $s2, 'MIGRATING', $from_id), 'OK',
        'a slot migrating to a node that does not import it');
     my $log = $nginx->log_size;
-    is(check($t2), '200 BYPASS user-loop',
+    is(check_session($t2), '200 BYPASS user-loop',
        'ASK then MOVED: the second redirection is not followed, Postgres answers');
     ok($nginx->wait_for_log(qr/redis cluster: a second redirection \(MOVED slot $s2 to 127\.0\.0\.1:\d+\) not followed/, 1, $log),
        'the log says so');
     is($other->cli('CLUSTER', 'SETSLOT', $s2, 'STABLE'), 'OK', 'the slot stable again');
-    is(check($t2), '200 MISS user-loop', 'then the token is answered by its node');
+    is(check_session($t2), '200 MISS user-loop', 'then the token is answered by its node');
 }
 
 # --- reshard under load ------------------------------------------------------
 
 my @tokens = map { "tok-rs-$_" } 1 .. 120;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
-check($_) for @tokens;    # cached on their nodes
-is(check($tokens[0]), "200 HIT user-$tokens[0]", 'cached before the reshard');
+check_session($_) for @tokens;    # cached on their nodes
+is(check_session($tokens[0]), "200 HIT user-$tokens[0]", 'cached before the reshard');
 
 my ($moved0, $ask0) = redirects();
 
@@ -164,7 +156,7 @@ my ($moved1, $ask1) = redirects();
 cmp_ok($moved1 + $ask1, '>', $moved0 + $ask0, 'reshard: MOVED/ASK seen and counted');
 diag sprintf 'reshard: %d MOVED, %d ASK', $moved1 - $moved0, $ask1 - $ask0;
 
-my @after = map { check($_) } @tokens;
+my @after = map { check_session($_) } @tokens;
 is(scalar(grep { !/^200 (HIT|MISS) user-/ } @after), 0,
    'after the reshard every token is answered from the cluster');
 my (undef, $doc) = $nginx->health;

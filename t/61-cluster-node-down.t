@@ -16,26 +16,18 @@ my $cluster = SessionCache::Test::start_redis_cluster(masters => 3);
 my $pg      = start_postgres();
 my @nodes   = $cluster->nodes;
 
-my $nginx = start_nginx(workers => 1, http => protected_site(
-    redis    => $cluster->url . ' pool=2 connect_timeout=300ms timeout=300ms',
-    postgres => '"' . $pg->dsn . '" pool=4 connect_timeout=1s timeout=2s',
-    server   => 'location = /health { session_cache_health; }'));
-$nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/);
-
-sub answer ($r) {
-    return join ' ', $r->{status}, $r->{headers}{'x-session-status'} // '',
-                     $r->{headers}{'x-session-user'} // '';
-}
-sub check ($token) { answer(get('/', cookie => "session=$token")) }
+my $nginx = $cluster->start_nginx($pg,
+    redis    => 'pool=2 connect_timeout=300ms timeout=300ms',
+    postgres => 'pool=4 connect_timeout=1s timeout=2s');
 
 my @tokens = map { "tok-down-$_" } 1 .. 36;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
 my %owner = map { ($_ => $cluster->owner_of_key("session:$_")->port) } @tokens;
 for my $t (@tokens) {
-    check($t);
+    check_session($t);
     $cluster->owner_of_key("session:$t")->wait_for_key("session:$t");
 }
-is(scalar(grep { check($_) eq "200 HIT user-$_" } @tokens), scalar @tokens,
+is(scalar(grep { check_session($_) eq "200 HIT user-$_" } @tokens), scalar @tokens,
    'every token cached, HIT');
 
 my ($victim, @others) = @nodes;
@@ -60,16 +52,16 @@ $victim->pause;
     is($pub->{status}, 200, 'a node stopped: the unprotected page answers');
     cmp_ok($pub_ms, '<', 2000, sprintf('... at once (%.0f ms)', $pub_ms));
     $t0 = time;
-    my @k = map { check($_) } @kept[0 .. 3];
+    my @k = map { check_session($_) } @kept[0 .. 3];
     my $kept_ms = (time - $t0) * 1000;
     is(scalar(grep { /^200 HIT / } @k), 4, 'the other masters\' tokens: HIT');
     cmp_ok($kept_ms, '<', 2000, sprintf('... at once (%.0f ms for 4)', $kept_ms));
     my @r = collect(@pending);
-    is(scalar(grep { answer($r[$_]) eq "200 BYPASS user-$lost[$_]" } 0 .. $#lost), scalar @lost,
+    is(scalar(grep { session_answer($r[$_]) eq "200 BYPASS user-$lost[$_]" } 0 .. $#lost), scalar @lost,
        'the stopped master\'s tokens: BYPASS from Postgres after the timeout');
 }
 $victim->resume;
-ok(wait_until(sub { check($lost[0]) eq "200 HIT user-$lost[0]" }, 10, 0.1, 'HIT again'),
+ok(wait_until(sub { check_session($lost[0]) eq "200 HIT user-$lost[0]" }, 10, 0.1, 'HIT again'),
    'the master resumed: HIT again');
 
 # --- a master killed ------------------------------------------------------------
@@ -78,8 +70,8 @@ $victim->kill;
 my $log = $nginx->log_size;
 my $t0 = time;
 for my $round (1 .. 3) {
-    my @lost_now = map { check($_) } @lost;
-    my @kept_now = map { check($_) } @kept;
+    my @lost_now = map { check_session($_) } @lost;
+    my @kept_now = map { check_session($_) } @kept;
     is(scalar(grep { $lost_now[$_] eq "200 BYPASS user-$lost[$_]" } 0 .. $#lost), scalar @lost,
        "round $round: the dead master's tokens go to Postgres (BYPASS)");
     is(scalar(grep { $kept_now[$_] eq "200 HIT user-$kept[$_]" } 0 .. $#kept), scalar @kept,
@@ -105,9 +97,9 @@ is($doc->{redis}{mode}, 'cluster', 'health: cluster mode');
 # refresh brings still gives it its slots: nobody took them over
 ok(wait_until(sub { $others[0]->cli('CLUSTER', 'NODES') =~ /master,fail/ }, 10, 0.05,
               'the dead master marked failed'), 'the cluster marks the master failed');
-is(scalar(grep { check($_) eq "200 HIT user-$_" } @kept), scalar @kept,
+is(scalar(grep { check_session($_) eq "200 HIT user-$_" } @kept), scalar @kept,
    'after the cluster noticed: the others still HIT');
-is(scalar(grep { check($_) eq "200 BYPASS user-$_" } @lost), scalar @lost,
+is(scalar(grep { check_session($_) eq "200 BYPASS user-$_" } @lost), scalar @lost,
    '... and the dead master\'s tokens still BYPASS');
 
 no_alerts($nginx);

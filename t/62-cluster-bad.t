@@ -26,9 +26,8 @@ sub scenario ($name, $url, $log_re, $doc_re) {
     ok($nginx->wait_for_log($log_re), "$name: the error log says why")
         or diag $nginx->error_log;
     my $r = get('/', cookie => 'session=tok-bad-1');
-    is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // '',
-            $r->{headers}{'x-session-user'} // ''),
-       '200 BYPASS user-bad', "$name: a valid session is answered by Postgres");
+    is(session_answer($r), '200 BYPASS user-bad',
+       "$name: a valid session is answered by Postgres");
     my ($h, $doc) = $nginx->health;
     is($h->{status}, 200, "$name: health answers 200 (Postgres checks sessions)");
     is($doc->{status}, 'degraded', "$name: degraded");

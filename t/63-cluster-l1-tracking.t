@@ -15,12 +15,11 @@ my $cluster = SessionCache::Test::start_redis_cluster(masters => 3);
 my $pg      = start_postgres();
 my @nodes   = $cluster->nodes;
 
-my $nginx = start_nginx(workers => 2, http => protected_site(
-    redis    => $cluster->url . ' pool=2 connect_timeout=300ms timeout=300ms',
-    postgres => '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=1s',
+my $nginx = $cluster->start_nginx($pg, workers => 2,
+    redis    => 'pool=2 connect_timeout=300ms timeout=300ms',
+    postgres => 'pool=2 connect_timeout=1s timeout=1s',
     http     => 'session_cache_l1 size=1m ttl=60s;',
-    protect  => 'add_header X-Session-Layer $session_cache_layer always;',
-    server   => 'location = /health { session_cache_health; }'));
+    protect  => 'add_header X-Session-Layer $session_cache_layer always;');
 
 sub check ($token) {
     my $r = get('/', cookie => "session=$token");

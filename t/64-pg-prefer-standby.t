@@ -19,12 +19,6 @@ my $primary = start_postgres();
 my $standby = $primary->start_standby;
 my $PW      = $primary->password;
 
-sub dsn (@ports) {
-    return 'host=' . join(',', ('127.0.0.1') x @ports)
-         . ' port=' . join(',', @ports)
-         . " dbname=sessions user=nginx password=$PW";
-}
-
 sub site ($dsn, $params) {
     return protected_site(
         postgres => qq{"$dsn" pool=2 $params},
@@ -39,7 +33,8 @@ $standby->wait_replayed($primary);
 # ---------------------------------------------------------- prefer-standby
 # One worker: the health document shows the pool that served.
 my $nginx = start_nginx(workers => 1, http => site(
-    dsn($primary->port, $standby->port) . ' target_session_attrs=prefer-standby',
+    $primary->hosts_dsn([$primary, $standby],
+                        target_session_attrs => 'prefer-standby'),
     'connect_timeout=1s timeout=2s'));
 
 my @r = map { get('/', cookie => "session=$_") } @valid;
@@ -61,7 +56,8 @@ unlike($h->{body}, qr/\Q$PW\E/, 'health: no password');
 
 # ---------------------------------------------------------- read-write
 $nginx->reload(http => site(
-    dsn($standby->port, $primary->port) . ' target_session_attrs=read-write',
+    $primary->hosts_dsn([$standby, $primary],
+                        target_session_attrs => 'read-write'),
     'connect_timeout=1s timeout=2s'));
 my $before = $standby->query_count;
 @r = map { get('/', cookie => "session=$_") } @valid;
@@ -81,7 +77,7 @@ my $silent = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                    Listen => 16, Proto => 'tcp')
     or die "listen: $!";
 my $since = $nginx->log_size;
-$nginx->reload(http => site(dsn($silent->sockport, $primary->port),
+$nginx->reload(http => site($primary->hosts_dsn([$silent->sockport, $primary]),
                             'connect_timeout=1s timeout=5s'));
 my $t0 = time;
 my $res = get('/', cookie => "session=$valid[0]");

@@ -18,9 +18,8 @@ my $standby = $primary->start_standby(
     conf => { recovery_min_apply_delay => '2s' });
 my $PW = $primary->password;
 
-my $dsn = 'host=127.0.0.1,127.0.0.1 port=' . $standby->port . ','
-        . $primary->port . " dbname=sessions user=nginx password=$PW "
-        . 'target_session_attrs=prefer-standby';
+my $dsn = $primary->hosts_dsn([$standby, $primary],
+                              target_session_attrs => 'prefer-standby');
 
 my $nginx = start_nginx(workers => 1, http => protected_site(
     redis    => $redis->url . ' pool=2 timeout=500ms',

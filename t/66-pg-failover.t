@@ -28,9 +28,8 @@ my @invalid = map { "tok-fo-unknown-$_" } 1 .. 8;
 $primary->add_session($_, "user-$_", 3600) for @warm;
 $standby->wait_replayed($primary);
 
-my $dsn = 'host=127.0.0.1,127.0.0.1 port=' . $primary->port . ','
-        . $standby->port . " dbname=sessions user=nginx password=$PW "
-        . 'target_session_attrs=read-write';
+my $dsn = $primary->hosts_dsn([$primary, $standby],
+                              target_session_attrs => 'read-write');
 
 my $nginx = start_nginx(workers => 2, http => protected_site(
     redis    => $redis->url . ' pool=2 timeout=500ms',

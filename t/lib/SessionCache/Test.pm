@@ -544,6 +544,17 @@ sub _alerts ($nginx, $expected, $name) {
     return $ok;
 }
 
+# "STATUS X-Session-Status X-Session-User" of a response (a missing header
+# as ''); check_session(TOKEN): that of GET / with the cookie session=TOKEN.
+push @EXPORT, qw(session_answer check_session);
+sub session_answer ($r) {
+    return join ' ', $r->{status}, $r->{headers}{'x-session-status'} // '',
+                     $r->{headers}{'x-session-user'} // '';
+}
+sub check_session ($token) {
+    return session_answer(get('/', cookie => "session=$token"));
+}
+
 # start_redis_cluster(masters => 3, requirepass => PW): a Redis Cluster of
 # masters without replicas on loopback (redis-cli --cluster create), ready
 # when every node says cluster_state:ok. See SessionCache::Test::RedisCluster.
@@ -638,6 +649,7 @@ sub _new ($class, %opt) {
         password => $opt{requirepass},
         tls      => $opt{tls},    # {cert, key, ca}: TLS only, no plain port
         unix     => $opt{unixsocket}, # also listen on dir/redis.sock
+        args     => $opt{args},   # more redis-server arguments
         owner    => $$,
     }, $class;
     push @STARTED, $self;
@@ -670,6 +682,7 @@ sub start ($self) {
         if defined $self->{password};
     push @cmd, '--unixsocket', $self->socket, '--unixsocketperm', '777'
         if $self->{unix};
+    push @cmd, @{ $self->{args} // [] };
     if (my $t = $self->{tls}) {
         $cmd[2] = 0;    # --port 0: no plain TCP
         push @cmd, '--tls-port', $self->{port},
@@ -820,17 +833,7 @@ sub _new ($class, %opt) {
     }, $class;
     SessionCache::Test::_need_binary("$bin/$_", "PostgreSQL $_")
         for qw(initdb postgres pg_ctl pg_isready);
-    $self->{data} = "$self->{dir}/data";
-    $self->{sock} = "$self->{dir}/sock";
-    $self->{logfile} = "$self->{dir}/postgres.log";
-    mkdir $self->{data}, 0700 or die "mkdir: $!";
-    mkdir $self->{sock}, 0755 or die "mkdir: $!";
-    if ($> == 0) {
-        my ($uid, $gid) = SessionCache::Test::_postgres_ids();
-        chown $uid, $gid, $self->{data}, $self->{sock}
-            or die "chown to postgres: $!";
-    }
-    push @STARTED, $self;
+    $self->_make_dirs;
 
     my ($rc, $out) = SessionCache::Test::_run(as_postgres => 1, timeout => 60,
         cmd => ["$bin/initdb", '-D', $self->{data}, '-U', 'postgres',
@@ -1048,6 +1051,23 @@ sub DESTROY ($self) {
 
 # ---- primary and standbys (issue 15) ---------------------------------
 
+# The data and socket directories under dir (owned by the postgres user
+# when running as root) and the log file's name; the server recorded to be
+# stopped at exit.
+sub _make_dirs ($self) {
+    $self->{data} = "$self->{dir}/data";
+    $self->{sock} = "$self->{dir}/sock";
+    $self->{logfile} = "$self->{dir}/postgres.log";
+    mkdir $self->{data}, 0700 or die "mkdir: $!";
+    mkdir $self->{sock}, 0755 or die "mkdir: $!";
+    if ($> == 0) {
+        my ($uid, $gid) = SessionCache::Test::_postgres_ids();
+        chown $uid, $gid, $self->{data}, $self->{sock}
+            or die "chown to postgres: $!";
+    }
+    push @STARTED, $self;
+}
+
 # A streaming standby of this server: pg_basebackup -R over the unix
 # socket, started on its own port, returned once the primary sees it
 # streaming. conf => {name => value} goes to its postgresql.auto.conf
@@ -1060,17 +1080,7 @@ sub start_standby ($self, %opt) {
         dir   => SessionCache::Test::_tempdir('pg-standby'),
         owner => $$,
     }, ref $self;
-    $sb->{data} = "$sb->{dir}/data";
-    $sb->{sock} = "$sb->{dir}/sock";
-    $sb->{logfile} = "$sb->{dir}/postgres.log";
-    mkdir $sb->{data}, 0700 or die "mkdir: $!";
-    mkdir $sb->{sock}, 0755 or die "mkdir: $!";
-    if ($> == 0) {
-        my ($uid, $gid) = SessionCache::Test::_postgres_ids();
-        chown $uid, $gid, $sb->{data}, $sb->{sock}
-            or die "chown to postgres: $!";
-    }
-    push @STARTED, $sb;
+    $sb->_make_dirs;
     my ($rc, $out) = SessionCache::Test::_run(as_postgres => 1, timeout => 60,
         cmd => ["$self->{bin}/pg_basebackup", '-h', $self->{sock},
                 '-p', $self->{port}, '-U', 'postgres', '-D', $sb->{data},
@@ -1147,6 +1157,17 @@ sub install_revocation ($self) {
     $self->psql(SessionCache::Test::_slurp(
         SessionCache::Test::repo_dir() . '/contrib/revocation.sql'));
     return $self;
+}
+
+# A conninfo naming several servers in order (Postgres objects or bare
+# ports, all on 127.0.0.1) with the test's database, user and password,
+# then `name=value` for each %param (e.g. target_session_attrs => 'any').
+sub hosts_dsn ($self, $servers, %param) {
+    my @ports = map { ref $_ ? $_->port : $_ } @$servers;
+    return 'host=' . join(',', ('127.0.0.1') x @ports)
+         . ' port=' . join(',', @ports)
+         . " dbname=sessions user=nginx password=$PASSWORD"
+         . join('', map { " $_=$param{$_}" } sort keys %param);
 }
 
 # ====================================================================
@@ -1397,7 +1418,7 @@ sub DESTROY ($self) {
 
 # ====================================================================
 # A Redis Cluster for the tests (SPEC §10): masters only, each node a
-# SessionCache::Test::Redis (stop, kill, pause, cli work on it) started
+# SessionCache::Test::Redis (stop, kill, pause, start, cli work on it) started
 # with cluster-enabled yes, its nodes.conf in its own temp dir, and
 # cluster-require-full-coverage no (a lost master costs its slots only).
 package SessionCache::Test::RedisCluster;
@@ -1409,16 +1430,15 @@ sub _new ($class, %opt) {
     my $n = $opt{masters} // 3;
     my $self = bless { nodes => [], password => $opt{requirepass} }, $class;
     for (1 .. $n) {
-        my $node = bless {
-            server   => SessionCache::Test::_need_in_path('redis-server'),
-            cli_bin  => SessionCache::Test::_need_in_path('redis-cli'),
-            port     => SessionCache::Test::free_port(),
-            dir      => SessionCache::Test::_tempdir('redis-cluster'),
-            password => $opt{requirepass},
-            owner    => $$,
-        }, 'SessionCache::Test::Redis';
-        push @STARTED, $node;
-        $self->_start_node($node);
+        # nodes.conf in the node's own --dir
+        my $node = SessionCache::Test::start_redis(
+            requirepass => $opt{requirepass},
+            args => ['--cluster-enabled', 'yes',
+                     '--cluster-config-file', 'nodes.conf',
+                     '--cluster-require-full-coverage', 'no',
+                     '--cluster-node-timeout', '2000',
+                     (defined $opt{requirepass}
+                         ? ('--masterauth', $opt{requirepass}) : ())]);
         push @{ $self->{nodes} }, $node;
     }
     my @cmd = ($self->{nodes}[0]{cli_bin}, '--cluster', 'create',
@@ -1430,29 +1450,6 @@ sub _new ($class, %opt) {
     die "redis-cli --cluster create failed ($rc):\n$out\n" if $rc;
     $self->wait_ok or die "the cluster did not reach cluster_state:ok\n";
     return $self;
-}
-
-sub _start_node ($self, $node) {
-    my @cmd = ($node->{server},
-        '--port', $node->{port}, '--bind', '127.0.0.1',
-        '--save', '', '--appendonly', 'no', '--dir', $node->{dir},
-        '--daemonize', 'no', '--logfile', '',
-        '--cluster-enabled', 'yes',
-        '--cluster-config-file', "$node->{dir}/nodes.conf",
-        '--cluster-require-full-coverage', 'no',
-        '--cluster-node-timeout', '2000');
-    push @cmd, '--requirepass', $node->{password}, '--masterauth',
-        $node->{password} if defined $node->{password};
-    my $log = "$node->{dir}/redis.log";
-    $node->{pid} = SessionCache::Test::_spawn(
-        cmd => \@cmd, stdout => $log, stderr => $log);
-    SessionCache::Test::wait_until(sub {
-        die "redis-server exited at start:\n"
-            . SessionCache::Test::_slurp($log) . "\n"
-            unless SessionCache::Test::_alive($node->{pid});
-        $node->_ping;
-    }, 10, 0.02, "cluster node $node->{port}")
-        or die "cluster node on port $node->{port} did not answer PING\n";
 }
 
 sub nodes ($self) { @{ $self->{nodes} } }
@@ -1506,6 +1503,22 @@ sub owner ($self, $slot) {
 
 sub owner_of_key ($self, $key) { $self->owner($self->keyslot($key)) }
 
+# An nginx checking sessions on this cluster and $pg, with /health:
+# start_nginx($pg, redis => 'URL params', postgres => 'conninfo params',
+# workers => 1, http => ..., protect => ... as for protected_site);
+# returned once it loaded the slot map.
+sub start_nginx ($self, $pg, %o) {
+    my $nginx = SessionCache::Test::start_nginx(workers => $o{workers} // 1,
+        http => SessionCache::Test::protected_site(
+            redis    => $self->url . " $o{redis}",
+            postgres => '"' . $pg->dsn . "\" $o{postgres}",
+            http     => $o{http}, protect => $o{protect},
+            server   => 'location = /health { session_cache_health; }'));
+    my $n = $self->nodes;
+    $nginx->wait_for_log(qr/redis cluster: slot map loaded: $n masters/);
+    return $nginx;
+}
+
 # The node id of a node.
 sub id_of ($self, $node) { $node->cli('CLUSTER', 'MYID') }
 
@@ -1534,9 +1547,15 @@ sub reshard ($self, $from, $to, $slots, %opt) {
 #   my $f = start_fake_sentinel(address => ['127.0.0.1', $port]);
 #                              (address => undef: it knows no master)
 #   replicate($replica, $master)   REPLICAOF, waiting for the link
+#
+# A sentinel is a redis-server process as SessionCache::Test::Redis is:
+# port, pid, password, cli, running, pause, resume, stop and the cleanup
+# are that class's; only how it starts differs.
 package SessionCache::Test::Sentinel;
 
 use v5.36;
+use parent -norequire, 'SessionCache::Test::Redis';
+use List::Util ();
 use Time::HiRes qw(time sleep);
 
 push @SessionCache::Test::EXPORT,
@@ -1587,10 +1606,7 @@ sub _new ($class, %opt) {
     return $self;
 }
 
-sub port     ($self) { $self->{port} }
-sub pid      ($self) { $self->{pid} }
-sub password ($self) { $self->{password} }
-sub log      ($self) { SessionCache::Test::_slurp("$self->{dir}/sentinel.log") }
+sub log ($self) { SessionCache::Test::_slurp("$self->{dir}/sentinel.log") }
 
 sub start ($self) {
     my ($n, $m) = ($self->{name}, $self->{master});
@@ -1619,16 +1635,6 @@ sub start ($self) {
     return $self;
 }
 
-sub cli ($self, @args) {
-    my @cmd = ($self->{cli_bin}, '-h', '127.0.0.1', '-p', $self->{port});
-    push @cmd, '-a', $self->{password}, '--no-auth-warning'
-        if defined $self->{password};
-    my ($rc, $out) = SessionCache::Test::_run(cmd => [@cmd, @args],
-                                              timeout => 10);
-    $out =~ s/^\s+|\s+$//g;
-    return $out;
-}
-
 # "ip:port" of the master as this sentinel names it ('' if none)
 sub master_addr ($self) {
     my @l = split /\n/,
@@ -1644,38 +1650,218 @@ sub master_info ($self) {
     return \%h;
 }
 
-sub running ($self) { SessionCache::Test::_alive($self->{pid}) }
-sub pause  ($self) { CORE::kill 'STOP', $self->{pid} }
-sub resume ($self) { CORE::kill 'CONT', $self->{pid} }
+# --------------------------------------------------------------------
+# Set-ups shared by the sentinel tests (t/56-t/58).
+#
+#   my ($master, $replica, @sentinels) = start_sentinel_set(requirepass => PW);
+#   cache_sessions($pg, $master, @tokens);
+#   sentinel_url(\@sentinels, password => PW)   sentinel://:PW@.../mymaster
+#   my $f = sentinel_failover_setup();           t/56, t/57: see below
+#   sentinel_failover_followed($f, trigger => sub { ... }, ...);
 
-sub stop ($self) {
-    return 1 unless $self->{pid} && $self->running;
-    CORE::kill 'CONT', $self->{pid};
-    CORE::kill 'TERM', $self->{pid};
-    return 1 if SessionCache::Test::_reap($self->{pid}, 10);
-    CORE::kill 'KILL', $self->{pid};
-    SessionCache::Test::_reap($self->{pid}, 5);
-    return 0;
+push @SessionCache::Test::EXPORT,
+    qw(start_sentinel_set cache_sessions sentinel_url
+       sentinel_failover_setup sentinel_failover_followed);
+
+# A master and its replica (both requirepass => PW) watched by three
+# sentinels; returns ($master, $replica, @sentinels) once the sentinels
+# know the replica and each other, so that a failover can proceed (a test
+# point).
+sub SessionCache::Test::start_sentinel_set (%opt) {
+    my ($master, $replica) = map {
+        SessionCache::Test::start_redis(requirepass => $opt{requirepass})
+    } 1 .. 2;
+    SessionCache::Test::replicate($replica, $master);
+    my @sentinels = map { __PACKAGE__->_new(master => $master) } 1 .. 3;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        !grep {
+            my $i = $_->master_info;
+            ($i->{'num-slaves'} // 0) < 1
+                || ($i->{'num-other-sentinels'} // 0) < 2
+        } @sentinels;
+    }, 20, 0.1, 'the sentinels to know the replica and each other'),
+       'three sentinels watch a master and its replica');
+    return ($master, $replica, @sentinels);
 }
 
-sub _cleanup ($self) {
-    return unless $self->{owner} == $$;
-    $self->stop;
+# Each token a session of user-I (I its index) in Postgres and cached in
+# Redis on $master (EX 300); returns once a replica has the keys too.
+sub SessionCache::Test::cache_sessions ($pg, $master, @tokens) {
+    my $exp = int(time + 3600);
+    for my $i (0 .. $#tokens) {
+        $pg->add_session($tokens[$i], "user-$i", 3600);
+        $master->cli('SET', "session:$tokens[$i]",
+                     qq({"user_id":"user-$i","expires_at":$exp}), 'EX', 300);
+    }
+    $master->cli('WAIT', 1, 2000);
 }
 
-sub DESTROY ($self) {
-    local ($@, $!, $?);
-    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
+# sentinel://[:PW@]127.0.0.1:P1,127.0.0.1:P2,.../NAME (NAME: mymaster)
+sub SessionCache::Test::sentinel_url ($sentinels, %o) {
+    my $auth = defined $o{password} ? ":$o{password}\@" : '';
+    return "sentinel://$auth"
+         . join(',', map { '127.0.0.1:' . $_->port } @$sentinels)
+         . '/' . ($o{name} // 'mymaster');
+}
+
+# t/56, t/57: a failover under load. A sentinel set (password
+# redis-S3cret-pw), Postgres, 40 sessions in both, an nginx (2 workers)
+# and a second one with L1 (tracking on) on the sentinels; the master
+# discovered, L1 armed on it and a load answered from Redis (test
+# points). Returns {master, replica, sentinels, pg, nginx, l1, load, old,
+# new} (old, new: the master's and the replica's "127.0.0.1:PORT").
+sub SessionCache::Test::sentinel_failover_setup () {
+    require SessionCache::Load;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my $PW = 'redis-S3cret-pw';
+    my %f;
+    $f{pg} = SessionCache::Test::start_postgres();
+    my ($master, $replica, @sentinels)
+        = SessionCache::Test::start_sentinel_set(requirepass => $PW);
+    @f{qw(master replica sentinels)} = ($master, $replica, \@sentinels);
+    my @valid = map { "tok-fo-$_-a1" } 1 .. 40;
+    SessionCache::Test::cache_sessions($f{pg}, $f{master}, @valid);
+
+    my $URL = SessionCache::Test::sentinel_url($f{sentinels}, password => $PW)
+            . ' pool=4 connect_timeout=300ms timeout=300ms';
+    my $PG  = '"' . $f{pg}->dsn . '" pool=4 connect_timeout=1s timeout=1s';
+    my $site = sub ($http) {
+        SessionCache::Test::protected_site(redis => $URL, postgres => $PG,
+            http => $http,
+            server => 'location = /health { session_cache_health; }');
+    };
+    $f{nginx} = SessionCache::Test::start_nginx(workers => 2,
+                                                http => $site->(''));
+    $f{l1} = SessionCache::Test::new_nginx();
+    $f{l1}->start(workers => 1, http => $site->('session_cache_l1 size=1m;'));
+
+    $f{old} = '127.0.0.1:' . $f{master}->port;
+    $f{new} = '127.0.0.1:' . $f{replica}->port;
+
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        (_doc($f{nginx})->{redis}{sentinel}{address} // '') eq $f{old}
+    }, 10, 0.05, 'the master discovered'), 'the master discovered');
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        _doc($f{l1})->{l1}{armed}
+    }, 10, 0.05, 'l1 armed'), 'L1 armed on the master');
+
+    $f{load} = SessionCache::Load::start_load(
+        tokens => { valid => \@valid, invalid => ['tok-fo-unknown-a1'] },
+        public => '/public.html', port => $f{nginx}->port, rate => 200);
+    Test::More::ok($f{load}->wait_for(40, sub ($r) { $r->{sstatus} eq 'HIT' },
+                                      '40 HITs'),
+                   'the load is answered from Redis');
+    return \%f;
+}
+
+# The health document of an nginx.
+sub _doc ($nginx) { my (undef, $d) = $nginx->health; return $d }
+
+# After sentinel_failover_setup: trigger->() breaks the master; then the
+# sentinels name the replica (within name_timeout s), nginx follows (one
+# switch), the load is answered from the new master again (HIT, its GETs
+# count up); every answer was right (no valid session refused, no 503);
+# no BYPASS once the switch is over and the BYPASS window (printed with
+# label `what`) under window_ms; the switch in the health document,
+# Prometheus and the log; the L1 nginx dropped L1 (topology) and armed its
+# listener on the new master; no password in the logs, no alerts (both
+# nginx stopped). Returns the BYPASS answers.
+sub SessionCache::Test::sentinel_failover_followed ($f, %o) {
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my ($nginx, $l1, $replica, $load, $old, $new)
+        = @$f{qw(nginx l1 replica load old new)};
+
+    my $gets_before = $replica->calls('get');
+    my $t_fail = time;
+    $o{trigger}->();
+
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        $f->{sentinels}[0]->master_addr eq $new
+    }, $o{name_timeout}, 0.05, 'the sentinel to name the replica'),
+       'the sentinels name the former replica');
+    my $t_named = time;
+
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        my $d = _doc($nginx);
+        ($d->{redis}{sentinel}{address} // '') eq $new
+            && $d->{redis}{sentinel}{switches} == 1;
+    }, 10, 0.05, 'nginx to follow'), 'nginx follows the new master');
+    my $t_seen = time;
+
+    # HIT again, from the new master
+    Test::More::ok($load->wait_for(40, sub ($r) {
+        $r->{t0} > $t_seen && $r->{kind} eq 'valid' && $r->{sstatus} eq 'HIT'
+    }, '40 HITs after'), 'HIT again after the switch');
+    Test::More::ok($replica->calls('get') > $gets_before,
+                   '... from the new master');
+
+    my @r = $load->stop;
+    my @bad = SessionCache::Load::unexpected(\@r);
+    Test::More::ok(!@bad, 'no valid session refused, no 503, no wrong answer')
+        or Test::More::diag SessionCache::Load::summarize(\@bad);
+
+    my @bypass = grep { $_->{sstatus} eq 'BYPASS' } @r;
+    my $window = @bypass ? (List::Util::max(map { $_->{t1} } @bypass)
+                            - List::Util::min(map { $_->{t0} } @bypass)) * 1000
+                         : 0;
+    my @after = grep { $_->{t0} > $t_seen + 1 } @bypass;
+    Test::More::ok(!@after, 'no BYPASS once the switch is over')
+        or Test::More::diag SessionCache::Load::summarize(\@after);
+    Test::More::diag sprintf '%s: %d of %d answers BYPASS, window %.0f ms '
+        . '(target 2000 ms); sentinels named the new master after %.0f ms, '
+        . 'nginx showed it after %.0f ms', $o{what}, scalar @bypass,
+        scalar @r, $window, ($t_named - $t_fail) * 1000,
+        ($t_seen - $t_fail) * 1000;
+    Test::More::ok($window < $o{window_ms}, 'the BYPASS window stays short')
+        or Test::More::diag SessionCache::Load::summarize(\@r);
+
+    my $d = _doc($nginx);
+    Test::More::is($d->{redis}{sentinel}{switches}, 1, 'health: one switch');
+    Test::More::ok(defined $d->{redis}{sentinel}{lastSwitch},
+                   'health: its time')
+        and Test::More::like($d->{redis}{sentinel}{lastSwitch},
+                             qr/^\d{4}-\d\d-\d\dT/, '... ISO 8601');
+    my $p = $nginx->get('/health?format=prometheus');
+    Test::More::like($p->{body},
+        qr/^nginx_session_cache_redis_sentinel_switches_total 1$/m,
+        'prometheus: one switch');
+    Test::More::like($nginx->error_log,
+        qr/\[warn\].*redis sentinel: master "mymaster" is now \Q$new\E \(was \Q$old\E\)/,
+        'the switch logged at warn');
+
+    # the second nginx: L1 dropped, its listener on the new master
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        my $d = _doc($l1);
+        ($d->{redis}{sentinel}{address} // '') eq $new
+            && ($d->{l1}{flushes}{topology} // 0) >= 1 && $d->{l1}{armed};
+    }, 10, 0.05, 'L1 dropped and armed again'),
+       'L1 dropped (topology) and its listener armed again')
+        or Test::More::diag Test::More::explain _doc($l1)->{l1};
+    Test::More::ok(SessionCache::Test::wait_until(sub {
+        $replica->cli('CLIENT', 'LIST') =~ /flags=P\b.*cmd=(ping|subscribe)/
+            || $replica->cli('CLIENT', 'LIST') =~ /sub=1/;
+    }, 10, 0.05, 'the listener on the new master'),
+       'the listener subscribes on the new master');
+
+    Test::More::unlike($nginx->error_log . $l1->error_log, qr/S3cret/,
+                       'no password in the logs');
+    SessionCache::Test::no_alerts($nginx);
+    SessionCache::Test::no_alerts($l1, 'the L1 nginx: no alerts');
+    return @bypass;
 }
 
 # --------------------------------------------------------------------
 # A fake sentinel: answers AUTH (+OK, or -WRONGPASS if `password` is set
 # and another is given), SENTINEL get-master-addr-by-name with `address`
 # ([host, port]; undef: nil), SUBSCRIBE and PING as a sentinel does, and
-# counts the SENTINEL commands it was sent (asked()).
+# counts the SENTINEL commands it was sent (asked()). A forked child of
+# the test, stopped as a Redis server is (port, running, stop and the
+# cleanup are SessionCache::Test::Redis's).
 package SessionCache::Test::FakeSentinel;
 
 use v5.36;
+use parent -norequire, 'SessionCache::Test::Redis';
 use IO::Select;
 use IO::Socket::INET;
 use POSIX ();
@@ -1697,8 +1883,6 @@ sub _new ($class, %opt) {
     push @SENTINELS, $self;
     return $self;
 }
-
-sub port ($self) { $self->{port} }
 
 sub asked ($self) {
     my $t = eval { SessionCache::Test::_slurp("$self->{dir}/asked") } // '';
@@ -1756,23 +1940,6 @@ sub _serve ($listen, $address, $password, $asked) {
             }
         }
     }
-}
-
-sub stop ($self) {
-    return 1 unless my $pid = delete $self->{pid};
-    CORE::kill 'TERM', $pid;
-    waitpid $pid, 0;
-    return 1;
-}
-
-sub _cleanup ($self) {
-    return unless $self->{owner} == $$;
-    $self->stop;
-}
-
-sub DESTROY ($self) {
-    local ($@, $!, $?);
-    $self->_cleanup if ${^GLOBAL_PHASE} ne 'DESTRUCT';
 }
 
 1;
