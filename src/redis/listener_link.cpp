@@ -20,6 +20,7 @@
 #include "redis/listener_link.h"
 
 #include "l1/l1_zone.h"
+#include "redis/read_budget.h"
 #include "redis/resp.h"
 
 namespace session_cache::listener {
@@ -300,58 +301,43 @@ bool Link::reply(const redisReply *r)
 
 void Link::read()
 {
-    ngx_connection_t *c = peer.connection;
-    char              buf[kReadChunk];
-    std::size_t       budget = kReadBudget;
+    read_budget<kReadChunk>(
+        peer.connection, kReadBudget,
+        [this](const char *buf, std::size_t n) { return parse(buf, n); },
+        [this](const char *why) {
+            fail(why, l1::FlushReason::ListenerLost, false);
+        });
+}
 
-    while (budget > 0) {
-        ssize_t n = c->recv(c, reinterpret_cast<u_char *>(buf), sizeof(buf));
-
-        if (n == NGX_AGAIN) {
-            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-                fail("cannot wait for the socket",
-                     l1::FlushReason::ListenerLost, false);
-            }
-            return;
-        }
-
-        if (n == 0 || n == NGX_ERROR) {
-            fail(n == 0 ? "connection closed by redis" : "recv failed",
-                 l1::FlushReason::ListenerLost, false);
-            return;
-        }
-
-        budget -= ngx_min(budget, static_cast<std::size_t>(n));
-
-        if (redisReaderFeed(reader, buf, n) != REDIS_OK
-            || reader->len - reader->pos > kMaxBuffered)
-        {
-            fail("reply too large", l1::FlushReason::ListenerLost, false);
-            return;
-        }
-
-        for (;;) {
-            void *obj = nullptr;
-
-            if (redisReaderGetReply(reader, &obj) != REDIS_OK) {
-                fail("protocol error", l1::FlushReason::ListenerLost, false);
-                return;
-            }
-
-            if (obj == nullptr) {
-                break;
-            }
-
-            bool alive = reply(static_cast<redisReply *>(obj));
-            freeReplyObject(obj);
-
-            if (!alive) {
-                return;
-            }
-        }
+/* Bytes read: the replies they complete; false: the link is gone. */
+bool Link::parse(const char *buf, std::size_t n)
+{
+    if (redisReaderFeed(reader, buf, n) != REDIS_OK
+        || reader->len - reader->pos > kMaxBuffered)
+    {
+        fail("reply too large", l1::FlushReason::ListenerLost, false);
+        return false;
     }
 
-    ngx_post_event(c->read, &ngx_posted_next_events);
+    for (;;) {
+        void *obj = nullptr;
+
+        if (redisReaderGetReply(reader, &obj) != REDIS_OK) {
+            fail("protocol error", l1::FlushReason::ListenerLost, false);
+            return false;
+        }
+
+        if (obj == nullptr) {
+            return true;
+        }
+
+        bool alive = reply(static_cast<redisReply *>(obj));
+        freeReplyObject(obj);
+
+        if (!alive) {
+            return false;
+        }
+    }
 }
 
 void Link::write()

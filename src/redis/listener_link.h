@@ -90,6 +90,7 @@ private:
     bool pushed(const redisReply *r);
     bool reply(const redisReply *r);
     void read();
+    bool parse(const char *buf, std::size_t n);
     void write();
     bool connected();
 };
