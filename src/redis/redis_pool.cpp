@@ -1,6 +1,7 @@
 #include "redis/redis_pool.h"
 
 #include "guarded.h"
+#include "redis/read_budget.h"
 #include "redis/resp.h"
 #include "redis/sentinel.h"
 #include "redis/sentinel_logic.h"
@@ -661,50 +662,28 @@ void RedisPool::flush(RedisConn *rc)
  */
 void RedisPool::read(RedisConn *rc)
 {
-    ngx_connection_t *c = rc->peer.connection;
-    char              buf[kReadChunk];
-    std::size_t       budget = kReadBudget;
-
-    while (budget > 0) {
-        ssize_t n = c->recv(c, reinterpret_cast<u_char *>(buf), sizeof(buf));
-
-        if (n == NGX_AGAIN) {
-            if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-                fail(rc, "cannot wait for the socket");
-                return;
+    ReadEnd end = read_budget<kReadChunk>(
+        rc->peer.connection, kReadBudget,
+        [this, rc](const char *buf, std::size_t n) {
+            if (!rc->reader.feed(buf, n)) {
+                fail(rc, "out of memory");
+                return false;
             }
-            dispatch();
-            return;
-        }
+            return replies(rc);
+        },
+        [this, rc](const char *why) { fail(rc, why); });
 
-        if (n == 0) {
-            fail(rc, "connection closed by redis");
-            return;
-        }
-
-        if (n == NGX_ERROR) {
-            fail(rc, "recv failed");
-            return;
-        }
-
-        budget -= ngx_min(budget, static_cast<std::size_t>(n));
-
-        if (!rc->reader.feed(buf, n)) {
-            fail(rc, "out of memory");
-            return;
-        }
-
-        if (!replies(rc)) {
-            return;
-        }
+    if (end == ReadEnd::Gone) {
+        return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
-                   "session_cache: redis connection %p: read budget spent, "
-                   "yielding",
-                   rc);
+    if (end == ReadEnd::Spent) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &rc->log, 0,
+                       "session_cache: redis connection %p: read budget "
+                       "spent, yielding",
+                       rc);
+    }
 
-    ngx_post_event(c->read, &ngx_posted_next_events);
     dispatch();
 }
 
