@@ -450,7 +450,7 @@ void pong(ngx_pid_t me)
     slot().if_holder(me, [] { sh->last_pong = ngx_current_msec; });
 }
 
-void set_reason(std::string_view reason)
+void set_reason(std::string_view reason, bool unset_only)
 {
     if (sh == nullptr) {
         return;
@@ -459,8 +459,10 @@ void set_reason(std::string_view reason)
     std::size_t n = ngx_min(reason.size(), sizeof(sh->reason) - 1);
 
     ngx_shmtx_lock(&shpool->mutex);
-    ngx_memcpy(sh->reason, reason.data(), n);
-    sh->reason[n] = '\0';
+    if (!unset_only || sh->reason[0] == '\0') {
+        ngx_memcpy(sh->reason, reason.data(), n);
+        sh->reason[n] = '\0';
+    }
     ngx_shmtx_unlock(&shpool->mutex);
 }
 

@@ -62,7 +62,9 @@ void        lease_release(ngx_pid_t me); /* exit, or the lease is lost */
 /* Armed (subscribed) or not; a PONG; why L1 is not armed (health). */
 void set_armed(ngx_pid_t me, bool armed); /* only while me holds the lease */
 void pong(ngx_pid_t me);
-void set_reason(std::string_view reason);
+/* unset_only: only where no reason is known (a worker starting must not
+ * hide why the listener of another is not armed) */
+void set_reason(std::string_view reason, bool unset_only = false);
 
 /* The health document's figures. */
 struct Figures {

@@ -518,7 +518,7 @@ Listener::Listener(ngx_cycle_t                              *cycle,
     timer.data = this;
     timer.cancelable = 1;
 
-    l1::set_reason("listener: not started yet");
+    l1::set_reason("listener: not started yet", true);
     ngx_add_timer(&timer, 1);
 }
 
