@@ -29,7 +29,7 @@ use SessionCache::Test;
 use IO::Socket::INET;
 use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use POSIX ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 sub run (%o) {
 $| = 1;
@@ -93,13 +93,18 @@ my sub wrk_cmd ($duration) {
             'http://127.0.0.1:' . $nginx->port . '/app/index.html');
 }
 $ENV{BENCH_MODE} = 'rotate';
+$ENV{BENCH_PATH} = '/app/index.html';    # tokens.lua's path: "/" is not checked
 $ENV{BENCH_TOKENS} = $N;
 $ENV{BENCH_RATE} = $RATE / $THREADS if $RATE;
 SessionCache::Test::_run(cmd => [wrk_cmd(1)], timeout => 30);    # fills L1
 my $wrk_out = "$nginx->{dir}/wrk-load.txt";
 my $wrk_pid = SessionCache::Test::_spawn(cmd => [wrk_cmd($BUDGET + 10)],
                                          stdout => $wrk_out, stderr => $wrk_out);
-sleep 0.5;    # the load is up
+# the load is up: L1 has answered a thousand more of its requests
+my sub l1_hits () { ((($nginx->health)[1] // {})->{l1}{hits}) // 0 }
+my $before = l1_hits();
+wait_until(sub { l1_hits() > $before + 1000 }, 10, 0.01)
+    or die "the wrk load did not start\n";
 
 # ----------------------------------------------------------------- trials
 

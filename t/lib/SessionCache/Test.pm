@@ -637,7 +637,7 @@ package SessionCache::Test::Redis;
 
 use v5.36;
 use POSIX ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 use IO::Socket::INET;
 
 sub _new ($class, %opt) {
@@ -802,7 +802,7 @@ package SessionCache::Test::Postgres;
 
 use v5.36;
 use POSIX ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 our $PASSWORD = 'pg-S3cret-pw';
 
@@ -1175,7 +1175,7 @@ package SessionCache::Test::Nginx;
 
 use v5.36;
 use POSIX ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 sub _new ($class, %opt) {
     my $bin = $ENV{NGINX_BIN} // '/usr/sbin/nginx';
@@ -1424,7 +1424,7 @@ sub DESTROY ($self) {
 package SessionCache::Test::RedisCluster;
 
 use v5.36;
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 sub _new ($class, %opt) {
     my $n = $opt{masters} // 3;
@@ -1556,7 +1556,7 @@ package SessionCache::Test::Sentinel;
 use v5.36;
 use parent -norequire, 'SessionCache::Test::Redis';
 use List::Util ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 push @SessionCache::Test::EXPORT,
     qw(start_sentinel start_fake_sentinel replicate);
