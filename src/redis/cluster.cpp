@@ -2,9 +2,9 @@
 
 #include "guarded.h"
 #include "metrics/metrics.h"
+#include "redis/redis_url.h"
 #include "redis/resp.h"
 
-#include <arpa/inet.h>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -260,23 +260,7 @@ Cluster::Node *Cluster::node(const std::string &address,
 
     ngx_memzero(&n->sockaddr, sizeof(n->sockaddr));
 
-    if (inet_pton(AF_INET, host.c_str(), &n->sockaddr.sockaddr_in.sin_addr)
-        == 1) {
-        n->sockaddr.sockaddr_in.sin_family = AF_INET;
-        n->sockaddr.sockaddr_in.sin_port = htons(static_cast<uint16_t>(port));
-        n->addr.socklen = sizeof(struct sockaddr_in);
-
-#if (NGX_HAVE_INET6)
-    } else if (inet_pton(AF_INET6, host.c_str(),
-                         &n->sockaddr.sockaddr_in6.sin6_addr)
-               == 1)
-    {
-        n->sockaddr.sockaddr_in6.sin6_family = AF_INET6;
-        n->sockaddr.sockaddr_in6.sin6_port = htons(static_cast<uint16_t>(port));
-        n->addr.socklen = sizeof(struct sockaddr_in6);
-#endif
-
-    } else {
+    if (!ip_sockaddr(host, port, &n->sockaddr.sockaddr, &n->addr.socklen)) {
         n->error = "known by a host name; nginx resolves none at run time "
                    "(set cluster-preferred-endpoint-type ip on the nodes)";
         ngx_log_error(NGX_LOG_ERR, &log_, 0,

@@ -1,6 +1,5 @@
 #include "redis/cluster_slots.h"
 
-#include <arpa/inet.h>
 #include <cstring>
 
 namespace session_cache {
@@ -72,22 +71,6 @@ std::string node_address(std::string_view host, int port)
     s += ':';
     s += std::to_string(port);
     return s;
-}
-
-bool is_ip_address(std::string_view host) noexcept
-{
-    char          text[64];
-    unsigned char buf[sizeof(struct in6_addr)];
-
-    if (host.empty() || host.size() >= sizeof(text)) {
-        return false;
-    }
-
-    std::memcpy(text, host.data(), host.size());
-    text[host.size()] = '\0';
-
-    return inet_pton(AF_INET, text, buf) == 1
-           || inet_pton(AF_INET6, text, buf) == 1;
 }
 
 bool SlotMap::build(const ClusterSlotRange *ranges, std::size_t n,

@@ -87,7 +87,4 @@ struct Redirect {
 /* false: not a MOVED or ASK reply, or a malformed one. */
 bool parse_redirect(std::string_view error, Redirect *out);
 
-/* host is an IPv4 or IPv6 address, not a name. */
-bool is_ip_address(std::string_view host) noexcept;
-
 } // namespace session_cache

@@ -8,9 +8,13 @@
  */
 #include "redis/redis_url.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "integer.h"
 
 #include <cstdint>
+#include <cstring>
 #include <new>
 
 namespace session_cache {
@@ -918,6 +922,49 @@ std::string mask_redis_url(const RedisUrl &u)
     } catch (...) {
         return {}; /* std::bad_alloc: nothing sensible to show */
     }
+}
+
+bool ip_sockaddr(std::string_view host, int port, struct sockaddr *sa,
+                 socklen_t *len) noexcept
+{
+    char text[INET6_ADDRSTRLEN + 1];
+
+    if (host.empty() || host.size() >= sizeof(text) || port < 0 || port > 65535)
+    {
+        return false;
+    }
+
+    host.copy(text, host.size());
+    text[host.size()] = '\0';
+
+    auto *in = reinterpret_cast<struct sockaddr_in *>(sa);
+    auto *in6 = reinterpret_cast<struct sockaddr_in6 *>(sa);
+
+    std::memset(in6, 0, sizeof(*in6));
+
+    if (inet_pton(AF_INET, text, &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons(static_cast<std::uint16_t>(port));
+        *len = sizeof(*in);
+        return true;
+    }
+
+    if (inet_pton(AF_INET6, text, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(static_cast<std::uint16_t>(port));
+        *len = sizeof(*in6);
+        return true;
+    }
+
+    return false;
+}
+
+bool is_ip_literal(std::string_view host) noexcept
+{
+    struct sockaddr_storage sa;
+    socklen_t               len;
+
+    return ip_sockaddr(host, 0, reinterpret_cast<struct sockaddr *>(&sa), &len);
 }
 
 } // namespace session_cache

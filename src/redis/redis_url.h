@@ -16,6 +16,8 @@
  */
 #pragma once
 
+#include <sys/socket.h>
+
 #include <string>
 #include <string_view>
 #include <vector>
@@ -67,6 +69,19 @@ struct RedisUrl {
  * a password in any of them.
  */
 std::string parse_redis_url(std::string_view url, RedisUrl *out);
+
+/*
+ * An address learned at run time (a sentinel's answer, a CLUSTER SLOTS
+ * node): when host is an IPv4 or IPv6 literal, its socket address with
+ * port in *sa (room for a sockaddr_in6: a sockaddr_storage or nginx's
+ * ngx_sockaddr_t), its length in *len, and true; false for a name (to be
+ * resolved) or anything else.
+ */
+bool ip_sockaddr(std::string_view host, int port, struct sockaddr *sa,
+                 socklen_t *len) noexcept;
+
+/* host is an IPv4 or IPv6 literal, not a name. */
+bool is_ip_literal(std::string_view host) noexcept;
 
 /*
  * The URL for logs and the health document, password replaced by ***:

@@ -24,10 +24,10 @@
 
 #include "breaker/breaker_zone.h"
 #include "l1/l1_zone.h"
+#include "redis/redis_url.h"
 #include "redis/resp.h"
 #include "redis/sentinel_logic.h"
 
-#include <arpa/inet.h>
 
 #include <cstring>
 #include <new>
@@ -694,32 +694,10 @@ void candidate_found()
     ngx_sockaddr_t sa;
     socklen_t      len;
 
-    ngx_memzero(&sa, sizeof(sa));
-
-    if (inet_pton(AF_INET, s->candidate.host.c_str(), &sa.sockaddr_in.sin_addr)
-        == 1)
-    {
-        sa.sockaddr_in.sin_family = AF_INET;
-        sa.sockaddr_in.sin_port =
-            htons(static_cast<uint16_t>(s->candidate.port));
-        len = sizeof(sockaddr_in);
+    if (ip_sockaddr(s->candidate.host, s->candidate.port, &sa.sockaddr, &len)) {
         confirm(&sa.sockaddr, len);
         return;
     }
-
-#if (NGX_HAVE_INET6)
-    if (inet_pton(AF_INET6, s->candidate.host.c_str(),
-                  &sa.sockaddr_in6.sin6_addr)
-        == 1)
-    {
-        sa.sockaddr_in6.sin6_family = AF_INET6;
-        sa.sockaddr_in6.sin6_port =
-            htons(static_cast<uint16_t>(s->candidate.port));
-        len = sizeof(sockaddr_in6);
-        confirm(&sa.sockaddr, len);
-        return;
-    }
-#endif
 
     ngx_resolver_ctx_t *ctx =
         s->resolver ? ngx_resolve_start(s->resolver, nullptr) : nullptr;

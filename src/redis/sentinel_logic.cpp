@@ -1,26 +1,8 @@
 #include "redis/sentinel_logic.h"
 
-#include <arpa/inet.h>
-
 #include "integer.h"
 
 namespace session_cache::sentinel {
-
-bool is_ip_literal(std::string_view host)
-{
-    char          text[64];
-    unsigned char buf[16];
-
-    if (host.empty() || host.size() >= sizeof(text)) {
-        return false;
-    }
-
-    host.copy(text, host.size());
-    text[host.size()] = '\0';
-
-    return inet_pton(AF_INET, text, buf) == 1
-           || inet_pton(AF_INET6, text, buf) == 1;
-}
 
 bool parse_address(std::string_view host, std::string_view port, Address *out)
 {

@@ -29,8 +29,6 @@ struct Address {
  * outside 1..65535). */
 bool parse_address(std::string_view host, std::string_view port, Address *out);
 
-/* An IPv4 or IPv6 literal (else a name, to be resolved). */
-bool is_ip_literal(std::string_view host);
 
 /* A +switch-master message, "<master> <old-ip> <old-port> <new-ip>
  * <new-port>": true, and the new address, when it is about master. */

@@ -15,6 +15,7 @@ extern "C" {
 #include <string>
 
 #include "redis/cluster_slots.h"
+#include "redis/redis_url.h"
 #include "redis/resp.h"
 
 using namespace session_cache;
@@ -211,9 +212,9 @@ void test_redirects(void **)
     assert_string_equal(r.host.c_str(), "::1");
 
     assert_true(parse_redirect("MOVED 1 redis-1.internal:7000", &r));
-    assert_false(is_ip_address(r.host));
-    assert_true(is_ip_address("10.1.2.3"));
-    assert_true(is_ip_address("::1"));
+    assert_false(is_ip_literal(r.host));
+    assert_true(is_ip_literal("10.1.2.3"));
+    assert_true(is_ip_literal("::1"));
 
     assert_false(parse_redirect("MOVED", &r));
     assert_false(parse_redirect("MOVED 16384 1.2.3.4:1", &r));

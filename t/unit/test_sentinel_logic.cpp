@@ -11,14 +11,15 @@ extern "C" {
 #include <cmocka.h>
 }
 
+#include "redis/redis_url.h"
 #include "redis/sentinel_logic.h"
 
 using namespace session_cache::sentinel;
+using session_cache::is_ip_literal;
 
 namespace {
 
-void
-test_address(void **)
+void test_address(void **)
 {
     Address a;
 
@@ -48,8 +49,7 @@ test_address(void **)
     assert_false(is_ip_literal(""));
 }
 
-void
-test_switch(void **)
+void test_switch(void **)
 {
     Address to;
 
@@ -58,20 +58,19 @@ test_switch(void **)
     assert_string_equal(to.host.c_str(), "127.0.0.1");
     assert_int_equal(to.port, 6380);
 
-    assert_false(parse_switch("other 127.0.0.1 6379 127.0.0.1 6380",
-                              "mymaster", &to));
-    assert_false(parse_switch("mymaster 127.0.0.1 6379 127.0.0.1",
-                              "mymaster", &to));
+    assert_false(
+        parse_switch("other 127.0.0.1 6379 127.0.0.1 6380", "mymaster", &to));
+    assert_false(
+        parse_switch("mymaster 127.0.0.1 6379 127.0.0.1", "mymaster", &to));
     assert_false(parse_switch("mymaster 127.0.0.1 6379 127.0.0.1 6380 x",
                               "mymaster", &to));
-    assert_false(parse_switch("mymaster 127.0.0.1 6379 127.0.0.1 0",
-                              "mymaster", &to));
+    assert_false(
+        parse_switch("mymaster 127.0.0.1 6379 127.0.0.1 0", "mymaster", &to));
     assert_false(parse_switch("", "mymaster", &to));
     assert_false(parse_switch("mymaster2 a 1 b 2", "mymaster", &to));
 }
 
-void
-test_role(void **)
+void test_role(void **)
 {
     assert_true(is_master_role("master"));
     assert_false(is_master_role("slave"));
@@ -86,8 +85,7 @@ test_role(void **)
     assert_false(is_refusal("ERR unknown command"));
 }
 
-void
-test_rotation(void **)
+void test_rotation(void **)
 {
     Rotation r(3);
 
@@ -127,8 +125,7 @@ test_rotation(void **)
     assert_true(one.done());
 }
 
-void
-test_retry(void **)
+void test_retry(void **)
 {
     assert_int_equal(retry_delay(0), kRetryMin);
     assert_int_equal(retry_delay(1), kRetryMin);
@@ -138,20 +135,18 @@ test_retry(void **)
     assert_int_equal(retry_delay(1000000), kRetryMax);
 }
 
-}  // namespace
+} // namespace
 
-int
-main(void)
+int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_address),
-        cmocka_unit_test(test_switch),
-        cmocka_unit_test(test_role),
-        cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_address), cmocka_unit_test(test_switch),
+        cmocka_unit_test(test_role),    cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_retry),
     };
 
     return cmocka_run_group_tests_name("sentinel_logic", tests, nullptr,
                                        nullptr)
-           ? 1 : 0;
+               ? 1
+               : 0;
 }
