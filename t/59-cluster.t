@@ -71,6 +71,8 @@ for my $node (@nodes) {
 
 my ($s, $c) = check('tok-cl-unknown');
 is("$s $c", '401 MISS', 'an unknown token: 401');
+is($cluster->owner_of_key('session:tok-cl-unknown')->wait_for_key('session:tok-cl-unknown'),
+   '{"invalid":true}', 'its negative entry is written on the node that owns its slot');
 ($s, $c) = check('tok-cl-unknown');
 is("$s $c", '401 NEGATIVE', 'then its negative entry, from its node');
 

@@ -114,7 +114,8 @@ cmp_ok($to->calls('cluster|slots') + $from->calls('cluster|slots')
 
 my @tokens = map { "tok-rs-$_" } 1 .. 120;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
-check_session($_) for @tokens;    # cached on their nodes
+check_session($_) for @tokens;
+$cluster->owner_of_key("session:$_")->wait_for_key("session:$_") for @tokens;    # cached on their nodes
 is(check_session($tokens[0]), "200 HIT user-$tokens[0]", 'cached before the reshard');
 
 my ($moved0, $ask0) = redirects();
