@@ -160,6 +160,17 @@ void breaker_release_trial(BreakerData *b)
     }
 }
 
+bool breaker_probe_reached(BreakerData *b)
+{
+    if (b->phase != BreakerState::Open) {
+        return false; /* closed, or a trial is already due or out */
+    }
+
+    b->phase = BreakerState::HalfOpen;
+    b->trial = false;
+    return true;
+}
+
 std::uint64_t breaker_wait(const BreakerData *b, const BreakerConfig &cfg,
                            std::uint64_t now)
 {

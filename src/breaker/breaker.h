@@ -79,6 +79,14 @@ Transition breaker_record(BreakerData *b, const BreakerConfig &cfg,
  * caller may take the trial. */
 void breaker_release_trial(BreakerData *b);
 
+/*
+ * A probe (not a call: the breaker neither refuses nor counts probes)
+ * reached the backend while the breaker is open: the cooldown ends now,
+ * and the next caller takes the half-open trial, which decides as usual.
+ * true: the breaker was open; false: nothing changed.
+ */
+bool breaker_probe_reached(BreakerData *b);
+
 /* Calls and failures in the window ending at now. */
 BreakerStats breaker_stats(const BreakerData *b, const BreakerConfig &cfg,
                            std::uint64_t now);

@@ -211,6 +211,26 @@ void breaker_give_back(Backend backend)
     ngx_shmtx_unlock(&shpool->mutex);
 }
 
+void breaker_probe_answered(Backend backend, ngx_log_t *log)
+{
+    if (zone == nullptr) {
+        return;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+    bool was_open = breaker_probe_reached(data(backend));
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (was_open) {
+        const char *name = kNames[static_cast<int>(backend)];
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "session_cache: %s circuit breaker half-open: a probe "
+                      "reached %s before the cooldown ended; the next call "
+                      "is the trial",
+                      name, name);
+    }
+}
+
 void breaker_reset(Backend backend, ngx_log_t *log)
 {
     if (zone == nullptr) {

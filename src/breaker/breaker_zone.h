@@ -30,6 +30,10 @@ void breaker_report(Backend backend, bool success, bool trial, ngx_log_t *log);
 /* A trial call was dropped before it reached the backend. */
 void breaker_give_back(Backend backend);
 
+/* A recovery probe (pool.h) reached the backend while its breaker was
+ * open: the cooldown ends, the next call is the half-open trial. */
+void breaker_probe_answered(Backend backend, ngx_log_t *log);
+
 /* Closed and empty again: the backend is another server now (a Redis
  * Sentinel switch); what it counted was the old one's. */
 void breaker_reset(Backend backend, ngx_log_t *log);

@@ -296,11 +296,34 @@ PgWaiter *PgPool::submit(std::string_view token, PgDone done, void *data,
 /* A health probe is never shared. */
 PgWaiter *PgPool::submit_probe(PgDone done, void *data, const char **error)
 {
+    return probe(done, data, error, false);
+}
+
+PgWaiter *PgPool::probe(PgDone done, void *data, const char **error,
+                        bool recovery)
+{
     std::unique_ptr<PgJob> q(new PgJob());
     q->probe = true;
     q->health = true;
+    q->recovery = recovery;
 
     return fly(std::move(q), false, done, data, error);
+}
+
+/* pool.h's recover(): the health probe's query. Reaching a server that
+ * target_session_attrs accepts is what counts (a new primary after a
+ * promotion); whether the session query can be prepared there is the
+ * trial's to find out. */
+bool PgPool::probe_recovery()
+{
+    const char *error;
+
+    return probe(recovery_answered, this, &error, true) != nullptr;
+}
+
+void PgPool::recovery_answered(void *data, const PgRow *row, const char *error)
+{
+    static_cast<PgPool *>(data)->recovered(error == nullptr && row != nullptr);
 }
 
 /* Start query q with one caller waiting for it; shared: in flights_, under

@@ -20,6 +20,9 @@
  *   bool batching(const Conn *)      a write to it is already pending, so
  *                                    one more job costs no extra write
  *   void destroy(Conn *)             close and free it (calling remove())
+ *   bool probe_recovery()            send a recovery probe (see recover())
+ *                                    whose done() calls recovered(); false:
+ *                                    it could not even be started
  * Conn derives from PoolConn; Job from PoolJob<Conn, Result>.
  */
 #pragma once
@@ -41,7 +44,11 @@ struct PoolJob : DispatchJob<Conn, Result> {
     bool        trial; /* the breaker's half-open trial call */
     bool        probe; /* a health probe: the breaker neither refuses
                         * nor counts it */
+    bool        recovery = false; /* a probe sent by recover() */
 };
+
+/* How often a worker probes a backend whose breaker is open (recover()). */
+constexpr ngx_msec_t kRecoveryProbeInterval = 1000;
 
 /* What every connection has; Conn derives from it. */
 struct PoolConn : DispatchConn {
@@ -136,6 +143,7 @@ protected:
                            name_);
             *error = "circuit breaker open";
             delete job;
+            recover();
             return false;
         }
 
@@ -170,6 +178,42 @@ protected:
         return true;
     }
 
+    /*
+     * The breaker refused a call. The cooldown is a guess at how long the
+     * backend stays away; a backend back sooner (a standby promoted, a
+     * server restarted) is found by a probe instead: at most one at a
+     * time and one per kRecoveryProbeInterval from each worker, and only
+     * while calls are being refused. A probe that is answered ends the
+     * cooldown (breaker_probe_answered): the next call is the half-open
+     * trial, which decides as it always does.
+     */
+    void recover()
+    {
+        if (recovering_
+            || (probed_ && ngx_current_msec - probed_at_ < kRecoveryProbeInterval))
+        {
+            return;
+        }
+
+        probed_ = true;
+        probed_at_ = ngx_current_msec;
+        recovering_ = derived()->probe_recovery();
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &log_, 0,
+                       "session_cache: %s: breaker open: recovery probe %s",
+                       name_, recovering_ ? "sent" : "not sent");
+    }
+
+    /* The recovery probe's answer: reached says the backend answered it. */
+    void recovered(bool reached)
+    {
+        recovering_ = false;
+
+        if (reached) {
+            breaker_probe_answered(which_, &log_);
+        }
+    }
+
     const ngx_http_session_cache_backend_t *backend_;
     const char                             *name_;
     Backend                                 which_;
@@ -183,6 +227,10 @@ protected:
     void *observer_data_ = nullptr;
 
 private:
+    bool       recovering_ = false; /* a recovery probe is out */
+    bool       probed_ = false;     /* one was ever sent */
+    ngx_msec_t probed_at_ = 0;      /* when the last one was sent */
+
     /* Dispatch's host: the protocol is Derived's */
     Conn *conn_open(const char **error) { return derived()->open(error); }
     void  conn_assign(Conn *conn, Job *job)
@@ -268,7 +316,12 @@ private:
         PoolConn  *pc = conn;
         ngx_log_t *log = pc->log.handler ? &pc->log : &log_;
 
-        if (pc->njobs) {
+        if (pc->njobs == 1 && Base::front(conn)->recovery) {
+            /* the breaker is open: the outage was logged when it opened */
+            ngx_log_error(NGX_LOG_INFO, log, 0,
+                          "session_cache: %s recovery probe failed: %s", name_,
+                          error);
+        } else if (pc->njobs) {
             ngx_log_error(NGX_LOG_ERR, log, 0, "session_cache: %s: %s", name_,
                           error);
         } else {
@@ -299,9 +352,16 @@ private:
         auto *pool = static_cast<Pool *>(job->pool);
 
         try {
+            bool   recovery = job->recovery; /* job is gone after it */
             Expiry e = pool->expire(job, pool->timeout_text_);
 
-            if (e == Expiry::Connecting) {
+            if (e == Expiry::Connecting && recovery) {
+                /* the breaker is open: the outage was logged then */
+                ngx_log_error(NGX_LOG_INFO, &pool->log_, 0,
+                              "session_cache: %s recovery probe failed: %s "
+                              "while connecting",
+                              pool->name_, pool->timeout_text_);
+            } else if (e == Expiry::Connecting) {
                 ngx_log_error(NGX_LOG_ERR, &pool->log_, 0,
                               "session_cache: %s: %s while connecting",
                               pool->name_, pool->timeout_text_);

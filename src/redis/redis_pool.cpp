@@ -231,6 +231,12 @@ RedisJob *RedisPool::submit(std::initializer_list<std::string_view> command,
 RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
                                   void *data, const char **error)
 {
+    return probe(command, done, data, error, false);
+}
+
+RedisJob *RedisPool::probe(std::string_view command, RedisDone done,
+                           void *data, const char **error, bool recovery)
+{
     if (conf_->sentinel != nullptr && sentinel::master() == nullptr) {
         *error = kNoMaster;
         return nullptr;
@@ -241,8 +247,26 @@ RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
     job->done = done;
     job->data = data;
     job->probe = true;
+    job->recovery = recovery;
 
     return start(job, error) ? job : nullptr;
+}
+
+/* pool.h's recover(): a PING, on a connection that went through the
+ * handshake (AUTH, SELECT, and with Sentinel the ROLE check) */
+bool RedisPool::probe_recovery()
+{
+    static constexpr std::string_view kPing = "*1\r\n$4\r\nPING\r\n";
+    const char                       *error;
+
+    return probe(kPing, recovery_answered, this, &error, true) != nullptr;
+}
+
+void RedisPool::recovery_answered(void *data, const RedisReply *reply,
+                                  const char *error)
+{
+    static_cast<RedisPool *>(data)->recovered(
+        error == nullptr && reply != nullptr && reply->type != REDIS_REPLY_ERROR);
 }
 
 void RedisPool::set_cluster(Redirect redirect, void (*observe)(void *),

@@ -99,6 +99,12 @@ public:
 private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
 
+    RedisJob   *probe(std::string_view command, RedisDone done, void *data,
+                      const char **error, bool recovery);
+    bool        probe_recovery();
+    static void recovery_answered(void *data, const RedisReply *reply,
+                                  const char *error);
+
     RedisConn *open(const char **error);
     void       assign(RedisConn *rc, RedisJob *job);
     bool       on_wire(const RedisConn *rc) const;

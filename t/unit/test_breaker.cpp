@@ -326,6 +326,46 @@ test_adopting_a_new_layout_keeps_the_phase(void **state)
     assert_int_equal(breaker_stats(&F.b, other, F.now).calls, 0);
 }
 
+void
+test_probe_reached_ends_the_cooldown(void **state)
+{
+    open_it(state);
+    F.now += 1;
+    assert_true(F.admit() == Admit::Reject);
+
+    /* a probe answered: no more waiting, one trial, the others refused */
+    assert_true(breaker_probe_reached(&F.b));
+    assert_true(F.b.phase == BreakerState::HalfOpen);
+    assert_int_equal(breaker_wait(&F.b, F.cfg, F.now), 0);
+    assert_true(F.admit() == Admit::Trial);
+    assert_true(F.admit() == Admit::Reject);
+
+    /* another probe while the trial is out changes nothing */
+    assert_false(breaker_probe_reached(&F.b));
+    assert_true(F.admit() == Admit::Reject);
+
+    /* the trial decides as usual: a failure opens it for a whole cooldown */
+    assert_true(breaker_record(&F.b, F.cfg, F.now, false, true)
+                == Transition::Reopened);
+    assert_true(F.b.phase == BreakerState::Open);
+    assert_int_equal(breaker_wait(&F.b, F.cfg, F.now), F.cfg.cooldown);
+
+    /* a second probe, the trial succeeds: closed */
+    assert_true(breaker_probe_reached(&F.b));
+    assert_true(F.admit() == Admit::Trial);
+    assert_true(breaker_record(&F.b, F.cfg, F.now, true, true)
+                == Transition::Closed);
+    assert_true(F.b.phase == BreakerState::Closed);
+}
+
+void
+test_probe_reached_on_a_closed_breaker_changes_nothing(void **state)
+{
+    assert_false(breaker_probe_reached(&F.b));
+    assert_true(F.b.phase == BreakerState::Closed);
+    assert_true(F.admit() == Admit::Allow);
+}
+
 /*
  * Several workers race for the trial: the zone's lock serialises them
  * (here a mutex, in nginx ngx_shmtx); exactly one wins.
@@ -389,6 +429,8 @@ main(void)
         T(test_given_back_trial_goes_to_the_next_caller),
         T(test_lost_trial_is_replaced_after_a_cooldown),
         T(test_adopting_a_new_layout_keeps_the_phase),
+        T(test_probe_reached_ends_the_cooldown),
+        T(test_probe_reached_on_a_closed_breaker_changes_nothing),
         T(test_one_trial_among_racing_workers),
     };
 
