@@ -10,6 +10,7 @@
 
 use v5.36;
 use Test::More;
+use Time::HiRes qw(time);
 use SessionCache::Test;
 
 my $redis   = start_redis();
@@ -71,6 +72,31 @@ is($r->{status}, 401, '... asked again: 401');
 is($r->{headers}{'x-session-status'}, 'MISS',
    '... from Postgres again, not from a negative entry (Redis or L1)');
 is($standby->queries_for($lost), 2, '... the standby was asked twice');
+
+# A burst of unknown tokens while the primary is down: each gets 401 and
+# none is remembered, but they do not each cost a connection attempt (one
+# that walks the host list, and is refused by the standby, read-only,
+# after a whole startup there): after one fails, the lag guard does not
+# try again for 1 s.
+{
+    my $attempt = qr/\[error\].*session_cache: postgres primary: /;
+    ok($nginx->log_count($attempt, $since) >= 1,
+       'no primary: the failed attempts to reach it are logged');
+    my $mark = $nginx->log_size;
+    my $t0 = time;
+    my @burst = map { "tok-lag-burst-$_" } 1 .. 30;
+    my @st = map { get('/', cookie => "session=$_")->{status} } @burst;
+    my $secs = time - $t0;
+    is(scalar(grep { $_ != 401 } @st), 0, 'no primary, 30 unknown tokens: each 401');
+    is(scalar(grep { $redis->key_exists("session:$_") } @burst), 0,
+       '... none remembered');
+    my $tries = $nginx->log_count($attempt, $mark);
+    # one worker: one attempt, then one a second at most
+    cmp_ok($tries, '<=', int($secs) + 1,
+           sprintf('... %d connection attempts to the primary in %.2f s', $tries, $secs));
+    ok($nginx->log_count(qr/no primary reached less than a second ago/, $mark) >= 1,
+       '... the others were refused without one, and the log says so');
+}
 
 $r = get('/', cookie => "session=$fresh");
 is($r->{status}, 200, 'a cached session still works without the primary');

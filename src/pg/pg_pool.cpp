@@ -32,6 +32,10 @@ const char kPgUnconfirmed[] = "no row on a hot standby, and no primary "
  * primary; never handed to a caller. */
 static const char kPgStandbyNoRow[] = "no row on a hot standby";
 
+/* After a connection to the primary failed to get through, the lag guard
+ * does not try again for this long (see reask()). */
+static constexpr ngx_msec_t kPrimaryDownFor = 1000;
+
 /* The health probe: SELECT 1, and how far behind the server replays
  * when it is a standby (null on a primary, or before any replay). */
 static const char kProbe[] =
@@ -415,8 +419,15 @@ void PgPool::reask(PgFlight *f)
                    "asking the primary (flight %p)",
                    f);
 
-    if (primary_ != nullptr && !f->token.empty()
-        && primary_->submit(f->token, reasked, f, &error) != nullptr)
+    if (primary_ != nullptr && primary_->unreachable_within(kPrimaryDownFor)
+        && primary_->connections() == 0)
+    {
+        /* an invalid token each time would otherwise cost a connection
+         * attempt each time */
+        error = "no primary reached less than a second ago";
+
+    } else if (primary_ != nullptr && !f->token.empty()
+               && primary_->submit(f->token, reasked, f, &error) != nullptr)
     {
         return;
     }
@@ -711,6 +722,16 @@ void PgPool::crashed(PgConn *pc)
     }
 }
 
+/* pool.h, before a connection fails: one that never got through marks
+ * this pool's server unreachable (see reask()). */
+void PgPool::conn_failed(PgConn *pc, const char *)
+{
+    if (pc->state == PgConn::Connecting) {
+        unreachable_ = true;
+        unreachable_at_ = ngx_current_msec;
+    }
+}
+
 /* A libpq call failed: pc fails with its message, as said() cleans it. */
 void PgPool::failed(PgConn *pc, const char *message)
 {
@@ -796,6 +817,8 @@ void PgPool::connecting(PgConn *pc)
     if (pc->connect_timer.timer_set) {
         ngx_del_timer(&pc->connect_timer);
     }
+
+    unreachable_ = false;
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: %s: connection %p on %s, %s", name_, pc,
