@@ -53,6 +53,15 @@ is($on->{role}, 'standby', 'health: which is a standby');
 ok(defined $on->{replicationLagMs} && $on->{replicationLagMs} >= 0,
    "health: its replication lag, probed ($on->{replicationLagMs} ms)");
 unlike($h->{body}, qr/\Q$PW\E/, 'health: no password');
+{
+    my $p = $nginx->get('/health?format=prometheus')->{body};
+    my $sp = $standby->port;
+    like($p, qr/^nginx_session_cache_postgres_host_connections\{pool="main",host="127\.0\.0\.1",port="$sp",role="standby"\} [1-9]\d*$/m,
+         'Prometheus: the main pool\'s connections, on the standby');
+    like($p, qr/^nginx_session_cache_postgres_replication_lag_seconds\{pool="main",host="127\.0\.0\.1",port="$sp",role="standby"\} \d/m,
+         'Prometheus: the standby\'s replication lag');
+    promtool_ok($p, 'Prometheus with postgres hosts');
+}
 
 # ---------------------------------------------------------- read-write
 $nginx->reload(http => site(

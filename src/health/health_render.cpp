@@ -698,6 +698,33 @@ static void cluster_prometheus(Exposition *x, const ClusterReport &c,
     }
 }
 
+/* postgres.hosts (SPEC §11): nginx_session_cache_postgres_host_* */
+static void pg_hosts_prometheus(Exposition                      *x,
+                                const std::vector<PgHostReport> &hosts)
+{
+    auto labels = [](const PgHostReport &h) {
+        return "pool=\"" + label_value(h.pool) + "\",host=\""
+               + label_value(h.host) + "\",port=\"" + label_value(h.port)
+               + "\",role=\"" + label_value(h.role) + "\"";
+    };
+
+    x->family("postgres_host_connections", "gauge",
+              "Connections open to each Postgres server, per pool (main, or "
+              "primary for the lag guard), in the worker that answered.");
+    for (const PgHostReport &h : hosts) {
+        x->sample(number(h.connections), labels(h));
+    }
+
+    x->family("postgres_replication_lag_seconds", "gauge",
+              "now() - pg_last_xact_replay_timestamp() on the standby the "
+              "health probe ran on.");
+    for (const PgHostReport &h : hosts) {
+        if (h.lag_ms) {
+            x->sample(number(*h.lag_ms / 1000.0, 6), labels(h));
+        }
+    }
+}
+
 /* sentinel:// (SPEC §10): nginx_session_cache_redis_sentinel_* */
 static void sentinel_prometheus(Exposition *x, const SentinelReport &s)
 {
@@ -892,6 +919,7 @@ std::string render_prometheus(const Report &r)
         cluster_prometheus(&x, r.redis.cluster, r.counters);
     }
 
+    pg_hosts_prometheus(&x, r.postgres.hosts);
     l1_prometheus(&x, r.l1);
     revocation_prometheus(&x, r.revocation);
 

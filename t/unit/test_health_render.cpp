@@ -222,6 +222,19 @@ test_pg_hosts(void **)
                             "\"port\": \"5432\", \"role\": \"primary\", "
                             "\"connections\": 1, \"replicationLagMs\": "
                             "null}]"));
+
+    std::string p = render_prometheus(r);
+    assert_true(contains(p, "nginx_session_cache_postgres_host_connections{"
+                            "pool=\"main\",host=\"db2.example\",port=\"5433\","
+                            "role=\"standby\"} 3\n"));
+    assert_true(contains(p, "nginx_session_cache_postgres_host_connections{"
+                            "pool=\"primary\",host=\"db1.example\","
+                            "port=\"5432\",role=\"primary\"} 1\n"));
+    assert_true(contains(p, "nginx_session_cache_postgres_replication_lag_"
+                            "seconds{pool=\"main\",host=\"db2.example\","
+                            "port=\"5433\",role=\"standby\"} 0.0125\n"));
+    /* no lag where the probe did not measure one */
+    assert_false(contains(p, "replication_lag_seconds{pool=\"primary\""));
     assert_int_equal(static_cast<int>(r.status),
                      static_cast<int>(Status::Healthy));
 }
