@@ -2,6 +2,7 @@
 
 #include "guarded.h"
 #include "redis/read_budget.h"
+#include "redis/redis_tls.h"
 #include "redis/resp.h"
 #include "redis/sentinel.h"
 #include "redis/sentinel_logic.h"
@@ -521,33 +522,11 @@ bool RedisPool::connect_done(RedisConn *rc)
 void RedisPool::start_tls(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
+    const char       *error;
 
-    /* nginx's SSL layer allocates from the connection's pool */
-    c->pool = ngx_create_pool(512, &rc->log);
-    if (c->pool == nullptr) {
-        fail(rc, "out of memory");
+    if (!redis_tls::begin(c, conf_->ssl, conf_->tls_name, &rc->log, &error)) {
+        fail(rc, error);
         return;
-    }
-
-    if (ngx_ssl_create_connection(conf_->ssl, c,
-                                  NGX_SSL_BUFFER | NGX_SSL_CLIENT)
-        != NGX_OK)
-    {
-        fail(rc, "cannot start TLS");
-        return;
-    }
-
-    /* never wait for the peer on close: destroy() must not block */
-    c->ssl->no_wait_shutdown = 1;
-    c->ssl->no_send_shutdown = 1;
-
-    const ngx_str_t &name = conf_->tls_name;
-    if (name.len && ngx_inet_addr(name.data, name.len) == INADDR_NONE
-        && name.data[0] != '['
-        && ngx_strlchr(name.data, name.data + name.len, ':') == nullptr)
-    {
-        SSL_set_tlsext_host_name(c->ssl->connection,
-                                 reinterpret_cast<char *>(name.data));
     }
 
     ngx_int_t rv = ngx_ssl_handshake(c);
@@ -582,29 +561,14 @@ void RedisPool::tls_done(RedisConn *rc)
         return;
     }
 
-    if (!c->ssl || !c->ssl->handshaked) {
-        fail(rc, "TLS handshake failed");
+    char        text[160];
+    const char *error =
+        redis_tls::check(c, conf_->tls_name, conf_->tls_verify, text,
+                         sizeof(text));
+
+    if (error != nullptr) {
+        fail(rc, error);
         return;
-    }
-
-    if (conf_->tls_verify) {
-        long rv = SSL_get_verify_result(c->ssl->connection);
-
-        if (rv != X509_V_OK) {
-            u_char text[160];
-            *ngx_snprintf(text, sizeof(text) - 1,
-                          "TLS certificate verify failed: %s",
-                          X509_verify_cert_error_string(rv)) = '\0';
-            fail(rc, reinterpret_cast<char *>(text));
-            return;
-        }
-
-        ngx_str_t name = conf_->tls_name;
-
-        if (ngx_ssl_check_host(c, &name) != NGX_OK) {
-            fail(rc, "TLS certificate does not match the host name");
-            return;
-        }
     }
 
     start_session(rc);
@@ -821,21 +785,8 @@ void RedisPool::destroy(RedisConn *rc)
 {
     remove(rc);
 
-    if (rc->peer.connection) {
-#if (NGX_SSL)
-        if (rc->peer.connection->ssl) {
-            /* no_wait/no_send_shutdown: frees the SSL object at once */
-            ngx_ssl_shutdown(rc->peer.connection);
-        }
-#endif
-        ngx_pool_t *pool = rc->peer.connection->pool;
-        ngx_close_connection(rc->peer.connection);
-        rc->peer.connection = nullptr;
-
-        if (pool) {
-            ngx_destroy_pool(pool);
-        }
-    }
+    redis_tls::close(rc->peer.connection);
+    rc->peer.connection = nullptr;
 
     delete rc;
 }
