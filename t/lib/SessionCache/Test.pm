@@ -1942,4 +1942,48 @@ sub _serve ($listen, $address, $password, $asked) {
     }
 }
 
+# ------------------------------------------------------------------ TLS
+
+# A test CA and what it signs, made with openssl in a directory of its
+# own (EC keys: quick). Returns {dir, ca, ca_key, cert, key, other_ca}:
+# ca signs cert (for the names in san, default DNS:localhost and
+# IP:127.0.0.1); other_ca is an unrelated CA, for "untrusted" cases.
+# make_cert($ca, $name, $san) adds another certificate the CA signs.
+sub SessionCache::Test::make_ca (%o) {
+    my $openssl = SessionCache::Test::_need_in_path('openssl');
+    my $dir = SessionCache::Test::_tempdir('tls');
+    my $run = sub (@cmd) {
+        my ($rc, $out) = SessionCache::Test::_run(cmd => [$openssl, @cmd], timeout => 30);
+        die "openssl @cmd[0..1] failed: $out\n" if $rc;
+    };
+    for my $name (qw(ca other)) {
+        $run->('req', '-x509', '-newkey', 'ec', '-pkeyopt',
+               'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
+               '-subj', "/CN=test $name", '-keyout', "$dir/$name.key",
+               '-out', "$dir/$name.crt");
+    }
+    my $ca = { dir => $dir, ca => "$dir/ca.crt", ca_key => "$dir/ca.key",
+               other_ca => "$dir/other.crt", run => $run };
+    my ($cert, $key) = SessionCache::Test::make_cert(
+        $ca, 'server', $o{san} // 'DNS:localhost,IP:127.0.0.1');
+    @$ca{qw(cert key)} = ($cert, $key);
+    chmod 0755, $dir;
+    chmod 0644, glob("$dir/*");
+    return $ca;
+}
+
+sub SessionCache::Test::make_cert ($ca, $name, $san) {
+    my $dir = $ca->{dir};
+    $ca->{run}->('req', '-newkey', 'ec', '-pkeyopt',
+                 'ec_paramgen_curve:prime256v1', '-nodes', '-subj',
+                 "/CN=$name", '-keyout', "$dir/$name.key",
+                 '-out', "$dir/$name.csr");
+    SessionCache::Test::_write_file("$dir/$name.ext", "subjectAltName=$san\n");
+    $ca->{run}->('x509', '-req', '-in', "$dir/$name.csr", '-CA', $ca->{ca},
+                 '-CAkey', $ca->{ca_key}, '-CAcreateserial', '-days', '2',
+                 '-extfile', "$dir/$name.ext", '-out', "$dir/$name.crt");
+    chmod 0644, "$dir/$name.crt", "$dir/$name.key";
+    return ("$dir/$name.crt", "$dir/$name.key");
+}
+
 1;
