@@ -108,6 +108,9 @@ ok(wait_until(sub {
 ok($nginx->wait_for_log(
        qr/\[warn\].*master "mymaster" is now \Q$new\E \(was \Q$old\E\)/),
    'the switch logged');
+ok($nginx->wait_for_log(
+       qr/\[info\].*redis sentinel: \+switch-master for "mymaster" to \Q$new\E/),
+   'told by +switch-master on the subscription over TLS');
 
 $gets = $replica->calls('get');
 ok(wait_until(sub { status_of('tok-stls-1') eq '200 HIT' }, 5, 0.05, 'HIT'),

@@ -386,9 +386,9 @@ void link_send(Link *l, std::string_view resp)
 }
 
 /* Open a link to sockaddr with commands (RESP); deadline: the whole
- * exchange, TLS handshake included. tls_name: over TLS, the name the
- * certificate must carry; nullptr: plain TCP. nullptr: connect() failed
- * at once (the reason is in *error). */
+ * exchange, TLS handshake included. tls_name: with rediss-sentinel://,
+ * the name the certificate must carry (unused without TLS). nullptr:
+ * connect() failed at once (the reason is in *error). */
 Link *link_open(const sockaddr *sa, socklen_t len, const char *action,
                 std::string_view commands, ngx_msec_t deadline, ReplyFn reply,
                 ErrorFn error, std::string_view tls_name, const char **why)

@@ -39,8 +39,9 @@ const ngx_addr_t *master();
  * announce-hostnames). The name its TLS certificate must carry
  * (rediss-sentinel://: the pool's and the L1 listener's connections to
  * the master verify it, and send it as SNI when it is a name).
- * NUL-terminated; stays the same while that master is current. Empty
- * while none is known.
+ * NUL-terminated, at the same place for the worker's life; its text
+ * stays the same while that master is current (unless a sentinel names
+ * the same address otherwise). Empty while none is known.
  */
 const ngx_str_t &master_host();
 
