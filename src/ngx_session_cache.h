@@ -37,6 +37,12 @@ typedef struct {
     ngx_addr_t                 *addrs;           /* the sentinels, resolved
                                                   * at start */
     ngx_uint_t                  naddrs;
+    ngx_str_t                  *names;           /* rediss-sentinel://: the
+                                                  * host each address came
+                                                  * from, as the URL gave
+                                                  * it (TLS: SNI and the
+                                                  * name verified); NULL
+                                                  * without TLS */
     ngx_str_t                   master;          /* MASTER */
     ngx_str_t                   handshake;       /* AUTH to the sentinels,
                                                   * as RESP; may be empty */

@@ -95,7 +95,9 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
 }
 
 /*
- * rediss://: an nginx SSL context, as proxy_ssl builds one. The server's
+ * rediss://, rediss-sentinel://: an nginx SSL context, as proxy_ssl
+ * builds one (with Sentinel, for the sentinels and the data nodes alike;
+ * the names are the sentinels' and the master's, not tls_name). The server's
  * certificate is checked (chain and name) unless tls_verify=off; against
  * tls_ca= when given, else against the system's trusted CAs.
  */
@@ -164,13 +166,16 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 /*
  * The addresses of a list of hosts (redis-cluster:// seeds, sentinels),
  * each resolved here like any host, into one array: a name may give
- * several.
+ * several. names (when not nullptr): the host each address came from,
+ * NUL-terminated, side by side with the addresses (for TLS).
  */
 static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
                           const std::vector<RedisUrl::Endpoint> &list,
-                          const char *what, ngx_addr_t **out, ngx_uint_t *n)
+                          const char *what, ngx_addr_t **out, ngx_uint_t *n,
+                          ngx_str_t **names = nullptr)
 {
     std::vector<ngx_addr_t> addrs;
+    std::vector<ngx_str_t>  hosts;
 
     for (const RedisUrl::Endpoint &e : list) {
         ngx_url_t   u;
@@ -181,6 +186,21 @@ static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
         }
 
         addrs.insert(addrs.end(), u.addrs, u.addrs + u.naddrs);
+
+        ngx_str_t host = ngx_null_string;
+        if (names != nullptr && !copy_str(cf, e.host, &host)) {
+            return const_cast<char *>("out of memory");
+        }
+        hosts.insert(hosts.end(), u.naddrs, host);
+    }
+
+    if (names != nullptr) {
+        *names = static_cast<ngx_str_t *>(
+            ngx_palloc(cf->pool, hosts.size() * sizeof(ngx_str_t)));
+        if (*names == nullptr) {
+            return const_cast<char *>("out of memory");
+        }
+        ngx_memcpy(*names, hosts.data(), hosts.size() * sizeof(ngx_str_t));
     }
 
     *out = static_cast<ngx_addr_t *>(
@@ -220,8 +240,10 @@ static char *sentinel_conf(ngx_conf_t *cf, const RedisUrl &url,
         password.assign(view(rcf->sentinel_password));
     }
 
+    /* rediss-sentinel://: each sentinel's certificate must name its host
+     * as the URL gave it */
     char *rv = resolve_list(cf, url, url.sentinels, "sentinel: ", &scf->addrs,
-                            &scf->naddrs);
+                            &scf->naddrs, url.tls ? &scf->names : nullptr);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -257,6 +279,12 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         if (rv != NGX_CONF_OK) {
             return rv;
         }
+
+    } else if (url.sentinel
+               && (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET))
+    {
+        return conf_error(cf, "tls_ca= and tls_verify= need TLS: write "
+                              "rediss-sentinel:// instead of sentinel://");
 
     } else if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
         return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");

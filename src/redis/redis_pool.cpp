@@ -518,13 +518,22 @@ bool RedisPool::connect_done(RedisConn *rc)
 
 #if (NGX_SSL)
 
+/* The name the server's certificate must carry: the URL's host; with
+ * rediss-sentinel://, the master's as the sentinel named it (a switch
+ * closes every connection, so it is the one this connection went to). */
+static const ngx_str_t &
+tls_name(const ngx_http_session_cache_redis_conf_t *conf)
+{
+    return conf->sentinel != nullptr ? sentinel::master_host() : conf->tls_name;
+}
+
 /* The connect timer keeps running through the TLS handshake. */
 void RedisPool::start_tls(RedisConn *rc)
 {
     ngx_connection_t *c = rc->peer.connection;
     const char       *error;
 
-    if (!redis_tls::begin(c, conf_->ssl, conf_->tls_name, &rc->log, &error)) {
+    if (!redis_tls::begin(c, conf_->ssl, tls_name(conf_), &rc->log, &error)) {
         fail(rc, error);
         return;
     }
@@ -562,9 +571,8 @@ void RedisPool::tls_done(RedisConn *rc)
     }
 
     char        text[160];
-    const char *error =
-        redis_tls::check(c, conf_->tls_name, conf_->tls_verify, text,
-                         sizeof(text));
+    const char *error = redis_tls::check(c, tls_name(conf_), conf_->tls_verify,
+                                         text, sizeof(text));
 
     if (error != nullptr) {
         fail(rc, error);

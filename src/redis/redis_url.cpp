@@ -22,7 +22,8 @@ namespace session_cache {
 namespace {
 
 constexpr char kExpected[] =
-    "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://";
+    "expected redis://, rediss://, unix:, sentinel://, rediss-sentinel:// or "
+    "redis-cluster://";
 
 /* sizeof(sockaddr_un::sun_path) on Linux, less the terminating NUL */
 constexpr std::size_t kMaxSocketPath = 107;
@@ -750,6 +751,11 @@ std::string parse(std::string_view url, RedisUrl *out)
     } else if (starts_with_nocase(url, "sentinel://")) {
         err = parse_sentinel(url.substr(11), &u);
 
+    } else if (starts_with_nocase(url, "rediss-sentinel://")) {
+        /* TLS to the sentinels and to the data nodes (Lettuce's name) */
+        u.tls = true;
+        err = parse_sentinel(url.substr(18), &u);
+
     } else {
         /* Name the scheme only if it is one (RFC 3986 syntax): in
          * "user:pw@host://" the "scheme" would be the credentials. */
@@ -841,10 +847,11 @@ std::string mask_list(const char *scheme, const RedisUrl &u,
 }
 
 /* sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0
- * sentinel_password=*** */
+ * sentinel_password=*** (rediss-sentinel:// with TLS) */
 std::string mask_sentinel(const RedisUrl &u)
 {
-    std::string s = mask_list("sentinel://", u, u.sentinels);
+    std::string s =
+        mask_list(u.tls ? "rediss-sentinel://" : "sentinel://", u, u.sentinels);
 
     s += '/';
     s += u.master;

@@ -9,6 +9,8 @@
  *                                (Redis Cluster seeds, SPEC §10; db 0 only)
  *   sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db]
  *       [sentinel_password=P]     (Redis Sentinel, SPEC §10)
+ *   rediss-sentinel://...        (the same, TLS to the sentinels and to
+ *                                 the data nodes: tls and sentinel set)
  *
  * host may be a name, an IPv4 address or a bracketed IPv6 address
  * ([::1]). user and password are percent-decoded. Defaults: port 6379,
@@ -89,7 +91,7 @@ bool is_ip_literal(std::string_view host) noexcept;
  *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0,
  *   redis-cluster://default:***@10.0.0.1:7000,10.0.0.2:7000
  *   sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0
- *   sentinel_password=***
+ *   sentinel_password=***, rediss-sentinel://...
  * The user is shown (it is not secret); a password is always "***".
  */
 std::string mask_redis_url(const RedisUrl &u);

@@ -19,11 +19,17 @@
  *
  * Replies are read by the ReplyReader, shape-gated per command (Sentinel,
  * Role, Subscribe, Auth, Select): a sentinel is a server like any other.
+ *
+ * rediss-sentinel://: every link speaks TLS (redis_tls, as the pool
+ * does): a sentinel's certificate must name its host as the URL gave
+ * it, a candidate's the host the sentinel named. The handshake runs
+ * under the link's deadline.
  */
 #include "redis/sentinel.h"
 
 #include "breaker/breaker_zone.h"
 #include "l1/l1_zone.h"
+#include "redis/redis_tls.h"
 #include "redis/redis_url.h"
 #include "redis/resp.h"
 #include "redis/sentinel_logic.h"
@@ -66,12 +72,19 @@ struct Link {
     ngx_str_t             name{};
     u_char                name_text[NGX_SOCKADDR_STRLEN];
     char                  error[NGX_MAX_ERROR_STR];
+
+    /* TLS (rediss-sentinel://): the name to verify, NUL-terminated */
+    bool        tls = false;
+    bool        handshaking = false;
+    std::string tls_host;
+    ngx_str_t   tls_name{};
 };
 
 /* In the zone: the instance's master, and its switches (a switch is
  * counted by the first worker to see it). */
 struct Shared {
     char          address[NGX_SOCKADDR_STRLEN + 1];
+    char          host[NGX_MAXHOSTNAMELEN + 1]; /* as a sentinel named it */
     std::uint64_t switches;
     std::int64_t  last_switch_ms;
 };
@@ -92,6 +105,8 @@ struct State {
     ngx_addr_t     master{};
     ngx_sockaddr_t master_sockaddr;
     u_char         master_text[NGX_SOCKADDR_STRLEN];
+    u_char         master_host_text[NGX_MAXHOSTNAMELEN + 1] = {};
+    ngx_str_t      master_host{0, master_host_text};
     std::uint64_t  switches = 0;
     std::int64_t   last_switch_ms = -1;
 
@@ -130,10 +145,9 @@ void link_close(Link *l)
         ngx_del_timer(&l->timer);
     }
 
-    if (l->peer.connection != nullptr) {
-        ngx_close_connection(l->peer.connection);
-        l->peer.connection = nullptr;
-    }
+    /* and its TLS state, if any */
+    redis_tls::close(l->peer.connection);
+    l->peer.connection = nullptr;
 
     delete l;
 }
@@ -226,6 +240,71 @@ bool link_read(Link *l)
     return true;
 }
 
+void link_event(ngx_event_t *ev);
+
+#if (NGX_SSL)
+
+/* The handshake is over, either way: the link's own handlers again, and
+ * the commands go out once the certificate checks out. */
+void link_tls_done(Link *l)
+{
+    ngx_connection_t *c = l->peer.connection;
+
+    l->handshaking = false;
+    c->read->handler = link_event;
+    c->write->handler = link_event;
+
+    const char *error = redis_tls::check(c, l->tls_name, self->rcf->tls_verify,
+                                         l->error, sizeof(l->error));
+
+    if (error != nullptr) {
+        link_fail(l, error);
+        return;
+    }
+
+    link_flush(l);
+}
+
+/* nginx's SSL layer calls this when a handshake that had to wait is over */
+void link_handshake(ngx_connection_t *c)
+{
+    auto *l = static_cast<Link *>(c->data);
+
+    try {
+        link_tls_done(l);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &l->log, 0,
+                      "session_cache: redis sentinel: %s", e.what());
+        link_fail(l, "internal error");
+    } catch (...) {
+        link_fail(l, "internal error");
+    }
+}
+
+/* Connected: TLS first (the link's deadline keeps running) */
+void link_start_tls(Link *l)
+{
+    ngx_connection_t *c = l->peer.connection;
+    const char       *error;
+
+    if (!redis_tls::begin(c, self->rcf->ssl, l->tls_name, &l->log, &error)) {
+        link_fail(l, error);
+        return;
+    }
+
+    l->handshaking = true;
+
+    if (ngx_ssl_handshake(c) == NGX_AGAIN) {
+        c->ssl->handler = link_handshake;
+        return;
+    }
+
+    link_tls_done(l);
+}
+
+#endif
+
 void link_event(ngx_event_t *ev)
 {
     auto *c = static_cast<ngx_connection_t *>(ev->data);
@@ -253,6 +332,13 @@ void link_event(ngx_event_t *ev)
             }
 
             l->connected = true;
+
+#if (NGX_SSL)
+            if (l->tls) {
+                link_start_tls(l);
+                return;
+            }
+#endif
         }
 
         if (ev->write) {
@@ -275,7 +361,9 @@ void link_timeout(ngx_event_t *ev)
     auto *l = static_cast<Link *>(ev->data);
 
     try {
-        link_fail(l, l->connected ? "timed out" : "connect timed out");
+        link_fail(l, !l->connected    ? "connect timed out"
+                     : l->handshaking ? "TLS handshake timed out"
+                                      : "timed out");
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, &l->log, 0,
                       "session_cache: redis sentinel: unknown exception");
@@ -298,11 +386,12 @@ void link_send(Link *l, std::string_view resp)
 }
 
 /* Open a link to sockaddr with commands (RESP); deadline: the whole
- * exchange, or 0 for none once connected. nullptr: connect() failed at
- * once (the reason is in *error). */
+ * exchange, TLS handshake included. tls_name: with rediss-sentinel://,
+ * the name the certificate must carry (unused without TLS). nullptr:
+ * connect() failed at once (the reason is in *error). */
 Link *link_open(const sockaddr *sa, socklen_t len, const char *action,
                 std::string_view commands, ngx_msec_t deadline, ReplyFn reply,
-                ErrorFn error, const char **why)
+                ErrorFn error, std::string_view tls_name, const char **why)
 {
     auto *l = new Link();
 
@@ -311,6 +400,15 @@ Link *link_open(const sockaddr *sa, socklen_t len, const char *action,
         *why = "out of memory";
         return nullptr;
     }
+
+#if (NGX_SSL)
+    if (self->rcf->ssl != nullptr) {
+        l->tls = true;
+        l->tls_host.assign(tls_name);
+        l->tls_name.data = reinterpret_cast<u_char *>(&l->tls_host[0]);
+        l->tls_name.len = l->tls_host.size();
+    }
+#endif
 
     ngx_memcpy(&l->sockaddr, sa, len);
     l->socklen = len;
@@ -370,6 +468,16 @@ void ask_next();
 const ngx_addr_t &sentinel_addr(std::size_t i)
 {
     return self->scf->addrs[i % self->scf->naddrs];
+}
+
+/* rediss-sentinel://: the name sentinel i's certificate must carry, its
+ * host as the URL gave it */
+std::string_view sentinel_tls_name(std::size_t i)
+{
+    const ngx_str_t *names = self->scf->names;
+
+    return names != nullptr ? view(names[i % self->scf->naddrs])
+                            : std::string_view();
 }
 
 /* by its address, never by the text the URL gave */
@@ -432,7 +540,38 @@ void round_failed()
     }
 }
 
-void adopt(const ngx_sockaddr_t &sa, socklen_t len)
+/* The master's host, as a sentinel named it (or as the zone kept it). */
+void set_master_host(std::string_view host)
+{
+    State      *s = self;
+    std::size_t n = ngx_min(host.size(), sizeof(s->master_host_text) - 1);
+
+    ngx_memcpy(s->master_host_text, host.data(), n);
+    s->master_host_text[n] = '\0';
+    s->master_host.len = n;
+}
+
+/* The zone keeps the master's host beside its address, for new workers
+ * (seed()); only while the zone's address is this worker's master. */
+void share_master_host()
+{
+    State *s = self;
+
+    if (s->shared == nullptr) {
+        return;
+    }
+
+    ngx_shmtx_lock(&s->shpool->mutex);
+    Shared *z = s->shared;
+    if (ngx_strncmp(z->address, s->master.name.data, s->master.name.len) == 0
+        && z->address[s->master.name.len] == '\0')
+    {
+        ngx_memcpy(z->host, s->master_host.data, s->master_host.len + 1);
+    }
+    ngx_shmtx_unlock(&s->shpool->mutex);
+}
+
+void adopt(const ngx_sockaddr_t &sa, socklen_t len, std::string_view host)
 {
     State *s = self;
 
@@ -475,6 +614,14 @@ void adopt(const ngx_sockaddr_t &sa, socklen_t len)
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &s->log, 0,
                        "session_cache: redis sentinel: master confirmed: %V",
                        &s->master.name);
+
+        /* the same server, named otherwise (a seeded master, or the
+         * sentinels' announce-hostnames turned on): only the name the
+         * next TLS connections verify changes */
+        if (view(s->master_host) != host) {
+            set_master_host(host);
+            share_master_host();
+        }
         return;
     }
 
@@ -494,6 +641,7 @@ void adopt(const ngx_sockaddr_t &sa, socklen_t len)
     s->master.name.len = ngx_sock_ntop(s->master.sockaddr, len, s->master_text,
                                        NGX_SOCKADDR_STRLEN, 1);
     s->master.name.data = s->master_text;
+    set_master_host(host);
 
     if (s->shared != nullptr) {
         ngx_time_t  *tp = ngx_timeofday();
@@ -513,6 +661,7 @@ void adopt(const ngx_sockaddr_t &sa, socklen_t len)
             ngx_memcpy(z->address, s->master.name.data, s->master.name.len);
             z->address[s->master.name.len] = '\0';
         }
+        ngx_memcpy(z->host, s->master_host.data, s->master_host.len + 1);
         ngx_shmtx_unlock(&s->shpool->mutex);
     }
 
@@ -607,7 +756,7 @@ bool confirm_reply(Link *l, RedisCmd kind, const RedisReply &r)
         ngx_memcpy(&sa, &l->sockaddr, len);
         s->confirm = nullptr;
         link_close(l);
-        adopt(sa, len);
+        adopt(sa, len, s->candidate.host);
         return false;
 
     } else {
@@ -642,10 +791,11 @@ void confirm(const sockaddr *sa, socklen_t len)
     const char      *why = nullptr;
     std::string_view hs = view(self->rcf->handshake);
 
-    self->confirm = link_open(sa, len, "asking redis for its ROLE", hs,
-                              self->rcf->backend.connect_timeout
-                                  + self->rcf->backend.timeout,
-                              confirm_reply, confirm_error, &why);
+    /* over TLS, its certificate must carry the name the sentinel gave */
+    self->confirm = link_open(
+        sa, len, "asking redis for its ROLE", hs,
+        self->rcf->backend.connect_timeout + self->rcf->backend.timeout,
+        confirm_reply, confirm_error, self->candidate.host, &why);
 
     if (self->confirm == nullptr) {
         note(sentinel_name(self->rotation.current()) + " named "
@@ -779,10 +929,10 @@ void ask_next()
     resp_append(&cmd,
                 {"SENTINEL", "get-master-addr-by-name", view(s->scf->master)});
 
-    s->ask =
-        link_open(a.sockaddr, a.socklen, "asking a redis sentinel", cmd,
-                  s->rcf->backend.connect_timeout + s->rcf->backend.timeout,
-                  ask_reply, ask_error, &why);
+    s->ask = link_open(
+        a.sockaddr, a.socklen, "asking a redis sentinel", cmd,
+        s->rcf->backend.connect_timeout + s->rcf->backend.timeout, ask_reply,
+        ask_error, sentinel_tls_name(s->rotation.current()), &why);
 
     if (s->ask == nullptr) {
         note(sentinel_name(s->rotation.current()) + ": " + why);
@@ -944,7 +1094,7 @@ void subscribe()
     s->sub =
         link_open(a.sockaddr, a.socklen, "subscribed to a redis sentinel", cmd,
                   s->rcf->backend.connect_timeout + s->rcf->backend.timeout,
-                  sub_reply, sub_error, &why);
+                  sub_reply, sub_error, sentinel_tls_name(s->sub_index), &why);
 
     if (s->sub == nullptr) {
         sub_lost(why);
@@ -1032,10 +1182,15 @@ void seed(ngx_cycle_t *cycle)
     State *s = self;
     u_char text[NGX_SOCKADDR_STRLEN + 1];
 
+    u_char host[NGX_MAXHOSTNAMELEN + 1];
+
     ngx_shmtx_lock(&s->shpool->mutex);
     std::size_t len = ngx_strlen(s->shared->address);
     ngx_memcpy(text, s->shared->address, len);
+    ngx_memcpy(host, s->shared->host, sizeof(host));
     ngx_shmtx_unlock(&s->shpool->mutex);
+
+    host[NGX_MAXHOSTNAMELEN] = '\0';
 
     ngx_addr_t addr;
 
@@ -1051,6 +1206,7 @@ void seed(ngx_cycle_t *cycle)
     s->master.name.len = ngx_sock_ntop(s->master.sockaddr, addr.socklen,
                                        s->master_text, NGX_SOCKADDR_STRLEN, 1);
     s->master.name.data = s->master_text;
+    set_master_host(reinterpret_cast<char *>(host));
     s->known = true;
 }
 
@@ -1162,6 +1318,13 @@ void stop()
 const ngx_addr_t *master()
 {
     return self != nullptr && self->known ? &self->master : nullptr;
+}
+
+const ngx_str_t &master_host()
+{
+    static ngx_str_t none = ngx_string("");
+
+    return self != nullptr && self->known ? self->master_host : none;
 }
 
 void suspect(const char *why)

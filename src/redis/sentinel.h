@@ -33,6 +33,18 @@ void stop();
 /* The confirmed master, or nullptr while none is known. */
 const ngx_addr_t *master();
 
+/*
+ * The confirmed master's host as the sentinel named it: an IP literal
+ * (Sentinel's default), or a host name (resolve-hostnames,
+ * announce-hostnames). The name its TLS certificate must carry
+ * (rediss-sentinel://: the pool's and the L1 listener's connections to
+ * the master verify it, and send it as SNI when it is a name).
+ * NUL-terminated, at the same place for the worker's life; its text
+ * stays the same while that master is current (unless a sentinel names
+ * the same address otherwise). Empty while none is known.
+ */
+const ngx_str_t &master_host();
+
 /* Something says the master may have changed: a pool connection failed,
  * a reply refused (READONLY, ...). Coalesced; never runs at once (a
  * posted event), so any caller may call it. */

@@ -261,12 +261,12 @@ test_unix_forms(void **)
 void
 test_errors(void **)
 {
-    REFUSED("", "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://");
+    REFUSED("", "expected redis://, rediss://, unix:, sentinel://");
     REFUSED("http://h:6379", "unknown scheme \"http\"");
     REFUSED("https://h", "unknown scheme \"https\"");
     REFUSED("redis+sentinel://h", "unknown scheme \"redis+sentinel\"");
-    REFUSED("localhost:6379", "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://");
-    REFUSED("localhost", "expected redis://, rediss://, unix:, sentinel:// or redis-cluster://");
+    REFUSED("localhost:6379", "expected redis://, rediss://, unix:, sentinel://");
+    REFUSED("localhost", "expected redis://, rediss://, unix:, sentinel://");
     REFUSED("redis:/h", "expected redis://");
     REFUSED("redis:h", "expected redis://");
     REFUSED("//h:6379", "expected redis://");
@@ -556,6 +556,62 @@ test_sentinel(void **)
     REFUSED(many + "/m", "too many sentinels");
 }
 
+
+/* rediss-sentinel:// (Lettuce's name): sentinel:// with TLS to the
+ * sentinels and the data nodes; parsed and masked the same way */
+void
+test_sentinel_tls(void **)
+{
+    RedisUrl u;
+
+    assert_true(parse_redis_url("rediss-sentinel://:pw@10.0.0.1,sentinel-2:"
+                                "26380/mymaster/2 sentinel_password=Spw",
+                                &u)
+                    .empty());
+    assert_true(u.sentinel);
+    assert_true(u.tls);
+    assert_false(u.cluster);
+    assert_int_equal(u.sentinels.size(), 2);
+    assert_string_equal(u.sentinels[0].host.c_str(), "10.0.0.1");
+    assert_int_equal(u.sentinels[0].port, 26379);
+    assert_string_equal(u.sentinels[1].host.c_str(), "sentinel-2");
+    assert_int_equal(u.sentinels[1].port, 26380);
+    assert_string_equal(u.master.c_str(), "mymaster");
+    assert_int_equal(u.db, 2);
+    assert_string_equal(u.password.c_str(), "pw");
+    assert_string_equal(u.sentinel_password.c_str(), "Spw");
+
+    u = RedisUrl();
+    assert_true(parse_redis_url("REDISS-SENTINEL://h/m", &u).empty());
+    assert_true(u.tls && u.sentinel);
+
+    /* plain sentinel:// stays without TLS */
+    u = RedisUrl();
+    assert_true(parse_redis_url("sentinel://h/m", &u).empty());
+    assert_false(u.tls);
+
+    /* the mask keeps the scheme, hides both passwords, reads back */
+    std::string m = mask("rediss-sentinel://u:Hunter2Secret@a,[::1]:7/mm "
+                         "sentinel_password=Hunter2Other");
+    assert_string_equal(m.c_str(), "rediss-sentinel://u:***@a:26379,"
+                                   "[::1]:7/mm/0 sentinel_password=***");
+    assert_null(strstr(m.c_str(), "Hunter2"));
+
+    RedisUrl again;
+    assert_true(parse_redis_url(m, &again).empty());
+    assert_true(again.tls && again.sentinel);
+    assert_true(mask_redis_url(again) == m);
+
+    /* the same refusals as sentinel://, never quoting a secret */
+    REFUSED("rediss-sentinel://h:26379", "missing master name", "26379");
+    REFUSED("rediss-sentinel://u:Secret9@h:Secret9/m", "invalid port",
+            "Secret9");
+    REFUSED("rediss-sentinel://h/m Secret7", "unknown parameter", "Secret7");
+    REFUSED("rediss-sentinel:///m", "missing sentinel host");
+    REFUSED("rediss+sentinel://h/m", "unknown scheme \"rediss+sentinel\"");
+    REFUSED("", "rediss-sentinel://");
+}
+
 }  // namespace
 
 /* redis-cluster:// (SPEC §10): seeds, credentials once, db 0 only */
@@ -620,6 +676,7 @@ main(void)
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_cluster_forms),
         cmocka_unit_test(test_sentinel),
+        cmocka_unit_test(test_sentinel_tls),
     };
 
     return cmocka_run_group_tests_name("redis_url", tests, nullptr, nullptr)

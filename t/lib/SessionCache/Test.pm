@@ -1541,7 +1541,11 @@ sub reshard ($self, $from, $to, $slots, %opt) {
 # (redis-server --sentinel) and a fake one that names what it is told to.
 #
 #   my $s = start_sentinel(master => $redis, requirepass => 'pw',
-#                          down_after => 1000, failover_timeout => 3000);
+#                          down_after => 1000, failover_timeout => 3000,
+#                          tls => {cert, key, ca});
+#                              (tls: TLS only, tls-port and port 0, and
+#                              tls-replication yes: TLS to the servers
+#                              and the other sentinels)
 #   $s->master_addr            "127.0.0.1:PORT", as the sentinel says
 #   $s->cli(@args)             redis-cli against the sentinel
 #   my $f = start_fake_sentinel(address => ['127.0.0.1', $port]);
@@ -1599,6 +1603,7 @@ sub _new ($class, %opt) {
         quorum   => $opt{quorum} // 2,
         down     => $opt{down_after} // 1000,
         failover => $opt{failover_timeout} // 3000,
+        tls      => $opt{tls},    # {cert, key, ca}: TLS only
         owner    => $$,
     }, $class;
     push @SENTINELS, $self;
@@ -1610,7 +1615,16 @@ sub log ($self) { SessionCache::Test::_slurp("$self->{dir}/sentinel.log") }
 
 sub start ($self) {
     my ($n, $m) = ($self->{name}, $self->{master});
-    my $conf = "port $self->{port}\nbind 127.0.0.1\ndir $self->{dir}\n"
+    my $port = "port $self->{port}\n";
+    if (my $t = $self->{tls}) {
+        # Redis's TLS set-up for Sentinel: tls-replication yes makes it
+        # speak TLS to the servers and serve its peers on tls-port
+        $port = "port 0\ntls-port $self->{port}\n"
+            . "tls-cert-file $t->{cert}\ntls-key-file $t->{key}\n"
+            . "tls-ca-cert-file $t->{ca}\ntls-auth-clients no\n"
+            . "tls-replication yes\n";
+    }
+    my $conf = "${port}bind 127.0.0.1\ndir $self->{dir}\n"
         . "sentinel monitor $n 127.0.0.1 " . $m->port . " $self->{quorum}\n"
         . "sentinel down-after-milliseconds $n $self->{down}\n"
         . "sentinel failover-timeout $n $self->{failover}\n"
@@ -1654,8 +1668,11 @@ sub master_info ($self) {
 # Set-ups shared by the sentinel tests (t/56-t/58).
 #
 #   my ($master, $replica, @sentinels) = start_sentinel_set(requirepass => PW);
+#       (tls => {cert, key, ca}: every server and sentinel TLS only, with
+#       tls-replication yes)
 #   cache_sessions($pg, $master, @tokens);
 #   sentinel_url(\@sentinels, password => PW)   sentinel://:PW@.../mymaster
+#       (tls => 1: rediss-sentinel://...)
 #   my $f = sentinel_failover_setup();           t/56, t/57: see below
 #   sentinel_failover_followed($f, trigger => sub { ... }, ...);
 
@@ -1668,11 +1685,14 @@ push @SessionCache::Test::EXPORT,
 # know the replica and each other, so that a failover can proceed (a test
 # point).
 sub SessionCache::Test::start_sentinel_set (%opt) {
+    my @tls = $opt{tls}
+        ? (tls => $opt{tls}, args => ['--tls-replication', 'yes']) : ();
     my ($master, $replica) = map {
-        SessionCache::Test::start_redis(requirepass => $opt{requirepass})
+        SessionCache::Test::start_redis(requirepass => $opt{requirepass}, @tls)
     } 1 .. 2;
     SessionCache::Test::replicate($replica, $master);
-    my @sentinels = map { __PACKAGE__->_new(master => $master) } 1 .. 3;
+    @tls = $opt{tls} ? (tls => $opt{tls}) : ();
+    my @sentinels = map { __PACKAGE__->_new(master => $master, @tls) } 1 .. 3;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     Test::More::ok(SessionCache::Test::wait_until(sub {
         !grep {
@@ -1700,7 +1720,7 @@ sub SessionCache::Test::cache_sessions ($pg, $master, @tokens) {
 # sentinel://[:PW@]127.0.0.1:P1,127.0.0.1:P2,.../NAME (NAME: mymaster)
 sub SessionCache::Test::sentinel_url ($sentinels, %o) {
     my $auth = defined $o{password} ? ":$o{password}\@" : '';
-    return "sentinel://$auth"
+    return ($o{tls} ? 'rediss-sentinel://' : 'sentinel://') . $auth
          . join(',', map { '127.0.0.1:' . $_->port } @$sentinels)
          . '/' . ($o{name} // 'mymaster');
 }
