@@ -10,6 +10,8 @@
 #   - SENTINEL FAILOVER: nginx follows, HIT from the new master; the
 #     pool's connections to the master verify its IP address (a
 #     certificate without it is refused);
+#   - L1 with tracking=on: the listener arms on the master over TLS and
+#     an invalidation reaches it;
 #   - the wrong CA: no master, the log and the health document say the
 #     certificate failed verification, requests answered by Postgres
 #     (BYPASS), no password anywhere, no alert.
@@ -140,6 +142,39 @@ no_alerts($nginx);
 $nginx->stop;
 $replica->cli('CONFIG', 'SET', 'tls-cert-file', $ca->{cert},
               'tls-key-file', $ca->{key});
+
+# --- L1 with tracking=on: the listener follows the master over TLS ------------
+# The listener's link to the master verifies the master's IP address, as
+# the pool does (sentinel::master_host()); an invalidation reaches L1.
+
+{
+    my $n = start_nginx(http => protected_site(
+        redis    => "$URL $OPTS tls_ca=$ca->{ca}",
+        postgres => $PG,
+        http     => 'session_cache_l1 size=1m ttl=30s;',
+        protect  => 'add_header X-Session-Layer $session_cache_layer always;',
+        server   => 'location = /health { session_cache_health; }'));
+    my $l1 = sub { doc($n)->{l1} // {} };
+    ok(wait_until(sub { $l1->()->{armed} }, 10, 0.05, 'l1 armed'),
+       'tracking=on: the listener arms on the master over TLS')
+        or diag explain $l1->();
+    my $t = 'tok-stls-l1';
+    $pg->add_session($t, 'user-l1', 3600);
+    my $layer = sub {
+        my $r = $n->get('/', cookie => "session=$t");
+        return "$r->{status} " . ($r->{headers}{'x-session-layer'} // '');
+    };
+    ok(wait_until(sub { $layer->() eq '200 l1' }, 10, 0.02, 'served by l1'),
+       'a session served from L1');
+    my $before = $l1->()->{invalidations} // 0;
+    $pg->revoke_session($t);
+    $replica->cli('DEL', "session:$t");
+    ok(wait_until(sub { ($l1->()->{invalidations} // 0) > $before }, 10),
+       'DEL on the master: the invalidation arrives over TLS');
+    is($layer->(), '401 postgres', '... and the session is no longer served from L1');
+    no_alerts($n);
+    $n->stop;
+}
 
 # --- the wrong CA -----------------------------------------------------------
 

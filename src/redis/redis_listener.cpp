@@ -81,12 +81,17 @@ protected:
 
     /*
      * rediss://: the URL's host (conf->tls_name), as the pool checks it.
-     * With sentinel://, the name for the master is what the pool uses for
-     * it too: today conf->tls_name; where Sentinel gives a name of its
-     * own for the master, return it here.
+     * rediss-sentinel://: the master's host as the sentinel named it, as
+     * the pool checks it too (sentinel::master_host()).
      */
     std::string tls_name(const listener::Link *k) override
     {
+        if (smcf->redis.sentinel != nullptr) {
+            const ngx_str_t &host = sentinel::master_host();
+            return std::string(reinterpret_cast<const char *>(host.data),
+                               host.len);
+        }
+
         return Listener::tls_name(k);
     }
 };
