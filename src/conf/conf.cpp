@@ -95,7 +95,8 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
 }
 
 /*
- * rediss://: an nginx SSL context, as proxy_ssl builds one. The server's
+ * rediss:// and rediss-cluster://: an nginx SSL context, as proxy_ssl
+ * builds one (a cluster's seeds and nodes share it). The server's
  * certificate is checked (chain and name) unless tls_verify=off; against
  * tls_ca= when given, else against the system's trusted CAs.
  */
@@ -168,9 +169,11 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
  */
 static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
                           const std::vector<RedisUrl::Endpoint> &list,
-                          const char *what, ngx_addr_t **out, ngx_uint_t *n)
+                          const char *what, ngx_addr_t **out, ngx_uint_t *n,
+                          ngx_str_t **names = nullptr)
 {
     std::vector<ngx_addr_t> addrs;
+    std::vector<ngx_str_t>  hosts;
 
     for (const RedisUrl::Endpoint &e : list) {
         ngx_url_t   u;
@@ -181,6 +184,22 @@ static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
         }
 
         addrs.insert(addrs.end(), u.addrs, u.addrs + u.naddrs);
+
+        /* names: each address's host as written (a TLS name) */
+        ngx_str_t host = ngx_null_string;
+        if (names != nullptr && !copy_str(cf, e.host, &host)) {
+            return const_cast<char *>("out of memory");
+        }
+        hosts.insert(hosts.end(), names ? u.naddrs : 0, host);
+    }
+
+    if (names != nullptr) {
+        *names = static_cast<ngx_str_t *>(
+            ngx_palloc(cf->pool, hosts.size() * sizeof(ngx_str_t)));
+        if (*names == nullptr) {
+            return const_cast<char *>("out of memory");
+        }
+        ngx_memcpy(*names, hosts.data(), hosts.size() * sizeof(ngx_str_t));
     }
 
     *out = static_cast<ngx_addr_t *>(
@@ -259,7 +278,12 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
         }
 
     } else if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
-        return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
+        return conf_error(cf, url.cluster
+                                  ? "tls_ca= and tls_verify= need a "
+                                    "rediss-cluster:// URL (redis-cluster:// "
+                                    "is plain TCP)"
+                                  : "tls_ca= and tls_verify= need a "
+                                    "rediss:// URL");
     }
 
     if (rcf->sentinel_password.len && !url.sentinel) {
@@ -268,9 +292,10 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
 
     if (url.cluster) {
         /* the seeds; the nodes themselves come from CLUSTER SLOTS at run
-         * time (src/redis/cluster.cpp) */
+         * time (src/redis/cluster.cpp); with rediss-cluster:// each seed
+         * address is checked against the host written for it */
         char *rv = resolve_list(cf, url, url.cluster_seeds, "", &rcf->addrs,
-                                &rcf->naddrs);
+                                &rcf->naddrs, &rcf->seed_names);
         if (rv != NGX_CONF_OK) {
             return rv;
         }
