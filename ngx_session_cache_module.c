@@ -1469,16 +1469,7 @@ ngx_http_session_cache_init_main_conf(ngx_conf_t *cf, void *conf)
             return NGX_CONF_ERROR;
         }
 
-#if (NGX_SSL)
-        if (smcf->redis.ssl) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "session_cache_l1: tracking=on (the default) "
-                               "is not available with rediss:// in this "
-                               "build; write tracking=off (ttl= is then the "
-                               "revocation bound)");
-            return NGX_CONF_ERROR;
-        }
-#endif
+        /* with rediss://, the listener speaks TLS as the pool does */
     }
 
     if (ngx_http_session_cache_l1_zone(cf, smcf) != NGX_CONF_OK) {

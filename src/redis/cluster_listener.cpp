@@ -1,7 +1,9 @@
 /*
  * The invalidation listener of a Redis Cluster: see cluster_listener.h.
  * listener_link.h's listener with one link per master of this worker's
- * slot map; L1 is armed while every link is.
+ * slot map; L1 is armed while every link is. With TLS (rediss-cluster://),
+ * each link checks its master's certificate against the master's host as
+ * CLUSTER SLOTS gave it (an IP literal or a host name).
  */
 #include "redis/cluster_listener.h"
 
@@ -50,6 +52,19 @@ protected:
     const ngx_addr_t *peer(listener::Link *k) override
     {
         return &static_cast<MasterLink *>(k)->master->addr;
+    }
+
+    /* "127.0.0.1:7000", "[::1]:7000", "redis-1.example:7000": the host */
+    std::string tls_name(const listener::Link *k) override
+    {
+        const std::string &a = static_cast<const MasterLink *>(k)->node;
+        std::string        host = a.substr(0, a.rfind(':'));
+
+        if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+            host = host.substr(1, host.size() - 2);
+        }
+
+        return host;
     }
 
     bool follow() override

@@ -5,6 +5,8 @@
  * timer (on_tick, every second, in every worker):
  *
  *   Closed --tick, lease held--> Connecting --writable--> Handshake
+ *   (with TLS: Connecting --writable--> Tls --handshake, checked-->
+ *   Handshake; nginx's SSL layer holds the events meanwhile: on_tls)
  *   Handshake: AUTH/SELECT (+OK each), CLIENT ID (:id), then CLIENT
  *              TRACKING (+OK) and SUBSCRIBE (the confirmation) --> Armed
  *   Armed: PING each tick; ["pong", ""] renews the heartbeat once every
@@ -16,6 +18,9 @@
  * are a link's only allocation per message): an invalidation may name
  * thousands of keys in one array, far beyond the data connections'
  * ReplyReader bounds. Its own bound: kMaxBuffered bytes not yet parsed.
+ *
+ * The deadline of Connecting applies to Tls and Handshake alike: a server
+ * that accepts TCP and never answers TLS fails the link at it, on a tick.
  */
 #include "redis/listener_link.h"
 
@@ -23,6 +28,7 @@
 #include "l1/l1_zone.h"
 #include "l1/lease_slot.h"
 #include "redis/read_budget.h"
+#include "redis/redis_tls.h"
 #include "redis/resp.h"
 
 namespace session_cache::listener {
@@ -44,6 +50,8 @@ const char *state_name(State s)
         return "closed";
     case State::Connecting:
         return "connecting";
+    case State::Tls:
+        return "tls";
     case State::Handshake:
         return "handshake";
     case State::Armed:
@@ -92,10 +100,9 @@ void Link::set_state(State s)
 
 void Link::close()
 {
-    if (peer.connection != nullptr) {
-        ngx_close_connection(peer.connection);
-        peer.connection = nullptr;
-    }
+    /* the SSL object and the pool begin() made go too */
+    redis_tls::close(peer.connection);
+    peer.connection = nullptr;
 
     if (reader != nullptr) {
         redisReaderFree(reader);
@@ -380,6 +387,101 @@ bool Link::connected()
         return false;
     }
 
+#if (NGX_SSL)
+    if (owner->smcf->redis.ssl) {
+        start_tls();
+        return false;
+    }
+#endif
+
+    start_session();
+    return true;
+}
+
+#if (NGX_SSL)
+
+/* TCP is up: TLS, as the pool starts it (RedisPool::start_tls). */
+void Link::start_tls()
+{
+    ngx_connection_t *c = peer.connection;
+    const char       *error = nullptr;
+    ngx_str_t         name;
+
+    set_state(State::Tls);
+
+    name.data =
+        reinterpret_cast<u_char *>(const_cast<char *>(tls_name.c_str()));
+    name.len = tls_name.size();
+
+    if (!redis_tls::begin(c, owner->smcf->redis.ssl, name, owner->log, &error))
+    {
+        fail(error, l1::FlushReason::ListenerLost, false);
+        return;
+    }
+
+    ngx_int_t rv = ngx_ssl_handshake(c);
+
+    if (rv == NGX_AGAIN) {
+        c->ssl->handler = on_tls;
+        return;
+    }
+
+    tls_done();
+}
+
+/* nginx's SSL layer calls this when the handshake is over, either way. */
+void Link::on_tls(ngx_connection_t *c)
+{
+    auto *k = static_cast<Link *>(c->data);
+
+    bool ok = guarded(ngx_cycle->log, "l1 listener", [k] { k->tls_done(); });
+
+    if (!ok && k->peer.connection) {
+        k->fail("internal error", l1::FlushReason::ListenerLost, true);
+    }
+}
+
+/* The handshake is over: the certificate and its name checked, the
+ * session follows; else the link fails (said once until armed again). */
+void Link::tls_done()
+{
+    ngx_connection_t *c = peer.connection;
+    ngx_str_t         name;
+    char              text[160];
+
+    c->read->handler = on_event;
+    c->write->handler = on_event;
+
+    name.data =
+        reinterpret_cast<u_char *>(const_cast<char *>(tls_name.c_str()));
+    name.len = tls_name.size();
+
+    const char *error = redis_tls::check(c, name, owner->smcf->redis.tls_verify,
+                                         text, sizeof(text));
+
+    if (error != nullptr) {
+        ngx_uint_t level = failures ? NGX_LOG_DEBUG : NGX_LOG_ERR;
+        ngx_log_error(level, owner->log, 0,
+                      "session_cache: l1 listener: TLS with redis%s "
+                      "failed: %s",
+                      named(" cluster node ", node).c_str(), error);
+        fail(error, l1::FlushReason::ListenerLost, true);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, owner->log, 0,
+                   "session_cache: l1 listener%s: TLS established",
+                   named(" ", node).c_str());
+
+    start_session();
+    write();
+}
+
+#endif
+
+/* Connected (and through TLS): the handshake's commands go out. */
+void Link::start_session()
+{
     set_state(State::Handshake);
 
     /* the handshake: AUTH and SELECT (ROLE), as the pools send them */
@@ -399,7 +501,6 @@ bool Link::connected()
     out.append(reinterpret_cast<const char *>(hs.data), hs.len);
     resp_append(&out, {"CLIENT", "ID"});
     expect.push_back(Expect::ClientId);
-    return true;
 }
 
 void Link::on_event(ngx_event_t *ev)
@@ -408,6 +509,11 @@ void Link::on_event(ngx_event_t *ev)
     auto *k = static_cast<Link *>(c->data);
 
     bool ok = guarded(ngx_cycle->log, "l1 listener", [k, ev] {
+        if (k->state == State::Tls) {
+            /* nginx's SSL layer drives the handshake (on_tls) */
+            return;
+        }
+
         if (k->state == State::Connecting) {
             if (!ev->write || !k->connected()) {
                 return;
@@ -474,11 +580,14 @@ void Link::tick(ngx_msec_t now)
         break;
 
     case State::Connecting:
+    case State::Tls:
     case State::Handshake:
         if (now - started > owner->smcf->redis.backend.connect_timeout
                                 + l1::kHeartbeatTimeout)
         {
-            fail("handshake timed out", l1::FlushReason::ListenerLost, false);
+            fail(state == State::Tls ? "TLS handshake timed out"
+                                     : "handshake timed out",
+                 l1::FlushReason::ListenerLost, false);
         }
         break;
 
@@ -605,6 +714,11 @@ void Listener::ponged()
     }
 }
 
+std::string Listener::tls_name(const Link *)
+{
+    return std::string(view(smcf->redis.tls_name));
+}
+
 void Listener::connect(Link *k)
 {
     const ngx_addr_t *addr = peer(k);
@@ -618,6 +732,7 @@ void Listener::connect(Link *k)
                        + (k->node.empty() ? std::string("redis") : k->node));
     }
 
+    k->tls_name = tls_name(k);
     k->connect(addr);
 }
 

@@ -3,7 +3,9 @@
  * each one connection to one Redis node with its handshake (AUTH,
  * SELECT), CLIENT ID, CLIENT TRACKING on REDIRECT <id> BCAST PREFIX
  * <key_prefix>, SUBSCRIBE __redis__:invalidate and a PING every second;
- * and the Listener that holds them: the lease in the L1 zone (one
+ * over TLS when the Redis configuration has it (rediss://: redis_tls.h,
+ * as the pool does); and the Listener that holds them: the lease in the
+ * L1 zone (one
  * listener per nginx instance, l1/l1_zone.h), one timer, and L1 armed
  * while every link is. An invalidation drops its keys from L1; the null
  * message, the loss of an armed link, a PING unanswered for 3 s and a
@@ -33,7 +35,7 @@ namespace session_cache::listener {
  * worker (not the cache manager or loader). */
 bool wanted(const ngx_http_session_cache_main_conf_t *smcf);
 
-enum class State { Closed, Connecting, Handshake, Armed };
+enum class State { Closed, Connecting, Tls, Handshake, Armed };
 
 /* what the next reply answers, in order */
 enum class Expect { Handshake, ClientId, Tracking, Subscribe, Pong };
@@ -44,6 +46,9 @@ class Listener;
  * One connection to one Redis node, driven by its Listener's tick and
  * nginx's events. node: the node's address for log lines and reasons
  * ("127.0.0.1:7000"); empty for the one server of redis:// or sentinel://.
+ * With TLS (smcf->redis.ssl), the certificate must name tls_name (a host
+ * name or an IP literal), which its Listener sets before each connection
+ * (Listener::tls_name()).
  */
 struct Link {
     explicit Link(Listener *owner, std::string node = {})
@@ -54,7 +59,8 @@ struct Link {
     Link(const Link &) = delete;
     Link &operator=(const Link &) = delete;
 
-    /* Connect to addr; the handshake follows on the first write event. */
+    /* Connect to addr; TLS (if configured) and the handshake follow on
+     * the first write event. */
     void connect(const ngx_addr_t *addr);
 
     /* The connection goes, the link is Closed (connected again on a
@@ -70,6 +76,7 @@ struct Link {
 
     Listener             *owner;
     const std::string     node;
+    std::string           tls_name; /* what the certificate must name */
     ngx_peer_connection_t peer{};
     State                 state = State::Closed;
     redisReader          *reader = nullptr;
@@ -83,6 +90,7 @@ struct Link {
 
 private:
     static void on_event(ngx_event_t *ev);
+    static void on_tls(ngx_connection_t *c);
 
     void set_state(State s);
     void refuse(const char *step, std::string_view text);
@@ -93,6 +101,9 @@ private:
     bool parse(const char *buf, std::size_t n);
     void write();
     bool connected();
+    void start_tls();
+    void tls_done();
+    void start_session();
 };
 
 /*
@@ -121,6 +132,11 @@ public:
 protected:
     /* Where link k connects now; nullptr: nowhere yet (the reason set). */
     virtual const ngx_addr_t *peer(Link *k) = 0;
+
+    /* With TLS: the name k's server certificate must carry (and SNI when
+     * a host name); by default the configured one (the URL's host, as
+     * the pool checks it). */
+    virtual std::string tls_name(const Link *k);
 
     /* Before the links are driven, on a tick while the lease is held:
      * the links follow the topology; false: not this tick. */

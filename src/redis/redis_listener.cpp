@@ -1,7 +1,8 @@
 /*
  * The invalidation listener: see redis_listener.h. The one-link case of
  * listener_link.h: its node is the configured server, or the master the
- * Sentinel names (followed on a switch).
+ * Sentinel names (followed on a switch). Over TLS with rediss://, its
+ * certificate checked against the URL's host, as the pool's are.
  */
 #include "redis/redis_listener.h"
 
@@ -76,6 +77,17 @@ protected:
         }
 
         return addr;
+    }
+
+    /*
+     * rediss://: the URL's host (conf->tls_name), as the pool checks it.
+     * With sentinel://, the name for the master is what the pool uses for
+     * it too: today conf->tls_name; where Sentinel gives a name of its
+     * own for the master, return it here.
+     */
+    std::string tls_name(const listener::Link *k) override
+    {
+        return Listener::tls_name(k);
     }
 };
 
