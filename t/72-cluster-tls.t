@@ -7,12 +7,14 @@
 # answered from its own master (MISS, then HIT); a slot moved by hand is
 # followed (MOVED) to its new owner over TLS; a CA that did not sign the
 # nodes' certificates gives no map, says why, and Postgres answers
-# (BYPASS); tls_ca= with plain redis-cluster:// fails nginx -t.
+# (BYPASS); tls_ca= with plain redis-cluster:// fails nginx -t; L1's
+# tracking=on listener arms on every master over TLS.
 
 use v5.36;
 use Test::More;
 use SessionCache::Test;
 use File::Basename ();
+use Time::HiRes qw(time);
 
 my $PW      = 'ct-S3cret-pw';
 my $ca      = SessionCache::Test::make_ca();
@@ -30,6 +32,7 @@ sub site (%o) {
     return protected_site(
         redis    => "$URL pool=2 connect_timeout=500ms timeout=1s $o{tls}",
         postgres => $PG,
+        http     => $o{http} // '',
         protect  => 'add_header X-Session-Layer $session_cache_layer always;',
         server   => 'location = /health { session_cache_health; }');
 }
@@ -217,6 +220,35 @@ serve_cert($ca->{cert}, $ca->{key});
        'tls_verify=off: the map loads without a CA')
         or diag $n->error_log;
     is(check_session($tokens[1]), "200 HIT user-$tokens[1]", 'tls_verify=off: HIT');
+    no_alerts($n);
+    $n->stop;
+}
+
+# --- L1 tracking=on: the listener's links over TLS too -------------------------
+
+{
+    my $n = start_nginx(http => site(tls => "tls_ca=$ca->{ca}",
+                                     http => 'session_cache_l1 size=1m ttl=60s;'));
+    my $l1 = sub { my (undef, $d) = $n->health; $d->{l1} // {} };
+    ok(wait_until(sub { $l1->()->{armed} }, 10, 0.02, 'l1 armed'),
+       'tracking=on: the listener arms on every master over TLS')
+        or diag explain $l1->();
+    my $t    = $tokens[3];
+    my $node = $owner{$t};
+    my $last = '';
+    ok(wait_until(sub {
+        my $r = get('/', cookie => "session=$t", port => $n->port);
+        ($last = ($r->{headers}{'x-session-layer'} // '')) eq 'l1';
+    }, 10, 0.02, "$t from l1"), "$t: cached in L1") or diag $last;
+    my $before = $l1->()->{invalidations} // 0;
+    $node->cli('SET', "session:$t", '{"user_id":"changed","expires_at":'
+               . int(time + 3600) . '}', 'EX', 300);
+    ok(wait_until(sub { ($l1->()->{invalidations} // 0) > $before }, 10, 0.02, 'invalidation'),
+       '... an overwrite on its master: the invalidation arrives over TLS');
+    my $r = get('/', cookie => "session=$t", port => $n->port);
+    is(join(' ', $r->{headers}{'x-session-layer'} // '', $r->{headers}{'x-session-user'} // ''),
+       'redis changed', '... the new value, from Redis');
+    unlike($n->error_log, qr/\Q$PW\E/, 'no password in the error log');
     no_alerts($n);
 }
 
