@@ -95,8 +95,7 @@ static std::string resolve(ngx_conf_t *cf, const std::string &host, int port,
 }
 
 /*
- * rediss:// and rediss-cluster://: an nginx SSL context, as proxy_ssl
- * builds one (a cluster's seeds and nodes share it). The server's
+ * rediss://: an nginx SSL context, as proxy_ssl builds one. The server's
  * certificate is checked (chain and name) unless tls_verify=off; against
  * tls_ca= when given, else against the system's trusted CAs.
  */
@@ -165,7 +164,8 @@ static char *tls_context(ngx_conf_t *cf, const RedisUrl &url,
 /*
  * The addresses of a list of hosts (redis-cluster:// seeds, sentinels),
  * each resolved here like any host, into one array: a name may give
- * several.
+ * several. names (when not nullptr): the host each address came from,
+ * NUL-terminated, side by side with the addresses (for TLS).
  */
 static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
                           const std::vector<RedisUrl::Endpoint> &list,
@@ -185,12 +185,11 @@ static char *resolve_list(ngx_conf_t *cf, const RedisUrl &url,
 
         addrs.insert(addrs.end(), u.addrs, u.addrs + u.naddrs);
 
-        /* names: each address's host as written (a TLS name) */
         ngx_str_t host = ngx_null_string;
         if (names != nullptr && !copy_str(cf, e.host, &host)) {
             return const_cast<char *>("out of memory");
         }
-        hosts.insert(hosts.end(), names ? u.naddrs : 0, host);
+        hosts.insert(hosts.end(), u.naddrs, host);
     }
 
     if (names != nullptr) {
