@@ -61,7 +61,7 @@ sub site (%o) {
 
 # --- the slot map and every token, over TLS -----------------------------------
 
-my $nginx = start_nginx(http => site(tls => "tls_ca=$ca->{ca}"));
+my $nginx = start_nginx(workers => 1, http => site(tls => "tls_ca=$ca->{ca}"));
 ok($nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters, 16384 of 16384/),
    'the slot map is loaded over TLS') or diag $nginx->error_log;
 
@@ -148,7 +148,7 @@ $nginx->stop;
 # --- the wrong CA ------------------------------------------------------------------
 
 {
-    my $n = start_nginx(http => site(tls => "tls_ca=$ca->{other_ca}"));
+    my $n = start_nginx(workers => 1, http => site(tls => "tls_ca=$ca->{other_ca}"));
     ok($n->wait_for_log(qr/redis cluster: no slot map: CLUSTER SLOTS: TLS certificate verify failed/),
        'another CA: no slot map, the log says the certificate failed verification')
         or diag $n->error_log;
@@ -179,7 +179,7 @@ sub serve_cert ($cert, $key) {
     # DNS:localhost only: the seed "localhost" passes, the nodes, which
     # CLUSTER SLOTS names 127.0.0.1, do not (their certificate lacks the IP)
     serve_cert(SessionCache::Test::make_cert($ca, 'dns-only', 'DNS:localhost'));
-    my $n = start_nginx(http => site(tls => "tls_ca=$ca->{ca}"));
+    my $n = start_nginx(workers => 1, http => site(tls => "tls_ca=$ca->{ca}"));
     ok($n->wait_for_log(qr/redis cluster: slot map loaded: 3 masters/),
        'DNS-only certificate: the seed, named localhost, gives the map') or diag $n->error_log;
     my $log = $n->log_size;
@@ -198,7 +198,7 @@ sub serve_cert ($cert, $key) {
     serve_cert(SessionCache::Test::make_cert($ca, 'ip-only', 'IP:127.0.0.1'));
     local $URL = 'rediss-cluster://:' . $PW . '@localhost:' . $nodes[0]->port
                . ',127.0.0.1:' . $nodes[1]->port;
-    my $n = start_nginx(http => site(tls => "tls_ca=$ca->{ca}"));
+    my $n = start_nginx(workers => 1, http => site(tls => "tls_ca=$ca->{ca}"));
     ok($n->wait_for_log(qr/redis cluster: slot map loaded: 3 masters, 16384 of 16384/),
        'IP-only certificate: the map comes from the seed written 127.0.0.1') or diag $n->error_log;
     like($n->error_log, qr/TLS certificate does not match the host name/,
@@ -215,7 +215,7 @@ serve_cert($ca->{cert}, $ca->{key});
 # --- tls_verify=off: encryption without authentication ------------------------
 
 {
-    my $n = start_nginx(http => site(tls => 'tls_verify=off'));
+    my $n = start_nginx(workers => 1, http => site(tls => 'tls_verify=off'));
     ok($n->wait_for_log(qr/redis cluster: slot map loaded: 3 masters, 16384 of 16384/),
        'tls_verify=off: the map loads without a CA')
         or diag $n->error_log;
@@ -227,7 +227,7 @@ serve_cert($ca->{cert}, $ca->{key});
 # --- L1 tracking=on: the listener's links over TLS too -------------------------
 
 {
-    my $n = start_nginx(http => site(tls => "tls_ca=$ca->{ca}",
+    my $n = start_nginx(workers => 1, http => site(tls => "tls_ca=$ca->{ca}",
                                      http => 'session_cache_l1 size=1m ttl=60s;'));
     my $l1 = sub { my (undef, $d) = $n->health; $d->{l1} // {} };
     ok(wait_until(sub { $l1->()->{armed} }, 10, 0.02, 'l1 armed'),
