@@ -69,6 +69,9 @@ typedef struct {
     /* redis-cluster:// (SPEC §10): addrs are the seeds' addresses; the
      * nodes are learned at run time (src/redis/cluster.cpp) */
     ngx_uint_t                  cluster;
+    ngx_str_t                  *seed_names;      /* the seed host each of
+                                                  * addrs came from, as
+                                                  * written: its TLS name */
     /* sentinel://: NULL otherwise (then addrs is empty: the master is
      * asked for); sentinel_password= as the directive gave it, wiped once
      * parsed */

@@ -287,7 +287,12 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
                               "rediss-sentinel:// instead of sentinel://");
 
     } else if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
-        return conf_error(cf, "tls_ca= and tls_verify= need a rediss:// URL");
+        return conf_error(cf, url.cluster
+                                  ? "tls_ca= and tls_verify= need a "
+                                    "rediss-cluster:// URL (redis-cluster:// "
+                                    "is plain TCP)"
+                                  : "tls_ca= and tls_verify= need a "
+                                    "rediss:// URL");
     }
 
     if (rcf->sentinel_password.len && !url.sentinel) {
@@ -296,9 +301,10 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
 
     if (url.cluster) {
         /* the seeds; the nodes themselves come from CLUSTER SLOTS at run
-         * time (src/redis/cluster.cpp) */
+         * time (src/redis/cluster.cpp); with rediss-cluster:// each seed
+         * address is checked against the host written for it */
         char *rv = resolve_list(cf, url, url.cluster_seeds, "", &rcf->addrs,
-                                &rcf->naddrs);
+                                &rcf->naddrs, &rcf->seed_names);
         if (rv != NGX_CONF_OK) {
             return rv;
         }

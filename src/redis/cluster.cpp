@@ -24,8 +24,22 @@ Cluster::Cluster(ngx_cycle_t                               *cycle,
     /* a worker shutting down does not wait for the next refresh */
     timer_.cancelable = 1;
 
-    seeds_ = new RedisPool(cycle, conf);
-    seeds_->set_cluster(nullptr, on_changed, this);
+    /* the configuration has at least one seed address (conf.cpp) */
+    for (ngx_uint_t i = 0; i < conf->naddrs; i++) {
+        auto seed = std::make_unique<Seed>();
+
+        seed->conf = *conf;
+        seed->conf.addrs = &conf->addrs[i];
+        seed->conf.naddrs = 1;
+
+        if (conf->seed_names != nullptr) {
+            seed->conf.tls_name = conf->seed_names[i];
+        }
+
+        seed->pool = new RedisPool(cycle, &seed->conf);
+        seeds_.push_back(std::move(seed));
+        seeds_.back()->pool->set_cluster(nullptr, on_changed, this);
+    }
 }
 
 Cluster::~Cluster()
@@ -44,7 +58,12 @@ Cluster::~Cluster()
         n->pool = nullptr;
     }
 
-    delete seeds_;
+    /* a pool going tells on_changed(): publish() skips the ones gone */
+    for (auto &seed : seeds_) {
+        RedisPool *pool = seed->pool;
+        seed->pool = nullptr;
+        delete pool;
+    }
 }
 
 void Cluster::start()
@@ -98,15 +117,15 @@ void Cluster::refresh(const char *why)
 }
 
 /* CLUSTER SLOTS to the next candidate: the map's masters in turn, then
- * the seeds (each address once: the seeds' pool moves to the next one
- * when one does not answer). */
+ * each seed address once. */
 void Cluster::ask()
 {
-    std::size_t candidates = by_index_.size() + conf_->naddrs;
+    std::size_t candidates = by_index_.size() + seeds_.size();
 
     while (attempt_ < candidates) {
-        RedisPool *pool =
-            attempt_ < by_index_.size() ? by_index_[attempt_]->pool : seeds_;
+        RedisPool *pool = attempt_ < by_index_.size()
+                              ? by_index_[attempt_]->pool
+                              : seeds_[attempt_ - by_index_.size()]->pool;
         attempt_++;
 
         if (pool == nullptr) {
@@ -276,13 +295,21 @@ Cluster::Node *Cluster::node(const std::string &address,
     n->addr.name.data =
         reinterpret_cast<u_char *>(const_cast<char *>(n->address.data()));
 
-    /* the configuration's, but this one address and its own name */
+    /* the configuration's, but this one address and its own name; with
+     * TLS the certificate must name the node as the cluster does (an IP
+     * literal is checked against its IP addresses, a name as a host
+     * name), never the seed's name */
+    n->host = host;
     n->conf = *conf_;
     n->conf.addrs = &n->addr;
     n->conf.naddrs = 1;
+    n->conf.seed_names = nullptr;
     n->conf.backend.display.len = n->display.size();
     n->conf.backend.display.data =
         reinterpret_cast<u_char *>(const_cast<char *>(n->display.data()));
+    n->conf.tls_name.len = n->host.size();
+    n->conf.tls_name.data =
+        reinterpret_cast<u_char *>(const_cast<char *>(n->host.c_str()));
 
     n->pool = new RedisPool(cycle_, &n->conf);
     n->pool->set_cluster(on_redirect, on_changed, this);
@@ -377,8 +404,10 @@ void Cluster::publish()
         sum.pending += p->waiting();
     };
 
-    if (seeds_) {
-        add(seeds_);
+    for (auto &seed : seeds_) {
+        if (seed->pool) {
+            add(seed->pool);
+        }
     }
 
     for (auto &n : nodes_) {

@@ -48,13 +48,16 @@ public:
      * than kDownFor ago). */
     RedisPool *pool_for(std::string_view key);
 
-    /* The seeds' pool: asked for the map when no node answers. */
-    RedisPool *seeds() const { return seeds_; }
+    /* The first seed's pool (the seeds are asked for the map when no
+     * node answers). */
+    RedisPool *seeds() const { return seeds_.front()->pool; }
 
     struct Node {
         std::string address; /* "127.0.0.1:7000" */
         std::string display; /* for the pool's log lines */
         std::string error;   /* why it has no pool */
+        std::string host;    /* as CLUSTER SLOTS or MOVED gave it: an IP
+                              * literal, or a name; conf.tls_name's text */
         std::size_t slots = 0;
         RedisPool  *pool = nullptr;
 
@@ -108,10 +111,16 @@ private:
     ngx_cycle_t                               *cycle_;
     const ngx_http_session_cache_redis_conf_t *conf_;
     ngx_log_t                                  log_;
-    RedisPool                                 *seeds_ = nullptr;
-    std::vector<std::unique_ptr<Node>>         nodes_;
-    std::unique_ptr<SlotMap>                   map_;
-    std::vector<Node *>                        by_index_; /* map_->nodes() */
+    /* one pool per seed address, on a copy of the configuration that
+     * names that address alone and, for TLS, the seed's host as written */
+    struct Seed {
+        RedisPool                          *pool = nullptr;
+        ngx_http_session_cache_redis_conf_t conf;
+    };
+    std::vector<std::unique_ptr<Seed>> seeds_;
+    std::vector<std::unique_ptr<Node>> nodes_;
+    std::unique_ptr<SlotMap>           map_;
+    std::vector<Node *>                by_index_; /* map_->nodes() */
 
     RedisJob   *refresh_job_ = nullptr;
     bool        again_ = false; /* asked for while one was in flight */

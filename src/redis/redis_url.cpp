@@ -415,9 +415,10 @@ std::string parse_unix(std::string_view rest, RedisUrl *u)
 
 
 /*
- * redis-cluster://[userinfo@]seed[,seed...]: the userinfo as in
- * redis://, each seed a host[:port] read by parse_tcp; an optional /0
- * after the last (a cluster has database 0 only).
+ * redis-cluster://[userinfo@]seed[,seed...] (rediss-cluster://: the same,
+ * over TLS): the userinfo as in redis://, each seed a host[:port] read by
+ * parse_tcp; an optional /0 after the last (a cluster has database 0
+ * only).
  */
 std::string parse_cluster(std::string_view rest, RedisUrl *u)
 {
@@ -748,6 +749,10 @@ std::string parse(std::string_view url, RedisUrl *out)
     } else if (starts_with_nocase(url, "redis-cluster://")) {
         err = parse_cluster(url.substr(16), &u);
 
+    } else if (starts_with_nocase(url, "rediss-cluster://")) {
+        u.tls = true;
+        err = parse_cluster(url.substr(17), &u);
+
     } else if (starts_with_nocase(url, "sentinel://")) {
         err = parse_sentinel(url.substr(11), &u);
 
@@ -892,7 +897,8 @@ std::string mask_redis_url(const RedisUrl &u)
         }
 
         if (u.cluster) {
-            return mask_list("redis-cluster://", u, u.cluster_seeds);
+            return mask_list(u.tls ? "rediss-cluster://" : "redis-cluster://",
+                             u, u.cluster_seeds);
         }
 
         if (u.sentinel) {

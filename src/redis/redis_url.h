@@ -7,6 +7,7 @@
  *                                 &user=U, query keys in any order)
  *   redis-cluster://[user[:password]@]host[:port][,host[:port]...]
  *                                (Redis Cluster seeds, SPEC §10; db 0 only)
+ *   rediss-cluster://...         (the same over TLS)
  *   sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db]
  *       [sentinel_password=P]     (Redis Sentinel, SPEC §10)
  *   rediss-sentinel://...        (the same, TLS to the sentinels and to
@@ -48,8 +49,9 @@ struct RedisUrl {
         int         port = 6379;
     };
 
-    /* redis-cluster://: every seed, in order (host and port above are the
-     * first one's); empty for any other scheme */
+    /* redis-cluster:// (rediss-cluster://: tls too): every seed, in order
+     * (host and port above are the first one's); empty for any other
+     * scheme */
     bool                  cluster = false;
     std::vector<Endpoint> cluster_seeds;
 
@@ -90,6 +92,7 @@ bool is_ip_literal(std::string_view host) noexcept;
  *   redis://default:***@127.0.0.1:6379/0, redis://127.0.0.1:6379/0,
  *   rediss://..., redis://[::1]:6379/0, unix:/path.sock?db=0,
  *   redis-cluster://default:***@10.0.0.1:7000,10.0.0.2:7000
+ *   rediss-cluster://default:***@redis-1.internal:7000
  *   sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0
  *   sentinel_password=***, rediss-sentinel://...
  * The user is shown (it is not secret); a password is always "***".

@@ -662,6 +662,52 @@ test_cluster_forms(void **)
     REFUSED("redis-cluster://u:pw@h1?x=1", "query", "pw");
 }
 
+/* rediss-cluster://: the same seeds over TLS */
+void
+test_cluster_tls(void **)
+{
+    RedisUrl u = OK("rediss-cluster://default:s3cr%40t@redis-1.internal:7000,"
+                    "10.0.0.2,[::1]:7002/0");
+    assert_true(u.cluster);
+    assert_true(u.tls);
+    assert_false(u.sentinel);
+    assert_string_equal(u.user.c_str(), "default");
+    assert_string_equal(u.password.c_str(), "s3cr@t");
+    assert_int_equal(u.cluster_seeds.size(), 3);
+    assert_string_equal(u.cluster_seeds[0].host.c_str(), "redis-1.internal");
+    assert_int_equal(u.cluster_seeds[0].port, 7000);
+    assert_string_equal(u.cluster_seeds[1].host.c_str(), "10.0.0.2");
+    assert_int_equal(u.cluster_seeds[1].port, 6379);
+    assert_string_equal(u.cluster_seeds[2].host.c_str(), "::1");
+    assert_string_equal(u.host.c_str(), "redis-1.internal");
+    assert_int_equal(u.port, 7000);
+
+    assert_false(OK("redis-cluster://h:1").tls);
+    assert_true(OK("REDISS-CLUSTER://h:1").tls);
+
+    assert_string_equal(
+        mask("rediss-cluster://u:pw@10.0.0.1:7000,[::1]:7001").c_str(),
+        "rediss-cluster://u:***@10.0.0.1:7000,[::1]:7001");
+    assert_string_equal(mask("REDISS-CLUSTER://h").c_str(),
+                        "rediss-cluster://h:6379");
+
+    /* the masked form reads back as the same cluster, over TLS */
+    u = RedisUrl();
+    assert_true(
+        parse_redis_url(mask("rediss-cluster://:pw@h1:1,h2:2"), &u).empty());
+    assert_true(u.cluster && u.tls);
+    assert_int_equal(u.cluster_seeds.size(), 2);
+
+    REFUSED("rediss-cluster://", "missing host");
+    REFUSED("rediss-cluster://u:pw@", "missing host", "pw");
+    REFUSED("rediss-cluster://h1:1,,h2:2", "empty seed");
+    REFUSED("rediss-cluster://h1:1/3", "database 0 only");
+    REFUSED("rediss-cluster://u:pw@h1:99999,h2", "invalid port", "pw",
+            "99999");
+    REFUSED("rediss-cluster://u:pw@h1?x=1", "query", "pw");
+    REFUSED("rediss-clusters://h1", "unknown scheme \"rediss-clusters\"");
+}
+
 
 int
 main(void)
@@ -675,6 +721,7 @@ main(void)
         cmocka_unit_test(test_secret_authority),
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_cluster_forms),
+        cmocka_unit_test(test_cluster_tls),
         cmocka_unit_test(test_sentinel),
         cmocka_unit_test(test_sentinel_tls),
     };

@@ -1426,19 +1426,26 @@ package SessionCache::Test::RedisCluster;
 use v5.36;
 use Time::HiRes qw(time);
 
+# tls => {cert, key, ca}: TLS only, the cluster bus and replication too
+# (each node a TLS-only SessionCache::Test::Redis; url() says
+# rediss-cluster://).
 sub _new ($class, %opt) {
     my $n = $opt{masters} // 3;
     my $self = bless { nodes => [], password => $opt{requirepass} }, $class;
+    $self->{tls} = $opt{tls} if $opt{tls};
     for (1 .. $n) {
         # nodes.conf in the node's own --dir
         my $node = SessionCache::Test::start_redis(
             requirepass => $opt{requirepass},
+            ($opt{tls} ? (tls => $opt{tls}) : ()),
             args => ['--cluster-enabled', 'yes',
                      '--cluster-config-file', 'nodes.conf',
                      '--cluster-require-full-coverage', 'no',
                      '--cluster-node-timeout', '2000',
                      (defined $opt{requirepass}
-                         ? ('--masterauth', $opt{requirepass}) : ())]);
+                         ? ('--masterauth', $opt{requirepass}) : ()),
+                     ($opt{tls} ? ('--tls-cluster', 'yes',
+                                   '--tls-replication', 'yes') : ())]);
         push @{ $self->{nodes} }, $node;
     }
     my @cmd = ($self->{nodes}[0]{cli_bin}, '--cluster', 'create',
@@ -1446,6 +1453,7 @@ sub _new ($class, %opt) {
                '--cluster-replicas', '0', '--cluster-yes');
     push @cmd, '-a', $opt{requirepass}, '--no-auth-warning'
         if defined $opt{requirepass};
+    push @cmd, '--tls', '--cacert', $opt{tls}{ca} if $opt{tls};
     my ($rc, $out) = SessionCache::Test::_run(cmd => \@cmd, timeout => 60);
     die "redis-cli --cluster create failed ($rc):\n$out\n" if $rc;
     $self->wait_ok or die "the cluster did not reach cluster_state:ok\n";
@@ -1454,12 +1462,16 @@ sub _new ($class, %opt) {
 
 sub nodes ($self) { @{ $self->{nodes} } }
 
-# redis-cluster://[:pw@]127.0.0.1:P1,127.0.0.1:P2,... (all nodes, or @seeds)
+# redis-cluster://[:pw@]127.0.0.1:P1,127.0.0.1:P2,... (all nodes, or @seeds;
+# rediss-cluster:// for a TLS cluster, host => 'localhost' to name the
+# seeds so)
 sub url ($self, %opt) {
     my $pw = exists $opt{password} ? $opt{password} : $self->{password};
     my $auth = defined $pw ? ":$pw\@" : '';
     my @seeds = @{ $opt{seeds} // $self->{nodes} };
-    return "redis-cluster://$auth" . join ',', map { "127.0.0.1:$_->{port}" } @seeds;
+    my $scheme = $self->{tls} ? 'rediss-cluster' : 'redis-cluster';
+    my $host = $opt{host} // '127.0.0.1';
+    return "$scheme://$auth" . join ',', map { "$host:$_->{port}" } @seeds;
 }
 
 # Every node that is running says cluster_state:ok and sees every slot
@@ -1533,6 +1545,7 @@ sub reshard ($self, $from, $to, $slots, %opt) {
                '--cluster-pipeline', $opt{pipeline} // 10);
     push @cmd, '-a', $self->{password}, '--no-auth-warning'
         if defined $self->{password};
+    push @cmd, '--tls', '--cacert', $self->{tls}{ca} if $self->{tls};
     return SessionCache::Test::_run(cmd => \@cmd, timeout => 120);
 }
 
