@@ -48,7 +48,7 @@ sub site (%o) {
                  . " tls_ca=$ca->{ca}",
         postgres => $PG));
     isnt($rc, 0, 'nginx -t: tls_ca= with plain redis-cluster:// is refused');
-    like($out, qr/tls_ca= and tls_verify= need a rediss-cluster:\/\/ URL \(redis-cluster:\/\/ is plain TCP\)/,
+    like($out, qr/tls_ca= and tls_verify= need TLS: write rediss-cluster:\/\/ instead of redis-cluster:\/\//,
          '... and says what to write');
     unlike($out, qr/\Q$PW\E/, '... without the password');
 

@@ -280,19 +280,15 @@ static char *parse_redis(ngx_conf_t *cf, ngx_str_t *source,
             return rv;
         }
 
-    } else if (url.sentinel
-               && (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET))
-    {
-        return conf_error(cf, "tls_ca= and tls_verify= need TLS: write "
-                              "rediss-sentinel:// instead of sentinel://");
-
     } else if (rcf->tls_ca.len || rcf->tls_verify != NGX_CONF_UNSET) {
-        return conf_error(cf, url.cluster
-                                  ? "tls_ca= and tls_verify= need a "
-                                    "rediss-cluster:// URL (redis-cluster:// "
-                                    "is plain TCP)"
-                                  : "tls_ca= and tls_verify= need a "
-                                    "rediss:// URL");
+        return conf_error(
+            cf, url.sentinel  ? "tls_ca= and tls_verify= need TLS: write "
+                                "rediss-sentinel:// instead of sentinel://"
+                : url.cluster ? "tls_ca= and tls_verify= need TLS: write "
+                                "rediss-cluster:// instead of "
+                                "redis-cluster://"
+                              : "tls_ca= and tls_verify= need a "
+                                "rediss:// URL");
     }
 
     if (rcf->sentinel_password.len && !url.sentinel) {

@@ -139,9 +139,8 @@ private:
     friend struct PgFlight;
 
     static void flight_done(void *data, const PgRow *row, const char *error);
-    PgWaiter   *probe(PgDone done, void *data, const char **error,
-                      bool recovery);
-    bool        probe_recovery();
+    PgWaiter *probe(PgDone done, void *data, const char **error, bool recovery);
+    bool      probe_recovery();
     static void recovery_answered(void *data, const PgRow *row,
                                   const char *error);
     PgWaiter   *fly(std::unique_ptr<PgJob> q, bool shared, PgDone done,

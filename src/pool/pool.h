@@ -44,7 +44,8 @@ struct PoolJob : DispatchJob<Conn, Result> {
     bool        trial; /* the breaker's half-open trial call */
     bool        probe; /* a health probe: the breaker neither refuses
                         * nor counts it */
-    bool        recovery = false; /* a probe sent by recover() */
+    /* a probe sent by recover() */
+    bool recovery = false;
 };
 
 /* How often a worker probes a backend whose breaker is open (recover()). */
@@ -190,7 +191,8 @@ protected:
     void recover()
     {
         if (recovering_
-            || (probed_ && ngx_current_msec - probed_at_ < kRecoveryProbeInterval))
+            || (probed_
+                && ngx_current_msec - probed_at_ < kRecoveryProbeInterval))
         {
             return;
         }

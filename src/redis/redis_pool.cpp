@@ -235,8 +235,8 @@ RedisJob *RedisPool::submit_probe(std::string command, RedisDone done,
     return probe(command, done, data, error, false);
 }
 
-RedisJob *RedisPool::probe(std::string_view command, RedisDone done,
-                           void *data, const char **error, bool recovery)
+RedisJob *RedisPool::probe(std::string_view command, RedisDone done, void *data,
+                           const char **error, bool recovery)
 {
     if (conf_->sentinel != nullptr && sentinel::master() == nullptr) {
         *error = kNoMaster;
@@ -267,7 +267,8 @@ void RedisPool::recovery_answered(void *data, const RedisReply *reply,
                                   const char *error)
 {
     static_cast<RedisPool *>(data)->recovered(
-        error == nullptr && reply != nullptr && reply->type != REDIS_REPLY_ERROR);
+        error == nullptr && reply != nullptr
+        && reply->type != REDIS_REPLY_ERROR);
 }
 
 void RedisPool::set_cluster(Redirect redirect, void (*observe)(void *),

@@ -31,8 +31,7 @@ bool begin(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
     c->ssl->no_wait_shutdown = 1;
     c->ssl->no_send_shutdown = 1;
 
-    std::string_view host(reinterpret_cast<const char *>(name.data),
-                          name.len);
+    std::string_view host(reinterpret_cast<const char *>(name.data), name.len);
 
     /* SNI names a host, never an address; name is NUL-terminated (an
      * ngx_str_t the configuration copied, or a std::string's) */
@@ -64,20 +63,17 @@ const char *check(ngx_connection_t *c, const ngx_str_t &name, bool verify,
         return buf;
     }
 
-    std::string_view host(reinterpret_cast<const char *>(name.data),
-                          name.len);
+    std::string_view host(reinterpret_cast<const char *>(name.data), name.len);
 
     if (is_ip_literal(host)) {
         /* an address a Cluster or a Sentinel gave: the certificate must
          * list it among its IP addresses */
         X509 *cert = SSL_get_peer_certificate(c->ssl->connection);
         int   ok = cert != nullptr
-                   && X509_check_ip_asc(cert, std::string(host).c_str(), 0)
-                          == 1;
+                 && X509_check_ip_asc(cert, std::string(host).c_str(), 0) == 1;
         X509_free(cert);
 
-        return ok ? nullptr
-                  : "TLS certificate does not match the IP address";
+        return ok ? nullptr : "TLS certificate does not match the IP address";
     }
 
     ngx_str_t n = name;

@@ -22,8 +22,8 @@ namespace session_cache {
 namespace {
 
 constexpr char kExpected[] =
-    "expected redis://, rediss://, unix:, sentinel://, rediss-sentinel:// or "
-    "redis-cluster://";
+    "expected redis://, rediss://, unix:, sentinel://, rediss-sentinel://, "
+    "redis-cluster:// or rediss-cluster://";
 
 /* sizeof(sockaddr_un::sun_path) on Linux, less the terminating NUL */
 constexpr std::size_t kMaxSocketPath = 107;
