@@ -27,6 +27,7 @@
  */
 #include "redis/sentinel.h"
 
+#include "guarded.h"
 #include "breaker/breaker_zone.h"
 #include "l1/l1_zone.h"
 #include "redis/redis_tls.h"
@@ -270,14 +271,7 @@ void link_handshake(ngx_connection_t *c)
 {
     auto *l = static_cast<Link *>(c->data);
 
-    try {
-        link_tls_done(l);
-
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &l->log, 0,
-                      "session_cache: redis sentinel: %s", e.what());
-        link_fail(l, "internal error");
-    } catch (...) {
+    if (!guarded(&l->log, "redis sentinel", [l] { link_tls_done(l); })) {
         link_fail(l, "internal error");
     }
 }
@@ -310,7 +304,7 @@ void link_event(ngx_event_t *ev)
     auto *c = static_cast<ngx_connection_t *>(ev->data);
     auto *l = static_cast<Link *>(c->data);
 
-    try {
+    bool ok = guarded(&l->log, "redis sentinel", [c, l, ev] {
         if (!l->connected) {
             if (!ev->write) {
                 return;
@@ -346,12 +340,9 @@ void link_event(ngx_event_t *ev)
         } else {
             link_read(l);
         }
+    });
 
-    } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, &l->log, 0,
-                      "session_cache: redis sentinel: %s", e.what());
-        link_fail(l, "internal error");
-    } catch (...) {
+    if (!ok) {
         link_fail(l, "internal error");
     }
 }
