@@ -11,6 +11,8 @@
 #
 #   perl bench/cluster.pl
 #   BENCH_DURATION=5 BENCH_CONNECTIONS=32 BENCH_ROUNDS=3 perl bench/cluster.pl
+#   BENCH_SYSCALLS=1 perl bench/cluster.pl   # also the worker's system
+#                                            # calls per request (perf)
 #
 # Environment: BENCH_SESSIONS (10000), BENCH_DURATION (5), BENCH_CONNECTIONS
 # (32), BENCH_THREADS (2), BENCH_ROUNDS (3), plus the harness's
@@ -155,13 +157,28 @@ sub wrk_run ($n, %o) {
     local $ENV{BENCH_PATH} = '/app/index.html';
     local $ENV{BENCH_TOKENS} = $N;
     my ($worker) = $n->worker_pids;
+    # BENCH_SYSCALLS: perf counts the worker's system calls while wrk
+    # runs (perf stat -p PID -- wrk ...: for exactly wrk's lifetime)
+    my $perf_out;
+    if ($ENV{BENCH_SYSCALLS}) {
+        $perf_out = "$dir/../build/perf-syscalls.$worker";
+        unshift @cmd, 'perf', 'stat', '-x', ',', '-e', 'raw_syscalls:sys_enter',
+            '-o', $perf_out, '-p', $worker, '--';
+    }
     my $cpu0 = worker_cpu($worker);
     my ($rc, $out) = SessionCache::Test::_run(cmd => \@cmd, timeout => 120);
     my $cpu1 = worker_cpu($worker);
+    my $syscalls;
+    if ($perf_out) {
+        my $text = SessionCache::Test::_slurp($perf_out) // '';
+        ($syscalls) = $text =~ /^(\d+),[^\n]*raw_syscalls:sys_enter/m;
+        unlink $perf_out;
+    }
     my ($line) = $out =~ /^(BENCH .*)$/m or die "wrk failed ($rc):\n$out";
     my %r = $line =~ /(\w+)=(\d+)/g;
     $r{rps} = $r{requests} / ($r{duration_us} / 1e6);
     $r{cpu_us} = ($cpu1 - $cpu0) / $TCK * 1e6 / ($r{requests} || 1);
+    $r{syscalls} = defined $syscalls ? $syscalls / ($r{requests} || 1) : undef;
     $r{errors} = $r{connect} + $r{read} + $r{write} + $r{timeout};
     return \%r;
 }
@@ -169,15 +186,18 @@ sub wrk_run ($n, %o) {
 say 'warm-up (1s each)...';
 wrk_run($nginx{$_}, duration => 1) for @SCENARIOS;
 
-my (%best, %cpu);
+my (%best, %cpu, %sys);
 for my $round (1 .. $ROUNDS) {
     say "round $round:";
     for my $name (@SCENARIOS) {
         my $r = wrk_run($nginx{$name});
         printf "  %-8s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  non-2xx %d  errors %d  "
-             . "worker cpu %.2f us/req\n",
+             . "worker cpu %.2f us/req%s\n",
             $name, $r->{rps}, $r->{p50_us} / 1000, $r->{p99_us} / 1000,
-            $r->{status}, $r->{errors}, $r->{cpu_us};
+            $r->{status}, $r->{errors}, $r->{cpu_us},
+            defined $r->{syscalls}
+                ? sprintf('  syscalls %.2f/req', $r->{syscalls}) : '';
+        push @{ $sys{$name} }, $r->{syscalls} if defined $r->{syscalls};
         $best{$name} = $r if !$best{$name} || $r->{rps} > $best{$name}{rps};
         $cpu{$name} = $r->{cpu_us} if !$cpu{$name} || $r->{cpu_us} < $cpu{$name};
     }
@@ -216,6 +236,11 @@ for (['', 'cluster', 'single'], [' with L1', 'cluster_l1', 'single_l1']) {
         $ratio >= 0.9 ? 'met' : 'MISSED';
     printf "worker CPU per request, cluster / single%s: %.3f (lowest of each)\n",
         $what, $cpu{$c} / ($cpu{$s} || 1);
+}
+if (%sys) {
+    my $mean = sub ($n) { my @x = @{ $sys{$n} }; my $s = 0; $s += $_ for @x; $s / @x };
+    printf "worker system calls per request (mean of %d rounds): %s\n", $ROUNDS,
+        join(', ', map { sprintf '%s %.2f', $_, $mean->($_) } @SCENARIOS);
 }
 printf "cluster: %d MOVED, %d ASK, %d of 16384 slots\n", $cl->{moved} // -1,
     $cl->{ask} // -1, $cl->{slotsCovered} // -1;

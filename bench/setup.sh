@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What `make bench` needs beyond the build and test packages: wrk, Node.js
-# and npm (Debian's, unless a node is already there), and the validate
+# What `make bench` needs beyond the build and test packages: wrk, Node.js,
+# npm, perf (BENCH_SYSCALLS=1 of bench/cluster.pl) (Debian's, unless a node is already there), and the validate
 # service's npm packages (bench/validate/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,6 +9,7 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v perf >/dev/null || missing+=(linux-perf)   # BENCH_SYSCALLS=1
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bench/setup.sh: installing ${missing[*]}"
     sudo=
