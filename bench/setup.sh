@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What `make bench` needs beyond the build and test packages: wrk, Node.js,
-# npm, perf (BENCH_SYSCALLS=1 of bench/cluster.pl) (Debian's, unless a node is already there), and the validate
-# service's npm packages (bench/validate/package-lock.json).
+# What `make bench` needs beyond the build and test packages: wrk, Node.js
+# and npm (Debian's, unless a node is already there), perf (for
+# BENCH_SYSCALLS=1 of bench/cluster.pl), and the validate service's npm
+# packages (bench/validate/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")"
 
