@@ -727,8 +727,7 @@ void PgPool::crashed(PgConn *pc)
 void PgPool::conn_failed(PgConn *pc, const char *)
 {
     if (pc->state == PgConn::Connecting) {
-        unreachable_ = true;
-        unreachable_at_ = ngx_current_msec;
+        mark_unreachable();
     }
 }
 
@@ -818,7 +817,7 @@ void PgPool::connecting(PgConn *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
-    unreachable_ = false;
+    reached();
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, &pc->log, 0,
                    "session_cache: %s: connection %p on %s, %s", name_, pc,

@@ -168,10 +168,6 @@ private:
     void crashed(PgConn *pc);
 
     void conn_failed(PgConn *pc, const char *error);
-    bool unreachable_within(ngx_msec_t ms) const
-    {
-        return unreachable_ && ngx_current_msec - unreachable_at_ < ms;
-    }
 
     static void on_event(ngx_event_t *ev);
     static void on_connect_timeout(ngx_event_t *ev);
@@ -183,8 +179,6 @@ private:
     bool                                             primary_role_;
     PgPool                                          *primary_ = nullptr;
     std::vector<PgConn *>                            mine_; /* open */
-    bool       unreachable_ = false; /* the last connection attempt failed */
-    ngx_msec_t unreachable_at_ = 0;  /* ... then */
 };
 
 } // namespace session_cache

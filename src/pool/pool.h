@@ -65,7 +65,26 @@ class Pool : public Dispatch<Pool<Derived, Conn, Job>, Conn, Job> {
     using Base = Dispatch<Pool, Conn, Job>;
     friend Base;
 
+public:
+    /* The last connection to this pool's server that ended did not get
+     * through (refused, timed out, or a server of the wrong role), less
+     * than ms ago: callers may skip it for a while (a Redis Cluster's
+     * dead master, the lag guard's primary). */
+    bool unreachable_within(ngx_msec_t ms) const
+    {
+        return unreachable_ && ngx_current_msec - unreachable_at_ < ms;
+    }
+
 protected:
+    /* A connection did not get through; reached(): one did. */
+    void mark_unreachable()
+    {
+        unreachable_ = true;
+        unreachable_at_ = ngx_current_msec;
+    }
+
+    void reached() { unreachable_ = false; }
+
     /* observer: see observer_; set from the start for a helper pool
      * whose figures must never replace the backend's (Postgres's pool on
      * the primary, SPEC §11) */
@@ -229,6 +248,8 @@ protected:
     void *observer_data_ = nullptr;
 
 private:
+    bool       unreachable_ = false; /* see unreachable_within() */
+    ngx_msec_t unreachable_at_ = 0;
     bool       recovering_ = false; /* a recovery probe is out */
     bool       probed_ = false;     /* one was ever sent */
     ngx_msec_t probed_at_ = 0;      /* when the last one was sent */

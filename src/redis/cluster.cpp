@@ -275,6 +275,7 @@ Cluster::Node *Cluster::node(const std::string &address,
 
     auto n = std::make_unique<Node>();
     n->address = address;
+    n->host = host;
     n->display = "redis cluster node " + address;
 
     ngx_memzero(&n->sockaddr, sizeof(n->sockaddr));
@@ -299,7 +300,6 @@ Cluster::Node *Cluster::node(const std::string &address,
      * TLS the certificate must name the node as the cluster does (an IP
      * literal is checked against its IP addresses, a name as a host
      * name), never the seed's name */
-    n->host = host;
     n->conf = *conf_;
     n->conf.addrs = &n->addr;
     n->conf.naddrs = 1;

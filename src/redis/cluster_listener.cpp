@@ -54,17 +54,11 @@ protected:
         return &static_cast<MasterLink *>(k)->master->addr;
     }
 
-    /* "127.0.0.1:7000", "[::1]:7000", "redis-1.example:7000": the host */
+    /* the master's host as CLUSTER SLOTS or MOVED gave it, as its pool
+     * checks it (Cluster::Node::host) */
     std::string tls_name(const listener::Link *k) override
     {
-        const std::string &a = static_cast<const MasterLink *>(k)->node;
-        std::string        host = a.substr(0, a.rfind(':'));
-
-        if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-            host = host.substr(1, host.size() - 2);
-        }
-
-        return host;
+        return static_cast<const MasterLink *>(k)->master->host;
     }
 
     bool follow() override

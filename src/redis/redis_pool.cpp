@@ -319,8 +319,7 @@ void RedisPool::unreachable()
     if (conf_->naddrs) { /* sentinel://: the master's, asked for */
         next_addr_ = (next_addr_ + 1) % conf_->naddrs;
     }
-    unreachable_at_ = ngx_current_msec;
-    unreachable_ = true;
+    mark_unreachable();
 }
 
 bool RedisPool::on_wire(const RedisConn *rc) const
@@ -593,6 +592,8 @@ void RedisPool::start_session(RedisConn *rc)
     if (c->write->timer_set) {
         ngx_del_timer(c->write);
     }
+
+    reached();
 
     rc->handshake_next = 0;
     rc->out.assign(reinterpret_cast<char *>(conf_->handshake.data),

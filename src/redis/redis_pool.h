@@ -90,12 +90,6 @@ public:
     /* the pool a job runs on */
     static RedisPool *of(RedisJob *job);
 
-    /* A connection to it failed (refused, timed out) less than ms ago. */
-    bool unreachable_within(ngx_msec_t ms) const
-    {
-        return unreachable_ && ngx_current_msec - unreachable_at_ < ms;
-    }
-
 private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
 
@@ -156,9 +150,6 @@ private:
 
     Redirect redirect_ = nullptr;
     void    *cluster_ = nullptr;
-
-    bool       unreachable_ = false;
-    ngx_msec_t unreachable_at_ = 0;
 };
 
 } // namespace session_cache
