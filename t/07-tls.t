@@ -4,36 +4,12 @@
 
 use v5.36;
 use Test::More;
-use File::Temp qw(tempdir);
 use SessionCache::Test;
 
-my $dir = tempdir('sc-tls-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_KEEP});
-chmod 0755, $dir;
-
-sub openssl (@args) {
-    open my $saved, '>&', \*STDERR or die;
-    open STDERR, '>', "$dir/openssl.log" or die;
-    my $rc = system('openssl', @args);
-    open STDERR, '>&', $saved or die;
-    $rc == 0 or die "openssl @args failed:\n" . `cat $dir/openssl.log`;
-}
-
 # A CA, a server certificate for "localhost" only (so 127.0.0.1 does not
-# match it), and a second, unrelated CA.
-for my $ca (qw(ca other)) {
-    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
-            '-subj', "/CN=test $ca", '-keyout', "$dir/$ca.key",
-            '-out', "$dir/$ca.crt");
-}
-openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost',
-        '-keyout', "$dir/server.key", '-out', "$dir/server.csr");
-open my $ext, '>', "$dir/ext" or die;
-print {$ext} "subjectAltName=DNS:localhost\n";
-close $ext;
-openssl('x509', '-req', '-in', "$dir/server.csr", '-CA', "$dir/ca.crt",
-        '-CAkey', "$dir/ca.key", '-CAcreateserial', '-days', '2',
-        '-extfile', "$dir/ext", '-out', "$dir/server.crt");
-chmod 0644, glob("$dir/*");
+# match it), and a second, unrelated CA: ca.crt, server.crt/.key and
+# other.crt in $dir.
+my $dir = SessionCache::Test::make_ca(san => 'DNS:localhost')->{dir};
 
 my $redis = start_redis(tls => { cert => "$dir/server.crt",
                                  key => "$dir/server.key",

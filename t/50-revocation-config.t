@@ -146,19 +146,8 @@ no_alerts($nginx);
 # --- 4. over TLS -----------------------------------------------------------------
 
 {
-    my $dir = $pg->dir;
-    my ($rc, $out) = SessionCache::Test::_run(timeout => 60, cmd => [
-        'openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
-        '-subj', '/CN=127.0.0.1', '-keyout', "$pg->{data}/server.key",
-        '-out', "$pg->{data}/server.crt"]);
-    die "openssl: $out" if $rc;
-    chmod 0600, "$pg->{data}/server.key";
-    if ($> == 0) {
-        my ($uid, $gid) = SessionCache::Test::_postgres_ids();
-        chown $uid, $gid, "$pg->{data}/server.key", "$pg->{data}/server.crt";
-    }
-    $pg->psql('ALTER SYSTEM SET ssl = on', 'postgres');
-    $pg->psql('SELECT pg_reload_conf()', 'postgres');
+    my $tls = SessionCache::Test::make_ca();
+    $pg->enable_ssl($tls->{cert}, $tls->{key});
     ok(wait_until(sub { $pg->psql('SHOW ssl') eq 'on' }, 10), 'Postgres: ssl on');
 }
 

@@ -19,33 +19,12 @@ use IO::Socket::SSL;
 use POSIX ();
 use SessionCache::Test;
 
-my $openssl = SessionCache::Test::_need_in_path('openssl');
-my $dir = SessionCache::Test::_tempdir('pg-tls');
-
-sub run (@cmd) {
-    my ($rc, $out) = SessionCache::Test::_run(cmd => [$openssl, @cmd],
-                                              timeout => 30);
-    die "openssl @cmd[0..1] failed: $out\n" if $rc;
-}
-
-# a CA, and a server certificate it signs: EC keys, quick to make
-sub ca ($name) {
-    run('req', '-x509', '-newkey', 'ec', '-pkeyopt',
-        'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
-        '-subj', "/CN=$name", '-keyout', "$dir/$name.key",
-        '-out', "$dir/$name.crt");
-    chmod 0644, "$dir/$name.crt";
-    return "$dir/$name.crt";
-}
-my $ca    = ca('test-ca');
-my $other = ca('other-ca');
-run('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-    '-nodes', '-subj', '/CN=localhost', '-keyout', "$dir/server.key",
-    '-out', "$dir/server.csr");
-SessionCache::Test::_write_file("$dir/ext", "subjectAltName=DNS:localhost\n");
-run('x509', '-req', '-in', "$dir/server.csr", '-CA', $ca,
-    '-CAkey', "$dir/test-ca.key", '-CAcreateserial', '-days', '2',
-    '-extfile', "$dir/ext", '-out', "$dir/server.crt");
+# a CA, a server certificate it signs for localhost only (so that
+# 127.0.0.1 is a wrong name), and an unrelated CA
+my $tls   = SessionCache::Test::make_ca(san => 'DNS:localhost');
+my $dir   = $tls->{dir};
+my $ca    = $tls->{ca};
+my $other = $tls->{other_ca};
 
 my $proxy_pid;
 END { kill 'TERM', $proxy_pid if $proxy_pid }
