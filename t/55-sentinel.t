@@ -294,7 +294,9 @@ sub start_dns () {
 {
     # a sentinel that keeps naming the old master, as a stale one would
     my $stuck = start_fake_sentinel(address => ['127.0.0.1', $master->port]);
-    my $nginx = start_nginx(http => site(
+    # one worker: what a worker learns of the master is its own, and the
+    # health document below must come from the worker the requests reach
+    my $nginx = start_nginx(workers => 1, http => site(
         "sentinel://:$PW\@127.0.0.1:" . $stuck->port . "/mymaster $OPTS"));
     ok(wait_until(sub {
         get('/', cookie => 'session=tok-sent-2')->{headers}{'x-session-status'} eq 'HIT'
