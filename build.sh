@@ -58,17 +58,23 @@ if [ -f "$src/conf_flags" ]; then
 fi
 cflags="-O2 -g ${SESSION_CACHE_CFLAGS:-}"
 ldflags="${SESSION_CACHE_LDFLAGS:-}"
-stamp=$(printf '%s\n' "$src" "${flags[*]}" "$cflags" "$ldflags" \
+# The module is given to configure as ../module, a link beside the tree:
+# nginx's auto/make turns every ".c", ".cc", ".cpp" and ".S" in a source's
+# path into an object name, so an absolute path such as /tmp/ci.S1x/src/...
+# would not build.
+module=../module
+stamp=$(printf '%s\n' "$src" "${flags[*]}" "$cflags" "$ldflags" "$module" \
         "$(cat "$root/config")" "$(cd "$root/src" && find . -type f | sort)" | md5sum | cut -d' ' -f1)
 
 mkdir -p "$build"
+ln -sfn "$root" "$build/module"
 if [ ! -f "$tree/.stamp" ] || [ "$(cat "$tree/.stamp")" != "$stamp" ]; then
     rm -rf "$tree"
     mkdir -p "$tree"
     cp -a "$src"/. "$tree"/
     (cd "$tree" && ./configure "${flags[@]}" \
         --with-cc-opt="$cflags" --with-ld-opt="$ldflags" \
-        --add-dynamic-module="$root" >"$build/configure.log" 2>&1) || {
+        --add-dynamic-module="$module" >"$build/configure.log" 2>&1) || {
         tail -30 "$build/configure.log" >&2
         echo "build.sh: configure failed, see $build/configure.log" >&2
         exit 1
