@@ -36,6 +36,30 @@ PgPool *pg_pool()
     return pg;
 }
 
+ngx_resolver_t *http_resolver(ngx_cycle_t *cycle, ngx_msec_t *timeout)
+{
+    auto *ctx = reinterpret_cast<ngx_http_conf_ctx_t *>(
+        cycle->conf_ctx[ngx_http_module.index]);
+
+    if (ctx == nullptr) {
+        return nullptr;
+    }
+
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ctx->loc_conf[ngx_http_core_module.ctx_index]);
+
+    if (clcf == nullptr) {
+        return nullptr;
+    }
+
+    /* the http block's own is merged into no one: unset unless written
+     * there; nginx's default then */
+    *timeout = clcf->resolver_timeout == NGX_CONF_UNSET_MSEC
+                   ? 30000
+                   : clcf->resolver_timeout;
+    return clcf->resolver;
+}
+
 } // namespace session_cache
 
 extern "C" ngx_int_t

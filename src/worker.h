@@ -19,4 +19,10 @@ class Cluster;
 Cluster *redis_cluster(); /* nullptr unless redis-cluster:// */
 PgPool  *pg_pool();       /* nullptr when Postgres is not configured */
 
+/* The http block's resolver and its resolver_timeout, for a name learned
+ * at run time (a sentinel's, a cluster node's): nginx's placeholder
+ * without servers when no "resolver" is configured (ngx_resolve_start
+ * then answers NGX_NO_RESOLVER), nullptr without an http block. */
+ngx_resolver_t *http_resolver(ngx_cycle_t *cycle, ngx_msec_t *timeout);
+
 } // namespace session_cache

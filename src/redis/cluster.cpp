@@ -4,6 +4,7 @@
 #include "metrics/metrics.h"
 #include "redis/redis_url.h"
 #include "redis/resp.h"
+#include "worker.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,9 @@ Cluster::Cluster(ngx_cycle_t                               *cycle,
     timer_.log = cycle->log;
     /* a worker shutting down does not wait for the next refresh */
     timer_.cancelable = 1;
+
+    /* for nodes known by a host name */
+    resolver_ = http_resolver(cycle, &resolver_timeout_);
 
     /* the configuration has at least one seed address (conf.cpp) */
     for (ngx_uint_t i = 0; i < conf->naddrs; i++) {
@@ -54,6 +58,11 @@ Cluster::~Cluster()
     refresh_job_ = nullptr;
 
     for (auto &n : nodes_) {
+        if (n->resolving != nullptr) {
+            ngx_resolve_name_done(n->resolving);
+            n->resolving = nullptr;
+        }
+
         delete n->pool;
         n->pool = nullptr;
     }
@@ -176,6 +185,14 @@ void Cluster::asked(const RedisReply *reply, const char *error)
 
         if (map->build(reply->ranges, reply->nranges, &why)) {
             apply(std::move(map));
+
+            /* a master known by a name that did not resolve: again */
+            for (Node *n : by_index_) {
+                if (n->pool == nullptr && n->resolving == nullptr
+                    && !is_ip_literal(n->host)) {
+                    resolve(n);
+                }
+            }
             error_.clear();
             logged_.clear();
 
@@ -262,8 +279,8 @@ void Cluster::apply(std::unique_ptr<SlotMap> map)
     }
 }
 
-/* The node known by address, made when new: its pool, unless its address
- * is a host name (a worker never resolves one). */
+/* The node known by address, made when new: its pool at once for an IP
+ * address, after nginx's resolver has answered for a host name. */
 Cluster::Node *Cluster::node(const std::string &address,
                              const std::string &host, int port)
 {
@@ -276,21 +293,118 @@ Cluster::Node *Cluster::node(const std::string &address,
     auto n = std::make_unique<Node>();
     n->address = address;
     n->host = host;
+    n->port = port;
+    n->cluster = this;
     n->display = "redis cluster node " + address;
 
     ngx_memzero(&n->sockaddr, sizeof(n->sockaddr));
+    nodes_.push_back(std::move(n));
 
-    if (!ip_sockaddr(host, port, &n->sockaddr.sockaddr, &n->addr.socklen)) {
-        n->error = "known by a host name; nginx resolves none at run time "
-                   "(set cluster-preferred-endpoint-type ip on the nodes)";
-        ngx_log_error(NGX_LOG_ERR, &log_, 0,
-                      "session_cache: redis cluster: node %s is %s, its "
-                      "slots go to postgres",
-                      address.c_str(), n->error.c_str());
-        nodes_.push_back(std::move(n));
-        return nodes_.back().get();
+    Node *node = nodes_.back().get();
+
+    if (ip_sockaddr(host, port, &node->sockaddr.sockaddr, &node->addr.socklen))
+    {
+        open(node);
+    } else {
+        resolve(node);
     }
 
+    return node;
+}
+
+/* A node known by a host name: ask nginx's resolver for its address. */
+void Cluster::resolve(Node *n)
+{
+    ngx_resolver_ctx_t *ctx =
+        resolver_ ? ngx_resolve_start(resolver_, nullptr) : nullptr;
+
+    std::string error;
+
+    if (ctx == nullptr || ctx == NGX_NO_RESOLVER) {
+        error = "known by a host name, and no resolver is configured (add "
+                "nginx's \"resolver\" to the http block)";
+
+    } else {
+        ctx->name.data = reinterpret_cast<u_char *>(&n->host[0]);
+        ctx->name.len = n->host.size();
+        ctx->handler = on_resolved;
+        ctx->data = n;
+        ctx->timeout = resolver_timeout_;
+        n->resolving = ctx;
+        n->error = "known by a host name, being resolved";
+
+        if (ngx_resolve_name(ctx) == NGX_OK) {
+            /* answered at once from nginx's cache, or on its way */
+            return;
+        }
+
+        /* nginx has freed the context */
+        n->resolving = nullptr;
+        error = "known by a host name, which nginx's resolver cannot ask for";
+    }
+
+    if (error != n->error) {
+        ngx_log_error(NGX_LOG_ERR, &log_, 0,
+                      "session_cache: redis cluster: node %s is %s; its "
+                      "slots go to postgres",
+                      n->address.c_str(), error.c_str());
+    }
+    n->error = std::move(error);
+}
+
+void Cluster::on_resolved(ngx_resolver_ctx_t *ctx)
+{
+    auto    *n = static_cast<Node *>(ctx->data);
+    Cluster *self = n->cluster;
+
+    n->resolving = nullptr;
+
+    guarded(&self->log_, "redis cluster resolver", [&] {
+        if (ctx->state || ctx->naddrs == 0) {
+            std::string error = std::string("known by a host name that did "
+                                            "not resolve (")
+                                + ngx_resolver_strerror(ctx->state)
+                                + "); asked again at the next refresh";
+            ngx_resolve_name_done(ctx);
+
+            if (error != n->error) {
+                ngx_log_error(NGX_LOG_ERR, &self->log_, 0,
+                              "session_cache: redis cluster: node %s is %s; "
+                              "its slots go to postgres",
+                              n->address.c_str(), error.c_str());
+            }
+            n->error = std::move(error);
+            return;
+        }
+
+        socklen_t len = ctx->addrs[0].socklen;
+
+        ngx_memcpy(&n->sockaddr, ctx->addrs[0].sockaddr, len);
+        ngx_inet_set_port(&n->sockaddr.sockaddr,
+                          static_cast<in_port_t>(n->port));
+        n->addr.socklen = len;
+        ngx_resolve_name_done(ctx);
+
+        u_char text[NGX_SOCKADDR_STRLEN];
+        size_t tn = ngx_sock_ntop(&n->sockaddr.sockaddr, len, text,
+                                  NGX_SOCKADDR_STRLEN, 1);
+
+        ngx_log_error(NGX_LOG_NOTICE, &self->log_, 0,
+                      "session_cache: redis cluster: node %s resolved to %*s",
+                      n->address.c_str(), tn, text);
+
+        n->error.clear();
+        self->open(n);
+        self->publish();
+
+        /* the L1 listener follows the masters that have a pool: one more */
+        self->generation_++;
+    });
+}
+
+/* The node's pool, on its socket address. */
+void Cluster::open(Node *n)
+{
     n->addr.sockaddr = &n->sockaddr.sockaddr;
     n->addr.name.len = n->address.size();
     n->addr.name.data =
@@ -313,9 +427,6 @@ Cluster::Node *Cluster::node(const std::string &address,
 
     n->pool = new RedisPool(cycle_, &n->conf);
     n->pool->set_cluster(on_redirect, on_changed, this);
-
-    nodes_.push_back(std::move(n));
-    return nodes_.back().get();
 }
 
 /*

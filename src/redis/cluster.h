@@ -17,6 +17,12 @@
  *
  * Every node pool shares the one Redis breaker (per cluster) and sums its
  * figures into the health document's Redis pool.
+ *
+ * A node the cluster names by a host name (cluster-announce-hostname with
+ * cluster-preferred-endpoint-type hostname) is resolved through nginx's
+ * resolver (the http block's "resolver"), never with a blocking call,
+ * when it is first met; a name that did not resolve is tried again at
+ * each refresh of the map. Its slots go to postgres until it has a pool.
  */
 #pragma once
 
@@ -44,8 +50,8 @@ public:
 
     /* The pool of the master that serves key's slot; nullptr while no
      * reachable master serves it (no map yet, a slot nobody serves, a
-     * master known by a host name, a master whose connection failed less
-     * than kDownFor ago). */
+     * master known by a host name not resolved (yet), a master whose
+     * connection failed less than kDownFor ago). */
     RedisPool *pool_for(std::string_view key);
 
     /* The first seed's pool (the seeds are asked for the map when no
@@ -58,8 +64,14 @@ public:
         std::string error;   /* why it has no pool */
         std::string host;    /* as CLUSTER SLOTS or MOVED gave it: an IP
                               * literal, or a name; conf.tls_name's text */
+        int         port = 0;
         std::size_t slots = 0;
         RedisPool  *pool = nullptr;
+
+        /* a name (cluster-announce-hostname): nginx's resolver, then the
+         * pool; until then its slots go to postgres */
+        Cluster            *cluster = nullptr;
+        ngx_resolver_ctx_t *resolving = nullptr;
 
         ngx_sockaddr_t                      sockaddr;
         ngx_addr_t                          addr;
@@ -77,7 +89,8 @@ public:
      * and Redis's error-code words; never a password. */
     const std::string &error() const { return error_; }
 
-    /* The map's number: it grows with every change of the map. */
+    /* The map's number: it grows with every change of the map, and when
+     * a master known by a host name gets its pool. */
     std::uint64_t generation() const { return generation_; }
 
     /* Told of every change of the map but the first (the L1 listener:
@@ -99,6 +112,8 @@ private:
     void  failed(const std::string &why);
     void  apply(std::unique_ptr<SlotMap> map);
     Node *node(const std::string &address, const std::string &host, int port);
+    void  resolve(Node *n);
+    void  open(Node *n);
     void  publish();
 
     static void on_slots(void *data, const RedisReply *reply,
@@ -107,10 +122,13 @@ private:
                             std::string_view error);
     static void on_changed(void *data);
     static void on_timer(ngx_event_t *ev);
+    static void on_resolved(ngx_resolver_ctx_t *ctx);
 
     ngx_cycle_t                               *cycle_;
     const ngx_http_session_cache_redis_conf_t *conf_;
     ngx_log_t                                  log_;
+    ngx_resolver_t                            *resolver_ = nullptr;
+    ngx_msec_t                                 resolver_timeout_ = 0;
     /* one pool per seed address, on a copy of the configuration that
      * names that address alone and, for TLS, the seed's host as written */
     struct Seed {

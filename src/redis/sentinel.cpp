@@ -34,7 +34,7 @@
 #include "redis/redis_url.h"
 #include "redis/resp.h"
 #include "redis/sentinel_logic.h"
-
+#include "worker.h"
 
 #include <cstring>
 #include <new>
@@ -1248,14 +1248,10 @@ void start(ngx_cycle_t *cycle, const ngx_http_session_cache_main_conf_t *smcf)
     }
 
     /* the http block's resolver, if one is configured (else nginx's
-     * placeholder without servers: ngx_resolve_start says so) */
-    auto *ctx = reinterpret_cast<ngx_http_conf_ctx_t *>(
-        cycle->conf_ctx[ngx_http_module.index]);
-    if (ctx != nullptr) {
-        auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
-            ctx->loc_conf[ngx_http_core_module.ctx_index]);
-        self->resolver = clcf ? clcf->resolver : nullptr;
-    }
+     * placeholder without servers: ngx_resolve_start says so); a name
+     * waits at most connect_timeout, as the round does for a reply */
+    ngx_msec_t resolver_timeout;
+    self->resolver = http_resolver(cycle, &resolver_timeout);
 
     self->round_ev.handler = on_round;
     self->round_ev.data = self;

@@ -2019,4 +2019,76 @@ sub SessionCache::Test::make_cert ($ca, $name, $san) {
     return ("$dir/$name.crt", "$dir/$name.key");
 }
 
+# ------------------------------------------------------------------ DNS
+
+# A DNS server of the test's own on loopback (UDP), for names learned at
+# run time (nginx's "resolver"): an A question for a name that
+# $o{resolve} (a sub: name => 1 or 0; default every name) accepts is
+# answered 127.0.0.1, any other name NXDOMAIN, any other type with no
+# record. ->hold: no answer until ->release (questions wait, then are
+# answered in turn: a DNS that is slow for as long as the test says).
+# ->port; ->asked($name): how many A questions for that name it
+# has answered so far (a count kept in a file: the server is a child
+# process). Stopped when the object goes.
+sub SessionCache::Test::start_fake_dns (%o) {
+    require IO::Socket::INET;
+    require POSIX;
+    my $resolve = $o{resolve} // sub { 1 };
+    my $dir = SessionCache::Test::_tempdir('dns');
+    my $sock = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                     Proto => 'udp') or die "dns: $!";
+    my $port = $sock->sockport;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        $SIG{TERM} = sub { POSIX::_exit(0) };
+        alarm 900;    # never outlive a forgotten test by long
+        while (1) {
+            my $peer = $sock->recv(my $q, 512) // next;
+            next if length $q < 17;
+            my ($end, @labels) = (12);
+            while (my $n = ord substr $q, $end, 1) {
+                push @labels, substr $q, $end + 1, $n;
+                $end += 1 + $n;
+            }
+            my $name = lc join '.', @labels;
+            my $question = substr $q, 12, $end + 5 - 12;
+            my $type = unpack 'n', substr $q, $end + 1, 2;
+            my $known = $resolve->($name);
+            select undef, undef, undef, 0.01 while -e "$dir/hold";
+            my $a = $type == 1 && $known
+                ? pack('n n n N n C4', 0xc00c, 1, 1, 60, 4, 127, 0, 0, 1) : '';
+            my $flags = $known ? 0x8180 : 0x8183;    # NOERROR : NXDOMAIN
+            $sock->send(substr($q, 0, 2) . pack('n n n n n', $flags, 1,
+                        $a ? 1 : 0, 0, 0) . $question . $a, 0, $peer);
+            if ($type == 1 && open my $fh, '>>', "$dir/asked") {
+                print $fh "$name\n";
+                close $fh;
+            }
+        }
+    }
+    close $sock;
+    return bless { pid => $pid, port => $port, dir => $dir },
+        'SessionCache::Test::FakeDNS';
+}
+
+package SessionCache::Test::FakeDNS {
+    sub port ($self) { $self->{port} }
+    sub hold ($self) { SessionCache::Test::_write_file("$self->{dir}/hold", '') }
+    sub release ($self) { unlink "$self->{dir}/hold" }
+    sub asked ($self, $name) {
+        open my $fh, '<', "$self->{dir}/asked" or return 0;
+        return scalar grep { $_ eq "$name\n" } <$fh>;
+    }
+    sub stop ($self) {
+        return unless $self->{pid};
+        kill 'TERM', $self->{pid};
+        waitpid $self->{pid}, 0;
+        delete $self->{pid};
+    }
+    sub DESTROY ($self) {
+        local ($@, $!, $?);
+        $self->stop;
+    }
+}
+
 1;
