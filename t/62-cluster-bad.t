@@ -2,8 +2,9 @@
 # (a plain redis-server), a wrong password, a seed nobody listens on. Each
 # a clear message in the error log and the health document, requests
 # answered by Postgres (BYPASS), never a crash, never a password. Nodes
-# known by host names: their slots to Postgres, said why. And
-# CLUSTERDOWN: the request to Postgres, a failure for the breaker.
+# known by host names, without a resolver: their slots to Postgres, said
+# why. And CLUSTERDOWN: the request to Postgres, a failure for its
+# master's breaker.
 
 use v5.36;
 use Test::More;
@@ -51,8 +52,8 @@ scenario('a wrong password',
          qr/AUTH refused: WRONGPASS/);
 
 # CLUSTERDOWN (a slot no master serves, the map not refreshed yet): the
-# request goes to Postgres, and the call counts as a failure for the
-# breaker (which one failure opens here)
+# request goes to Postgres, and the call counts as a failure for that
+# master's breaker (which one failure opens here)
 {
     my $nginx = start_nginx(workers => 1, http => protected_site(
         redis    => $cluster->url . ' pool=2 connect_timeout=300ms timeout=300ms',
@@ -67,21 +68,25 @@ scenario('a wrong password',
     is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // ''), '200 BYPASS',
        'CLUSTERDOWN: the request goes to Postgres');
     my (undef, $doc) = $nginx->health;
-    is($doc->{redis}{breaker}, 'open', 'CLUSTERDOWN: a failure for the breaker (open after one)');
+    my ($node) = grep { $_->{address} eq '127.0.0.1:' . $owner->port }
+                 @{ $doc->{redis}{cluster}{nodes} // [] };
+    is($node->{breaker}, 'open', 'CLUSTERDOWN: a failure for its master\'s breaker (open after one)')
+        or diag explain $doc->{redis}{cluster};
     is($owner->cli('CLUSTER', 'ADDSLOTS', $slot), 'OK', 'the slot back');
     no_alerts($nginx, 'CLUSTERDOWN: no alerts');
 }
 
 # Nodes that announce host names (cluster-preferred-endpoint-type
-# hostname): a worker never resolves a name, so their slots go to
-# Postgres, and the log and the health document say why
+# hostname) and no resolver in the http block: their slots go to
+# Postgres, and the log and the health document say why (with a
+# resolver: t/74)
 {
     for my $node ($cluster->nodes) {
         $node->cli('CONFIG', 'SET', 'cluster-announce-hostname', 'localhost');
         $node->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname');
     }
     my $nginx = site($cluster->url);
-    ok($nginx->wait_for_log(qr/\[error\].*redis cluster: node localhost:\d+ is known by a host name; nginx resolves none at run time \(set cluster-preferred-endpoint-type ip on the nodes\), its slots go to postgres/),
+    ok($nginx->wait_for_log(qr/\[error\].*redis cluster: node localhost:\d+ is known by a host name, and no resolver is configured \(add nginx's "resolver" to the http block\); its slots go to postgres/),
        'host names: the error log says why');
     my $r = get('/', cookie => 'session=tok-bad-1');
     is(join(' ', $r->{status}, $r->{headers}{'x-session-status'} // ''), '200 BYPASS',

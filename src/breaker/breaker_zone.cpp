@@ -11,8 +11,17 @@
 
 namespace session_cache {
 
+/* A Redis Cluster node's breaker: taken by the first worker that meets
+ * the node, never given back (a node that comes back finds it again). */
+struct NodeBreaker {
+    char        address[NGX_MAXHOSTNAMELEN + sizeof(":65535")];
+    BreakerData data;
+};
+
 struct BreakerZone {
-    BreakerData backends[2];
+    BreakerData   backends[2];
+    std::uint32_t nnodes; /* nodes[] taken */
+    NodeBreaker   nodes[kNodeBreakers];
 };
 
 static const char *const kNames[] = {"redis", "postgres"};
@@ -24,7 +33,7 @@ static_assert(sizeof(kNames) / sizeof(kNames[0])
 /* The zone: the slab pool's header and page table, then BreakerZone.
  * Its size never changes, so that a reload finds the zone it can reuse;
  * half of it is room enough on the smallest pages (4 KiB). */
-static constexpr std::size_t kBreakerZonePages = 8;
+static constexpr std::size_t kBreakerZonePages = 64;
 
 static_assert(sizeof(BreakerZone) <= kBreakerZonePages / 2 * 4096,
               "the breakers fit in their zone");
@@ -52,15 +61,43 @@ static std::uint64_t now()
     return ngx_current_msec;
 }
 
-static BreakerData *data(Backend backend)
+static int slot_of(BreakerId id)
 {
-    return &zone->backends[static_cast<int>(backend)];
+    return static_cast<int>(id);
 }
 
-static void log_transition(Backend backend, Transition t, BreakerStats s,
+static BreakerData *data(BreakerId id)
+{
+    int i = slot_of(id);
+    return i < 2 ? &zone->backends[i] : &zone->nodes[i - 2].data;
+}
+
+/* "redis", "postgres", "redis cluster node 10.0.0.1:7000" (a node's
+ * address is written once, before its breaker is handed out) */
+static const char *name_of(BreakerId id, char *buf, std::size_t size)
+{
+    int i = slot_of(id);
+
+    if (i < 2) {
+        return kNames[i];
+    }
+
+    *ngx_snprintf(reinterpret_cast<u_char *>(buf), size - 1,
+                  "redis cluster node %s", zone->nodes[i - 2].address) = '\0';
+    return buf;
+}
+
+static constexpr std::size_t kNameSize = sizeof(NodeBreaker::address) + 32;
+
+static void log_transition(BreakerId id, Transition t, BreakerStats s,
                            ngx_log_t *log)
 {
-    const char *name = kNames[static_cast<int>(backend)];
+    if (t == Transition::None) {
+        return;
+    }
+
+    char        buf[kNameSize];
+    const char *name = name_of(id, buf, sizeof(buf));
 
     switch (t) {
     case Transition::None:
@@ -118,6 +155,57 @@ void breaker_stop()
     zone = nullptr;
 }
 
+BreakerId breaker_for_node(const char *address, ngx_log_t *log)
+{
+    static bool said_full = false;
+
+    if (zone == nullptr) {
+        return breaker_id(Backend::Redis);
+    }
+
+    std::size_t len = ngx_strlen(address);
+
+    if (len >= sizeof(NodeBreaker::address)) {
+        return breaker_id(Backend::Redis); /* no such host name */
+    }
+
+    int found = -1;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (std::uint32_t i = 0; i < zone->nnodes; i++) {
+        if (ngx_strcmp(zone->nodes[i].address, address) == 0) {
+            found = static_cast<int>(i);
+            break;
+        }
+    }
+
+    if (found < 0 && zone->nnodes < kNodeBreakers) {
+        NodeBreaker *n = &zone->nodes[zone->nnodes];
+
+        ngx_memcpy(n->address, address, len + 1);
+        breaker_init(&n->data, config);
+        found = static_cast<int>(zone->nnodes++);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (found < 0) {
+        if (!said_full) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "session_cache: redis cluster node %s: no room for "
+                          "a breaker of its own (%d nodes have one since "
+                          "nginx started); its calls count in the redis "
+                          "breaker",
+                          address, kNodeBreakers);
+            said_full = true;
+        }
+        return breaker_id(Backend::Redis);
+    }
+
+    return static_cast<BreakerId>(found + 2);
+}
+
 #if (NGX_DEBUG)
 
 static const char *admit_name(Admit a)
@@ -137,7 +225,7 @@ static const char *admit_name(Admit a)
 /* Decisions are traced at debug level on log: the pool's log, so they
  * show with a debug error_log; the request's own trace says whether its
  * call went out. */
-bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
+bool breaker_allow(BreakerId id, bool *trial, ngx_log_t *log)
 {
     *trial = false;
 
@@ -145,14 +233,17 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
         return true;
     }
 
-    BreakerData *b = data(backend);
+    BreakerData *b = data(id);
+#if (NGX_DEBUG)
+    char buf[kNameSize];
+#endif
 
     /* the common case, without the lock: a stale read only delays the
      * moment this worker notices an opening by one call */
     if (__atomic_load_n(&b->phase, __ATOMIC_RELAXED) == BreakerState::Closed) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                        "session_cache: %s breaker closed: call let through",
-                       kNames[static_cast<int>(backend)]);
+                       name_of(id, buf, sizeof(buf)));
         return true;
     }
 
@@ -165,29 +256,32 @@ bool breaker_allow(Backend backend, bool *trial, ngx_log_t *log)
 #endif
     ngx_shmtx_unlock(&shpool->mutex);
 
-    log_transition(backend, t, BreakerStats{0, 0}, log);
+    log_transition(id, t, BreakerStats{0, 0}, log);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
                    "session_cache: %s breaker %s: call %s",
-                   kNames[static_cast<int>(backend)], breaker_state_name(phase),
+                   name_of(id, buf, sizeof(buf)), breaker_state_name(phase),
                    admit_name(a));
 
     *trial = (a == Admit::Trial);
     return a != Admit::Reject;
 }
 
-void breaker_report(Backend backend, bool success, bool trial, ngx_log_t *log)
+void breaker_report(BreakerId id, bool success, bool trial, ngx_log_t *log)
 {
     if (zone == nullptr) {
         return;
     }
 
-    BreakerData *b = data(backend);
+    BreakerData *b = data(id);
     BreakerStats s{0, 0};
+#if (NGX_DEBUG)
+    char buf[kNameSize];
+#endif
 
     ngx_log_debug3(
         NGX_LOG_DEBUG_HTTP, log, 0, "session_cache: %s breaker: %s %s",
-        kNames[static_cast<int>(backend)], trial ? "the trial call" : "a call",
+        name_of(id, buf, sizeof(buf)), trial ? "the trial call" : "a call",
         success ? "succeeded" : "failed");
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -197,32 +291,33 @@ void breaker_report(Backend backend, bool success, bool trial, ngx_log_t *log)
     }
     ngx_shmtx_unlock(&shpool->mutex);
 
-    log_transition(backend, t, s, log);
+    log_transition(id, t, s, log);
 }
 
-void breaker_give_back(Backend backend)
+void breaker_give_back(BreakerId id)
 {
     if (zone == nullptr) {
         return;
     }
 
     ngx_shmtx_lock(&shpool->mutex);
-    breaker_release_trial(data(backend));
+    breaker_release_trial(data(id));
     ngx_shmtx_unlock(&shpool->mutex);
 }
 
-void breaker_probe_answered(Backend backend, ngx_log_t *log)
+void breaker_probe_answered(BreakerId id, ngx_log_t *log)
 {
     if (zone == nullptr) {
         return;
     }
 
     ngx_shmtx_lock(&shpool->mutex);
-    bool was_open = breaker_probe_reached(data(backend));
+    bool was_open = breaker_probe_reached(data(id));
     ngx_shmtx_unlock(&shpool->mutex);
 
     if (was_open) {
-        const char *name = kNames[static_cast<int>(backend)];
+        char        buf[kNameSize];
+        const char *name = name_of(id, buf, sizeof(buf));
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "session_cache: %s circuit breaker half-open: a probe "
                       "reached %s before the cooldown ended; the next call "
@@ -238,8 +333,8 @@ void breaker_reset(Backend backend, ngx_log_t *log)
     }
 
     ngx_shmtx_lock(&shpool->mutex);
-    BreakerState was = data(backend)->phase;
-    breaker_init(data(backend), config);
+    BreakerState was = data(breaker_id(backend))->phase;
+    breaker_init(data(breaker_id(backend)), config);
     ngx_shmtx_unlock(&shpool->mutex);
 
     if (was != BreakerState::Closed) {
@@ -250,14 +345,14 @@ void breaker_reset(Backend backend, ngx_log_t *log)
     }
 }
 
-BreakerState breaker_state(Backend backend)
+BreakerState breaker_state(BreakerId id)
 {
     if (zone == nullptr) {
         return BreakerState::Closed;
     }
 
     ngx_shmtx_lock(&shpool->mutex);
-    BreakerState s = data(backend)->phase;
+    BreakerState s = data(id)->phase;
     ngx_shmtx_unlock(&shpool->mutex);
 
     return s;
@@ -271,7 +366,7 @@ ngx_msec_t breaker_wait(Backend backend)
 
     ngx_shmtx_lock(&shpool->mutex);
     std::uint64_t ms =
-        session_cache::breaker_wait(data(backend), config, now());
+        session_cache::breaker_wait(data(breaker_id(backend)), config, now());
     ngx_shmtx_unlock(&shpool->mutex);
 
     return static_cast<ngx_msec_t>(ms);
@@ -297,6 +392,9 @@ static ngx_int_t init_zone(ngx_shm_zone_t *shm_zone, void *old)
         ngx_shmtx_lock(&pool->mutex);
         for (BreakerData &b : z->backends) {
             breaker_adopt(&b, c);
+        }
+        for (std::uint32_t i = 0; i < z->nnodes; i++) {
+            breaker_adopt(&z->nodes[i].data, c);
         }
         ngx_shmtx_unlock(&pool->mutex);
         return NGX_OK;

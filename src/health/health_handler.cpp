@@ -112,6 +112,7 @@ void cluster_report(health::ClusterReport *out)
         if (n->pool) {
             node.pool = PoolFigures{n->pool->connections(), n->pool->idle(),
                                     n->pool->waiting(), n->conf.backend.pool};
+            node.breaker = breaker_state(n->breaker);
         }
         out->nodes.push_back(std::move(node));
     }

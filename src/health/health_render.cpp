@@ -137,6 +137,12 @@ static void cluster_assess(Report *r, const ClusterReport &c)
             r->errors.push_back("redis cluster: node " + n.address + " "
                                 + n.error);
         }
+        if (n.breaker != BreakerState::Closed && n.slots) {
+            r->errors.push_back("redis cluster: node " + n.address
+                                + ": circuit breaker "
+                                + breaker_state_name(n.breaker)
+                                + " (its slots go to postgres)");
+        }
     }
 }
 
@@ -400,6 +406,7 @@ static void cluster_json(Object *redis, const ClusterReport &c,
         if (!n.error.empty()) {
             node.str("error", n.error);
         }
+        node.str("breaker", breaker_state_name(n.breaker));
         pool_json(&node, "pool", n.pool);
         node.close();
     }
@@ -695,6 +702,19 @@ static void cluster_prometheus(Exposition *x, const ClusterReport &c,
     for (const ClusterNodeReport &n : c.nodes) {
         x->sample(number(n.pool.size),
                   "node=\"" + label_value(n.address) + "\"");
+    }
+
+    x->family("redis_cluster_node_breaker_state", "gauge",
+              "Each master's own circuit breaker: 1 for the current one of "
+              "closed, open, half_open.");
+    for (const ClusterNodeReport &n : c.nodes) {
+        for (BreakerState s :
+             {BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen})
+        {
+            x->sample(n.breaker == s ? "1" : "0",
+                      "node=\"" + label_value(n.address) + "\",state=\""
+                          + breaker_state_name(s) + "\"");
+        }
     }
 }
 

@@ -47,6 +47,7 @@ struct ClusterNodeReport {
     std::uint64_t slots = 0;
     std::string   error; /* why it has no pool; empty if it has one */
     PoolFigures   pool;  /* this worker's */
+    BreakerState  breaker = BreakerState::Closed; /* its own */
 };
 
 struct ClusterReport {

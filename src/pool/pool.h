@@ -75,6 +75,10 @@ public:
         return unreachable_ && ngx_current_msec - unreachable_at_ < ms;
     }
 
+    /* The breaker this pool's calls count in: its backend's, unless told
+     * otherwise (a Redis Cluster node's own, breaker_for_node()). */
+    void use_breaker(BreakerId id) { breaker_ = id; }
+
 protected:
     /* A connection did not get through; reached(): one did. */
     void mark_unreachable()
@@ -157,7 +161,7 @@ protected:
     {
         bool trial = false;
 
-        if (!job->probe && !breaker_allow(which_, &trial, &log_)) {
+        if (!job->probe && !breaker_allow(breaker_, &trial, &log_)) {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &log_, 0,
                            "session_cache: %s: breaker open, call refused",
                            name_);
@@ -182,7 +186,7 @@ protected:
                            "session_cache: %s: no connection: %s", name_,
                            *error);
             if (!job->probe) {
-                breaker_report(which_, false, trial, &log_);
+                breaker_report(breaker_, false, trial, &log_);
             }
             delete job;
             return false;
@@ -231,13 +235,14 @@ protected:
         recovering_ = false;
 
         if (reached) {
-            breaker_probe_answered(which_, &log_);
+            breaker_probe_answered(breaker_, &log_);
         }
     }
 
     const ngx_http_session_cache_backend_t *backend_;
     const char                             *name_;
     Backend                                 which_;
+    BreakerId                               breaker_ = breaker_id(which_);
     ngx_log_t                               log_;
     char                                    timeout_text_[64];
     char                                    connect_timeout_text_[64];
@@ -293,7 +298,7 @@ private:
         /* the breaker counts every call, also those nobody waits for;
          * for Postgres, "no row" is a success */
         if (!job->probe) {
-            breaker_report(which_, ok, job->trial, &log_);
+            breaker_report(breaker_, ok, job->trial, &log_);
         }
     }
 
@@ -309,7 +314,7 @@ private:
                        name_, job);
 
         if (job->trial) {
-            breaker_give_back(which_);
+            breaker_give_back(breaker_);
         }
     }
 

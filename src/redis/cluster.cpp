@@ -427,6 +427,10 @@ void Cluster::open(Node *n)
 
     n->pool = new RedisPool(cycle_, &n->conf);
     n->pool->set_cluster(on_redirect, on_changed, this);
+
+    /* its own breaker: a node that fails cuts off its own slots only */
+    n->breaker = breaker_for_node(n->address.c_str(), &log_);
+    n->pool->use_breaker(n->breaker);
 }
 
 /*

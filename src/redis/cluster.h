@@ -15,8 +15,10 @@
  * TRYAGAIN, CLUSTERDOWN and a node that cannot be reached are the
  * command's failure: the check goes to Postgres (BYPASS).
  *
- * Every node pool shares the one Redis breaker (per cluster) and sums its
- * figures into the health document's Redis pool.
+ * Each node pool has a breaker of its own, in the shared zone by the
+ * node's address (breaker_for_node()): a master that fails or hangs
+ * sends its own slots to postgres, never the others'. The node pools sum
+ * their figures into the health document's Redis pool.
  *
  * A node the cluster names by a host name (cluster-announce-hostname with
  * cluster-preferred-endpoint-type hostname) is resolved through nginx's
@@ -67,6 +69,7 @@ public:
         int         port = 0;
         std::size_t slots = 0;
         RedisPool  *pool = nullptr;
+        BreakerId   breaker = breaker_id(Backend::Redis); /* its own */
 
         /* a name (cluster-announce-hostname): nginx's resolver, then the
          * pool; until then its slots go to postgres */

@@ -240,6 +240,64 @@ test_pg_hosts(void **)
 }
 
 
+/* Redis Cluster (SPEC §10): each master's own breaker, in JSON and
+ * Prometheus; one open makes the document degraded, naming the master,
+ * and leaves redis.breaker (the cluster's) alone */
+void
+test_cluster_node_breakers(void **)
+{
+    Report r = good();
+    r.redis.cluster.enabled = true;
+    r.redis.cluster.slots_covered = 16384;
+
+    ClusterNodeReport a, b;
+    a.address = "10.0.0.1:7000";
+    a.slots = 8192;
+    a.breaker = BreakerState::Open;
+    b.address = "10.0.0.2:7000";
+    b.slots = 8192;
+    r.redis.cluster.nodes = {a, b};
+    evaluate(&r);
+
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Degraded));
+    bool named = false;
+    for (const std::string &e : r.errors) {
+        named = named
+                || e == "redis cluster: node 10.0.0.1:7000: circuit breaker "
+                        "open (its slots go to postgres)";
+        assert_false(contains(e, "10.0.0.2"));
+    }
+    assert_true(named);
+
+    std::string j = render_json(r);
+    assert_true(contains(j, "\"address\": \"10.0.0.1:7000\", \"slots\": "
+                            "8192, \"breaker\": \"open\""));
+    assert_true(contains(j, "\"address\": \"10.0.0.2:7000\", \"slots\": "
+                            "8192, \"breaker\": \"closed\""));
+    assert_true(contains(j, "\"breaker\": \"closed\", \"pool\""));
+
+    std::string p = render_prometheus(r);
+    assert_true(contains(p, "nginx_session_cache_redis_cluster_node_breaker_"
+                            "state{node=\"10.0.0.1:7000\",state=\"open\"} "
+                            "1\n"));
+    assert_true(contains(p, "nginx_session_cache_redis_cluster_node_breaker_"
+                            "state{node=\"10.0.0.1:7000\",state=\"closed\"} "
+                            "0\n"));
+    assert_true(contains(p, "nginx_session_cache_redis_cluster_node_breaker_"
+                            "state{node=\"10.0.0.2:7000\",state=\"closed\"} "
+                            "1\n"));
+
+    /* a master without slots (met through a redirection only) is no
+     * reason for degraded */
+    r.redis.cluster.nodes[0].slots = 0;
+    r.redis.cluster.nodes[1].slots = 16384;
+    evaluate(&r);
+    assert_int_equal(static_cast<int>(r.status),
+                     static_cast<int>(Status::Healthy));
+}
+
+
 /* A session query Postgres cannot prepare is a configuration error: no
  * cache miss can be checked, whatever else answers. */
 void
@@ -646,6 +704,7 @@ main(void)
         cmocka_unit_test(test_short_version),
         cmocka_unit_test(test_l1),
         cmocka_unit_test(test_pg_hosts),
+        cmocka_unit_test(test_cluster_node_breakers),
     };
 
     return cmocka_run_group_tests_name("health_render", tests, NULL, NULL);
