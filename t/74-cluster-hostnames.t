@@ -17,17 +17,27 @@ my $cluster = SessionCache::Test::start_redis_cluster(masters => 3, requirepass 
 my $pg      = start_postgres();
 my @nodes   = $cluster->nodes;
 
-my %name = map { ($nodes[$_]->port => "node$_.cluster.test") } 0 .. 2;
-$_->cli('CONFIG', 'SET', 'cluster-announce-hostname', $name{ $_->port }) for @nodes;
-$_->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname') for @nodes;
-ok(wait_until(sub {
-    for my $node (@nodes) {
-        my $slots = $node->cli('CLUSTER', 'SLOTS');
-        return 0 if grep { index($slots, $_) < 0 } values %name;
+# Each node announces "$prefix$i.cluster.test" and the cluster gives host
+# names: waits until every node's CLUSTER SLOTS names every master so.
+# Returns {port => name}.
+sub announce_names ($what, $prefix, @of) {
+    my %name = map { ($of[$_]->port => "$prefix$_.cluster.test") } 0 .. $#of;
+    for my $node (@of) {
+        $node->cli('CONFIG', 'SET', 'cluster-announce-hostname', $name{ $node->port });
+        $node->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname');
     }
-    1;
-}, 20, 0.05, 'the host names in CLUSTER SLOTS'),
-   'every node names every master by its host name in CLUSTER SLOTS');
+    ok(wait_until(sub {
+        for my $node (@of) {
+            my $slots = $node->cli('CLUSTER', 'SLOTS');
+            return 0 if grep { index($slots, $_) < 0 } values %name;
+        }
+        1;
+    }, 20, 0.05, 'the host names in CLUSTER SLOTS'),
+       "$what: every node names every master by its host name in CLUSTER SLOTS");
+    return %name;
+}
+
+my %name = announce_names('plain', 'node', @nodes);
 
 my $URL = $cluster->url(seeds => [$nodes[0]]);    # the seed: an IP
 my $PG  = '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=1s';
@@ -198,16 +208,7 @@ sub resolved_lines ($nginx, $node) {
         tls => { cert => $ca->{cert}, key => $ca->{key}, ca => $ca->{ca} });
     my @tn = $tls->nodes;
     # the third node announces a name its certificate does not carry
-    my %tname = map { ($tn[$_]->port => "tls$_.cluster.test") } 0 .. 2;
-    $_->cli('CONFIG', 'SET', 'cluster-announce-hostname', $tname{ $_->port }) for @tn;
-    $_->cli('CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname') for @tn;
-    ok(wait_until(sub {
-        for my $node (@tn) {
-            my $slots = $node->cli('CLUSTER', 'SLOTS');
-            return 0 if grep { index($slots, $_) < 0 } values %tname;
-        }
-        1;
-    }, 20, 0.05, 'the TLS host names in CLUSTER SLOTS'), 'TLS: the names announced');
+    my %tname = announce_names('TLS', 'tls', @tn);
 
     my $dns = SessionCache::Test::start_fake_dns();
     my $nginx = start_nginx(workers => 1, http => protected_site(
