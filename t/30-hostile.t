@@ -222,6 +222,13 @@ is(get('/', cookie => 'session=tok-valid-7c1e')->{status}, 200,
    'the valid session still works afterwards');
 is(get('/', cookie => 'session=tok-other-7c1e')->{status}, 200,
    'and so does another (Postgres still answers)');
+# its cache fill is sent without waiting for it: count Redis's commands
+# once Redis has run that SET (INFO commandstats, which the check below
+# reads too; EXISTS or GET from here would be counted as nginx's)
+ok(wait_until(sub { ($redis->commandstats->{set} // 0)
+                    > ($redis_stats->{set} // 0) }, 5, 0.02,
+              'the cache fill of tok-other-7c1e'),
+   'that one is cached');
 
 my $after = $redis->commandstats;
 my @changed = grep { ($after->{$_} // 0) != ($redis_stats->{$_} // 0) }

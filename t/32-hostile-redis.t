@@ -59,8 +59,10 @@ for my $case (
     cmp_ok($r->{ms}, '<', 1500, sprintf("$name: without waiting for the 2s timeout (%.0f ms)", $r->{ms}));
     like($nginx->error_log, $cause, "$name: the error log names the cause");
     is(get('/public.html')->{status}, 200, "$name: nginx still serves");
-    my @workers = $nginx->worker_pids;
-    my ($rss) = (SessionCache::Test::_slurp("/proc/$workers[0]/status") // '') =~ /VmRSS:\s+(\d+)/;
+    # the largest of the workers: either may have served the request
+    my ($rss) = sort { $b <=> $a } map {
+        (SessionCache::Test::_slurp("/proc/$_/status") // '') =~ /VmRSS:\s+(\d+)/
+    } $nginx->worker_pids;
     cmp_ok($rss // 0, '<', 200_000, "$name: the worker holds " . ($rss // '?') . ' kB');
     no_alerts($nginx, "$name: no alerts");
     kill 'TERM', $pid;
