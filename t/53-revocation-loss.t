@@ -118,9 +118,14 @@ revocation_works('at start');
     ok(wait_until(sub { my $l = doc()->{revocation}{listener}; $l && $l != $pid }, 15),
        'reload: a new worker holds the lease');
     comes_back('reload', $f, $c);
-    is($pg->psql("SELECT count(*) FROM pg_stat_activity WHERE application_name "
-               . "= 'ngx_session_cache_listen'"), 1,
-       'reload: one LISTEN connection again');
+    # the old generation's backend ends once Postgres has read its closed
+    # connection, which may come after the old worker exited
+    my $count;
+    wait_until(sub {
+        ($count = $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE "
+                            . "application_name = 'ngx_session_cache_listen'")) == 1
+    }, 10, 0.05, 'one LISTEN connection');
+    is($count, 1, 'reload: one LISTEN connection again');
 }
 
 # --- 5. Postgres SIGSTOPped: nothing blocks ------------------------------------
