@@ -204,6 +204,10 @@ my $nginx = start_nginx(workers => 2, http => site('size=1m ttl=60s tracking=off
     $pg->add_session($t, 'user-revoked', 3600);
     is(join(' ', check($t)), '200 MISS postgres', 'tracking=off: first answer from Postgres');
     is(join(' ', check($t)), '200 HIT l1', 'tracking=off: then from l1');
+    # the first answer's cache fill is written to Redis after its
+    # response: let it land, or the DEL below could come before it and
+    # Redis would keep the session past the entry's ttl
+    ok(defined $redis->wait_for_key("session:$t"), 'tracking=off: the fill reached Redis');
 
     $pg->revoke_session($t);
     $redis->cli('DEL', "session:$t");

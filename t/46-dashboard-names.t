@@ -132,14 +132,17 @@ my $have_l1 = $l1_rc == 0;
 note($have_l1 ? 'this build has L1: nginx runs with it, its names are checked'
               : 'this build has no L1 yet: nginx_session_cache_l1_* names may be missing');
 
+# generous timeouts: some families have samples only when their probe
+# answered in time (DBSIZE, INFO, the probes' durations), and a probe
+# that a slow machine made late must not remove a name from the scrape
 my $nginx = start_nginx(http => <<~"NGX");
-    session_cache_redis $REDIS_URL pool=2;
-    session_cache_postgres "$PG_DSN" pool=2;
+    session_cache_redis $REDIS_URL pool=2 timeout=5s;
+    session_cache_postgres "$PG_DSN" pool=2 timeout=5s;
     @{[ $have_l1 ? 'session_cache_l1 size=1m;' : '' ]}
     server {
         listen 127.0.0.1:%%PORT%%;
         location / { auth_session \$cookie_session; }
-        location = /health { session_cache_health threshold=10s; }
+        location = /health { session_cache_health threshold=10s timeout=10s; }
     }
     NGX
 

@@ -90,9 +90,13 @@ sub rv () { my ($r, $d) = $nginx->health; return $d->{revocation} // {} }
 
 ok(wait_until(sub { rv()->{listening} }, 15), 'the listener listens')
     or diag explain rv();
+# The listener's last statement: its LISTEN, or the empty query of the
+# heartbeat it sends every second once it listens (pg_stat_activity shows
+# that one as '': a test slower than a second after the LISTEN sees it).
 my $listeners = sub {
     $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE application_name "
-            . "= 'ngx_session_cache_listen' AND query ILIKE 'LISTEN%'");
+            . "= 'ngx_session_cache_listen' AND (query ILIKE 'LISTEN%' "
+            . "OR query = '')");
 };
 is($listeners->(), 1, 'one LISTEN connection for 4 workers, application_name '
    . 'ngx_session_cache_listen, despite target_session_attrs=read-only');
@@ -129,6 +133,10 @@ is(rv()->{notifications}, 1, 'health: one notification');
 
 no_alerts($nginx, 'listener without L1: no alerts');
 $nginx->stop;
+# its backend ends once Postgres has read the closed connection, not
+# when nginx exits: wait for that, so the count below is the next nginx's
+ok(wait_until(sub { $listeners->() == 0 }, 10),
+   'the stopped nginx\'s LISTEN connection is gone');
 
 # --- 3. without the directive -----------------------------------------------
 

@@ -36,6 +36,12 @@ sub layer ($t) {
     return "$r->{status} " . ($r->{headers}{'x-session-layer'} // '-');
 }
 ok(wait_until(sub { layer($keep) eq '200 l1' }, 10, 0.01), 'a session in L1');
+# that l1 answer may come before the invalidation of the module's own
+# fill, which then drops the entry: let the fill land and its
+# invalidation be read, then fill L1 again from Redis (no write)
+ok(defined $redis->wait_for_key("session:$keep"), 'its fill reached Redis');
+ok(SessionCache::Test::l1_settled($nginx, $redis), 'its invalidation read');
+ok(wait_until(sub { layer($keep) eq '200 l1' }, 10, 0.01), 'in L1, to stay');
 
 my $db = SessionCache::Psql->new($pg);
 my $M = 'SECRETMARK';

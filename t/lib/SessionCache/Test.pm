@@ -632,6 +632,29 @@ sub revocation_promises ($answers, $revoked, @tokens) {
 }
 
 
+# l1_settled($nginx, $redis, prefix => 'session:'): a barrier for the L1
+# listener of $nginx (tracking=on). Once it returns true, every
+# invalidation Redis sent before the call has been processed. It
+# overwrites 2,000 keys <prefix>l1-barrier-N in one command (their
+# invalidations follow every earlier one on the listener's connection)
+# and waits until the health document's l1.invalidations grew by 2,000:
+# the health probes' own keys add one or two per document, far fewer
+# meanwhile, so that count is only reached once the barrier itself has
+# been read, hence everything before it. For a test that needs an L1
+# entry to stay: the module's own cache fill (SET after a Postgres
+# answer) is broadcast and drops the entry it filled, possibly after a
+# request was already answered from that entry.
+sub l1_settled ($nginx, $redis, %o) {
+    my $prefix = $o{prefix} // 'session:';
+    my $n = 2000;
+    my $count = sub { ($nginx->health)[1]{l1}{invalidations} // 0 };
+    my $before = $count->();
+    $redis->cli('EVAL', "for i=1,$n do redis.call('SET',ARGV[1]..i,'x') end",
+                0, "${prefix}l1-barrier-");
+    return wait_until(sub { $count->() >= $before + $n }, 10, 0.02,
+                      'the L1 listener to read the barrier\'s invalidations');
+}
+
 # ====================================================================
 package SessionCache::Test::Redis;
 
