@@ -293,14 +293,21 @@ void revoked_now(Listener *l, std::string_view token)
 /* LISTEN answered: notifications flow from here on. */
 void listening(Listener *l)
 {
-    set_state(l, State::Listening, "");
+    bool lost = l->lost;
 
-    if (l->lost) {
+    if (lost) {
         revoked_now(l, {});
         /* whatever was revoked while it was away is unknown */
         l1::flush(l1::FlushReason::RevocationLost, &l->log);
         count(&l->sh->reconnects);
         l->lost = false;
+    }
+
+    /* after the drop and its count: a health document that shows the
+     * listener listening again shows them too */
+    set_state(l, State::Listening, "");
+
+    if (lost) {
         ngx_log_error(NGX_LOG_NOTICE, &l->log, 0,
                       "session_cache: revocation listener listens again on "
                       "\"%s\", L1 dropped",
