@@ -60,6 +60,9 @@ $pg->add_session($_, "user-$_", 3600) for values %tok;
 for my $node (@nodes) {
     my $t = $tok{ $node->port };
     like(until_l1($t), qr/^200 HIT l1 user-$t$/, "a token on master " . $node->port . ': cached in l1');
+    # its first answer came from Postgres: the cache fill, sent after
+    # it, must not land after (and undo) the overwrite below
+    ok(defined $node->wait_for_key("session:$t"), '... and in Redis');
     my $before = invalidations();
     $node->cli('SET', "session:$t", '{"user_id":"changed","expires_at":'
                . int(time + 3600) . '}', 'EX', 300);
@@ -92,6 +95,9 @@ for my $node (@nodes) {
     }
     $pg->add_session($_, 'user-mv', 3600) for $a, $b;
     like(until_l1($a), qr/^200 HIT l1 user-mv$/, 'cached in l1');
+    # the cache fill (sent after the answer from Postgres) is the key
+    # MIGRATE moves
+    ok(defined $nodes[1]->wait_for_key("session:$a"), '... and in Redis');
 
     my ($from, $to) = @nodes[1, 0];
     my $slot = $cluster->keyslot("session:$a");

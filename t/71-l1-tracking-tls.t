@@ -85,9 +85,13 @@ $pg->add_session($_, "user-$_", 3600) for @tokens;
          qr/session_cache: l1 listener: TLS established/,
          'debug log: the listener established TLS');
 
-    my $before = l1($nginx)->{invalidations} // 0;
     my $t = $tokens[0];
     like(until_l1($nginx, $t), qr/^200 HIT l1 user-$t$/, 'a session cached in l1');
+    # the cache fill, sent after the first answer (from Postgres), must
+    # not land after the DEL; it is an invalidation too, which may already
+    # have come (and L1 been filled again from Redis): counted from here
+    ok(defined $redis->wait_for_key("session:$t"), '... and in Redis');
+    my $before = l1($nginx)->{invalidations} // 0;
     $pg->revoke_session($t);
     $redis->cli('DEL', "session:$t");
     ok(wait_until(sub { (l1($nginx)->{invalidations} // 0) > $before }, 10),
@@ -97,6 +101,8 @@ $pg->add_session($_, "user-$_", 3600) for @tokens;
 
     $t = $tokens[1];
     like(until_l1($nginx, $t), qr/^200 HIT l1 user-$t$/, 'another in l1');
+    # its cache fill must not land after (and undo) the overwrite
+    ok(defined $redis->wait_for_key("session:$t"), '... and in Redis');
     $before = l1($nginx)->{invalidations} // 0;
     $redis->cli('SET', "session:$t", '{"user_id":"changed","expires_at":'
                 . int(time + 3600) . '}', 'EX', 300);
