@@ -75,16 +75,19 @@ $master->cli('WAIT', 1, 1000);
 sub health_of ($nginx) { my ($r, $d) = $nginx->health; return ($r, $d) }
 
 {
+    # each worker asks the sentinel for itself, and one that does not know
+    # the master yet answers BYPASS: the requests below wait for both
+    my $hp = free_port();
     my $nginx = start_nginx(workers => 2, http => site(
         "$URL $OPTS sentinel_password=$SPW",
-        http => 'session_cache_l1 size=1m;'));
+        http => "session_cache_l1 size=1m;\n"
+              . SessionCache::Test::worker_health($hp)));
 
     my $addr = '127.0.0.1:' . $master->port;
-    ok(wait_until(sub {
-        my (undef, $d) = health_of($nginx);
+    ok(SessionCache::Test::wait_every_worker($nginx, $hp, sub ($d) {
         ($d->{redis}{sentinel}{address} // '') eq $addr
             && $d->{redis}{connected};
-    }, 10, 0.05, 'the master in the health document'),
+    }, 'the master in the health document'),
        'the master discovered through the sentinel');
 
     my $r = get('/', cookie => 'session=tok-sent-2');
@@ -271,14 +274,18 @@ sub start_dns () {
     require POSIX;
     my ($dns, $dns_port) = start_dns();
     my $named = start_fake_sentinel(address => ['redis-master.example', $master->port]);
+    # each worker resolves the name for itself: the request below may
+    # reach either
+    my $hp = free_port();
     my $nginx = start_nginx(http => site(
         "sentinel://:$PW\@127.0.0.1:" . $named->port . "/mymaster $OPTS",
-        http => "resolver 127.0.0.1:$dns_port ipv6=off valid=10s;"));
+        http => "resolver 127.0.0.1:$dns_port ipv6=off valid=10s;\n"
+              . SessionCache::Test::worker_health($hp)));
     my $d;
-    ok(wait_until(sub {
-        (undef, $d) = health_of($nginx);
+    ok(SessionCache::Test::wait_every_worker($nginx, $hp, sub ($doc) {
+        $d = $doc;
         ($d->{redis}{sentinel}{address} // '') eq '127.0.0.1:' . $master->port;
-    }, 10, 0.05, 'the name resolved'),
+    }, 'the name resolved'),
        'a master given as a host name: resolved through nginx\'s resolver')
         or diag explain $d->{redis};
     my $r = get('/', cookie => 'session=tok-sent-2');

@@ -38,6 +38,18 @@ sub until_l1 ($token) {
     return $last;
 }
 
+# The answer for $token once an invalidation has reached L1: asked until
+# it is $want. The health document's count of invalidations alone cannot
+# say that this one came: every /health request SETs a probe key under the
+# prefix, an invalidation too, so the count may move before it. Within the
+# wait (10 s) only the invalidation can change L1's answer (ttl 60 s).
+sub after_invalidation ($token, $want) {
+    my $last = '';
+    wait_until(sub { ($last = check($token)) eq $want }, 10, 0.02,
+               "$token: $want");
+    return $last;
+}
+
 # Connections subscribed to a channel on a node: its listeners.
 sub listeners ($node) {
     return scalar grep { /\bsub=[1-9]/ } split /\n/, $node->cli('CLIENT', 'LIST');
@@ -60,12 +72,16 @@ $pg->add_session($_, "user-$_", 3600) for values %tok;
 for my $node (@nodes) {
     my $t = $tok{ $node->port };
     like(until_l1($t), qr/^200 HIT l1 user-$t$/, "a token on master " . $node->port . ': cached in l1');
+    # its first answer came from Postgres: the cache fill, sent after
+    # it, must not land after (and undo) the overwrite below
+    ok(defined $node->wait_for_key("session:$t"), '... and in Redis');
     my $before = invalidations();
     $node->cli('SET', "session:$t", '{"user_id":"changed","expires_at":'
                . int(time + 3600) . '}', 'EX', 300);
     ok(wait_until(sub { invalidations() > $before }, 10, 0.02, 'invalidation'),
        '... an overwrite on its master: the invalidation arrives');
-    is(check($t), '200 HIT redis changed', '... the new value, from Redis');
+    is(after_invalidation($t, '200 HIT redis changed'), '200 HIT redis changed',
+       '... the new value, from Redis');
 }
 
 {
@@ -75,7 +91,8 @@ for my $node (@nodes) {
     my $before = invalidations();
     $nodes[0]->cli('DEL', "session:$t");
     ok(wait_until(sub { invalidations() > $before }, 10, 0.02, 'invalidation'), 'DEL: the invalidation arrives');
-    is(check($t), '401 MISS postgres ', 'after the DEL: refused (Postgres says revoked)');
+    is(after_invalidation($t, '401 MISS postgres '), '401 MISS postgres ',
+       'after the DEL: refused (Postgres says revoked)');
 }
 
 # --- a slot moved: the map changes, L1 goes ------------------------------------
@@ -92,6 +109,9 @@ for my $node (@nodes) {
     }
     $pg->add_session($_, 'user-mv', 3600) for $a, $b;
     like(until_l1($a), qr/^200 HIT l1 user-mv$/, 'cached in l1');
+    # the cache fill (sent after the answer from Postgres) is the key
+    # MIGRATE moves
+    ok(defined $nodes[1]->wait_for_key("session:$a"), '... and in Redis');
 
     my ($from, $to) = @nodes[1, 0];
     my $slot = $cluster->keyslot("session:$a");
@@ -115,7 +135,8 @@ for my $node (@nodes) {
     $to->cli('DEL', "session:$a");
     ok(wait_until(sub { invalidations() > $before }, 10, 0.02, 'invalidation'),
        'a DEL on the slot\'s new master reaches L1');
-    is(check($a), '401 MISS postgres ', 'after the DEL: refused');
+    is(after_invalidation($a, '401 MISS postgres '), '401 MISS postgres ',
+       'after the DEL: refused');
 }
 
 # --- a master's listener connection lost -----------------------------------------

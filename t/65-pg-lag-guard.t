@@ -42,7 +42,8 @@ is($r->{status}, 200, 'a session created a moment ago on the primary: 200');
 is($r->{headers}{'x-session-user'}, 'user-fresh', '... its user');
 is($standby->queries_for($fresh), 1, '... asked on the standby first');
 is($primary->queries_for($fresh), 1, '... and confirmed on the primary');
-my $cached = $redis->get_key("session:$fresh") // '';
+# the cache fill is sent after the answer
+my $cached = $redis->wait_for_key("session:$fresh") // '';
 like($cached, qr/user-fresh/, '... and cached as a session, not a negative');
 $r = get('/', cookie => "session=$fresh");
 is($r->{status}, 200, '... asked again: 200 from the cache');

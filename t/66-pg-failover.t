@@ -97,7 +97,13 @@ sub failover ($name, $breaker, $bound) {
     my $back = first_time(\@fresh, $t_promoted, $fresh_ok);
     my ($first_ok) = sort { $a->{t0} <=> $b->{t0} }
                      grep { $fresh_ok->($_) && $_->{t0} >= $t_promoted } @fresh;
-    ok($first_503 >= $t_stop, '503s only after the primary was stopped');
+    # a request sent before the stop may still be waiting for its answer
+    # when the stop ends the primary's queries (a loaded machine: one sent
+    # 0.3 s before, answered 503 40 ms after): no 503 came back before it
+    my @early = grep { $_->{t1} < $t_stop } @f503;
+    ok(!@early, '503s only once the primary was being stopped')
+        or diag join "\n", map { sprintf '503 sent %+.3f s, answered %+.3f s '
+            . 'after the stop began', $_->{t0} - $t_stop, $_->{t1} - $t_stop } @early;
     # a request sent before the first answer after the promotion came back
     # may still fail (with the breaker, that answer was its half-open
     # trial, and calls sent meanwhile are refused); none sent after it does

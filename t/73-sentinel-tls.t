@@ -33,10 +33,11 @@ my $URL  = sentinel_url(\@sentinels, password => $PW, tls => 1);
 my $OPTS = 'pool=2 connect_timeout=500ms timeout=500ms';
 my $PG   = '"' . $pg->dsn . '" pool=2 connect_timeout=1s timeout=1s';
 
-sub site ($redis) {
+sub site ($redis, $http = '') {
     return protected_site(
         redis    => $redis,
         postgres => $PG,
+        http     => $http,
         server   => 'location = /health { session_cache_health; }');
 }
 
@@ -72,14 +73,17 @@ my $hang = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
 my $HANG = '127.0.0.1:' . $hang->sockport;
 (my $url_hang = $URL) =~ s{\@}{\@$HANG,};
 
-my $nginx = start_nginx(http => site("$url_hang $OPTS tls_ca=$ca->{ca}"));
+# each worker discovers the master for itself, and one that has not yet
+# answers BYPASS: the requests below wait for both
+my $hp = free_port();
+my $nginx = start_nginx(http => site("$url_hang $OPTS tls_ca=$ca->{ca}",
+                                     SessionCache::Test::worker_health($hp)));
 my $old = '127.0.0.1:' . $master->port;
 my $new = '127.0.0.1:' . $replica->port;
 
-ok(wait_until(sub {
-    my $d = doc($nginx);
+ok(SessionCache::Test::wait_every_worker($nginx, $hp, sub ($d) {
     ($d->{redis}{sentinel}{address} // '') eq $old && $d->{redis}{connected};
-}, 10, 0.05, 'the master over TLS'), 'the master discovered over TLS')
+}, 'the master over TLS'), 'the master discovered over TLS')
     or diag explain doc($nginx)->{redis};
 ok($master->calls('role') >= 1, '... and confirmed with ROLE');
 like($nginx->error_log,
@@ -166,12 +170,22 @@ $replica->cli('CONFIG', 'SET', 'tls-cert-file', $ca->{cert},
     };
     ok(wait_until(sub { $layer->() eq '200 l1' }, 10, 0.02, 'served by l1'),
        'a session served from L1');
+    # the cache fill, sent after the first answer (from Postgres), must
+    # not land after the DEL
+    ok(defined $replica->wait_for_key("session:$t"), '... and in Redis');
     my $before = $l1->()->{invalidations} // 0;
     $pg->revoke_session($t);
     $replica->cli('DEL', "session:$t");
     ok(wait_until(sub { ($l1->()->{invalidations} // 0) > $before }, 10),
        'DEL on the master: the invalidation arrives over TLS');
-    is($layer->(), '401 postgres', '... and the session is no longer served from L1');
+    # asked until it changes: the count above moves with every /health
+    # request too (its probe SETs a key under the prefix, an invalidation
+    # too), so it may have moved before this one came; within the wait
+    # (10 s) only the invalidation can change L1's answer (ttl 30 s)
+    my $last = '';
+    wait_until(sub { ($last = $layer->()) eq '401 postgres' }, 10, 0.02,
+               'not from l1');
+    is($last, '401 postgres', '... and the session is no longer served from L1');
     no_alerts($n);
     $n->stop;
 }

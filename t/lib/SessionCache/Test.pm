@@ -1541,7 +1541,8 @@ sub owner_of_key ($self, $key) { $self->owner($self->keyslot($key)) }
 # An nginx checking sessions on this cluster and $pg, with /health:
 # start_nginx($pg, redis => 'URL params', postgres => 'conninfo params',
 # workers => 1, http => ..., protect => ... as for protected_site);
-# returned once it loaded the slot map.
+# returned once it loaded the slot map (every worker loads its own, and
+# one without answers BYPASS: each worker's line is awaited).
 sub start_nginx ($self, $pg, %o) {
     my $nginx = SessionCache::Test::start_nginx(workers => $o{workers} // 1,
         http => SessionCache::Test::protected_site(
@@ -1550,7 +1551,8 @@ sub start_nginx ($self, $pg, %o) {
             http     => $o{http}, protect => $o{protect},
             server   => 'location = /health { session_cache_health; }'));
     my $n = $self->nodes;
-    $nginx->wait_for_log(qr/redis cluster: slot map loaded: $n masters/);
+    $nginx->wait_for_log(qr/redis cluster: slot map loaded: $n masters/,
+                         $nginx->workers);
     return $nginx;
 }
 
@@ -1787,17 +1789,21 @@ sub SessionCache::Test::sentinel_failover_setup () {
             http => $http,
             server => 'location = /health { session_cache_health; }');
     };
+    # each worker discovers the master for itself, and one that has not
+    # yet answers BYPASS: the load starts once both know it, so that its
+    # BYPASS answers are the switch's
+    my $hp = SessionCache::Test::free_port();
     $f{nginx} = SessionCache::Test::start_nginx(workers => 2,
-                                                http => $site->(''));
+        http => $site->(SessionCache::Test::worker_health($hp)));
     $f{l1} = SessionCache::Test::new_nginx();
     $f{l1}->start(workers => 1, http => $site->('session_cache_l1 size=1m;'));
 
     $f{old} = '127.0.0.1:' . $f{master}->port;
     $f{new} = '127.0.0.1:' . $f{replica}->port;
 
-    Test::More::ok(SessionCache::Test::wait_until(sub {
-        (_doc($f{nginx})->{redis}{sentinel}{address} // '') eq $f{old}
-    }, 10, 0.05, 'the master discovered'), 'the master discovered');
+    Test::More::ok(SessionCache::Test::wait_every_worker($f{nginx}, $hp,
+        sub ($d) { ($d->{redis}{sentinel}{address} // '') eq $f{old} },
+        'the master discovered'), 'the master discovered');
     Test::More::ok(SessionCache::Test::wait_until(sub {
         _doc($f{l1})->{l1}{armed}
     }, 10, 0.05, 'l1 armed'), 'L1 armed on the master');
@@ -2112,6 +2118,41 @@ package SessionCache::Test::FakeDNS {
         local ($@, $!, $?);
         $self->stop;
     }
+}
+
+# ---------------------------------------------------- per-worker views
+
+# What a worker learns on its own (the master a sentinel named, a cluster's
+# slot map) shows in that worker's health document only, and an idle nginx
+# may hand every connection to the same worker, so that polling /health
+# can go on seeing one worker. worker_health($port): a server{} for
+# http => on 127.0.0.1:$port with reuseport (a listening socket per
+# worker: the kernel spreads connections over them by their source port)
+# whose /health says which worker answered (X-Worker: its pid).
+# wait_every_worker($nginx, $port, $cond, $what): polls that /health until
+# $cond->($doc) has held in a document from each of $nginx's workers;
+# true once it has (false after a diagnostic, as wait_until).
+sub SessionCache::Test::worker_health ($port) {
+    return "server {\n"
+         . "    listen 127.0.0.1:$port reuseport;\n"
+         . "    location = /health {\n"
+         . "        session_cache_health;\n"
+         . "        add_header X-Worker \$pid always;\n"
+         . "    }\n"
+         . "}\n";
+}
+
+sub SessionCache::Test::wait_every_worker ($nginx, $port, $cond, $what,
+                                           $timeout = 10) {
+    my %held;
+    return SessionCache::Test::wait_until(sub {
+        my $r = SessionCache::Test::get('/health', port => $port);
+        my $pid = $r->{headers}{'x-worker'} or return 0;
+        my $d = eval { JSON::PP::decode_json($r->{body}) };
+        $held{$pid} = 1 if ref $d eq 'HASH' && $cond->($d);
+        my @workers = $nginx->worker_pids;
+        return @workers && !grep { !$held{$_} } @workers;
+    }, $timeout, 0.02, "$what, in every worker");
 }
 
 1;
