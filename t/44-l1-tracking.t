@@ -93,6 +93,19 @@ ok(armed($nginx), 'tracking=on: the listener arms');
 
 sub invalidations () { l1($nginx)->{invalidations} // 0 }
 
+# every health document SETs its probe key under the prefix: Redis
+# invalidates it, L1 drops it, and does not count it (l1.invalidations
+# counts the application's writes): a barrier after ten documents moves
+# the count by its own 2,000 keys only
+{
+    ok(SessionCache::Test::l1_settled($nginx, $redis), 'a first barrier');
+    my $before = invalidations();
+    invalidations() for 1 .. 10;
+    ok(SessionCache::Test::l1_settled($nginx, $redis), 'a second barrier');
+    is(invalidations() - $before, 2000,
+       'the health documents\' own probe keys are not counted as invalidations');
+}
+
 {
     my $t = $tokens[0];
     like(until_l1($t), qr/^200 HIT l1 user-tok-trk-1-c0de$/, 'cached in l1');

@@ -333,7 +333,7 @@ void store(std::string_view token, const Mark &m, bool negative,
     ngx_shmtx_unlock(&shpool->mutex);
 }
 
-void invalidate(std::string_view token)
+void invalidate(std::string_view token, bool counted)
 {
     if (sh == nullptr) {
         return;
@@ -344,7 +344,9 @@ void invalidate(std::string_view token)
     ngx_shmtx_lock(&shpool->mutex);
 
     sh->race[race_bucket(h)]++;
-    sh->invalidations++;
+    if (counted) {
+        sh->invalidations++;
+    }
 
     if (Node *n = find(h, token)) {
         drop(n);

@@ -38,8 +38,10 @@ Mark mark(std::string_view token);
 void store(std::string_view token, const Mark &m, bool negative,
            std::string_view value, bool has_expiry, std::int64_t expires_at);
 
-/* An invalidation for a key: the entry goes, the race bucket moves. */
-void invalidate(std::string_view token);
+/* An invalidation for a key: the entry goes, the race bucket moves;
+ * counted in l1.invalidations unless counted is false (the health
+ * probe's own key, written by every health document). */
+void invalidate(std::string_view token, bool counted = true);
 
 /* Drop the whole L1: one increment of the epoch. */
 void flush(FlushReason reason, ngx_log_t *log);

@@ -206,9 +206,19 @@ bool Link::pushed(const redisReply *r)
 
         std::string_view name(key->str, key->len);
 
-        if (name.substr(0, prefix.size()) == prefix) {
-            l1::invalidate(name.substr(prefix.size()));
+        if (name.substr(0, prefix.size()) != prefix) {
+            continue;
         }
+
+        std::string_view token = name.substr(prefix.size());
+
+        /* the health probe's key (health_handler.cpp), SET by every
+         * health document: dropped like any key, not counted, so that
+         * l1.invalidations counts what the application invalidated */
+        bool probe = token.substr(0, 13) == "health-probe:"
+                     || token.substr(0, 15) == "{health-probe}:";
+
+        l1::invalidate(token, !probe);
     }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, owner->log, 0,
