@@ -244,35 +244,10 @@ failing("$URL",
 
 # --- an address given as a host name, through nginx's resolver -------------------
 
-# A DNS server of the test's own on loopback: every A question is
-# answered 127.0.0.1, any other with no record.
-sub start_dns () {
-    require IO::Socket::INET;
-    my $sock = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                     Proto => 'udp') or die "dns: $!";
-    my $port = $sock->sockport;
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        $SIG{TERM} = sub { POSIX::_exit(0) };
-        while (1) {
-            my $peer = $sock->recv(my $q, 512) // next;
-            next if length $q < 17;
-            my $end = 12;
-            $end += 1 + ord substr $q, $end, 1 while ord substr $q, $end, 1;
-            my $question = substr $q, 12, $end + 5 - 12;
-            my $type = unpack 'n', substr $q, $end + 1, 2;
-            my $a = $type == 1
-                ? pack('n n n N n C4', 0xc00c, 1, 1, 60, 4, 127, 0, 0, 1) : '';
-            $sock->send(substr($q, 0, 2) . pack('n n n n n', 0x8180, 1,
-                        $a ? 1 : 0, 0, 0) . $question . $a, 0, $peer);
-        }
-    }
-    return ($pid, $port);
-}
-
 {
-    require POSIX;
-    my ($dns, $dns_port) = start_dns();
+    # a DNS server of the test's own: every name is 127.0.0.1
+    my $dns = SessionCache::Test::start_fake_dns();
+    my $dns_port = $dns->port;
     my $named = start_fake_sentinel(address => ['redis-master.example', $master->port]);
     # each worker resolves the name for itself: the request below may
     # reach either
@@ -290,10 +265,9 @@ sub start_dns () {
         or diag explain $d->{redis};
     my $r = get('/', cookie => 'session=tok-sent-2');
     is("$r->{status} $r->{headers}{'x-session-status'}", '200 HIT', '... HIT');
+    ok($dns->asked('redis-master.example') >= 1, '... asked of the DNS server');
     no_alerts($nginx);
     $nginx->stop;
-    kill 'TERM', $dns;
-    waitpid $dns, 0;
 }
 
 # --- the master demoted behind the sentinels' back: READONLY, ROLE ------------

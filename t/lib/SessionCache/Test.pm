@@ -134,12 +134,19 @@ my %PORT_USED;
 
 # A port nothing listens on right now: bind port 0, read it, close. The
 # harness never hands out the same port twice in one process.
+# A port below the kernel's ephemeral range (ip_local_port_range), found
+# free by binding it: a port from bind(0) comes from that range, where
+# every outgoing connection (redis-cli, psql, nginx's own) takes its local
+# port, and one could take it before the server that was to listen on it.
 sub free_port {
-    for (1 .. 50) {
+    my ($low) = split ' ', (SessionCache::Test::_slurp('/proc/sys/net/ipv4/ip_local_port_range') // '');
+    my $top = ($low // 0) > 11000 ? $low - 1 : undef;
+    for (1 .. 200) {
         my $s = IO::Socket::INET->new(
-            LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
-            Listen => 1, ReuseAddr => 1,
-        ) or die "cannot bind a free port: $!";
+            LocalAddr => '127.0.0.1', Proto => 'tcp', Listen => 1,
+            ReuseAddr => 1,
+            LocalPort => $top ? 10000 + int(rand($top - 10000)) : 0,
+        ) or next;
         my $port = $s->sockport;
         close $s;
         next if $PORT_USED{$port}++;
@@ -1752,7 +1759,11 @@ sub SessionCache::Test::cache_sessions ($pg, $master, @tokens) {
         $master->cli('SET', "session:$tokens[$i]",
                      qq({"user_id":"user-$i","expires_at":$exp}), 'EX', 300);
     }
-    $master->cli('WAIT', 1, 2000);
+    # WAIT answers how many replicas acknowledged every write so far:
+    # asked again until one has (a slow replica is waited for, not missed)
+    SessionCache::Test::wait_until(sub { ($master->cli('WAIT', 1, 1000) // 0) >= 1 },
+                                   20, 0.01, 'a replica to acknowledge the sessions')
+        or die "cache_sessions: no replica acknowledged the sessions\n";
 }
 
 # sentinel://[:PW@]127.0.0.1:P1,127.0.0.1:P2,.../NAME (NAME: mymaster)
