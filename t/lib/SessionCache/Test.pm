@@ -1468,7 +1468,10 @@ sub _new ($class, %opt) {
         my $node = SessionCache::Test::start_redis(
             requirepass => $opt{requirepass},
             ($opt{tls} ? (tls => $opt{tls}) : ()),
+            # the bus on a port of its own (free_port's): by default it
+            # is the port + 10000, which may be taken, or past 65535
             args => ['--cluster-enabled', 'yes',
+                     '--cluster-port', SessionCache::Test::free_port(),
                      '--cluster-config-file', 'nodes.conf',
                      '--cluster-require-full-coverage', 'no',
                      '--cluster-node-timeout', '2000',
