@@ -152,6 +152,36 @@ sub resolved_lines ($nginx, $node) {
     $nginx->stop;
 }
 
+# --- a master back at another address (a pod restarted): resolved again ------
+
+{
+    my $moved = $nodes[1];
+    my $mname = $name{ $moved->port };
+    my ($t) = grep { $owner{$_} == $moved } @tokens;
+    my $dns = SessionCache::Test::start_fake_dns();
+    $dns->answer($mname, '127.0.0.2');    # where nothing listens
+    my $nginx = start_nginx(workers => 1, http => site(
+        http => 'resolver 127.0.0.1:' . $dns->port . " ipv6=off valid=1s;\n"
+              . 'session_cache_l1 size=1m;'));
+    ok($nginx->wait_for_log(qr/redis cluster: node \Q$mname\E:\d+ resolved to 127\.0\.0\.2:/),
+       'moved: the master first resolves to an address where nothing listens');
+    is(check($t), "200 BYPASS user-$t", 'moved: its session answered by Postgres');
+
+    my $mark = $nginx->log_size;
+    $dns->answer($mname, '127.0.0.1');
+    ok(wait_until(sub { check($t) eq "200 HIT user-$t" }, 10, 0.05, 'HIT from the moved master'),
+       'moved: its name resolved again, its sessions come from it again');
+    like($nginx->log_since($mark),
+         qr/\[notice\].*redis cluster: node \Q$mname\E:\d+ now resolves to 127\.0\.0\.1:\d+ \(was 127\.0\.0\.2:\d+\); its connections to the old address are closed/,
+         'moved: the new address logged at notice');
+    my $d;
+    ok(wait_until(sub { (undef, $d) = $nginx->health; $d->{l1}{armed} }, 10, 0.05, 'L1 armed'),
+       'moved: L1\'s listener follows the master to its new address')
+        or diag explain $d->{l1};
+    no_alerts($nginx);
+    $nginx->stop;
+}
+
 # --- no resolver: the masters known by name get no pool, Postgres answers ----
 
 {

@@ -94,6 +94,15 @@ RedisPool *Cluster::pool_for(std::string_view key)
      * go to postgres for kDownFor, without a connect() (and its error
      * line) per request, nor a breaker failure for the others' share */
     if (pool != nullptr && pool->unreachable_within(kDownFor)) {
+        Node *n = by_index_[i];
+
+        /* known by a name: it may be back elsewhere (a pod restarted) */
+        if (n->named && n->resolving == nullptr
+            && ngx_current_msec - n->resolved_at >= kDownFor)
+        {
+            resolve(n);
+        }
+
         return nullptr;
     }
 
@@ -295,6 +304,7 @@ Cluster::Node *Cluster::node(const std::string &address,
     n->host = host;
     n->port = port;
     n->cluster = this;
+    n->named = !is_ip_literal(host);
     n->display = "redis cluster node " + address;
 
     ngx_memzero(&n->sockaddr, sizeof(n->sockaddr));
@@ -320,6 +330,8 @@ void Cluster::resolve(Node *n)
 
     std::string error;
 
+    n->resolved_at = ngx_current_msec;
+
     if (ctx == nullptr || ctx == NGX_NO_RESOLVER) {
         error = "known by a host name, and no resolver is configured (add "
                 "nginx's \"resolver\" to the http block)";
@@ -331,7 +343,9 @@ void Cluster::resolve(Node *n)
         ctx->data = n;
         ctx->timeout = resolver_timeout_;
         n->resolving = ctx;
-        n->error = "known by a host name, being resolved";
+        if (n->pool == nullptr) {
+            n->error = "known by a host name, being resolved";
+        }
 
         if (ngx_resolve_name(ctx) == NGX_OK) {
             /* answered at once from nginx's cache, or on its way */
@@ -341,6 +355,10 @@ void Cluster::resolve(Node *n)
         /* nginx has freed the context */
         n->resolving = nullptr;
         error = "known by a host name, which nginx's resolver cannot ask for";
+    }
+
+    if (n->pool != nullptr) {
+        return; /* the address it has stays */
     }
 
     if (error != n->error) {
@@ -360,6 +378,18 @@ void Cluster::on_resolved(ngx_resolver_ctx_t *ctx)
     n->resolving = nullptr;
 
     guarded(&self->log_, "redis cluster resolver", [&] {
+        if ((ctx->state || ctx->naddrs == 0) && n->pool != nullptr) {
+            /* asked again for a master that cannot be reached: it keeps
+             * the address it has */
+            ngx_log_error(NGX_LOG_INFO, &self->log_, 0,
+                          "session_cache: redis cluster: node %s did not "
+                          "resolve again (%s); its address is kept",
+                          n->address.c_str(),
+                          ngx_resolver_strerror(ctx->state));
+            ngx_resolve_name_done(ctx);
+            return;
+        }
+
         if (ctx->state || ctx->naddrs == 0) {
             std::string error = std::string("known by a host name that did "
                                             "not resolve (")
@@ -377,27 +407,59 @@ void Cluster::on_resolved(ngx_resolver_ctx_t *ctx)
             return;
         }
 
-        socklen_t len = ctx->addrs[0].socklen;
+        ngx_sockaddr_t sa;
+        socklen_t      len = ctx->addrs[0].socklen;
 
-        ngx_memcpy(&n->sockaddr, ctx->addrs[0].sockaddr, len);
-        ngx_inet_set_port(&n->sockaddr.sockaddr,
-                          static_cast<in_port_t>(n->port));
-        n->addr.socklen = len;
+        ngx_memcpy(&sa, ctx->addrs[0].sockaddr, len);
+        ngx_inet_set_port(&sa.sockaddr, static_cast<in_port_t>(n->port));
         ngx_resolve_name_done(ctx);
 
-        u_char text[NGX_SOCKADDR_STRLEN];
-        size_t tn = ngx_sock_ntop(&n->sockaddr.sockaddr, len, text,
-                                  NGX_SOCKADDR_STRLEN, 1);
+        if (n->pool != nullptr
+            && ngx_cmp_sockaddr(&sa.sockaddr, len, &n->sockaddr.sockaddr,
+                                n->addr.socklen, 1)
+                   == NGX_OK)
+        {
+            return; /* the same address: it is down there */
+        }
 
-        ngx_log_error(NGX_LOG_NOTICE, &self->log_, 0,
-                      "session_cache: redis cluster: node %s resolved to %*s",
-                      n->address.c_str(), tn, text);
+        u_char was[NGX_SOCKADDR_STRLEN], now[NGX_SOCKADDR_STRLEN];
+        size_t wn = n->pool
+                        ? ngx_sock_ntop(&n->sockaddr.sockaddr, n->addr.socklen,
+                                        was, NGX_SOCKADDR_STRLEN, 1)
+                        : 0;
+        size_t tn =
+            ngx_sock_ntop(&sa.sockaddr, len, now, NGX_SOCKADDR_STRLEN, 1);
 
-        n->error.clear();
-        self->open(n);
-        self->publish();
+        ngx_memcpy(&n->sockaddr, &sa, len);
+        n->addr.socklen = len;
 
-        /* the L1 listener follows the masters that have a pool: one more */
+        if (n->pool == nullptr) {
+            ngx_log_error(NGX_LOG_NOTICE, &self->log_, 0,
+                          "session_cache: redis cluster: node %s resolved "
+                          "to %*s",
+                          n->address.c_str(), tn, now);
+            n->error.clear();
+            self->open(n);
+            self->publish();
+
+        } else {
+            /* back elsewhere: what L1 holds may have missed invalidations
+             * (topology, as for a master that moved) */
+            ngx_log_error(NGX_LOG_NOTICE, &self->log_, 0,
+                          "session_cache: redis cluster: node %s now "
+                          "resolves to %*s (was %*s); its connections to "
+                          "the old address are closed",
+                          n->address.c_str(), tn, now, wn, was);
+            n->moves++;
+            n->pool->address_changed("the node's address changed");
+
+            if (self->topology_ != nullptr) {
+                self->topology_(self->topology_data_);
+            }
+        }
+
+        /* the L1 listener follows the masters that have a pool, at their
+         * address */
         self->generation_++;
     });
 }

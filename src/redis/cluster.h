@@ -25,6 +25,9 @@
  * resolver (the http block's "resolver"), never with a blocking call,
  * when it is first met; a name that did not resolve is tried again at
  * each refresh of the map. Its slots go to postgres until it has a pool.
+ * A named master its pool cannot reach is resolved again (once per
+ * kDownFor): a new address replaces the old one, its connections go, and
+ * L1 is dropped as for any change of topology.
  */
 #pragma once
 
@@ -72,9 +75,15 @@ public:
         BreakerId   breaker = breaker_id(Backend::Redis); /* its own */
 
         /* a name (cluster-announce-hostname): nginx's resolver, then the
-         * pool; until then its slots go to postgres */
+         * pool; until then its slots go to postgres. Asked again when its
+         * pool cannot reach it (at most once per kDownFor): a node that
+         * comes back (a pod restarted) may have another address; moves
+         * counts the changes (the L1 listener's link follows them). */
         Cluster            *cluster = nullptr;
+        bool                named = false;
         ngx_resolver_ctx_t *resolving = nullptr;
+        ngx_msec_t          resolved_at = 0; /* when last asked */
+        std::uint64_t       moves = 0;
 
         ngx_sockaddr_t                      sockaddr;
         ngx_addr_t                          addr;
@@ -93,7 +102,7 @@ public:
     const std::string &error() const { return error_; }
 
     /* The map's number: it grows with every change of the map, and when
-     * a master known by a host name gets its pool. */
+     * a master known by a host name gets its pool or a new address. */
     std::uint64_t generation() const { return generation_; }
 
     /* Told of every change of the map but the first (the L1 listener:

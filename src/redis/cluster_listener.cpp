@@ -22,10 +22,11 @@ namespace {
 /* A master's link. */
 struct MasterLink : listener::Link {
     MasterLink(listener::Listener *owner, const Cluster::Node *node)
-        : Link(owner, node->address), master(node)
+        : Link(owner, node->address), master(node), moves(node->moves)
     {}
 
     const Cluster::Node *master;
+    std::uint64_t        moves; /* the node's address when it was made */
 };
 
 class ClusterListener : public listener::Listener {
@@ -104,9 +105,12 @@ void ClusterListener::follow_map()
 
         std::unique_ptr<listener::Link> k;
 
+        /* its link, unless the master has moved since (a new address:
+         * the old link goes below) */
         for (auto &old : links) {
-            if (old && static_cast<MasterLink *>(old.get())->master == n.get())
-            {
+            auto *m = static_cast<MasterLink *>(old.get());
+
+            if (m && m->master == n.get() && m->moves == n->moves) {
                 k = std::move(old);
                 break;
             }

@@ -280,6 +280,12 @@ void RedisPool::set_cluster(Redirect redirect, void (*observe)(void *),
     observer_data_ = data;
 }
 
+void RedisPool::address_changed(const char *why)
+{
+    fail_all(why);
+    reached();
+}
+
 RedisPool *RedisPool::of(RedisJob *job)
 {
     return static_cast<RedisPool *>(

@@ -90,6 +90,12 @@ public:
     /* the pool a job runs on */
     static RedisPool *of(RedisJob *job);
 
+    /* Redis Cluster: the node's host name now resolves to another address
+     * (its conf.addrs, changed by the caller): the connections to the old
+     * one go (their jobs fail with why), the next one goes to the new
+     * address at once (not "unreachable" any more). */
+    void address_changed(const char *why);
+
 private:
     friend class Pool<RedisPool, RedisConn, RedisJob>;
 

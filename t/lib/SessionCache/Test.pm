@@ -2068,7 +2068,8 @@ sub SessionCache::Test::make_cert ($ca, $name, $san) {
 # run time (nginx's "resolver"): an A question for a name that
 # $o{resolve} (a sub: name => 1 or 0; default every name) accepts is
 # answered 127.0.0.1, any other name NXDOMAIN, any other type with no
-# record. ->hold: no answer until ->release (questions wait, then are
+# record. ->answer($name, $ip): from now on $name is $ip (IPv4), not
+# 127.0.0.1. ->hold: no answer until ->release (questions wait, then are
 # answered in turn: a DNS that is slow for as long as the test says).
 # ->port; ->asked($name): how many A questions for that name it
 # has answered so far (a count kept in a file: the server is a child
@@ -2098,8 +2099,12 @@ sub SessionCache::Test::start_fake_dns (%o) {
             my $type = unpack 'n', substr $q, $end + 1, 2;
             my $known = $resolve->($name);
             select undef, undef, undef, 0.01 while -e "$dir/hold";
+            my @ip = (127, 0, 0, 1);
+            if (open my $fh, '<', "$dir/answer-$name") {
+                @ip = split /\./, scalar <$fh>;
+            }
             my $a = $type == 1 && $known
-                ? pack('n n n N n C4', 0xc00c, 1, 1, 60, 4, 127, 0, 0, 1) : '';
+                ? pack('n n n N n C4', 0xc00c, 1, 1, 60, 4, @ip) : '';
             my $flags = $known ? 0x8180 : 0x8183;    # NOERROR : NXDOMAIN
             $sock->send(substr($q, 0, 2) . pack('n n n n n', $flags, 1,
                         $a ? 1 : 0, 0, 0) . $question . $a, 0, $peer);
@@ -2116,6 +2121,10 @@ sub SessionCache::Test::start_fake_dns (%o) {
 
 package SessionCache::Test::FakeDNS {
     sub port ($self) { $self->{port} }
+    sub answer ($self, $name, $ip) {
+        SessionCache::Test::_write_file("$self->{dir}/answer-$name.new", $ip);
+        rename "$self->{dir}/answer-$name.new", "$self->{dir}/answer-$name";
+    }
     sub hold ($self) { SessionCache::Test::_write_file("$self->{dir}/hold", '') }
     sub release ($self) { unlink "$self->{dir}/hold" }
     sub asked ($self, $name) {
