@@ -413,9 +413,8 @@ bool Link::connected()
 /* TCP is up: TLS, as the pool starts it (RedisPool::start_tls). */
 void Link::start_tls()
 {
-    ngx_connection_t *c = peer.connection;
-    const char       *error = nullptr;
-    ngx_str_t         name;
+    const char *error = nullptr;
+    ngx_str_t   name;
 
     set_state(State::Tls);
 
@@ -423,20 +422,14 @@ void Link::start_tls()
         reinterpret_cast<u_char *>(const_cast<char *>(tls_name.c_str()));
     name.len = tls_name.size();
 
-    if (!redis_tls::begin(c, owner->smcf->redis.ssl, name, owner->log, &error))
-    {
+    ngx_int_t rv = redis_tls::handshake(peer.connection, owner->smcf->redis.ssl,
+                                        name, owner->log, on_tls, &error);
+
+    if (rv == NGX_ERROR) {
         fail(error, l1::FlushReason::ListenerLost, false);
-        return;
+    } else if (rv == NGX_OK) {
+        tls_done();
     }
-
-    ngx_int_t rv = ngx_ssl_handshake(c);
-
-    if (rv == NGX_AGAIN) {
-        c->ssl->handler = on_tls;
-        return;
-    }
-
-    tls_done();
 }
 
 /* nginx's SSL layer calls this when the handshake is over, either way. */

@@ -536,22 +536,16 @@ tls_name(const ngx_http_session_cache_redis_conf_t *conf)
 /* The connect timer keeps running through the TLS handshake. */
 void RedisPool::start_tls(RedisConn *rc)
 {
-    ngx_connection_t *c = rc->peer.connection;
-    const char       *error;
+    const char *error;
+    ngx_int_t   rv =
+        redis_tls::handshake(rc->peer.connection, conf_->ssl, tls_name(conf_),
+                             &rc->log, on_handshake, &error);
 
-    if (!redis_tls::begin(c, conf_->ssl, tls_name(conf_), &rc->log, &error)) {
+    if (rv == NGX_ERROR) {
         fail(rc, error);
-        return;
+    } else if (rv == NGX_OK) {
+        tls_done(rc);
     }
-
-    ngx_int_t rv = ngx_ssl_handshake(c);
-
-    if (rv == NGX_AGAIN) {
-        c->ssl->handler = on_handshake;
-        return;
-    }
-
-    tls_done(rc);
 }
 
 /* nginx's SSL layer calls this when the handshake is over, either way. */

@@ -8,8 +8,8 @@ namespace session_cache::redis_tls {
 
 #if (NGX_SSL)
 
-bool begin(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
-           ngx_log_t *log, const char **error)
+static bool begin(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
+                  ngx_log_t *log, const char **error)
 {
     /* nginx's SSL layer allocates from the connection's pool */
     if (c->pool == nullptr) {
@@ -41,6 +41,22 @@ bool begin(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
     }
 
     return true;
+}
+
+ngx_int_t handshake(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
+                    ngx_log_t *log, ngx_connection_handler_pt on_done,
+                    const char **error)
+{
+    if (!begin(c, ssl, name, log, error)) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_ssl_handshake(c) == NGX_AGAIN) {
+        c->ssl->handler = on_done;
+        return NGX_AGAIN;
+    }
+
+    return NGX_OK;
 }
 
 const char *check(ngx_connection_t *c, const ngx_str_t &name, bool verify,

@@ -7,9 +7,9 @@
  * a host name, or an IP literal checked against the certificate's IP
  * addresses), and closing without waiting for the peer.
  *
- * The handshake itself stays with the owner: it calls ngx_ssl_handshake()
- * and, on NGX_AGAIN, sets c->ssl->handler to its own function (c->data is
- * the owner's), as the pool does.
+ * The owner starts the handshake with handshake() and, once it is over
+ * (at once, or in its on_done handler), calls check(); c->data stays the
+ * owner's.
  */
 #pragma once
 
@@ -21,11 +21,16 @@ namespace session_cache::redis_tls {
 
 #if (NGX_SSL)
 
-/* Start TLS on c, connected: a pool for nginx's SSL layer, the SSL
- * object, SNI when name is a host name (never an IP). false: *error
- * (static text). */
-bool begin(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
-           ngx_log_t *log, const char **error);
+/*
+ * Start TLS on c, connected: a pool for nginx's SSL layer, the SSL
+ * object, SNI when name is a host name (never an IP), and the handshake.
+ * NGX_OK: it is over already (call check() now); NGX_AGAIN: on_done(c)
+ * is called when it is over; NGX_ERROR: it could not start, *error
+ * (static text).
+ */
+ngx_int_t handshake(ngx_connection_t *c, ngx_ssl_t *ssl, const ngx_str_t &name,
+                    ngx_log_t *log, ngx_connection_handler_pt on_done,
+                    const char **error);
 
 /*
  * After the handshake (c->ssl->handler called, or ngx_ssl_handshake()

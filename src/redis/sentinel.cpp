@@ -279,22 +279,19 @@ void link_handshake(ngx_connection_t *c)
 /* Connected: TLS first (the link's deadline keeps running) */
 void link_start_tls(Link *l)
 {
-    ngx_connection_t *c = l->peer.connection;
-    const char       *error;
-
-    if (!redis_tls::begin(c, self->rcf->ssl, l->tls_name, &l->log, &error)) {
-        link_fail(l, error);
-        return;
-    }
+    const char *error;
 
     l->handshaking = true;
 
-    if (ngx_ssl_handshake(c) == NGX_AGAIN) {
-        c->ssl->handler = link_handshake;
-        return;
-    }
+    ngx_int_t rv =
+        redis_tls::handshake(l->peer.connection, self->rcf->ssl, l->tls_name,
+                             &l->log, link_handshake, &error);
 
-    link_tls_done(l);
+    if (rv == NGX_ERROR) {
+        link_fail(l, error);
+    } else if (rv == NGX_OK) {
+        link_tls_done(l);
+    }
 }
 
 #endif
