@@ -60,6 +60,50 @@ ngx_resolver_t *http_resolver(ngx_cycle_t *cycle, ngx_msec_t *timeout)
     return clcf->resolver;
 }
 
+bool resolve_name(ngx_resolver_t *resolver, std::string &host,
+                  ngx_msec_t timeout, ngx_resolver_handler_pt handler,
+                  void *data, ngx_resolver_ctx_t **resolving, const char **why)
+{
+    ngx_resolver_ctx_t *ctx =
+        resolver ? ngx_resolve_start(resolver, nullptr) : nullptr;
+
+    if (ctx == nullptr || ctx == NGX_NO_RESOLVER) {
+        *why = "no resolver is configured (add nginx's \"resolver\" to the "
+               "http block)";
+        return false;
+    }
+
+    ctx->name.data = reinterpret_cast<u_char *>(&host[0]);
+    ctx->name.len = host.size();
+    ctx->handler = handler;
+    ctx->data = data;
+    ctx->timeout = timeout;
+    *resolving = ctx;
+
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        /* nginx has freed the context */
+        *resolving = nullptr;
+        *why = "nginx's resolver cannot ask for it";
+        return false;
+    }
+
+    return true;
+}
+
+socklen_t resolved_address(const ngx_resolver_ctx_t *ctx, int port,
+                           ngx_sockaddr_t *sa)
+{
+    if (ctx->state || ctx->naddrs == 0) {
+        return 0;
+    }
+
+    socklen_t len = ctx->addrs[0].socklen;
+
+    ngx_memcpy(sa, ctx->addrs[0].sockaddr, len);
+    ngx_inet_set_port(&sa->sockaddr, static_cast<in_port_t>(port));
+    return len;
+}
+
 } // namespace session_cache
 
 extern "C" ngx_int_t

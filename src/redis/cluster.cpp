@@ -197,8 +197,7 @@ void Cluster::asked(const RedisReply *reply, const char *error)
 
             /* a master known by a name that did not resolve: again */
             for (Node *n : by_index_) {
-                if (n->pool == nullptr && n->resolving == nullptr
-                    && !is_ip_literal(n->host)) {
+                if (n->pool == nullptr && n->resolving == nullptr && n->named) {
                     resolve(n);
                 }
             }
@@ -325,49 +324,36 @@ Cluster::Node *Cluster::node(const std::string &address,
 /* A node known by a host name: ask nginx's resolver for its address. */
 void Cluster::resolve(Node *n)
 {
-    ngx_resolver_ctx_t *ctx =
-        resolver_ ? ngx_resolve_start(resolver_, nullptr) : nullptr;
-
-    std::string error;
+    const char *why;
 
     n->resolved_at = ngx_current_msec;
 
-    if (ctx == nullptr || ctx == NGX_NO_RESOLVER) {
-        error = "known by a host name, and no resolver is configured (add "
-                "nginx's \"resolver\" to the http block)";
-
-    } else {
-        ctx->name.data = reinterpret_cast<u_char *>(&n->host[0]);
-        ctx->name.len = n->host.size();
-        ctx->handler = on_resolved;
-        ctx->data = n;
-        ctx->timeout = resolver_timeout_;
-        n->resolving = ctx;
-        if (n->pool == nullptr) {
-            n->error = "known by a host name, being resolved";
+    if (!resolve_name(resolver_, n->host, resolver_timeout_, on_resolved, n,
+                      &n->resolving, &why))
+    {
+        if (n->pool == nullptr) { /* else the address it has stays */
+            unusable(n, std::string("known by a host name, and ") + why);
         }
-
-        if (ngx_resolve_name(ctx) == NGX_OK) {
-            /* answered at once from nginx's cache, or on its way */
-            return;
-        }
-
-        /* nginx has freed the context */
-        n->resolving = nullptr;
-        error = "known by a host name, which nginx's resolver cannot ask for";
+        return;
     }
 
-    if (n->pool != nullptr) {
-        return; /* the address it has stays */
+    /* on its way (not answered at once from nginx's cache); a reason
+     * given before stays until the answer, so that it is said once */
+    if (n->resolving != nullptr && n->pool == nullptr && n->error.empty()) {
+        n->error = "known by a host name, being resolved";
     }
+}
 
-    if (error != n->error) {
+/* Why node n has no pool: said at error when it changes. */
+void Cluster::unusable(Node *n, std::string why)
+{
+    if (why != n->error) {
         ngx_log_error(NGX_LOG_ERR, &log_, 0,
                       "session_cache: redis cluster: node %s is %s; its "
                       "slots go to postgres",
-                      n->address.c_str(), error.c_str());
+                      n->address.c_str(), why.c_str());
     }
-    n->error = std::move(error);
+    n->error = std::move(why);
 }
 
 void Cluster::on_resolved(ngx_resolver_ctx_t *ctx)
@@ -378,41 +364,30 @@ void Cluster::on_resolved(ngx_resolver_ctx_t *ctx)
     n->resolving = nullptr;
 
     guarded(&self->log_, "redis cluster resolver", [&] {
-        if ((ctx->state || ctx->naddrs == 0) && n->pool != nullptr) {
+        ngx_sockaddr_t sa;
+        socklen_t      len = resolved_address(ctx, n->port, &sa);
+        const char    *failed = ngx_resolver_strerror(ctx->state);
+
+        ngx_resolve_name_done(ctx);
+
+        if (len == 0 && n->pool != nullptr) {
             /* asked again for a master that cannot be reached: it keeps
              * the address it has */
             ngx_log_error(NGX_LOG_INFO, &self->log_, 0,
                           "session_cache: redis cluster: node %s did not "
                           "resolve again (%s); its address is kept",
-                          n->address.c_str(),
-                          ngx_resolver_strerror(ctx->state));
-            ngx_resolve_name_done(ctx);
+                          n->address.c_str(), failed);
             return;
         }
 
-        if (ctx->state || ctx->naddrs == 0) {
-            std::string error = std::string("known by a host name that did "
-                                            "not resolve (")
-                                + ngx_resolver_strerror(ctx->state)
-                                + "); asked again at the next refresh";
-            ngx_resolve_name_done(ctx);
-
-            if (error != n->error) {
-                ngx_log_error(NGX_LOG_ERR, &self->log_, 0,
-                              "session_cache: redis cluster: node %s is %s; "
-                              "its slots go to postgres",
-                              n->address.c_str(), error.c_str());
-            }
-            n->error = std::move(error);
+        if (len == 0) {
+            self->unusable(n, std::string("known by a host name that did "
+                                          "not resolve (")
+                                  + failed
+                                  + "); asked again at the next "
+                                    "refresh");
             return;
         }
-
-        ngx_sockaddr_t sa;
-        socklen_t      len = ctx->addrs[0].socklen;
-
-        ngx_memcpy(&sa, ctx->addrs[0].sockaddr, len);
-        ngx_inet_set_port(&sa.sockaddr, static_cast<in_port_t>(n->port));
-        ngx_resolve_name_done(ctx);
 
         if (n->pool != nullptr
             && ngx_cmp_sockaddr(&sa.sockaddr, len, &n->sockaddr.sockaddr,

@@ -125,6 +125,7 @@ private:
     void  apply(std::unique_ptr<SlotMap> map);
     Node *node(const std::string &address, const std::string &host, int port);
     void  resolve(Node *n);
+    void  unusable(Node *n, std::string why);
     void  open(Node *n);
     void  publish();
 

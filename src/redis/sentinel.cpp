@@ -799,7 +799,10 @@ void resolved(ngx_resolver_ctx_t *ctx)
     try {
         s->resolving = nullptr;
 
-        if (ctx->state || ctx->naddrs == 0) {
+        ngx_sockaddr_t sa;
+        socklen_t      len = resolved_address(ctx, s->candidate.port, &sa);
+
+        if (len == 0) {
             note(sentinel_name(s->rotation.current()) + " named "
                  + address_text(s->candidate) + ": could not resolve it ("
                  + ngx_resolver_strerror(ctx->state) + ")");
@@ -808,15 +811,8 @@ void resolved(ngx_resolver_ctx_t *ctx)
             return;
         }
 
-        ngx_sockaddr_t sa;
-        socklen_t      len = ctx->addrs[0].socklen;
-
-        ngx_memcpy(&sa, ctx->addrs[0].sockaddr, len);
-        ngx_inet_set_port(reinterpret_cast<sockaddr *>(&sa),
-                          static_cast<in_port_t>(s->candidate.port));
         ngx_resolve_name_done(ctx);
-
-        confirm(reinterpret_cast<sockaddr *>(&sa), len);
+        confirm(&sa.sockaddr, len);
 
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, &s->log, 0,
@@ -837,30 +833,16 @@ void candidate_found()
         return;
     }
 
-    ngx_resolver_ctx_t *ctx =
-        s->resolver ? ngx_resolve_start(s->resolver, nullptr) : nullptr;
+    /* a name waits at most connect_timeout, as the round does for a
+     * reply */
+    const char *why;
 
-    if (ctx == nullptr || ctx == NGX_NO_RESOLVER) {
+    if (!resolve_name(s->resolver, s->candidate.host,
+                      s->rcf->backend.connect_timeout, resolved, s,
+                      &s->resolving, &why))
+    {
         note(sentinel_name(s->rotation.current()) + " named "
-             + address_text(s->candidate)
-             + ", a host name, and no resolver is configured (add nginx's "
-               "\"resolver\" to the http block)");
-        next_sentinel();
-        return;
-    }
-
-    ctx->name.data = reinterpret_cast<u_char *>(&s->candidate.host[0]);
-    ctx->name.len = s->candidate.host.size();
-    ctx->handler = resolved;
-    ctx->data = s;
-    ctx->timeout = s->rcf->backend.connect_timeout;
-    s->resolving = ctx;
-
-    if (ngx_resolve_name(ctx) != NGX_OK) {
-        /* nginx has freed the context */
-        s->resolving = nullptr;
-        note(sentinel_name(s->rotation.current()) + ": cannot resolve "
-             + address_text(s->candidate));
+             + address_text(s->candidate) + ", a host name, and " + why);
         next_sentinel();
     }
 }
@@ -1245,8 +1227,8 @@ void start(ngx_cycle_t *cycle, const ngx_http_session_cache_main_conf_t *smcf)
     }
 
     /* the http block's resolver, if one is configured (else nginx's
-     * placeholder without servers: ngx_resolve_start says so); a name
-     * waits at most connect_timeout, as the round does for a reply */
+     * placeholder without servers: resolve_name() says so); not its
+     * timeout (candidate_found()) */
     ngx_msec_t resolver_timeout;
     self->resolver = http_resolver(cycle, &resolver_timeout);
 
