@@ -45,32 +45,8 @@ $nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters, 16384 of 1638
 my @tokens = map { "tok-cl-$_" } 1 .. 30;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
 
-my (%owner, %on);
-for my $t (@tokens) {
-    $owner{$t} = $cluster->owner_of_key("session:$t");
-    $on{ $owner{$t}->port }++;
-}
-is(scalar(keys %on), 3, 'the tokens fall on all three masters');
-
-for my $t (@tokens) {
-    my ($status, $cache, $user) = check($t);
-    is("$status $cache $user", "200 MISS user-$t", "$t: first request, MISS from Postgres");
-}
-
-for my $t (@tokens) {
-    ok(defined $owner{$t}->wait_for_key("session:$t"),
-       "$t: the cache fill is on the master that owns its slot");
-}
-
-my %gets = map { ($_->port => $_->calls('get')) } @nodes;
-for my $t (@tokens) {
-    my ($status, $cache, $user) = check($t);
-    is("$status $cache $user", "200 HIT user-$t", "$t: second request, HIT");
-}
-for my $node (@nodes) {
-    is($node->calls('get') - $gets{ $node->port }, $on{ $node->port },
-       'node ' . $node->port . ": one GET per token it owns, none for the others'");
-}
+my ($owner) = $cluster->token_owners(@tokens);
+$cluster->answers_from_owners(sub ($t) { join ' ', check($t) }, $owner);
 
 my ($s, $c) = check('tok-cl-unknown');
 is("$s $c", '401 MISS', 'an unknown token: 401');

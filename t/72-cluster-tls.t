@@ -68,29 +68,8 @@ ok($nginx->wait_for_log(qr/redis cluster: slot map loaded: 3 masters, 16384 of 1
 my @tokens = map { "tok-ct-$_" } 1 .. 12;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
 
-my (%owner, %on);
-for my $t (@tokens) {
-    $owner{$t} = $cluster->owner_of_key("session:$t");
-    $on{ $owner{$t}->port }++;
-}
-is(scalar(keys %on), 3, 'the tokens fall on all three masters');
-
-for my $t (@tokens) {
-    is(check_session($t), "200 MISS user-$t", "$t: first request, MISS from Postgres");
-}
-for my $t (@tokens) {
-    ok(defined $owner{$t}->wait_for_key("session:$t"),
-       "$t: the cache fill is on the master that owns its slot");
-}
-
-my %gets = map { ($_->port => $_->calls('get')) } @nodes;
-for my $t (@tokens) {
-    is(check_session($t), "200 HIT user-$t", "$t: second request, HIT");
-}
-for my $node (@nodes) {
-    is($node->calls('get') - $gets{ $node->port }, $on{ $node->port },
-       'node ' . $node->port . ': one GET per token it owns, over TLS');
-}
+my ($owner) = $cluster->token_owners(@tokens);
+$cluster->answers_from_owners(\&check_session, $owner, 'over TLS: ');
 
 my ($r, $doc) = $nginx->health;
 is($doc->{status}, 'healthy', 'health: healthy') or diag explain $doc->{errors};
@@ -234,7 +213,7 @@ serve_cert($ca->{cert}, $ca->{key});
        'tracking=on: the listener arms on every master over TLS')
         or diag explain $l1->();
     my $t    = $tokens[3];
-    my $node = $owner{$t};
+    my $node = $owner->{$t};
     my $last = '';
     ok(wait_until(sub {
         my $r = get('/', cookie => "session=$t", port => $n->port);

@@ -59,12 +59,9 @@ sub check ($token) {
 
 my @tokens = map { "tok-ch-$_" } 1 .. 24;
 $pg->add_session($_, "user-$_", 3600) for @tokens;
-my (%owner, %on);
-for my $t (@tokens) {
-    $owner{$t} = $cluster->owner_of_key("session:$t");
-    $on{ $owner{$t}->port }++;
-}
-is(scalar(keys %on), 3, 'the tokens fall on all three masters');
+my ($owner, $on) = $cluster->token_owners(@tokens);
+my %owner = %$owner;
+my %on    = %$on;
 
 sub resolved_lines ($nginx, $node) {
     my $re = qr/redis cluster: node \Q$name{$node->port}\E:\d+ resolved to 127\.0\.0\.1:${\ $node->port }/;
@@ -86,21 +83,7 @@ sub resolved_lines ($nginx, $node) {
     ok($dns->asked($name{ $_->port }) >= 1, "the DNS server was asked for $name{ $_->port }")
         for @nodes;
 
-    for my $t (@tokens) {
-        is(check($t), "200 MISS user-$t", "$t: MISS, from Postgres");
-    }
-    for my $t (@tokens) {
-        ok(defined $owner{$t}->wait_for_key("session:$t"),
-           "$t: the fill is on the master that owns its slot");
-    }
-    my %gets = map { ($_->port => $_->calls('get')) } @nodes;
-    for my $t (@tokens) {
-        is(check($t), "200 HIT user-$t", "$t: HIT");
-    }
-    for my $node (@nodes) {
-        is($node->calls('get') - $gets{ $node->port }, $on{ $node->port },
-           "$name{ $node->port }: one GET per token it owns");
-    }
+    $cluster->answers_from_owners(\&check, \%owner, 'by host name: ');
 
     my ($r, $d) = $nginx->health;
     is($d->{status}, 'healthy', 'health: healthy') or diag explain $d->{errors};

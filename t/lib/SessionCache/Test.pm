@@ -1548,6 +1548,44 @@ sub owner ($self, $slot) {
 
 sub owner_of_key ($self, $key) { $self->owner($self->keyslot($key)) }
 
+# The master that owns each token's key (session:TOKEN): ({token => node},
+# {port => how many of the tokens it owns}).
+sub token_owners ($self, @tokens) {
+    my (%owner, %on);
+    for my $t (@tokens) {
+        $owner{$t} = $self->owner_of_key("session:$t");
+        $on{ $owner{$t}->port }++;
+    }
+    return (\%owner, \%on);
+}
+
+# Every token of $owner (token_owners()'s; each a session of user-TOKEN
+# in Postgres, not cached yet) answered from the master that owns its
+# key: first MISS, from Postgres; the cache fill on that master; then
+# HIT, each master's GET count moved by exactly the tokens it owns.
+# $check->($token) answers "STATUS CACHE USER"; $what prefixes the test
+# names. Test::More assertions.
+sub answers_from_owners ($self, $check, $owner, $what = '') {
+    my @tokens = sort keys %$owner;
+    my %on;
+    $on{ $owner->{$_}->port }++ for @tokens;
+    Test::More::is(scalar(keys %on), scalar($self->nodes),
+                   "${what}the tokens fall on every master");
+    Test::More::is($check->($_), "200 MISS user-$_",
+                   "$what$_: first request, MISS from Postgres") for @tokens;
+    Test::More::ok(defined $owner->{$_}->wait_for_key("session:$_"),
+                   "$what$_: the cache fill is on the master that owns its slot")
+        for @tokens;
+    my %gets = map { ($_->port => $_->calls('get')) } $self->nodes;
+    Test::More::is($check->($_), "200 HIT user-$_", "$what$_: second request, HIT")
+        for @tokens;
+    for my $node ($self->nodes) {
+        Test::More::is($node->calls('get') - $gets{ $node->port }, $on{ $node->port } // 0,
+                       "${what}node " . $node->port
+                       . ": one GET per token it owns, none for the others'");
+    }
+}
+
 # An nginx checking sessions on this cluster and $pg, with /health:
 # start_nginx($pg, redis => 'URL params', postgres => 'conninfo params',
 # workers => 1, http => ..., protect => ... as for protected_site);
